@@ -1,0 +1,44 @@
+"""Opening the upstream WebSocket to the Voice Agent API (the adapter's only network code)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+# The agent never sends frames anywhere near this; it bounds memory if it misbehaves.
+MAX_AGENT_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class AgentConnectError(Exception):
+    """Why the socket could not be opened; safe to log (never contains the key)."""
+
+
+async def open_agent_socket(
+    http: aiohttp.ClientSession,
+    url: str,
+    api_key: str,
+    *,
+    timeout: float = 10.0,
+    heartbeat: float | None = 10.0,
+) -> aiohttp.ClientWebSocketResponse:
+    """Connect with the key in the Authorization header (server-to-server: no token needed).
+
+    `heartbeat` pings the peer so that a dead connection is noticed within seconds
+    instead of waiting for TCP to give up.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            return await http.ws_connect(
+                url,
+                headers={"Authorization": f"Bearer {api_key}"},
+                heartbeat=heartbeat,
+                max_msg_size=MAX_AGENT_MESSAGE_BYTES,
+                autoping=True,
+            )
+    except aiohttp.WSServerHandshakeError as exc:
+        raise AgentConnectError(f"upgrade refused with HTTP {exc.status}") from None
+    except TimeoutError:
+        raise AgentConnectError(f"no connection within {timeout:g} s") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise AgentConnectError(f"{type(exc).__name__}: {exc}") from None

@@ -1,0 +1,262 @@
+"""AssemblyAI Voice Agent API wire format: typed server events, encoders. No I/O.
+
+Field names follow the live protocol (see shared/reference/assemblyai-voice-agent.md).
+Decoding is tolerant: unknown events and older shapes (an error frame without `type`,
+tool arguments under `args`) become values the bridge can act on, never exceptions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class _Event(msgspec.Struct, tag_field="type"):
+    pass
+
+
+class SessionReady(_Event, tag="session.ready"):
+    session_id: str
+    config: dict[str, Any] | None = None
+    resume_token: str | None = None
+
+
+class SessionUpdated(_Event, tag="session.updated"):
+    config: dict[str, Any] | None = None
+
+
+class SessionError(_Event, tag="session.error"):
+    code: str = "unknown"
+    message: str = ""
+    param: str | None = None
+    session_id: str | None = None
+
+
+class SessionEnded(_Event, tag="session.ended"):
+    session_duration_seconds: float | None = None
+
+
+class SpeechStarted(_Event, tag="input.speech.started"):
+    pass
+
+
+class SpeechStopped(_Event, tag="input.speech.stopped"):
+    pass
+
+
+class UserTranscriptDelta(_Event, tag="transcript.user.delta"):
+    text: str = ""
+    item_id: str | None = None
+
+
+class UserTranscript(_Event, tag="transcript.user"):
+    text: str = ""
+    item_id: str | None = None
+
+
+class ReplyStarted(_Event, tag="reply.started"):
+    reply_id: str | None = None
+
+
+class ReplyAudio(_Event, tag="reply.audio"):
+    data: str
+    reply_id: str | None = None
+
+
+class AgentTranscriptDelta(_Event, tag="transcript.agent.delta"):
+    delta: str = ""
+    reply_id: str | None = None
+
+
+class AgentTranscript(_Event, tag="transcript.agent"):
+    text: str = ""
+    interrupted: bool = False
+    reply_id: str | None = None
+
+
+class ReplyDone(_Event, tag="reply.done"):
+    reply_id: str | None = None
+    status: str = "completed"  # beta servers omitted it on completion
+
+
+class ReplyError(_Event, tag="reply.error"):
+    code: str = "unknown"
+    message: str = ""
+    reply_id: str | None = None
+
+
+class ToolCall(_Event, tag="tool.call"):
+    call_id: str
+    name: str
+    # Current servers send a parsed object under `arguments`; older ones used `args`,
+    # sometimes as a JSON string. Both are kept raw and resolved by `tool_arguments`.
+    arguments: Any = msgspec.UNSET
+    args: Any = msgspec.UNSET
+
+
+class UnknownEvent(msgspec.Struct):
+    type: str
+
+
+class InvalidEvent(msgspec.Struct):
+    reason: str
+
+
+AgentEvent = (
+    SessionReady
+    | SessionUpdated
+    | SessionError
+    | SessionEnded
+    | SpeechStarted
+    | SpeechStopped
+    | UserTranscriptDelta
+    | UserTranscript
+    | ReplyStarted
+    | ReplyAudio
+    | AgentTranscriptDelta
+    | AgentTranscript
+    | ReplyDone
+    | ReplyError
+    | ToolCall
+)
+
+_decoder = msgspec.json.Decoder(AgentEvent)
+_generic = msgspec.json.Decoder()
+
+
+def decode(frame: str | bytes) -> AgentEvent | UnknownEvent | InvalidEvent:
+    try:
+        event: AgentEvent = _decoder.decode(frame)
+    except msgspec.DecodeError as exc:
+        return _fallback(frame, exc)
+    return event
+
+
+def _fallback(
+    frame: str | bytes, exc: msgspec.DecodeError
+) -> AgentEvent | UnknownEvent | InvalidEvent:
+    try:
+        raw = _generic.decode(frame)
+    except msgspec.DecodeError:
+        return InvalidEvent("invalid JSON")
+    if not isinstance(raw, dict):
+        return InvalidEvent("JSON frame is not an object")
+    kind = raw.get("type")
+    if kind is None and "code" in raw:
+        # Older servers sent bare error objects without a type.
+        return SessionError(
+            code=str(raw.get("code")),
+            message=str(raw.get("message", "")),
+            param=raw.get("param") if isinstance(raw.get("param"), str) else None,
+        )
+    if kind == "error":
+        return SessionError(
+            code=str(raw.get("code", "unknown")), message=str(raw.get("message", ""))
+        )
+    if not isinstance(kind, str):
+        return InvalidEvent("event has no type")
+    if kind in _KNOWN_TYPES:
+        return InvalidEvent(f"malformed {kind} event: {exc}")
+    return UnknownEvent(kind[:60])
+
+
+_KNOWN_TYPES = frozenset(
+    msgspec.inspect.type_info(t).tag  # type: ignore[attr-defined]
+    for t in AgentEvent.__args__
+)
+
+
+class ToolArgumentsError(ValueError):
+    pass
+
+
+def tool_arguments(call: ToolCall) -> dict[str, Any]:
+    """The call's arguments as a dict, from `arguments` or the legacy `args`."""
+    raw = call.arguments if call.arguments is not msgspec.UNSET else call.args
+    if raw is msgspec.UNSET or raw is None:
+        return {}
+    if isinstance(raw, str):
+        if not raw.strip():
+            return {}
+        try:
+            raw = _generic.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise ToolArgumentsError("arguments are not valid JSON") from exc
+    if not isinstance(raw, dict):
+        raise ToolArgumentsError("arguments are not a JSON object")
+    return raw
+
+
+# --- what we send -------------------------------------------------------------------
+
+
+class _InputAudio(msgspec.Struct, tag_field="type", tag="input.audio"):
+    audio: str
+
+
+class _ToolResult(msgspec.Struct, tag_field="type", tag="tool.result"):
+    call_id: str
+    result: str
+    is_error: bool = False
+
+
+class _SessionUpdate(msgspec.Struct, tag_field="type", tag="session.update"):
+    session: dict[str, Any]
+
+
+class _SessionResume(msgspec.Struct, tag_field="type", tag="session.resume"):
+    session_id: str
+
+
+class _ReplyCreate(msgspec.Struct, tag_field="type", tag="reply.create", omit_defaults=True):
+    instructions: str | None = None
+
+
+_encoder = msgspec.json.Encoder()
+SESSION_END = '{"type":"session.end"}'
+
+
+def encode_input_audio(payload: str) -> str:
+    return _encoder.encode(_InputAudio(payload)).decode()
+
+
+def encode_tool_result(call_id: str, result: str, is_error: bool) -> str:
+    return _encoder.encode(_ToolResult(call_id, result, is_error)).decode()
+
+
+def encode_session_update(session: dict[str, Any]) -> str:
+    return _encoder.encode(_SessionUpdate(session)).decode()
+
+
+def encode_session_resume(session_id: str) -> str:
+    return _encoder.encode(_SessionResume(session_id)).decode()
+
+
+def encode_reply_create(instructions: str | None = None) -> str:
+    return _encoder.encode(_ReplyCreate(instructions)).decode()
+
+
+# Errors after which the session cannot go on (see the reference, §6.3). Compared
+# lower-cased because the docs and the live service disagree on case.
+FATAL_ERROR_CODES = frozenset(
+    {
+        "unauthorized",
+        "forbidden",
+        "session_not_found",
+        "session_forbidden",
+        "session_expired",
+        "agent_not_found",
+        "agent_init_failed",
+        "agent_timeout",
+        "internal_error",
+        "server_error",
+        "at_capacity",
+        "concurrency_exceeded",
+    }
+)
+
+
+def is_fatal(error: SessionError, *, before_ready: bool) -> bool:
+    """A bad first session.update is fatal; later config complaints are not."""
+    return before_ready or error.code.lower() in FATAL_ERROR_CODES

@@ -1,0 +1,75 @@
+"""Builds the aiohttp application from settings and a bot."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from importlib import resources
+
+import aiohttp
+from aiohttp import web
+
+from callbridge.bot import Bot
+from callbridge.bridge.inputs import ServerShutdown
+from callbridge.config import Settings
+from callbridge.server import media_stream_endpoint, webhooks
+from callbridge.server.state import APP_STATE, AppState
+
+# One second of μ-law per media message: Twilio accepts any size; fewer frames, same sound.
+_APOLOGY_CHUNK_BYTES = 8000
+_SHUTDOWN_WAIT_SECONDS = 5.0
+
+
+def load_apology() -> tuple[tuple[str, ...], float]:
+    """The built-in spoken apology, as base64 μ-law payloads, and its length in seconds."""
+    audio = resources.files("callbridge.assets").joinpath("apology.ulaw").read_bytes()
+    payloads = tuple(
+        base64.b64encode(audio[i : i + _APOLOGY_CHUNK_BYTES]).decode()
+        for i in range(0, len(audio), _APOLOGY_CHUNK_BYTES)
+    )
+    return payloads, len(audio) / 8000
+
+
+def build_app(settings: Settings, bot: Bot) -> web.Application:
+    payloads, seconds = load_apology()
+    state = AppState(settings=settings, bot=bot, apology_payloads=payloads, apology_seconds=seconds)
+    app = web.Application()
+    app[APP_STATE] = state
+    app.router.add_post("/twiml", webhooks.inbound_twiml)
+    app.router.add_post("/outbound-twiml", webhooks.outbound_twiml)
+    app.router.add_post("/call-status", webhooks.call_status)
+    app.router.add_get("/media-stream/{call_id}", media_stream_endpoint.inbound_stream)
+    app.router.add_get("/outbound-stream/{call_id}", media_stream_endpoint.outbound_stream)
+    app.router.add_get("/healthz", webhooks.healthz)
+    app.router.add_get("/readyz", webhooks.readyz)
+    app.on_startup.append(_open_http_client)
+    app.on_shutdown.append(_end_live_calls)
+    app.on_cleanup.append(_close_http_client)
+    return app
+
+
+async def _open_http_client(app: web.Application) -> None:
+    # aiohttp's default pool caps a session at 100 connections: the 101st call would
+    # wait for an upstream socket. Calls are the limit here, not the pool.
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+    app[APP_STATE].http = aiohttp.ClientSession(connector=connector)
+
+
+async def _end_live_calls(app: web.Application) -> None:
+    state = app[APP_STATE]
+    state.shutting_down = True
+    runners = list(state.registry.live.values())
+    for runner in runners:
+        with contextlib.suppress(Exception):
+            await runner.end(ServerShutdown())
+    if runners:
+        await asyncio.wait(
+            [asyncio.create_task(r.done.wait()) for r in runners], timeout=_SHUTDOWN_WAIT_SECONDS
+        )
+
+
+async def _close_http_client(app: web.Application) -> None:
+    state = app[APP_STATE]
+    if state.http is not None:
+        await state.http.close()

@@ -1,0 +1,96 @@
+"""What a call's bridge asks its adapters to do. Plain values; performing them is I/O."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from callbridge.tools import Tool
+
+
+@dataclass(frozen=True, slots=True)
+class SendToTwilio:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendToAgent:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAgent:
+    """Open the upstream WebSocket; answer with AgentOpened or AgentOpenFailed."""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseAgent:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class HangUp:
+    """Close the Twilio socket. With nothing after <Connect> in the TwiML, the call ends."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunTool:
+    call_id: str
+    tool: Tool
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StartTimer:
+    name: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: int
+    event: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def info(cls, event: str, **fields: Any) -> Log:
+        return cls(logging.INFO, event, fields)
+
+    @classmethod
+    def warning(cls, event: str, **fields: Any) -> Log:
+        return cls(logging.WARNING, event, fields)
+
+    @classmethod
+    def error(cls, event: str, **fields: Any) -> Log:
+        return cls(logging.ERROR, event, fields)
+
+    @classmethod
+    def debug(cls, event: str, **fields: Any) -> Log:
+        return cls(logging.DEBUG, event, fields)
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """Both sockets are closed; the call is over. Cancel whatever of it still runs."""
+
+    reason: str
+
+
+Action = (
+    SendToTwilio
+    | SendToAgent
+    | OpenAgent
+    | CloseAgent
+    | HangUp
+    | RunTool
+    | StartTimer
+    | CancelTimer
+    | Log
+    | Finished
+)

@@ -1,0 +1,504 @@
+"""One call's bridge between Twilio and the Voice Agent API, as a state machine. No I/O.
+
+Feed it every decoded message from either socket and every adapter event (see
+`inputs.py`); it returns the actions to perform (see `actions.py`). All call policy is
+here: gating caller audio until `session.ready`, barge-in, tool-result timing, and how a
+call ends. Audio payloads cross as the same base64 strings they arrived as.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from callbridge.agent import events as agent
+from callbridge.bridge.actions import (
+    Action,
+    CancelTimer,
+    CloseAgent,
+    Finished,
+    HangUp,
+    Log,
+    OpenAgent,
+    RunTool,
+    SendToAgent,
+    SendToTwilio,
+    StartTimer,
+)
+from callbridge.bridge.inputs import (
+    AgentClosed,
+    AgentOpened,
+    AgentOpenFailed,
+    ServerShutdown,
+    TimerFired,
+    ToolFinished,
+    TwilioClosed,
+    TwilioProtocolError,
+)
+from callbridge.tools import Tool
+from callbridge.twilio import media_stream as twilio
+
+APOLOGY_MARK = "callbridge-apology-played"
+READY_TIMER = "agent-ready"
+SESSION_END_TIMER = "session-end"
+APOLOGY_TIMER = "apology"
+
+
+class State(enum.Enum):
+    AWAITING_START = "awaiting-start"  # Twilio socket open, no `start` yet
+    CONNECTING = "connecting"  # opening the upstream socket
+    CONFIGURING = "configuring"  # session.update sent, waiting for session.ready
+    LIVE = "live"  # audio flows both ways
+    ENDING = "ending"  # session.end sent or sockets closing
+    APOLOGIZING = "apologizing"  # playing the apology, then hanging up
+    DONE = "done"
+
+
+class EndReason(enum.StrEnum):
+    CALLER_HUNG_UP = "caller-hung-up"  # Twilio sent `stop`
+    TWILIO_DISCONNECTED = "twilio-disconnected"  # socket closed without `stop`
+    TWILIO_PROTOCOL_ERROR = "twilio-protocol-error"
+    AGENT_ENDED = "agent-ended"  # the agent sent session.ended
+    AGENT_ERROR = "agent-error"  # a fatal session.error
+    AGENT_UNAVAILABLE = "agent-unavailable"  # could not open the upstream socket
+    AGENT_TIMEOUT = "agent-timeout"  # no session.ready in time
+    AGENT_DROPPED = "agent-dropped"  # upstream closed without session.ended
+    SERVER_SHUTDOWN = "server-shutdown"
+
+
+class CallBridge:
+    def __init__(
+        self,
+        *,
+        session_config: Mapping[str, Any],
+        tools: Sequence[Tool],
+        apology_payloads: Sequence[str] = (),
+        apology_seconds: float = 0.0,
+        ready_timeout: float = 15.0,
+        end_wait: float = 2.0,
+    ) -> None:
+        self._session_config = dict(session_config)
+        self._tools = {t.name: t for t in tools}
+        self._apology = tuple(apology_payloads)
+        self._apology_seconds = apology_seconds
+        self._ready_timeout = ready_timeout
+        self._end_wait = end_wait
+
+        self.state = State.AWAITING_START
+        self.end_reason: EndReason | None = None
+        self.end_detail = ""
+        self.stream_sid: str | None = None
+        self.call_sid: str | None = None
+        self.custom_parameters: dict[str, str] = {}
+        self.session_id: str | None = None
+
+        self._twilio_open = True
+        self._agent = "none"  # none | opening | open | closed
+
+        self._current_reply: str | None = None
+        self._fenced_replies: set[str | None] = set()  # barged-in replies: drop late audio
+        self._results_may_flow = True  # reference §4.4: only right after reply.done
+        self._tool_reply: dict[str, str | None] = {}  # outstanding call_id -> its reply
+        self._held_results: list[ToolFinished] = []
+
+        self.frames_from_twilio = 0
+        self.frames_to_agent = 0
+        self.frames_to_twilio = 0
+        self.dropped: Counter[str] = Counter()
+        self.rejected_frames = 0
+
+        self._handlers: dict[type, Callable[[Any], list[Action]]] = {
+            twilio.Media: self._on_media,
+            agent.ReplyAudio: self._on_reply_audio,
+            twilio.Connected: self._on_connected,
+            twilio.Start: self._on_start,
+            twilio.Mark: self._on_mark,
+            twilio.Dtmf: self._on_dtmf,
+            twilio.Stop: self._on_stop,
+            twilio.InvalidFrame: self._on_invalid_frame,
+            TwilioClosed: self._on_twilio_closed,
+            TwilioProtocolError: self._on_twilio_protocol_error,
+            AgentOpened: self._on_agent_opened,
+            AgentOpenFailed: self._on_agent_open_failed,
+            AgentClosed: self._on_agent_closed,
+            agent.SessionReady: self._on_session_ready,
+            agent.SessionUpdated: self._on_session_updated,
+            agent.SessionError: self._on_session_error,
+            agent.SessionEnded: self._on_session_ended,
+            agent.SpeechStarted: self._on_speech_started,
+            agent.SpeechStopped: self._on_speech_stopped,
+            agent.UserTranscriptDelta: self._ignore,
+            agent.UserTranscript: self._on_user_transcript,
+            agent.ReplyStarted: self._on_reply_started,
+            agent.AgentTranscriptDelta: self._ignore,
+            agent.AgentTranscript: self._on_agent_transcript,
+            agent.ReplyDone: self._on_reply_done,
+            agent.ReplyError: self._on_reply_error,
+            agent.ToolCall: self._on_tool_call,
+            agent.UnknownEvent: self._on_unknown_event,
+            agent.InvalidEvent: self._on_invalid_event,
+            ToolFinished: self._on_tool_finished,
+            TimerFired: self._on_timer,
+            ServerShutdown: self._on_server_shutdown,
+        }
+
+    def handle(self, event: object) -> list[Action]:
+        """Take one event, return what to do. Never raises for any event it is given."""
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            return [Log.warning("bridge.unexpected_event", kind=type(event).__name__)]
+        return handler(event)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return {
+            "frames_from_twilio": self.frames_from_twilio,
+            "frames_to_agent": self.frames_to_agent,
+            "frames_to_twilio": self.frames_to_twilio,
+            "dropped": dict(self.dropped),
+            "rejected_frames": self.rejected_frames,
+        }
+
+    # --- Twilio side ------------------------------------------------------------------
+
+    def _on_media(self, msg: twilio.Media) -> list[Action]:
+        self.frames_from_twilio += 1
+        if self.state is State.LIVE:
+            payload = msg.media.payload
+            if twilio.is_valid_payload(payload):
+                self.frames_to_agent += 1
+                return [SendToAgent(agent.encode_input_audio(payload))]
+            return self._drop("bad-payload")
+        if self.state is State.AWAITING_START:
+            return self._drop("before-start")
+        if self.state in (State.CONNECTING, State.CONFIGURING):
+            return self._drop("before-ready")
+        return self._drop("ending")
+
+    def _drop(self, reason: str) -> list[Action]:
+        self.dropped[reason] += 1
+        if (
+            self.dropped[reason] == 1
+        ):  # the first of each kind is worth a line; counts come at the end
+            return [Log.warning("audio.dropped", reason=reason, direction="to-agent")]
+        return []
+
+    def _on_connected(self, _: twilio.Connected) -> list[Action]:
+        return []
+
+    def _on_start(self, msg: twilio.Start) -> list[Action]:
+        if self.state is not State.AWAITING_START:
+            return [Log.warning("twilio.duplicate_start")]
+        info = msg.start
+        self.stream_sid = info.stream_sid or msg.stream_sid
+        self.call_sid = info.call_sid or None
+        self.custom_parameters = {str(k): str(v) for k, v in info.custom_parameters.items()}
+        self.state = State.CONNECTING
+        self._agent = "opening"
+        return [
+            Log.info("stream.started", call_sid=self.call_sid, stream_sid=self.stream_sid),
+            OpenAgent(),
+        ]
+
+    def _on_mark(self, msg: twilio.Mark) -> list[Action]:
+        if msg.mark.name == APOLOGY_MARK and self.state is State.APOLOGIZING:
+            return [CancelTimer(APOLOGY_TIMER), *self._hang_up()]
+        return []
+
+    def _on_dtmf(self, msg: twilio.Dtmf) -> list[Action]:
+        return [Log.info("caller.dtmf", digit=msg.dtmf.digit)]
+
+    def _on_stop(self, _: twilio.Stop) -> list[Action]:
+        return [Log.info("stream.stopped"), *self._end(EndReason.CALLER_HUNG_UP)]
+
+    def _on_invalid_frame(self, msg: twilio.InvalidFrame) -> list[Action]:
+        self.rejected_frames += 1
+        # Log the first few in full; after that a line per hundred keeps a flood readable.
+        if self.rejected_frames <= 5 or self.rejected_frames % 100 == 0:
+            return [
+                Log.warning("twilio.frame_rejected", reason=msg.reason, total=self.rejected_frames)
+            ]
+        return []
+
+    def _on_twilio_closed(self, _: TwilioClosed) -> list[Action]:
+        self._twilio_open = False
+        if self.end_reason is None:
+            return self._end(EndReason.TWILIO_DISCONNECTED)
+        return self._finish_if_closed()
+
+    def _on_twilio_protocol_error(self, msg: TwilioProtocolError) -> list[Action]:
+        return [
+            Log.error("twilio.protocol_error", reason=msg.reason),
+            *self._end(EndReason.TWILIO_PROTOCOL_ERROR, msg.reason),
+        ]
+
+    # --- agent side -------------------------------------------------------------------
+
+    def _on_agent_opened(self, _: AgentOpened) -> list[Action]:
+        self._agent = "open"
+        if self.state is not State.CONNECTING:
+            # The caller left while we were connecting: no session was created, just close.
+            return [CloseAgent()]
+        self.state = State.CONFIGURING
+        return [
+            SendToAgent(agent.encode_session_update(self._session_config)),
+            StartTimer(READY_TIMER, self._ready_timeout),
+        ]
+
+    def _on_agent_open_failed(self, msg: AgentOpenFailed) -> list[Action]:
+        self._agent = "closed"
+        if self.end_reason is not None:
+            return self._finish_if_closed()
+        return self._fail(EndReason.AGENT_UNAVAILABLE, msg.reason)
+
+    def _on_agent_closed(self, msg: AgentClosed) -> list[Action]:
+        was_open = self._agent == "open"
+        self._agent = "closed"
+        if self.end_reason is not None or not was_open:
+            return self._finish_if_closed()
+        detail = f"closed with code {msg.code}" if msg.code is not None else "connection lost"
+        if msg.reason:
+            detail += f": {msg.reason}"
+        return self._fail(EndReason.AGENT_DROPPED, detail)
+
+    def _on_session_ready(self, msg: agent.SessionReady) -> list[Action]:
+        if self.state is not State.CONFIGURING:
+            return [Log.warning("agent.unexpected_ready", state=self.state.value)]
+        self.state = State.LIVE
+        self.session_id = msg.session_id
+        return [CancelTimer(READY_TIMER), Log.info("agent.ready", session_id=msg.session_id)]
+
+    def _on_session_updated(self, _: agent.SessionUpdated) -> list[Action]:
+        return [Log.debug("agent.session_updated")]
+
+    def _on_session_error(self, msg: agent.SessionError) -> list[Action]:
+        fatal = agent.is_fatal(msg, before_ready=self.state is State.CONFIGURING)
+        log = Log(
+            logging.ERROR if fatal else logging.WARNING,
+            "agent.error",
+            {"code": msg.code, "message": msg.message[:300], "param": msg.param, "fatal": fatal},
+        )
+        if not fatal:
+            return [log]
+        return [log, *self._fail(EndReason.AGENT_ERROR, msg.code)]
+
+    def _on_session_ended(self, _: agent.SessionEnded) -> list[Action]:
+        if self.end_reason is not None:
+            return [CancelTimer(SESSION_END_TIMER), *self._close_agent()]
+        self.end_reason = EndReason.AGENT_ENDED
+        self.state = State.ENDING
+        return [
+            Log.info("agent.session_ended"),
+            CancelTimer(READY_TIMER),
+            *self._close_agent(),
+            *self._hang_up(),
+        ]
+
+    def _on_speech_started(self, _: agent.SpeechStarted) -> list[Action]:
+        self._results_may_flow = False
+        if self.state is not State.LIVE or self.stream_sid is None:
+            return []
+        # While a reply plays, speech.started means the server decided on a barge-in: stop
+        # Twilio's buffered audio now and drop whatever else of that reply still arrives.
+        if self._current_reply is not None:
+            self._fenced_replies.add(self._current_reply)
+        return [
+            SendToTwilio(twilio.encode_clear(self.stream_sid)),
+            Log.info("caller.speech_started"),
+        ]
+
+    def _on_speech_stopped(self, _: agent.SpeechStopped) -> list[Action]:
+        return [Log.debug("caller.speech_stopped")]
+
+    def _on_user_transcript(self, msg: agent.UserTranscript) -> list[Action]:
+        return [Log.info("transcript.caller", text=msg.text)]
+
+    def _on_reply_started(self, msg: agent.ReplyStarted) -> list[Action]:
+        self._current_reply = msg.reply_id
+        self._results_may_flow = False
+        return [Log.debug("agent.reply_started", reply_id=msg.reply_id)]
+
+    def _on_reply_audio(self, msg: agent.ReplyAudio) -> list[Action]:
+        if self.state is not State.LIVE or self.stream_sid is None:
+            self.dropped["agent-audio-not-live"] += 1
+            return []
+        if msg.reply_id in self._fenced_replies:
+            self.dropped["agent-audio-interrupted"] += 1
+            return []
+        if not twilio.is_valid_payload(msg.data):
+            return self._drop("agent-bad-payload")
+        self.frames_to_twilio += 1
+        return [SendToTwilio(twilio.encode_media(self.stream_sid, msg.data))]
+
+    def _on_agent_transcript(self, msg: agent.AgentTranscript) -> list[Action]:
+        return [Log.info("transcript.agent", text=msg.text, interrupted=msg.interrupted)]
+
+    def _on_reply_done(self, msg: agent.ReplyDone) -> list[Action]:
+        self._current_reply = None
+        if msg.status == "interrupted":
+            actions: list[Action] = [Log.info("agent.reply_interrupted", reply_id=msg.reply_id)]
+            if self.stream_sid is not None and self.state is State.LIVE:
+                actions.append(SendToTwilio(twilio.encode_clear(self.stream_sid)))
+            actions.extend(self._discard_results_of(msg.reply_id))
+            return actions
+        self._fenced_replies.discard(msg.reply_id)
+        self._results_may_flow = True
+        return self._flush_results()
+
+    def _on_reply_error(self, msg: agent.ReplyError) -> list[Action]:
+        return [Log.warning("agent.reply_error", code=msg.code, message=msg.message[:300])]
+
+    def _on_unknown_event(self, msg: agent.UnknownEvent) -> list[Action]:
+        return [Log.debug("agent.unknown_event", type=msg.type)]
+
+    def _on_invalid_event(self, msg: agent.InvalidEvent) -> list[Action]:
+        return [Log.warning("agent.invalid_event", reason=msg.reason)]
+
+    # --- tools ------------------------------------------------------------------------
+
+    def _on_tool_call(self, msg: agent.ToolCall) -> list[Action]:
+        if self.state is not State.LIVE:
+            return [Log.warning("tool.call_ignored", call_id=msg.call_id, state=self.state.value)]
+        if msg.call_id in self._tool_reply:
+            return [Log.warning("tool.duplicate_call", call_id=msg.call_id)]
+        self._tool_reply[msg.call_id] = self._current_reply
+        log = Log.info("tool.called", call_id=msg.call_id, name=msg.name)
+        tool = self._tools.get(msg.name)
+        if tool is None:
+            return [
+                log,
+                *self._on_tool_finished(
+                    ToolFinished(msg.call_id, f"unknown tool {msg.name!r}", True)
+                ),
+            ]
+        try:
+            arguments = agent.tool_arguments(msg)
+        except agent.ToolArgumentsError as exc:
+            return [
+                log,
+                *self._on_tool_finished(
+                    ToolFinished(msg.call_id, f"invalid arguments: {exc}", True)
+                ),
+            ]
+        return [log, RunTool(msg.call_id, tool, arguments)]
+
+    def _on_tool_finished(self, msg: ToolFinished) -> list[Action]:
+        if msg.call_id not in self._tool_reply:
+            return [Log.warning("tool.result_for_unknown_call", call_id=msg.call_id)]
+        log = Log.info("tool.finished", call_id=msg.call_id, is_error=msg.is_error)
+        if self._tool_reply[msg.call_id] in self._fenced_replies:
+            del self._tool_reply[msg.call_id]
+            return [
+                log,
+                Log.info("tool.result_discarded", call_id=msg.call_id, why="reply interrupted"),
+            ]
+        self._held_results.append(msg)
+        if self._results_may_flow:
+            return [log, *self._flush_results()]
+        return [log]
+
+    def _flush_results(self) -> list[Action]:
+        if self.state is not State.LIVE or self._agent != "open" or not self._held_results:
+            return []
+        actions: list[Action] = []
+        for result in self._held_results:
+            self._tool_reply.pop(result.call_id, None)
+            actions.append(
+                SendToAgent(
+                    agent.encode_tool_result(result.call_id, result.result, result.is_error)
+                )
+            )
+        self._held_results.clear()
+        return actions
+
+    def _discard_results_of(self, reply_id: str | None) -> list[Action]:
+        # Reference §4.4: results of an interrupted reply are discarded. Tools of that reply
+        # still running are discarded when they finish (their reply stays fenced).
+        self._fenced_replies.add(reply_id)
+        kept: list[ToolFinished] = []
+        discarded: list[ToolFinished] = []
+        for result in self._held_results:
+            (discarded if self._tool_reply.get(result.call_id) == reply_id else kept).append(result)
+        self._held_results = kept
+        for result in discarded:
+            del self._tool_reply[result.call_id]
+        return [
+            Log.info("tool.result_discarded", call_id=r.call_id, why="reply interrupted")
+            for r in discarded
+        ]
+
+    # --- ending -----------------------------------------------------------------------
+
+    def _on_timer(self, msg: TimerFired) -> list[Action]:
+        if msg.name == READY_TIMER and self.state is State.CONFIGURING:
+            return self._fail(EndReason.AGENT_TIMEOUT, "no session.ready in time")
+        if msg.name == SESSION_END_TIMER and self._agent == "open":
+            return [Log.warning("agent.no_session_ended"), *self._close_agent()]
+        if msg.name == APOLOGY_TIMER and self.state is State.APOLOGIZING:
+            return self._hang_up()
+        return []
+
+    def _on_server_shutdown(self, _: ServerShutdown) -> list[Action]:
+        return [Log.info("call.server_shutdown"), *self._end(EndReason.SERVER_SHUTDOWN)]
+
+    def _end(self, reason: EndReason, detail: str = "") -> list[Action]:
+        """An orderly end: tell the agent (billing stops at session.end), close both sides."""
+        if self.end_reason is not None:
+            return self._finish_if_closed()
+        self.end_reason = reason
+        self.end_detail = detail
+        self.state = State.ENDING
+        actions: list[Action] = [CancelTimer(READY_TIMER)]
+        if self._agent == "open":
+            actions += [
+                SendToAgent(agent.SESSION_END),
+                StartTimer(SESSION_END_TIMER, self._end_wait),
+            ]
+        actions += self._hang_up()
+        return actions + self._finish_if_closed()
+
+    def _fail(self, reason: EndReason, detail: str) -> list[Action]:
+        """The agent side cannot go on: apologise to the caller, then hang up."""
+        if self.end_reason is not None:
+            return self._finish_if_closed()
+        self.end_reason = reason
+        self.end_detail = detail
+        actions: list[Action] = [
+            Log.error("call.failed", reason=reason.value, detail=detail),
+            CancelTimer(READY_TIMER),
+        ]
+        if self._agent == "open":
+            actions += [SendToAgent(agent.SESSION_END), *self._close_agent()]
+        if self._twilio_open and self.stream_sid is not None and self._apology:
+            self.state = State.APOLOGIZING
+            sid = self.stream_sid
+            actions.append(SendToTwilio(twilio.encode_clear(sid)))
+            actions += [SendToTwilio(twilio.encode_media(sid, p)) for p in self._apology]
+            actions += [
+                SendToTwilio(twilio.encode_mark(sid, APOLOGY_MARK)),
+                StartTimer(APOLOGY_TIMER, self._apology_seconds + 3.0),
+            ]
+            return actions
+        self.state = State.ENDING
+        return actions + self._hang_up() + self._finish_if_closed()
+
+    def _close_agent(self) -> list[Action]:
+        if self._agent in ("open", "opening"):
+            return [CloseAgent()]
+        return []
+
+    def _hang_up(self) -> list[Action]:
+        return [HangUp()] if self._twilio_open else []
+
+    def _finish_if_closed(self) -> list[Action]:
+        if self.state is State.DONE or self._twilio_open or self._agent in ("open", "opening"):
+            return []
+        self.state = State.DONE
+        reason = self.end_reason.value if self.end_reason else "unknown"
+        return [CancelTimer(SESSION_END_TIMER), CancelTimer(APOLOGY_TIMER), Finished(reason)]
+
+    def _ignore(self, _: object) -> list[Action]:
+        return []

@@ -1,0 +1,169 @@
+"""The `callbridge` command: serve, call, simulate. A thin shell over the library."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from callbridge.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Put an AssemblyAI voice agent on a Twilio phone number.",
+)
+
+EXIT_CONFIG = 2  # bad configuration or usage
+EXIT_FAILED = 1  # the operation itself failed (Twilio said no, server unreachable...)
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    typer.echo(f"callbridge: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        _fail(f"configuration error: {exc}", EXIT_CONFIG)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on (HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (PORT).")] = None,
+) -> None:
+    """Run the bridge server."""
+    from aiohttp import web
+
+    from callbridge import logs
+    from callbridge.app import build_app
+    from callbridge.bot import BotLoadError, load_bot
+
+    overrides: dict[str, object] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    try:
+        settings = load_settings(**overrides)
+    except ConfigError as exc:
+        _fail(f"configuration error: {exc}", EXIT_CONFIG)
+    try:
+        bot = load_bot(settings.callbridge_bot)
+    except BotLoadError as exc:
+        _fail(f"configuration error: CALLBRIDGE_BOT: {exc}", EXIT_CONFIG)
+
+    logs.configure(settings.log_level, settings.log_format)
+    log = logs.EventLogger("server")
+    if settings.api_key is None:
+        log.error(
+            "config.no_api_key",
+            effect="not ready: callers hear an apology until ASSEMBLYAI_API_KEY is set",
+        )
+    log.info(
+        "server.starting",
+        host=settings.host,
+        port=settings.port,
+        public_url=settings.public_url,
+        agent_url=settings.assemblyai_agent_url,
+        bot=settings.callbridge_bot,
+    )
+    try:
+        web.run_app(
+            build_app(settings, bot),
+            host=settings.host,
+            port=settings.port,
+            # aiohttp "prints" once the socket is bound: the moment we are really up.
+            print=lambda _: log.info("server.listening", host=settings.host, port=settings.port),
+            access_log=None,
+            shutdown_timeout=10.0,
+            loop=_new_event_loop(),
+        )
+    except OSError as exc:
+        _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+
+
+@app.command()
+def call(
+    to: Annotated[
+        str | None, typer.Argument(help="Number to call (default TARGET_PHONE_NUMBER).")
+    ] = None,
+    from_: Annotated[
+        str | None,
+        typer.Option("--from", help="Your Twilio number (default TWILIO_PHONE_NUMBER)."),
+    ] = None,
+) -> None:
+    """Place an outbound call: the agent speaks first with the bot's outbound prompt."""
+    from callbridge.twilio.rest import OutboundCallError, place_call
+
+    settings = _settings()
+    try:
+        sid = place_call(settings, to=to, from_=from_)
+    except OutboundCallError as exc:
+        _fail(str(exc), exc.exit_code)
+    typer.echo(sid)
+
+
+@app.command()
+def simulate(
+    wav: Annotated[
+        Path | None,
+        typer.Option("--wav", exists=True, dir_okay=False, help="Caller audio (any WAV)."),
+    ] = None,
+    record: Annotated[
+        Path | None, typer.Option("--record", help="Save what the caller heard as a WAV.")
+    ] = None,
+    server: Annotated[
+        str | None, typer.Option(help="Server address (default http://127.0.0.1:PORT).")
+    ] = None,
+    seconds: Annotated[
+        float | None,
+        typer.Option(help="Hang up after this long (default: the WAV's length plus 10 s)."),
+    ] = None,
+    outbound: Annotated[
+        bool, typer.Option(help="Simulate an answered outbound call instead.")
+    ] = False,
+) -> None:
+    """Run one call against a running server, as Twilio would, without a phone."""
+    from callbridge.simulate import SimulationError, run_simulation
+
+    settings = _settings()
+    try:
+        summary = asyncio.run(
+            run_simulation(
+                settings,
+                server_url=server or f"http://127.0.0.1:{settings.port}",
+                wav=wav,
+                record=record,
+                seconds=seconds,
+                outbound=outbound,
+            )
+        )
+    except SimulationError as exc:
+        _fail(str(exc))
+    typer.echo(summary)
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # not available on this platform: the standard loop works too
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Settings from the environment or a `.env` file. The variable names are the interface."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_AGENT_URL = "wss://agents.assemblyai.com/v1/ws"
+_E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+_ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
+_VOICE = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+class ConfigError(Exception):
+    """One line naming the variable and what is wrong with it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", env_ignore_empty=True, extra="ignore"
+    )
+
+    assemblyai_api_key: SecretStr | None = None
+    assemblyai_agent_url: str = DEFAULT_AGENT_URL
+    public_url: str | None = None
+    # The seed project's name for PUBLIC_URL. Containers set HOSTNAME to their own name,
+    # so it only counts when it is a URL.
+    hostname: str | None = None
+    host: str = "0.0.0.0"
+    port: int = Field(default=3000, ge=1, le=65535)
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_phone_number: str | None = None
+    target_phone_number: str | None = None
+    twilio_api_base_url: str | None = None
+    agent_voice: str | None = None
+    callbridge_bot: str = "callbridge.bot:bot"
+    database_url: str = "sqlite:///callbridge.db"  # reserved for call records
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    callbridge_max_message_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("assemblyai_agent_url")
+    @classmethod
+    def _ws_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("wss", "ws") or not parts.hostname:
+            raise ValueError("must be a wss:// URL (ws:// only for local fakes)")
+        return value
+
+    @field_validator("public_url", "twilio_api_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as https://example.ngrok.app")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query string or fragment")
+        return value.rstrip("/")
+
+    @field_validator("twilio_account_sid")
+    @classmethod
+    def _account_sid(cls, value: str | None) -> str | None:
+        if value is not None and not _ACCOUNT_SID.match(value):
+            raise ValueError("must look like AC followed by 32 hex digits (see the Twilio console)")
+        return value
+
+    @field_validator("twilio_phone_number", "target_phone_number")
+    @classmethod
+    def _e164(cls, value: str | None) -> str | None:
+        if value is not None and not _E164.match(value):
+            raise ValueError("must be an E.164 number such as +15551234567")
+        return value
+
+    @field_validator("agent_voice")
+    @classmethod
+    def _voice(cls, value: str | None) -> str | None:
+        if value is not None and not _VOICE.match(value):
+            raise ValueError("voice names are lower-case words such as 'alba' (case matters)")
+        return value
+
+    @model_validator(mode="after")
+    def _public_url_from_hostname(self) -> Settings:
+        if self.public_url is None and self.hostname:
+            parts = urlsplit(self.hostname)
+            if parts.scheme in ("https", "http") and parts.hostname:
+                self.public_url = self.hostname.rstrip("/")
+        return self
+
+    @property
+    def api_key(self) -> str | None:
+        return self.assemblyai_api_key.get_secret_value() if self.assemblyai_api_key else None
+
+    @property
+    def auth_token(self) -> str | None:
+        return self.twilio_auth_token.get_secret_value() if self.twilio_auth_token else None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment and `.env`; raises ConfigError with one clear line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(describe(exc)) from None
+
+
+def describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        name = str(error["loc"][0]).upper() if error["loc"] else "configuration"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{name}: {message}")
+    return "; ".join(lines)

@@ -1,0 +1,103 @@
+"""Structured logging: one JSON object per line (or a readable line on a terminal).
+
+Every line about a call carries its `call_id`. Fields are given as keyword arguments,
+never formatted into the message, so logs can be queried. Secrets and audio are never
+passed in: settings hold secrets as `SecretStr`, and the bridge logs counts, not payloads.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import sys
+from typing import Any
+
+import msgspec
+
+_ROOT = "callbridge"
+_encoder = msgspec.json.Encoder()
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return _encoder.encode(_jsonable(line)).decode()
+
+
+class ConsoleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", {})
+        call_id = fields.get("call_id")
+        rest = " ".join(f"{k}={v}" for k, v in fields.items() if k != "call_id")
+        prefix = f"[{call_id}] " if call_id else ""
+        text = f"{record.levelname:<7} {prefix}{record.getMessage()} {rest}".rstrip()
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def configure(level: str = "INFO", fmt: str = "auto") -> None:
+    """Send callbridge's logs to stderr; `fmt` is json, console, or auto (console on a tty)."""
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(ConsoleFormatter() if fmt == "console" else JsonFormatter())
+    root = logging.getLogger(_ROOT)
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+class EventLogger:
+    """A logger bound to fixed fields (a call's id, say)."""
+
+    def __init__(self, name: str, **bound: Any) -> None:
+        self._logger = logging.getLogger(f"{_ROOT}.{name}")
+        self._bound = bound
+
+    def bind(self, **fields: Any) -> EventLogger:
+        child = EventLogger.__new__(EventLogger)
+        child._logger = self._logger
+        child._bound = {**self._bound, **fields}
+        return child
+
+    def log(self, level: int, event: str, exc_info: Any = None, **fields: Any) -> None:
+        if self._logger.isEnabledFor(level):
+            self._logger.log(
+                level, event, exc_info=exc_info, extra={"fields": {**self._bound, **fields}}
+            )
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self.log(logging.DEBUG, event, **fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.log(logging.INFO, event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.log(logging.WARNING, event, **fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self.log(logging.ERROR, event, **fields)
+
+    def exception(self, event: str, exc: BaseException, **fields: Any) -> None:
+        self.log(logging.ERROR, event, exc_info=(type(exc), exc, exc.__traceback__), **fields)

@@ -1,0 +1,63 @@
+"""Which calls this instance knows about: announced by a webhook, or live on a stream."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from callbridge.server.call_runner import CallRunner
+
+# Twilio opens the stream within seconds of our TwiML; anything older is abandoned.
+_PENDING_TTL_SECONDS = 300.0
+
+
+@dataclass
+class CallInfo:
+    call_id: str
+    direction: str
+    call_sid: str | None = None
+    from_number: str | None = None
+    to_number: str | None = None
+    created: float = field(default_factory=time.monotonic)
+
+
+def new_call_id() -> str:
+    """Unguessable (128 random bits): the id is part of the stream URL."""
+    return secrets.token_urlsafe(16)
+
+
+class CallRegistry:
+    def __init__(self) -> None:
+        self._known: dict[str, CallInfo] = {}
+        self._by_call_sid: dict[str, str] = {}
+        self.live: dict[str, CallRunner] = {}
+
+    def announce(self, info: CallInfo) -> None:
+        self._prune()
+        self._known[info.call_id] = info
+        if info.call_sid:
+            self._by_call_sid[info.call_sid] = info.call_id
+
+    def get(self, call_id: str) -> CallInfo | None:
+        return self._known.get(call_id)
+
+    def call_id_for_sid(self, call_sid: str) -> str | None:
+        return self._by_call_sid.get(call_sid)
+
+    def link_sid(self, call_id: str, call_sid: str) -> None:
+        self._by_call_sid[call_sid] = call_id
+
+    def forget(self, call_id: str) -> None:
+        info = self._known.pop(call_id, None)
+        if info is not None and info.call_sid:
+            self._by_call_sid.pop(info.call_sid, None)
+        self.live.pop(call_id, None)
+
+    def _prune(self) -> None:
+        horizon = time.monotonic() - _PENDING_TTL_SECONDS
+        for call_id, info in list(self._known.items()):
+            if info.created < horizon and call_id not in self.live:
+                self.forget(call_id)

@@ -1,0 +1,235 @@
+"""Runs one call: the thin adapter between two sockets and the call's `CallBridge`.
+
+It reads frames, feeds them to the bridge, and performs the actions the bridge returns.
+One `asyncio.TaskGroup` per call owns every task of the call (the upstream reader,
+tools, timers); when the bridge says the call is finished, whatever still runs is
+cancelled, so nothing of a call outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from callbridge.agent import events as agent
+from callbridge.agent.connection import AgentConnectError, open_agent_socket
+from callbridge.bridge.actions import (
+    Action,
+    CancelTimer,
+    CloseAgent,
+    Finished,
+    HangUp,
+    Log,
+    OpenAgent,
+    RunTool,
+    SendToAgent,
+    SendToTwilio,
+    StartTimer,
+)
+from callbridge.bridge.call_bridge import CallBridge
+from callbridge.bridge.inputs import (
+    AgentClosed,
+    AgentOpened,
+    AgentOpenFailed,
+    TimerFired,
+    ToolFinished,
+    TwilioClosed,
+    TwilioProtocolError,
+)
+from callbridge.logs import EventLogger
+from callbridge.tools import run_tool
+from callbridge.twilio import media_stream as twilio
+
+# If the bridge has not finished this long after the Twilio socket closed, something is
+# wrong: close whatever is left rather than keep a socket (and a bill) open.
+_FINISH_GRACE_SECONDS = 10.0
+
+
+class CallRunner:
+    def __init__(
+        self,
+        *,
+        call_id: str,
+        twilio_ws: web.WebSocketResponse,
+        bridge: CallBridge,
+        http: aiohttp.ClientSession,
+        agent_url: str,
+        api_key: str | None,
+        log: EventLogger,
+    ) -> None:
+        self.call_id = call_id
+        self.bridge = bridge
+        self._twilio = twilio_ws
+        self._http = http
+        self._agent_url = agent_url
+        self._api_key = api_key
+        self.log = log
+        self._agent_ws: aiohttp.ClientWebSocketResponse | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timers: dict[str, asyncio.Task[None]] = {}
+        self._finished = asyncio.Event()
+        self.done = asyncio.Event()  # set once run() has returned
+        self.finished_reason: str | None = None
+
+    async def run(self) -> None:
+        """Serve the call until both sockets are closed. Never raises (bar cancellation)."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                await self._read_twilio()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_FINISH_GRACE_SECONDS):
+                        await self._finished.wait()
+                if not self._finished.is_set():
+                    self.log.error("call.finish_forced", state=self.bridge.state.value)
+                    await self._close_agent_socket()
+                for task in list(self._tasks):
+                    task.cancel()
+        except Exception as exc:
+            # A bug in one call must not take the server (or any other call) down.
+            self.log.exception("call.crashed", exc)
+            await self._close_agent_socket()
+            with contextlib.suppress(Exception):
+                await self._twilio.close()
+        finally:
+            self.done.set()
+            self.log.info(
+                "call.ended",
+                reason=self.finished_reason or self.bridge.end_reason,
+                detail=self.bridge.end_detail or None,
+                session_id=self.bridge.session_id,
+                **self.bridge.stats,
+            )
+
+    async def end(self, event: object) -> None:
+        """Feed an event from outside the call (server shutdown, say)."""
+        await self._feed(event)
+
+    # --- reading ----------------------------------------------------------------------
+
+    async def _read_twilio(self) -> None:
+        ws = self._twilio
+        try:
+            async for msg in ws:
+                if msg.type is aiohttp.WSMsgType.TEXT:
+                    await self._feed(twilio.decode(msg.data))
+                elif msg.type is aiohttp.WSMsgType.BINARY:
+                    await self._feed(twilio.InvalidFrame("binary frame"))
+                elif msg.type is aiohttp.WSMsgType.ERROR:
+                    await self._feed(TwilioProtocolError(_describe_ws_error(ws.exception())))
+        finally:
+            await self._feed(TwilioClosed())
+
+    async def _read_agent(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        reason = ""
+        try:
+            async for msg in ws:
+                if msg.type is aiohttp.WSMsgType.TEXT:
+                    await self._feed(agent.decode(msg.data))
+                elif msg.type is aiohttp.WSMsgType.BINARY:
+                    await self._feed(agent.InvalidEvent("binary frame"))
+                elif msg.type is aiohttp.WSMsgType.ERROR:
+                    reason = _describe_ws_error(ws.exception())
+        finally:
+            await self._feed(AgentClosed(ws.close_code, reason))
+
+    # --- performing -------------------------------------------------------------------
+
+    async def _feed(self, event: object) -> None:
+        for action in self.bridge.handle(event):
+            await self._perform(action)
+
+    async def _perform(self, action: Action) -> None:
+        match action:
+            case SendToAgent(text):
+                await self._send(self._agent_ws, text)
+            case SendToTwilio(text):
+                await self._send(self._twilio, text)
+            case Log(level, event, fields):
+                self.log.log(level, event, **fields)
+            case OpenAgent():
+                self._spawn(self._open_agent())
+            case CloseAgent():
+                self._spawn(self._close_agent_socket())
+            case HangUp():
+                self._spawn(self._close_twilio())
+            case RunTool():
+                self._spawn(self._run_tool(action))
+            case StartTimer(name, seconds):
+                self._cancel_timer(name)
+                self._timers[name] = self._spawn(self._timer(name, seconds))
+            case CancelTimer(name):
+                self._cancel_timer(name)
+            case Finished(reason):
+                self.finished_reason = reason
+                self._finished.set()
+
+    async def _send(
+        self, ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse | None, text: str
+    ) -> None:
+        if ws is None or ws.closed:
+            return  # the socket's reader reports the close; a lost frame here is expected
+        # Closing underneath us: the socket's reader will feed the close event.
+        with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
+            await ws.send_str(text)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        assert self._tg is not None
+        task = self._tg.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _open_agent(self) -> None:
+        if self._api_key is None:
+            await self._feed(AgentOpenFailed("ASSEMBLYAI_API_KEY is not set"))
+            return
+        try:
+            ws = await open_agent_socket(self._http, self._agent_url, self._api_key)
+        except AgentConnectError as exc:
+            await self._feed(AgentOpenFailed(str(exc)))
+            return
+        self._agent_ws = ws
+        self._spawn(self._read_agent(ws))
+        await self._feed(AgentOpened())
+
+    async def _close_agent_socket(self) -> None:
+        ws = self._agent_ws
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(Exception):
+                await ws.close()
+
+    async def _close_twilio(self) -> None:
+        if not self._twilio.closed:
+            with contextlib.suppress(Exception):
+                await self._twilio.close()
+
+    async def _run_tool(self, action: RunTool) -> None:
+        outcome = await run_tool(action.tool, action.arguments)
+        if outcome.failure is not None:
+            self.log.exception(
+                "tool.raised", outcome.failure, call_id_tool=action.call_id, name=action.tool.name
+            )
+        await self._feed(ToolFinished(action.call_id, outcome.result, outcome.is_error))
+
+    async def _timer(self, name: str, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self._timers.pop(name, None)
+        await self._feed(TimerFired(name))
+
+    def _cancel_timer(self, name: str) -> None:
+        task = self._timers.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+
+def _describe_ws_error(exc: BaseException | None) -> str:
+    if isinstance(exc, aiohttp.WebSocketError) and exc.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
+        return "frame larger than the size limit"
+    return f"{type(exc).__name__}: {exc}" if exc else "websocket error"

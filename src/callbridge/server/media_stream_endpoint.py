@@ -1,0 +1,59 @@
+"""The Media Streams WebSocket endpoints: one socket from Twilio is one call."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from callbridge.bot import Direction
+from callbridge.bridge.call_bridge import CallBridge
+from callbridge.logs import EventLogger
+from callbridge.server.call_runner import CallRunner
+from callbridge.server.state import APP_STATE
+
+
+async def inbound_stream(request: web.Request) -> web.StreamResponse:
+    return await _serve_stream(request, "inbound")
+
+
+async def outbound_stream(request: web.Request) -> web.StreamResponse:
+    return await _serve_stream(request, "outbound")
+
+
+async def _serve_stream(request: web.Request, direction: Direction) -> web.StreamResponse:
+    state = request.app[APP_STATE]
+    settings = state.settings
+    call_id = request.match_info["call_id"]
+    log = EventLogger("call", call_id=call_id)
+    ws = web.WebSocketResponse(max_msg_size=settings.callbridge_max_message_bytes)
+    await ws.prepare(request)
+    if call_id in state.registry.live:
+        # Twilio has been seen opening a second socket for one call: two voices at once.
+        log.warning("stream.duplicate_refused")
+        await ws.close(code=1008, message=b"duplicate stream")
+        return ws
+    if state.http is None:
+        await ws.close(code=1011, message=b"server not started")
+        return ws
+
+    bridge = CallBridge(
+        session_config=state.bot.session_config(direction, settings.agent_voice),
+        tools=state.bot.tools,
+        apology_payloads=state.apology_payloads,
+        apology_seconds=state.apology_seconds,
+    )
+    runner = CallRunner(
+        call_id=call_id,
+        twilio_ws=ws,
+        bridge=bridge,
+        http=state.http,
+        agent_url=settings.assemblyai_agent_url,
+        api_key=settings.api_key,
+        log=log,
+    )
+    state.registry.live[call_id] = runner
+    log.info("stream.opened", direction=direction)
+    try:
+        await runner.run()
+    finally:
+        state.registry.forget(call_id)
+    return ws

@@ -1,0 +1,37 @@
+"""What the HTTP and WebSocket handlers share: settings, the bot, live calls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from callbridge.bot import Bot
+from callbridge.config import Settings
+from callbridge.logs import EventLogger
+from callbridge.server.call_registry import CallRegistry
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    bot: Bot
+    apology_payloads: tuple[str, ...]
+    apology_seconds: float
+    registry: CallRegistry = field(default_factory=CallRegistry)
+    log: EventLogger = field(default_factory=lambda: EventLogger("server"))
+    http: aiohttp.ClientSession | None = None
+    shutting_down: bool = False
+    warned_public_url: bool = False
+
+    def not_ready_reasons(self) -> list[str]:
+        reasons = []
+        if self.settings.api_key is None:
+            reasons.append("ASSEMBLYAI_API_KEY is not set")
+        if self.shutting_down:
+            reasons.append("shutting down")
+        return reasons
+
+
+APP_STATE = web.AppKey("callbridge_state", AppState)

@@ -1,0 +1,114 @@
+"""Twilio's HTTP webhooks (TwiML for inbound and outbound calls, status callbacks) and
+the health endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from aiohttp import web
+from multidict import MultiDictProxy
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+from callbridge.server.call_registry import CallInfo, new_call_id
+from callbridge.server.state import APP_STATE, AppState
+
+# Spoken by Twilio when we cannot bridge a call at all (no agent configured).
+UNAVAILABLE_TEXT = "Sorry, we can't take your call right now. Please try again later. Goodbye."
+_TWIML = "text/xml"
+
+
+async def inbound_twiml(request: web.Request) -> web.Response:
+    return await _connect_twiml(request, direction="inbound", stream_path="media-stream")
+
+
+async def outbound_twiml(request: web.Request) -> web.Response:
+    return await _connect_twiml(request, direction="outbound", stream_path="outbound-stream")
+
+
+async def _connect_twiml(request: web.Request, *, direction: str, stream_path: str) -> web.Response:
+    state = request.app[APP_STATE]
+    form = await request.post()
+    call_sid = _field(form, "CallSid")
+    log = state.log.bind(call_sid=call_sid, direction=direction)
+    reasons = state.not_ready_reasons()
+    if reasons:
+        log.error("call.refused", reasons=reasons)
+        response = VoiceResponse()
+        response.say(UNAVAILABLE_TEXT)
+        response.hangup()
+        return web.Response(text=str(response), content_type=_TWIML)
+
+    info = CallInfo(
+        call_id=new_call_id(),
+        direction=direction,
+        call_sid=call_sid,
+        from_number=_field(form, "From"),
+        to_number=_field(form, "To"),
+    )
+    state.registry.announce(info)
+    stream_url = f"{_public_ws_base(request, state)}/{stream_path}/{info.call_id}"
+    response = VoiceResponse()
+    connect = Connect()
+    # No query string on the stream URL: Twilio drops it. Data rides in <Parameter>s.
+    stream = connect.stream(url=stream_url)
+    stream.parameter(name="direction", value=direction)
+    if info.from_number:
+        stream.parameter(name="from", value=info.from_number[:100])
+    if info.to_number:
+        stream.parameter(name="to", value=info.to_number[:100])
+    response.append(connect)
+    log.info("call.announced", call_id=info.call_id, from_=info.from_number, to=info.to_number)
+    return web.Response(text=str(response), content_type=_TWIML)
+
+
+async def call_status(request: web.Request) -> web.Response:
+    state = request.app[APP_STATE]
+    form = await request.post()
+    call_sid = _field(form, "CallSid")
+    call_id = state.registry.call_id_for_sid(call_sid) if call_sid else None
+    state.log.info(
+        "call.status",
+        call_id=call_id,
+        call_sid=call_sid,
+        status=_field(form, "CallStatus"),
+        sequence=_field(form, "SequenceNumber"),
+        duration=_field(form, "CallDuration"),
+        sip_response=_field(form, "SipResponseCode"),
+    )
+    return web.Response(status=204)
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[APP_STATE]
+    reasons = state.not_ready_reasons()
+    body = {
+        "ready": not reasons,
+        "reasons": reasons,
+        "live_calls": len(state.registry.live),
+    }
+    return web.json_response(body, status=503 if reasons else 200)
+
+
+def _field(form: MultiDictProxy[Any], name: str) -> str | None:
+    value = form.get(name)
+    return value if isinstance(value, str) and value else None
+
+
+def _public_ws_base(request: web.Request, state: AppState) -> str:
+    """wss:// base for stream URLs, from PUBLIC_URL (or, unset, the Host Twilio called)."""
+    public = state.settings.public_url
+    if public is None:
+        # Good enough for a quick ngrok trial (ngrok keeps the public Host header); a
+        # deployment sets PUBLIC_URL, which request signatures will need anyway.
+        if not state.warned_public_url:
+            state.log.warning("config.public_url_unset", using_host=request.host)
+            state.warned_public_url = True
+        return f"wss://{request.host}"
+    parts = urlsplit(public)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))

@@ -1,0 +1,1 @@
+"""Test doubles shipped with callbridge: a fake Voice Agent API and a Twilio simulator."""

@@ -1,0 +1,197 @@
+"""Agent tools as plain typed Python functions.
+
+`@tool` reads a function's name, docstring and type hints and produces the flat tool
+definition the Voice Agent API expects (JSON Schema via pydantic). Running a tool
+validates the arguments first, runs sync functions in a thread so they cannot block the
+call's event loop, and turns whatever the function returns into the JSON string that
+`tool.result` carries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, overload
+
+import msgspec
+import pydantic
+from pydantic_core import to_jsonable_python
+
+DEFAULT_TIMEOUT_SECONDS = 20.0  # phone callers hear dead air while a tool runs
+_MIN_TIMEOUT, _MAX_TIMEOUT = 1.0, 300.0  # the API's accepted range
+
+
+class ToolError(Exception):
+    """Raise from a tool to send the caller-facing message as an error result."""
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    function: Callable[..., Any]
+    arguments_model: type[pydantic.BaseModel]
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    execution_mode: str = "interactive"
+
+    @property
+    def run_timeout(self) -> float:
+        """Our own deadline, a little below the API's so the agent gets our error, not its own."""
+        return max(0.5, self.timeout_seconds - min(1.0, self.timeout_seconds * 0.1))
+
+    def definition(self) -> dict[str, Any]:
+        """The flat (not OpenAI-nested) tool definition for `session.update`."""
+        schema = _strip_titles(self.arguments_model.model_json_schema())
+        schema.setdefault("properties", {})
+        return {
+            "type": "function",
+            "name": self.name,
+            "description": self.description,
+            "parameters": schema,
+            "execution_mode": self.execution_mode,
+            "timeout_seconds": self.timeout_seconds,
+        }
+
+    def parse_arguments(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Validate and coerce arguments; raises ToolError with a short, model-readable reason."""
+        try:
+            model = self.arguments_model.model_validate(arguments)
+        except pydantic.ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}"
+                for err in exc.errors()[:5]
+            )
+            raise ToolError(f"invalid arguments: {problems}") from None
+        return {name: getattr(model, name) for name in type(model).model_fields}
+
+    async def run(self, arguments: dict[str, Any]) -> str:
+        """Run with validated arguments and return the JSON-encoded result."""
+        kwargs = self.parse_arguments(arguments)
+        if inspect.iscoroutinefunction(self.function):
+            result = await self.function(**kwargs)
+        else:
+            result = await asyncio.to_thread(self.function, **kwargs)
+        return encode_result(result)
+
+
+def encode_result(value: Any) -> str:
+    """Tool results travel as strings; we always send JSON so the model sees structure."""
+    return msgspec.json.encode(to_jsonable_python(value)).decode()
+
+
+@overload
+def tool(function: Callable[..., Any], /) -> Tool: ...
+
+
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
+def tool(
+    function: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Turn a typed function (sync or async) into a `Tool`.
+
+    The docstring's first paragraph is the description the model reads to decide when to
+    call the tool; parameters need type hints, and defaults make them optional.
+    """
+
+    def build(fn: Callable[..., Any]) -> Tool:
+        if not _MIN_TIMEOUT <= timeout_seconds <= _MAX_TIMEOUT:
+            raise ValueError(f"tool {fn.__name__}: timeout_seconds must be between 1 and 300")
+        return Tool(
+            name=name or fn.__name__,
+            description=description or _first_paragraph(inspect.getdoc(fn) or ""),
+            function=fn,
+            arguments_model=_arguments_model(fn),
+            timeout_seconds=timeout_seconds,
+        )
+
+    if function is not None:
+        return build(function)
+    return build
+
+
+def _arguments_model(fn: Callable[..., Any]) -> type[pydantic.BaseModel]:
+    signature = inspect.signature(fn)
+    hints = _resolved_hints(fn)
+    fields: dict[str, Any] = {}
+    for param in signature.parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.name not in hints:
+            raise TypeError(f"tool {fn.__name__}: parameter {param.name!r} needs a type hint")
+        default = ... if param.default is param.empty else param.default
+        fields[param.name] = (hints[param.name], default)
+    model: type[pydantic.BaseModel] = pydantic.create_model(
+        f"{fn.__name__}_arguments",
+        __config__=pydantic.ConfigDict(extra="forbid"),
+        **fields,
+    )
+    return model
+
+
+def _resolved_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(fn)
+    except Exception as exc:  # unresolvable forward references in a user's module
+        raise TypeError(f"tool {fn.__name__}: cannot resolve type hints: {exc}") from exc
+
+
+def _first_paragraph(doc: str) -> str:
+    return doc.split("\n\n", 1)[0].replace("\n", " ").strip()
+
+
+def _strip_titles(schema: Any) -> Any:
+    """pydantic adds a `title` to every schema node; it only costs the model tokens."""
+    if isinstance(schema, list):
+        return [_strip_titles(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "title" and isinstance(value, str):
+            continue
+        if key in ("properties", "$defs") and isinstance(value, dict):
+            # Keys here are parameter names: a parameter may well be called "title".
+            out[key] = {name: _strip_titles(sub) for name, sub in value.items()}
+        else:
+            out[key] = _strip_titles(value)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutcome:
+    result: str
+    is_error: bool
+    failure: BaseException | None = None  # for the log: the exception a tool raised
+
+
+async def run_tool(tool: Tool, arguments: dict[str, Any]) -> ToolOutcome:
+    """Run a tool under its deadline and turn every way it can go wrong into an error result.
+
+    The text of an error result is read by the model, so it is short and says nothing of
+    our internals; the exception itself goes to the log.
+    """
+    try:
+        async with asyncio.timeout(tool.run_timeout):
+            return ToolOutcome(await tool.run(arguments), False)
+    except ToolError as exc:
+        return ToolOutcome(str(exc) or f"{tool.name} failed", True)
+    except TimeoutError:
+        return ToolOutcome(f"{tool.name} timed out after {tool.run_timeout:g} seconds", True)
+    except Exception as exc:
+        return ToolOutcome(f"{tool.name} failed", True, exc)

@@ -1,0 +1,171 @@
+"""Twilio Media Streams wire format: typed messages, a tolerant decoder, encoders. No I/O.
+
+Twilio sends `connected`, `start`, `media`, `dtmf`, `mark` and `stop` as JSON text frames;
+we send `media`, `mark` and `clear`. Decoding never raises: a frame we cannot use becomes
+an `InvalidFrame` that says why, so one bad frame is a log line, not a dead call.
+"""
+
+from __future__ import annotations
+
+import binascii
+from typing import Any
+
+import msgspec
+
+
+class _Inbound(msgspec.Struct, tag_field="event", rename="camel"):
+    pass
+
+
+class Connected(_Inbound, tag="connected"):
+    protocol: str = ""
+    version: str = ""
+
+
+class StartInfo(msgspec.Struct, rename="camel"):
+    stream_sid: str
+    call_sid: str = ""
+    account_sid: str = ""
+    tracks: list[str] = msgspec.field(default_factory=list)
+    # Values are strings per Twilio; Any keeps a stray number from failing the whole start.
+    custom_parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    media_format: dict[str, Any] | None = None
+
+
+class Start(_Inbound, tag="start"):
+    start: StartInfo
+    stream_sid: str | None = None
+    sequence_number: str | None = None
+
+
+class MediaInfo(msgspec.Struct):
+    payload: str
+    track: str = "inbound"
+    chunk: str | None = None
+    timestamp: str | None = None
+
+
+class Media(_Inbound, tag="media"):
+    media: MediaInfo
+    stream_sid: str | None = None
+    sequence_number: str | None = None
+
+
+class MarkInfo(msgspec.Struct):
+    name: str
+
+
+class Mark(_Inbound, tag="mark"):
+    mark: MarkInfo
+    stream_sid: str | None = None
+    sequence_number: str | None = None
+
+
+class DtmfInfo(msgspec.Struct):
+    digit: str
+    track: str = "inbound_track"
+
+
+class Dtmf(_Inbound, tag="dtmf"):
+    dtmf: DtmfInfo
+    stream_sid: str | None = None
+    sequence_number: str | None = None
+
+
+class StopInfo(msgspec.Struct, rename="camel"):
+    account_sid: str = ""
+    call_sid: str = ""
+
+
+class Stop(_Inbound, tag="stop"):
+    stream_sid: str | None = None
+    sequence_number: str | None = None
+    stop: StopInfo | None = None
+
+
+class InvalidFrame(msgspec.Struct):
+    """A frame that could not be used; `reason` is safe to log (no payload content)."""
+
+    reason: str
+
+
+MediaStreamMessage = Connected | Start | Media | Mark | Dtmf | Stop
+_KNOWN_EVENTS = frozenset({"connected", "start", "media", "mark", "dtmf", "stop"})
+
+_decoder = msgspec.json.Decoder(MediaStreamMessage)
+_generic = msgspec.json.Decoder()
+
+
+def decode(frame: str | bytes) -> MediaStreamMessage | InvalidFrame:
+    """Decode one text frame from Twilio."""
+    try:
+        message: MediaStreamMessage = _decoder.decode(frame)
+    except msgspec.DecodeError as exc:
+        return InvalidFrame(_explain(frame, exc))
+    return message
+
+
+def _explain(frame: str | bytes, exc: msgspec.DecodeError) -> str:
+    try:
+        raw = _generic.decode(frame)
+    except msgspec.DecodeError:
+        return "invalid JSON"
+    if not isinstance(raw, dict):
+        return "JSON frame is not an object"
+    event = raw.get("event")
+    if not isinstance(event, str):
+        return "frame has no event"
+    if event not in _KNOWN_EVENTS:
+        return f"unknown event {event[:40]!r}"
+    return f"malformed {event} frame: {exc}"
+
+
+def is_valid_payload(payload: str) -> bool:
+    """Cheap check that a media payload is base64 (the bridge forwards it undecoded)."""
+    try:
+        binascii.a2b_base64(payload, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return False
+    return bool(payload)
+
+
+# --- what we send -------------------------------------------------------------------
+
+
+class _Outbound(msgspec.Struct, tag_field="event", rename="camel"):
+    stream_sid: str
+
+
+class _Payload(msgspec.Struct):
+    payload: str
+
+
+class _Name(msgspec.Struct):
+    name: str
+
+
+class _OutMedia(_Outbound, tag="media"):
+    media: _Payload
+
+
+class _OutMark(_Outbound, tag="mark"):
+    mark: _Name
+
+
+class _OutClear(_Outbound, tag="clear"):
+    pass
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode_media(stream_sid: str, payload: str) -> str:
+    return _encoder.encode(_OutMedia(stream_sid, _Payload(payload))).decode()
+
+
+def encode_mark(stream_sid: str, name: str) -> str:
+    return _encoder.encode(_OutMark(stream_sid, _Name(name))).decode()
+
+
+def encode_clear(stream_sid: str) -> str:
+    return _encoder.encode(_OutClear(stream_sid)).decode()

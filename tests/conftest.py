@@ -1,0 +1,93 @@
+"""Shared fixtures: the real server in-process on a loopback port, the fake Voice Agent
+API, and the Twilio simulator, all talking over real sockets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from callbridge.app import build_app
+from callbridge.bot import Bot
+from callbridge.bot import bot as default_bot
+from callbridge.config import Settings
+from callbridge.testing.fake_agent import FakeVoiceAgent
+from callbridge.testing.twilio_simulator import DEFAULT_ACCOUNT_SID, TwilioSimulator
+
+AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+PUBLIC_URL = "https://callbridge.example.test"
+API_KEY = "test-key"
+
+
+@dataclass
+class RunningServer:
+    url: str
+    app: web.Application
+    settings: Settings
+
+
+ServerFactory = Callable[..., Awaitable[RunningServer]]
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "assemblyai_api_key": API_KEY,
+        "public_url": PUBLIC_URL,
+        "twilio_account_sid": DEFAULT_ACCOUNT_SID,
+        "twilio_auth_token": AUTH_TOKEN,
+        "host": "127.0.0.1",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+async def fake_agent() -> AsyncIterator[FakeVoiceAgent]:
+    agent = FakeVoiceAgent(api_key=API_KEY, validate_own_events=True)
+    await agent.start()
+    try:
+        yield agent
+    finally:
+        await agent.stop()
+    # Anything we sent that the API would reject fails the test that caused it.
+    assert agent.violations == [], agent.violations
+
+
+@pytest.fixture
+async def start_server() -> AsyncIterator[ServerFactory]:
+    runners: list[web.AppRunner] = []
+
+    async def start(bot: Bot = default_bot, **overrides: Any) -> RunningServer:
+        settings = make_settings(**overrides)
+        app = build_app(settings, bot)
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        return RunningServer(url=f"http://127.0.0.1:{port}", app=app, settings=settings)
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def server(start_server: ServerFactory, fake_agent: FakeVoiceAgent) -> RunningServer:
+    return await start_server(assemblyai_agent_url=fake_agent.url)
+
+
+@pytest.fixture
+async def simulator(server: RunningServer) -> AsyncIterator[TwilioSimulator]:
+    sim = TwilioSimulator(server.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL)
+    try:
+        yield sim
+    finally:
+        await sim.close()
+    for call in sim.calls:
+        # Twilio would log a warning for every frame of ours it could not use.
+        assert call.warnings == [], call.warnings

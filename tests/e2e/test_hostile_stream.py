@@ -1,0 +1,138 @@
+"""A Media Streams socket driven by hand: malformed frames, frames out of order, oversize
+frames and vanishing sockets. Each is logged and handled; no other call is touched."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+
+from callbridge.bot import bot
+from callbridge.testing.audio import FRAME_BYTES
+from callbridge.testing.fake_agent import FakeVoiceAgent
+from callbridge.testing.twilio_simulator import TwilioSimulator
+from tests.conftest import RunningServer
+
+STREAM_SID = "MZ" + "ab" * 16
+SILENT_PAYLOAD = "//////////8="  # 8 bytes of μ-law silence
+
+
+def start_frame() -> str:
+    return json.dumps(
+        {
+            "event": "start",
+            "sequenceNumber": "1",
+            "streamSid": STREAM_SID,
+            "start": {
+                "streamSid": STREAM_SID,
+                "accountSid": "AC" + "0" * 32,
+                "callSid": "CA" + "1" * 32,
+                "tracks": ["inbound"],
+                "customParameters": {},
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+        }
+    )
+
+
+def media_frame(payload: str, seq: int = 2) -> str:
+    return json.dumps(
+        {
+            "event": "media",
+            "sequenceNumber": str(seq),
+            "streamSid": STREAM_SID,
+            "media": {"track": "inbound", "chunk": "1", "timestamp": "20", "payload": payload},
+        }
+    )
+
+
+@asynccontextmanager
+async def raw_stream(server: RunningServer) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{server.url}/twiml", data={"CallSid": "CA" + "1" * 32}) as resp:
+            twiml = await resp.text()
+        match = re.search(r'url="wss://[^/]+(/media-stream/[^"]+)"', twiml)
+        assert match, twiml
+        async with http.ws_connect(f"{server.url.replace('http', 'ws')}{match.group(1)}") as ws:
+            yield ws
+
+
+async def receive_json(ws: aiohttp.ClientWebSocketResponse, event: str) -> dict[str, object]:
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.type is aiohttp.WSMsgType.TEXT, msg
+        frame = json.loads(msg.data)
+        if frame.get("event") == event:
+            return frame  # type: ignore[no-any-return]
+
+
+async def test_malformed_frames_are_logged_and_the_call_goes_on(
+    server: RunningServer, fake_agent: FakeVoiceAgent
+) -> None:
+    async with raw_stream(server) as ws:
+        await ws.send_str(media_frame(SILENT_PAYLOAD))  # media before start: dropped
+        await ws.send_str('{"event":"connected","protocol":"Call","version":"1.0.0"}')
+        await ws.send_str(start_frame())
+        session = await fake_agent.wait_for_session()
+        await session.wait_sent("session.ready")
+        for bad in [
+            "{not json",
+            '{"event":"party","streamSid":"x"}',
+            '{"event":"media","streamSid":"x"}',
+            "[1,2,3]",
+            media_frame("***not base64***"),
+        ]:
+            await ws.send_str(bad)
+        await ws.send_bytes(b"\x00\x01binary")
+        await ws.send_str(media_frame(SILENT_PAYLOAD, seq=3))
+        await session.wait_input_audio(8)
+        assert bytes(session.input_audio)[:8] == b"\xff" * 8
+        # The agent's greeting still reaches this socket: the call is alive.
+        frame = await receive_json(ws, "media")
+        assert frame["streamSid"] == STREAM_SID
+        await ws.send_str(json.dumps({"event": "stop", "streamSid": STREAM_SID}))
+        await session.wait_for("session.end")
+    assert session.audio_before_ready == 0
+
+
+async def test_socket_closed_without_stop_ends_the_agent_session(
+    server: RunningServer, fake_agent: FakeVoiceAgent
+) -> None:
+    async with raw_stream(server) as ws:
+        await ws.send_str(start_frame())
+        session = await fake_agent.wait_for_session()
+        await session.wait_sent("session.ready")
+    # The socket is gone without a `stop`: billing must stop all the same.
+    await session.wait_for("session.end")
+    await asyncio.wait_for(session.ended.wait(), 5)
+    assert session.end_reason == "session.end"
+
+
+async def test_oversize_frame_closes_only_that_stream(
+    server: RunningServer, fake_agent: FakeVoiceAgent, simulator: TwilioSimulator
+) -> None:
+    other = await simulator.place_inbound_call()
+    other_session = await fake_agent.wait_for_session(0)
+    await other_session.wait_sent("session.ready")
+    async with raw_stream(server) as ws:
+        await ws.send_str(start_frame())
+        session = await fake_agent.wait_for_session(1)
+        await session.wait_sent("session.ready")
+        await ws.send_str("x" * (70 * 1024))
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        while msg.type is aiohttp.WSMsgType.TEXT:  # greeting frames already in flight
+            msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 1009
+    await session.wait_for("session.end")
+    # The other call is untouched: its greeting plays in full and its session goes on.
+    greeting = fake_agent.reply_audio_for(bot.greeting or "")
+    await other.wait_heard(len(greeting), timeout=10)
+    assert bytes(other.heard)[: len(greeting)] == greeting
+    assert not other_session.ended.is_set()
+    other.speak(bytes([0xFE]) * FRAME_BYTES * 5)
+    await other_session.wait_input_audio(FRAME_BYTES)

@@ -1,0 +1,128 @@
+"""The `callbridge` command as a user runs it: a real process, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+CALLBRIDGE = [sys.executable, "-m", "callbridge.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
+    return {**keep, "LOG_FORMAT": "json", **extra}
+
+
+def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CALLBRIDGE, *args],
+        cwd=tmp_path,  # no stray .env from the developer's checkout
+        env=clean_env(tmp_path, **env),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"PORT": "eighty"}, "PORT"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"ASSEMBLYAI_AGENT_URL": "http://agents.example"}, "ASSEMBLYAI_AGENT_URL"),
+        ({"PUBLIC_URL": "example.ngrok.app"}, "PUBLIC_URL"),
+        ({"TWILIO_PHONE_NUMBER": "555-1234"}, "TWILIO_PHONE_NUMBER"),
+        ({"AGENT_VOICE": "Alba"}, "AGENT_VOICE"),
+        ({"CALLBRIDGE_BOT": "no.such.module:bot"}, "CALLBRIDGE_BOT"),
+        ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
+    ],
+)
+def test_invalid_configuration_exits_2_naming_the_variable(
+    tmp_path: Path, env: dict[str, str], variable: str
+) -> None:
+    result = run_cli(tmp_path, "serve", **env)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("callbridge: configuration error:")
+    assert variable in lines[0]
+
+
+def test_dotenv_file_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PORT=not-a-port\n")
+    result = run_cli(tmp_path, "serve")
+    assert result.returncode == 2
+    assert "PORT" in result.stderr
+
+
+def test_container_hostname_is_not_mistaken_for_a_url(tmp_path: Path) -> None:
+    from callbridge.config import Settings
+
+    assert Settings(_env_file=None, hostname="3f2a9c1d7e4b").public_url is None  # type: ignore[call-arg]
+    from_url = Settings(_env_file=None, hostname="https://x.ngrok.app/")  # type: ignore[call-arg]
+    assert from_url.public_url == "https://x.ngrok.app"
+
+
+@pytest.fixture
+def server_without_key(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [*CALLBRIDGE, "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path,
+        env=clean_env(tmp_path, PUBLIC_URL="https://bridge.example"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        lines.append(line)
+        if '"server.listening"' in line:
+            break
+    else:
+        pytest.fail(f"server did not start: {''.join(lines)}")
+    try:
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def test_server_without_api_key_starts_unready_and_apologises(
+    server_without_key: tuple[subprocess.Popen[str], str],
+) -> None:
+    proc, base = server_without_key
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/healthz") as response:
+            assert response.status == 200
+        async with http.get(f"{base}/readyz") as response:
+            assert response.status == 503
+            body = await response.json()
+            assert body["ready"] is False
+            assert "ASSEMBLYAI_API_KEY is not set" in body["reasons"]
+        async with http.post(f"{base}/twiml", data={"CallSid": "CA1"}) as response:
+            twiml = await response.text()
+    assert "<Say>" in twiml and "<Hangup />" in twiml and "<Stream" not in twiml
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    assert proc.stderr is not None
+    rest = proc.stderr.read()
+    events = [json.loads(line)["event"] for line in rest.splitlines() if line.startswith("{")]
+    assert "call.refused" in events
+    assert "test-key" not in rest

@@ -1,0 +1,321 @@
+"""The call bridge as a state machine: plain function calls, no sockets."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from callbridge.agent import events as agent
+from callbridge.bridge.actions import (
+    Action,
+    CloseAgent,
+    Finished,
+    HangUp,
+    OpenAgent,
+    RunTool,
+    SendToAgent,
+    SendToTwilio,
+    StartTimer,
+)
+from callbridge.bridge.call_bridge import (
+    APOLOGY_MARK,
+    READY_TIMER,
+    SESSION_END_TIMER,
+    CallBridge,
+    EndReason,
+    State,
+)
+from callbridge.bridge.inputs import (
+    AgentClosed,
+    AgentOpened,
+    AgentOpenFailed,
+    TimerFired,
+    ToolFinished,
+    TwilioClosed,
+    TwilioProtocolError,
+)
+from callbridge.tools import tool
+from callbridge.twilio import media_stream as twilio
+
+STREAM = "MZ00000000000000000000000000000001"
+PAYLOAD = "//7+/f38+/r5+A=="
+
+
+@tool
+def lookup(order: str) -> str:
+    """Look up an order."""
+    return order
+
+
+def start_frame(**params: str) -> twilio.Start:
+    frame = json.dumps(
+        {
+            "event": "start",
+            "sequenceNumber": "1",
+            "streamSid": STREAM,
+            "start": {
+                "streamSid": STREAM,
+                "callSid": "CA1",
+                "accountSid": "AC1",
+                "tracks": ["inbound"],
+                "customParameters": params,
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+        }
+    )
+    message = twilio.decode(frame)
+    assert isinstance(message, twilio.Start)
+    return message
+
+
+def media(payload: str = PAYLOAD) -> twilio.Media:
+    return twilio.Media(media=twilio.MediaInfo(payload=payload), stream_sid=STREAM)
+
+
+def new_bridge(**kwargs: Any) -> CallBridge:
+    return CallBridge(
+        session_config={"system_prompt": "hi"},
+        tools=[lookup],
+        apology_payloads=("AAAA", "BBBB"),
+        apology_seconds=1.0,
+        **kwargs,
+    )
+
+
+def live_bridge() -> CallBridge:
+    bridge = new_bridge()
+    bridge.handle(start_frame())
+    bridge.handle(AgentOpened())
+    bridge.handle(agent.SessionUpdated())
+    bridge.handle(agent.SessionReady(session_id="sess_1"))
+    assert bridge.state is State.LIVE
+    return bridge
+
+
+def to_agent(actions: list[Action]) -> list[dict[str, Any]]:
+    return [json.loads(a.text) for a in actions if isinstance(a, SendToAgent)]
+
+
+def to_twilio(actions: list[Action]) -> list[dict[str, Any]]:
+    return [json.loads(a.text) for a in actions if isinstance(a, SendToTwilio)]
+
+
+def test_start_opens_agent_and_session_update_goes_first() -> None:
+    bridge = new_bridge()
+    actions = bridge.handle(start_frame(direction="inbound"))
+    assert any(isinstance(a, OpenAgent) for a in actions)
+    assert bridge.custom_parameters == {"direction": "inbound"}
+    actions = bridge.handle(AgentOpened())
+    sent = to_agent(actions)
+    assert sent == [{"type": "session.update", "session": {"system_prompt": "hi"}}]
+    assert StartTimer(READY_TIMER, 15.0) in actions
+
+
+def test_audio_is_gated_on_session_ready_not_session_updated() -> None:
+    bridge = new_bridge()
+    assert to_agent(bridge.handle(media())) == []  # before start
+    bridge.handle(start_frame())
+    assert to_agent(bridge.handle(media())) == []  # connecting
+    bridge.handle(AgentOpened())
+    bridge.handle(agent.SessionUpdated())
+    assert to_agent(bridge.handle(media())) == []  # updated is not ready
+    bridge.handle(agent.SessionReady(session_id="sess_1"))
+    assert to_agent(bridge.handle(media())) == [{"type": "input.audio", "audio": PAYLOAD}]
+    assert bridge.dropped == {"before-start": 1, "before-ready": 2}
+    assert bridge.frames_to_agent == 1
+
+
+def test_bad_payload_is_dropped_and_counted() -> None:
+    bridge = live_bridge()
+    assert to_agent(bridge.handle(media("not base64!"))) == []
+    assert to_agent(bridge.handle(media(""))) == []
+    assert bridge.dropped["bad-payload"] == 2
+
+
+def test_reply_audio_goes_to_twilio_unchanged_with_stream_sid() -> None:
+    bridge = live_bridge()
+    bridge.handle(agent.ReplyStarted(reply_id="r1"))
+    sent = to_twilio(bridge.handle(agent.ReplyAudio(data=PAYLOAD, reply_id="r1")))
+    assert sent == [{"event": "media", "streamSid": STREAM, "media": {"payload": PAYLOAD}}]
+
+
+def test_barge_in_clears_at_once_and_fences_the_reply() -> None:
+    bridge = live_bridge()
+    bridge.handle(agent.ReplyStarted(reply_id="r1"))
+    bridge.handle(agent.ReplyAudio(data=PAYLOAD, reply_id="r1"))
+    assert to_twilio(bridge.handle(agent.SpeechStarted())) == [
+        {"event": "clear", "streamSid": STREAM}
+    ]
+    # Late audio of the interrupted reply must not reach the caller.
+    assert to_twilio(bridge.handle(agent.ReplyAudio(data=PAYLOAD, reply_id="r1"))) == []
+    done = bridge.handle(agent.ReplyDone(reply_id="r1", status="interrupted"))
+    assert to_twilio(done) == [{"event": "clear", "streamSid": STREAM}]
+    bridge.handle(agent.ReplyStarted(reply_id="r2"))
+    assert len(to_twilio(bridge.handle(agent.ReplyAudio(data=PAYLOAD, reply_id="r2")))) == 1
+
+
+def test_speech_started_with_no_reply_still_clears() -> None:
+    bridge = live_bridge()
+    assert to_twilio(bridge.handle(agent.SpeechStarted())) == [
+        {"event": "clear", "streamSid": STREAM}
+    ]
+
+
+def test_tool_call_runs_and_result_waits_for_reply_done() -> None:
+    bridge = live_bridge()
+    bridge.handle(agent.ReplyStarted(reply_id="r1"))
+    actions = bridge.handle(agent.ToolCall(call_id="c1", name="lookup", arguments={"order": "7"}))
+    run = [a for a in actions if isinstance(a, RunTool)]
+    assert len(run) == 1 and run[0].arguments == {"order": "7"}
+    # Finished while the pre-amble reply is still open: held.
+    assert to_agent(bridge.handle(ToolFinished("c1", '"7"', False))) == []
+    flushed = to_agent(bridge.handle(agent.ReplyDone(reply_id="r1", status="completed")))
+    assert flushed == [{"type": "tool.result", "call_id": "c1", "result": '"7"', "is_error": False}]
+
+
+def test_tool_result_after_reply_done_goes_at_once() -> None:
+    bridge = live_bridge()
+    bridge.handle(agent.ReplyStarted(reply_id="r1"))
+    bridge.handle(agent.ToolCall(call_id="c1", name="lookup", arguments={"order": "7"}))
+    bridge.handle(agent.ReplyDone(reply_id="r1", status="completed"))
+    sent = to_agent(bridge.handle(ToolFinished("c1", '"7"', False)))
+    assert [m["call_id"] for m in sent] == ["c1"]
+
+
+def test_result_is_held_when_a_new_reply_started_meanwhile() -> None:
+    bridge = live_bridge()
+    bridge.handle(agent.ReplyStarted(reply_id="r1"))
+    bridge.handle(agent.ToolCall(call_id="c1", name="lookup", arguments={"order": "7"}))
+    bridge.handle(agent.ReplyDone(reply_id="r1", status="completed"))
+    bridge.handle(agent.ReplyStarted(reply_id="r2"))
+    assert to_agent(bridge.handle(ToolFinished("c1", '"7"', False))) == []
+    sent = to_agent(bridge.handle(agent.ReplyDone(reply_id="r2", status="completed")))
+    assert [m["call_id"] for m in sent] == ["c1"]
+
+
+def test_results_of_an_interrupted_reply_are_discarded() -> None:
+    bridge = live_bridge()
+    bridge.handle(agent.ReplyStarted(reply_id="r1"))
+    bridge.handle(agent.ToolCall(call_id="c1", name="lookup", arguments={"order": "1"}))
+    bridge.handle(agent.ToolCall(call_id="c2", name="lookup", arguments={"order": "2"}))
+    bridge.handle(ToolFinished("c1", '"1"', False))  # held, reply still open
+    bridge.handle(agent.SpeechStarted())
+    bridge.handle(agent.ReplyDone(reply_id="r1", status="interrupted"))
+    # c2 was still running; when it finishes it is discarded too.
+    assert to_agent(bridge.handle(ToolFinished("c2", '"2"', False))) == []
+    bridge.handle(agent.ReplyStarted(reply_id="r2"))
+    assert to_agent(bridge.handle(agent.ReplyDone(reply_id="r2", status="completed"))) == []
+
+
+def test_unknown_tool_and_bad_arguments_get_error_results() -> None:
+    bridge = live_bridge()
+    bridge.handle(agent.ReplyStarted(reply_id="r1"))
+    bridge.handle(agent.ToolCall(call_id="c1", name="nope", arguments={}))
+    bridge.handle(agent.ToolCall(call_id="c2", name="lookup", args="{not json"))
+    bridge.handle(agent.ToolCall(call_id="c3", name="lookup", args="[1, 2]"))
+    sent = to_agent(bridge.handle(agent.ReplyDone(reply_id="r1")))
+    assert [(m["call_id"], m["is_error"]) for m in sent] == [
+        ("c1", True),
+        ("c2", True),
+        ("c3", True),
+    ]
+    assert "unknown tool" in sent[0]["result"]
+
+
+def test_legacy_args_as_json_string_are_accepted() -> None:
+    bridge = live_bridge()
+    actions = bridge.handle(agent.ToolCall(call_id="c1", name="lookup", args='{"order": "9"}'))
+    run = [a for a in actions if isinstance(a, RunTool)]
+    assert run[0].arguments == {"order": "9"}
+
+
+def test_caller_stop_ends_session_then_finishes_when_both_closed() -> None:
+    bridge = live_bridge()
+    actions = bridge.handle(twilio.Stop(stream_sid=STREAM))
+    assert to_agent(actions) == [{"type": "session.end"}]
+    assert StartTimer(SESSION_END_TIMER, 2.0) in actions
+    assert any(isinstance(a, HangUp) for a in actions)
+    assert not any(isinstance(a, Finished) for a in bridge.handle(TwilioClosed()))
+    assert any(isinstance(a, CloseAgent) for a in bridge.handle(agent.SessionEnded()))
+    finished = [a for a in bridge.handle(AgentClosed(1000)) if isinstance(a, Finished)]
+    assert finished == [Finished(EndReason.CALLER_HUNG_UP.value)]
+
+
+def test_session_end_timer_closes_a_silent_agent() -> None:
+    bridge = live_bridge()
+    bridge.handle(TwilioClosed())
+    assert bridge.end_reason is EndReason.TWILIO_DISCONNECTED
+    assert any(isinstance(a, CloseAgent) for a in bridge.handle(TimerFired(SESSION_END_TIMER)))
+
+
+def test_agent_session_ended_hangs_up() -> None:
+    bridge = live_bridge()
+    actions = bridge.handle(agent.SessionEnded(session_duration_seconds=3.0))
+    assert any(isinstance(a, HangUp) for a in actions)
+    assert any(isinstance(a, CloseAgent) for a in actions)
+    assert bridge.end_reason is EndReason.AGENT_ENDED
+
+
+def test_fatal_error_plays_apology_then_hangs_up_on_its_mark() -> None:
+    bridge = new_bridge()
+    bridge.handle(start_frame())
+    bridge.handle(AgentOpened())
+    actions = bridge.handle(agent.SessionError(code="invalid_value", param="output.voice"))
+    sent = to_twilio(actions)
+    assert sent[0] == {"event": "clear", "streamSid": STREAM}
+    assert [m["media"]["payload"] for m in sent[1:3]] == ["AAAA", "BBBB"]
+    assert sent[3] == {"event": "mark", "streamSid": STREAM, "mark": {"name": APOLOGY_MARK}}
+    assert not any(isinstance(a, HangUp) for a in actions)
+    assert bridge.state is State.APOLOGIZING
+    hang = bridge.handle(twilio.Mark(mark=twilio.MarkInfo(name=APOLOGY_MARK), stream_sid=STREAM))
+    assert any(isinstance(a, HangUp) for a in hang)
+
+
+def test_mid_session_config_error_is_not_fatal() -> None:
+    bridge = live_bridge()
+    actions = bridge.handle(agent.SessionError(code="immutable_field", param="output.voice"))
+    assert bridge.state is State.LIVE
+    assert to_twilio(actions) == []
+
+
+def test_agent_unreachable_apologises() -> None:
+    bridge = new_bridge()
+    bridge.handle(start_frame())
+    actions = bridge.handle(AgentOpenFailed("refused"))
+    assert bridge.end_reason is EndReason.AGENT_UNAVAILABLE
+    assert len(to_twilio(actions)) == 4
+
+
+def test_no_session_ready_in_time_is_a_failure() -> None:
+    bridge = new_bridge()
+    bridge.handle(start_frame())
+    bridge.handle(AgentOpened())
+    bridge.handle(TimerFired(READY_TIMER))
+    assert bridge.end_reason is EndReason.AGENT_TIMEOUT
+
+
+def test_caller_gone_while_connecting_closes_agent_when_it_opens() -> None:
+    bridge = new_bridge()
+    bridge.handle(start_frame())
+    bridge.handle(TwilioClosed())
+    actions = bridge.handle(AgentOpened())
+    assert actions == [CloseAgent()]
+    assert any(isinstance(a, Finished) for a in bridge.handle(AgentClosed(1000)))
+
+
+def test_oversize_frame_ends_the_call_in_order() -> None:
+    bridge = live_bridge()
+    actions = bridge.handle(TwilioProtocolError("frame larger than the size limit"))
+    assert to_agent(actions) == [{"type": "session.end"}]
+    assert bridge.end_reason is EndReason.TWILIO_PROTOCOL_ERROR
+
+
+def test_invalid_frames_are_logged_and_the_call_goes_on() -> None:
+    bridge = live_bridge()
+    for frame in ["{", '{"event": "nope"}', '{"event": "media"}', "[]"]:
+        message = twilio.decode(frame)
+        assert isinstance(message, twilio.InvalidFrame)
+        bridge.handle(message)
+    assert bridge.state is State.LIVE
+    assert bridge.rejected_frames == 4
+    assert len(to_agent(bridge.handle(media()))) == 1
