@@ -44,6 +44,24 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     callbridge_max_message_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
 
+    # Security and limits
+    callbridge_insecure_skip_signatures: bool = False
+    callbridge_trust_proxy_headers: bool = False
+    max_calls: int = Field(default=200, ge=1, le=100_000)
+    max_call_seconds: float = Field(default=3600.0, ge=10, le=4 * 3600)
+    callbridge_idle_seconds: float = Field(default=10.0, ge=1, le=600)
+    callbridge_max_messages_per_second: int = Field(default=200, ge=60, le=100_000)
+
+    # Resilience
+    drain_seconds: float = Field(default=30.0, ge=0, le=3600)
+
+    # Call records
+    store_transcripts: bool = True
+    retention_days: int | None = Field(default=None, ge=1)
+    callbridge_api_token: SecretStr | None = None
+    callbridge_spool_path: str = "callbridge-spool.jsonl"
+    callbridge_instance_id: str | None = None
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:

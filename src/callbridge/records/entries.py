@@ -1,0 +1,123 @@
+"""The entries a call's record is made of. Plain values, produced behind the audio path.
+
+Every entry carries the call's id and a per-call sequence number `seq` (assigned by the
+producer, increasing from 0), so that (call_id, seq) is an idempotent key: writing an
+entry twice, after a replay of the spool say, changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Role = Literal["caller", "agent"]
+EndedBy = Literal["caller", "agent", "bridge", "server", "restart"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallOpened:
+    call_id: str
+    seq: int
+    at: float  # epoch seconds
+    direction: str  # "inbound" | "outbound"
+    call_sid: str | None = None
+    stream_sid: str | None = None
+    from_number: str | None = None
+    to_number: str | None = None
+    instance_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallStatusChanged:
+    """A Twilio status callback. Arrives by CallSid, possibly before or after the stream."""
+
+    call_sid: str
+    status: str  # queued, initiated, ringing, in-progress, completed, busy, failed, ...
+    at: float
+    sequence: int | None = None  # Twilio's SequenceNumber: callbacks arrive out of order
+    call_id: str | None = None  # when known
+    duration_seconds: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSessionStarted:
+    call_id: str
+    seq: int
+    at: float
+    session_id: str
+    resumed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptLine:
+    call_id: str
+    seq: int
+    at: float
+    role: Role
+    text: str
+    reply_id: str | None = None
+    interrupted: bool = False
+    generated_seconds: float | None = None  # agent: audio the agent sent for this reply
+    heard_seconds: float | None = None  # agent: audio Twilio confirmed as played
+
+
+@dataclass(frozen=True, slots=True)
+class ToolInvocation:
+    call_id: str
+    seq: int
+    at: float
+    tool_call_id: str
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    result: str | None = None
+    is_error: bool = False
+    duration_ms: float | None = None
+    discarded: bool = False  # its reply was interrupted, so the result was not sent
+
+
+@dataclass(frozen=True, slots=True)
+class TurnLatency:
+    """From the end of the caller's speech (input.speech.stopped) to the reply's audio."""
+
+    call_id: str
+    seq: int
+    at: float
+    reply_id: str | None
+    to_first_audio_sent_ms: float | None
+    to_first_audio_played_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallError:
+    call_id: str
+    seq: int
+    at: float
+    source: Literal["agent", "twilio", "bridge", "tool"]
+    code: str
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CallClosed:
+    call_id: str
+    seq: int
+    at: float
+    ended_by: EndedBy
+    reason: str
+    frames_from_twilio: int = 0
+    frames_to_agent: int = 0
+    frames_to_twilio: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    resumes: int = 0
+
+
+RecordEntry = (
+    CallOpened
+    | CallStatusChanged
+    | AgentSessionStarted
+    | TranscriptLine
+    | ToolInvocation
+    | TurnLatency
+    | CallError
+    | CallClosed
+)
