@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from twilio.request_validator import RequestValidator
 
 CALLBRIDGE = [sys.executable, "-m", "callbridge.cli"]
 
@@ -25,7 +26,8 @@ def free_port() -> int:
 
 def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
-    return {**keep, "LOG_FORMAT": "json", **extra}
+    configured = {"TWILIO_AUTH_TOKEN": "t" * 32, "PUBLIC_URL": "https://bridge.example"}
+    return {**keep, "LOG_FORMAT": "json", **configured, **extra}
 
 
 def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -61,6 +63,33 @@ def test_invalid_configuration_exits_2_naming_the_variable(
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("callbridge: configuration error:")
     assert variable in lines[0]
+
+
+def test_server_refuses_to_start_without_auth_token(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "serve", TWILIO_AUTH_TOKEN="")
+    assert result.returncode == 2
+    assert "TWILIO_AUTH_TOKEN" in result.stderr
+    assert "CALLBRIDGE_INSECURE_SKIP_SIGNATURES" in result.stderr
+    result = run_cli(tmp_path, "serve", PUBLIC_URL="")
+    assert result.returncode == 2
+    assert "PUBLIC_URL" in result.stderr
+
+
+def test_config_command_masks_secrets(tmp_path: Path) -> None:
+    result = run_cli(
+        tmp_path,
+        "config",
+        "--json",
+        ASSEMBLYAI_API_KEY="aai-secret-value",
+        TWILIO_AUTH_TOKEN="twilio-secret-value",
+        DATABASE_URL="postgresql://app:db-secret-value@db.internal/calls",
+    )
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["ASSEMBLYAI_API_KEY"] == "<set, hidden>"
+    assert shown["DATABASE_URL"] == "postgresql://app:***@db.internal/calls"
+    assert shown["SIGNATURES_CHECKED"] is True
+    assert "secret-value" not in result.stdout + result.stderr
 
 
 def test_dotenv_file_is_read(tmp_path: Path) -> None:
@@ -117,6 +146,13 @@ async def test_server_without_api_key_starts_unready_and_apologises(
             assert body["ready"] is False
             assert "ASSEMBLYAI_API_KEY is not set" in body["reasons"]
         async with http.post(f"{base}/twiml", data={"CallSid": "CA1"}) as response:
+            assert response.status == 403  # unsigned
+        signature = RequestValidator("t" * 32).compute_signature(
+            "https://bridge.example/twiml", {"CallSid": "CA1"}
+        )
+        async with http.post(
+            f"{base}/twiml", data={"CallSid": "CA1"}, headers={"X-Twilio-Signature": signature}
+        ) as response:
             twiml = await response.text()
     assert "<Say>" in twiml and "<Hangup />" in twiml and "<Stream" not in twiml
     proc.send_signal(signal.SIGTERM)
@@ -125,4 +161,5 @@ async def test_server_without_api_key_starts_unready_and_apologises(
     rest = proc.stderr.read()
     events = [json.loads(line)["event"] for line in rest.splitlines() if line.startswith("{")]
     assert "call.refused" in events
-    assert "test-key" not in rest
+    assert "webhook.refused" in events
+    assert "t" * 32 not in rest

@@ -15,6 +15,7 @@ from callbridge.bridge.inputs import ServerShutdown
 from callbridge.config import Settings
 from callbridge.server import media_stream_endpoint, webhooks
 from callbridge.server.state import APP_STATE, AppState
+from callbridge.server.twilio_auth import TwilioAuthenticator
 
 # One second of μ-law per media message: Twilio accepts any size; fewer frames, same sound.
 _APOLOGY_CHUNK_BYTES = 8000
@@ -33,7 +34,13 @@ def load_apology() -> tuple[tuple[str, ...], float]:
 
 def build_app(settings: Settings, bot: Bot) -> web.Application:
     payloads, seconds = load_apology()
-    state = AppState(settings=settings, bot=bot, apology_payloads=payloads, apology_seconds=seconds)
+    state = AppState(
+        settings=settings,
+        bot=bot,
+        apology_payloads=payloads,
+        apology_seconds=seconds,
+        auth=TwilioAuthenticator(settings),
+    )
     app = web.Application()
     app[APP_STATE] = state
     app.router.add_post("/twiml", webhooks.inbound_twiml)

@@ -9,7 +9,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from callbridge.config import ConfigError, Settings, load_settings
+from callbridge.config import ConfigError, Settings, load_settings, security_problem
 
 app = typer.Typer(
     add_completion=False,
@@ -54,6 +54,9 @@ def serve(
         settings = load_settings(**overrides)
     except ConfigError as exc:
         _fail(f"configuration error: {exc}", EXIT_CONFIG)
+    problem = security_problem(settings)
+    if problem is not None:
+        _fail(f"configuration error: {problem}", EXIT_CONFIG)
     try:
         bot = load_bot(settings.callbridge_bot)
     except BotLoadError as exc:
@@ -61,6 +64,12 @@ def serve(
 
     logs.configure(settings.log_level, settings.log_format)
     log = logs.EventLogger("server")
+    if settings.callbridge_insecure_skip_signatures:
+        log.error(
+            "config.INSECURE_signatures_not_checked",
+            effect="anyone who finds the URLs can open media streams and spend agent minutes",
+            fix="set TWILIO_AUTH_TOKEN and unset CALLBRIDGE_INSECURE_SKIP_SIGNATURES",
+        )
     if settings.api_key is None:
         log.error(
             "config.no_api_key",
@@ -148,6 +157,24 @@ def simulate(
     except SimulationError as exc:
         _fail(str(exc))
     typer.echo(summary)
+
+
+@app.command("config")
+def show_config(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the effective configuration, secrets masked."""
+    import json
+
+    settings = _settings()
+    effective = settings.masked()
+    if as_json:
+        typer.echo(json.dumps(effective, indent=2))
+        return
+    width = max(len(name) for name in effective)
+    for name, value in effective.items():
+        shown = "" if value is None else value
+        typer.echo(f"{name.ljust(width)}  {shown}")
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:

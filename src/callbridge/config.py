@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     callbridge_insecure_skip_signatures: bool = False
     callbridge_trust_proxy_headers: bool = False
     max_calls: int = Field(default=200, ge=1, le=100_000)
-    max_call_seconds: float = Field(default=3600.0, ge=10, le=4 * 3600)
+    max_call_seconds: float = Field(default=3600.0, ge=5, le=4 * 3600)
     callbridge_idle_seconds: float = Field(default=10.0, ge=1, le=600)
     callbridge_max_messages_per_second: int = Field(default=200, ge=60, le=100_000)
 
@@ -116,6 +116,21 @@ class Settings(BaseSettings):
                 self.public_url = self.hostname.rstrip("/")
         return self
 
+    def masked(self) -> dict[str, object]:
+        """Every setting by its variable name, secrets shown only as set or not set."""
+        shown: dict[str, object] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "<set, hidden>"
+            elif isinstance(value, str) and "@" in value and "://" in value:
+                value = _without_password(value)
+            shown[name.upper()] = value
+        shown["SIGNATURES_CHECKED"] = (
+            self.auth_token is not None and not self.callbridge_insecure_skip_signatures
+        )
+        return shown
+
     @property
     def api_key(self) -> str | None:
         return self.assemblyai_api_key.get_secret_value() if self.assemblyai_api_key else None
@@ -123,6 +138,15 @@ class Settings(BaseSettings):
     @property
     def auth_token(self) -> str | None:
         return self.twilio_auth_token.get_secret_value() if self.twilio_auth_token else None
+
+
+def _without_password(url: str) -> str:
+    """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -140,3 +164,25 @@ def describe(exc: ValidationError) -> str:
         message = error["msg"].removeprefix("Value error, ")
         lines.append(f"{name}: {message}")
     return "; ".join(lines)
+
+
+def security_problem(settings: Settings) -> str | None:
+    """Why the server must not start as configured, or None.
+
+    Without the auth token nobody can tell Twilio's requests from anyone else's, so the
+    stream URL would be open to whoever finds it (and would spend your agent minutes).
+    """
+    if settings.callbridge_insecure_skip_signatures:
+        return None
+    if settings.auth_token is None:
+        return (
+            "TWILIO_AUTH_TOKEN: not set, so Twilio's request signatures cannot be checked; "
+            "set it (Twilio console, Account info), or CALLBRIDGE_INSECURE_SKIP_SIGNATURES=1 "
+            "for local work only"
+        )
+    if settings.public_url is None and not settings.callbridge_trust_proxy_headers:
+        return (
+            "PUBLIC_URL: not set; signatures are computed over the public URL Twilio calls "
+            "(or set CALLBRIDGE_TRUST_PROXY_HEADERS=1 behind a proxy that sets X-Forwarded-Host)"
+        )
+    return None

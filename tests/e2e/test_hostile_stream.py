@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,48 +15,18 @@ from callbridge.testing.audio import FRAME_BYTES
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import TwilioSimulator
 from tests.conftest import RunningServer
+from tests.raw_twilio import STREAM_SID, announce, connect_stream, media_frame, start_frame
 
-STREAM_SID = "MZ" + "ab" * 16
 SILENT_PAYLOAD = "//////////8="  # 8 bytes of μ-law silence
-
-
-def start_frame() -> str:
-    return json.dumps(
-        {
-            "event": "start",
-            "sequenceNumber": "1",
-            "streamSid": STREAM_SID,
-            "start": {
-                "streamSid": STREAM_SID,
-                "accountSid": "AC" + "0" * 32,
-                "callSid": "CA" + "1" * 32,
-                "tracks": ["inbound"],
-                "customParameters": {},
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-            },
-        }
-    )
-
-
-def media_frame(payload: str, seq: int = 2) -> str:
-    return json.dumps(
-        {
-            "event": "media",
-            "sequenceNumber": str(seq),
-            "streamSid": STREAM_SID,
-            "media": {"track": "inbound", "chunk": "1", "timestamp": "20", "payload": payload},
-        }
-    )
 
 
 @asynccontextmanager
 async def raw_stream(server: RunningServer) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    """A correctly announced and signed stream; the caller still has to send `start`."""
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{server.url}/twiml", data={"CallSid": "CA" + "1" * 32}) as resp:
-            twiml = await resp.text()
-        match = re.search(r'url="wss://[^/]+(/media-stream/[^"]+)"', twiml)
-        assert match, twiml
-        async with http.ws_connect(f"{server.url.replace('http', 'ws')}{match.group(1)}") as ws:
+        call = await announce(http, server)
+        async with await connect_stream(http, server, call) as ws:
+            ws.token = call.token  # type: ignore[attr-defined]
             yield ws
 
 
@@ -76,7 +45,7 @@ async def test_malformed_frames_are_logged_and_the_call_goes_on(
     async with raw_stream(server) as ws:
         await ws.send_str(media_frame(SILENT_PAYLOAD))  # media before start: dropped
         await ws.send_str('{"event":"connected","protocol":"Call","version":"1.0.0"}')
-        await ws.send_str(start_frame())
+        await ws.send_str(start_frame(ws.token))  # type: ignore[attr-defined]
         session = await fake_agent.wait_for_session()
         await session.wait_sent("session.ready")
         for bad in [
@@ -103,7 +72,7 @@ async def test_socket_closed_without_stop_ends_the_agent_session(
     server: RunningServer, fake_agent: FakeVoiceAgent
 ) -> None:
     async with raw_stream(server) as ws:
-        await ws.send_str(start_frame())
+        await ws.send_str(start_frame(ws.token))  # type: ignore[attr-defined]
         session = await fake_agent.wait_for_session()
         await session.wait_sent("session.ready")
     # The socket is gone without a `stop`: billing must stop all the same.
@@ -119,7 +88,7 @@ async def test_oversize_frame_closes_only_that_stream(
     other_session = await fake_agent.wait_for_session(0)
     await other_session.wait_sent("session.ready")
     async with raw_stream(server) as ws:
-        await ws.send_str(start_frame())
+        await ws.send_str(start_frame(ws.token))  # type: ignore[attr-defined]
         session = await fake_agent.wait_for_session(1)
         await session.wait_sent("session.ready")
         await ws.send_str("x" * (70 * 1024))

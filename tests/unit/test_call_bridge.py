@@ -19,8 +19,12 @@ from callbridge.bridge.actions import (
 )
 from callbridge.bridge.call_bridge import (
     APOLOGY_MARK,
+    GOODBYE_MARK,
+    IDLE_TIMER,
+    MAX_CALL_TIMER,
     READY_TIMER,
     SESSION_END_TIMER,
+    WRAP_UP_TIMER,
     CallBridge,
     EndReason,
     State,
@@ -29,6 +33,7 @@ from callbridge.bridge.inputs import (
     AgentClosed,
     AgentOpened,
     AgentOpenFailed,
+    StreamOpened,
     TimerFired,
     ToolFinished,
     TwilioClosed,
@@ -319,3 +324,57 @@ def test_invalid_frames_are_logged_and_the_call_goes_on() -> None:
     assert bridge.state is State.LIVE
     assert bridge.rejected_frames == 4
     assert len(to_agent(bridge.handle(media()))) == 1
+
+
+def test_idle_stream_ends_the_call_after_the_idle_period() -> None:
+    bridge = CallBridge(session_config={}, tools=[], apology_payloads=("AAAA",), idle_seconds=8.0)
+    assert bridge.handle(StreamOpened()) == [StartTimer(IDLE_TIMER, 2.0)]
+    bridge.handle(start_frame())
+    bridge.handle(AgentOpened())
+    bridge.handle(agent.SessionReady(session_id="s"))
+    bridge.handle(media())
+    assert StartTimer(IDLE_TIMER, 2.0) in bridge.handle(TimerFired(IDLE_TIMER))  # activity seen
+    for _ in range(3):
+        assert bridge.end_reason is None
+        bridge.handle(TimerFired(IDLE_TIMER))
+    bridge.handle(media())  # activity resets the count
+    bridge.handle(TimerFired(IDLE_TIMER))
+    for _ in range(3):
+        bridge.handle(TimerFired(IDLE_TIMER))
+    assert bridge.end_reason is None
+    actions = bridge.handle(TimerFired(IDLE_TIMER))
+    assert bridge.end_reason is EndReason.TWILIO_IDLE
+    assert to_agent(actions) == [{"type": "session.end"}]
+
+
+def test_maximum_length_asks_for_a_goodbye_then_hangs_up_once_it_played() -> None:
+    bridge = CallBridge(session_config={}, tools=[], max_call_seconds=100.0, wrap_up_seconds=20.0)
+    assert bridge.handle(StreamOpened()) == [StartTimer(MAX_CALL_TIMER, 80.0)]
+    bridge.handle(start_frame())
+    bridge.handle(AgentOpened())
+    bridge.handle(agent.SessionReady(session_id="s"))
+    bridge.handle(agent.ReplyStarted(reply_id="r0"))  # a reply already under way
+    actions = bridge.handle(TimerFired(MAX_CALL_TIMER))
+    [create] = to_agent(actions)
+    assert create["type"] == "reply.create" and "goodbye" in create["instructions"]
+    # The reply that was playing ends first: no hang-up on its account.
+    assert to_twilio(bridge.handle(agent.ReplyDone(reply_id="r0"))) == []
+    bridge.handle(agent.ReplyStarted(reply_id="bye"))
+    marks = to_twilio(bridge.handle(agent.ReplyDone(reply_id="bye")))
+    assert marks == [{"event": "mark", "streamSid": STREAM, "mark": {"name": GOODBYE_MARK}}]
+    assert bridge.end_reason is None
+    played = twilio.Mark(mark=twilio.MarkInfo(name=GOODBYE_MARK), stream_sid=STREAM)
+    actions = bridge.handle(played)
+    assert bridge.end_reason is EndReason.MAX_DURATION
+    assert to_agent(actions) == [{"type": "session.end"}]
+    assert any(isinstance(a, HangUp) for a in actions)
+
+
+def test_wrap_up_without_a_goodbye_still_ends() -> None:
+    bridge = CallBridge(session_config={}, tools=[], max_call_seconds=60.0)
+    bridge.handle(start_frame())
+    bridge.handle(AgentOpened())
+    bridge.handle(agent.SessionReady(session_id="s"))
+    bridge.handle(TimerFired(MAX_CALL_TIMER))
+    bridge.handle(TimerFired(WRAP_UP_TIMER))
+    assert bridge.end_reason is EndReason.MAX_DURATION

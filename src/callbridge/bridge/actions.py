@@ -33,6 +33,8 @@ class CloseAgent:
 class HangUp:
     """Close the Twilio socket. With nothing after <Connect> in the TwiML, the call ends."""
 
+    code: int = 1000  # 1008 (policy violation) when the peer broke our limits
+
 
 @dataclass(frozen=True, slots=True)
 class RunTool:

@@ -33,6 +33,7 @@ from callbridge.bridge.inputs import (
     AgentOpened,
     AgentOpenFailed,
     ServerShutdown,
+    StreamOpened,
     TimerFired,
     ToolFinished,
     TwilioClosed,
@@ -45,6 +46,15 @@ APOLOGY_MARK = "callbridge-apology-played"
 READY_TIMER = "agent-ready"
 SESSION_END_TIMER = "session-end"
 APOLOGY_TIMER = "apology"
+IDLE_TIMER = "idle-check"
+MAX_CALL_TIMER = "max-call"
+WRAP_UP_TIMER = "wrap-up"
+GOODBYE_MARK = "callbridge-goodbye-played"
+_IDLE_TICKS = 4  # idle checks per idle period: detection within 1.25x the period
+WRAP_UP_INSTRUCTIONS = (
+    "The time for this call is up. Tell the caller, in one short friendly sentence, that "
+    "you have to end the call now, and say goodbye. Do not ask any question."
+)
 
 
 class State(enum.Enum):
@@ -67,6 +77,9 @@ class EndReason(enum.StrEnum):
     AGENT_TIMEOUT = "agent-timeout"  # no session.ready in time
     AGENT_DROPPED = "agent-dropped"  # upstream closed without session.ended
     SERVER_SHUTDOWN = "server-shutdown"
+    TWILIO_IDLE = "twilio-idle"  # no media from Twilio for too long
+    MAX_DURATION = "max-duration"
+    STREAM_REFUSED = "stream-refused"
 
 
 class CallBridge:
@@ -79,6 +92,9 @@ class CallBridge:
         apology_seconds: float = 0.0,
         ready_timeout: float = 15.0,
         end_wait: float = 2.0,
+        idle_seconds: float | None = None,
+        max_call_seconds: float | None = None,
+        wrap_up_seconds: float = 20.0,
     ) -> None:
         self._session_config = dict(session_config)
         self._tools = {t.name: t for t in tools}
@@ -86,6 +102,13 @@ class CallBridge:
         self._apology_seconds = apology_seconds
         self._ready_timeout = ready_timeout
         self._end_wait = end_wait
+        self._idle_seconds = idle_seconds
+        self._max_call_seconds = max_call_seconds
+        self._wrap_up_seconds = wrap_up_seconds
+        self._idle_ticks = 0
+        self._media_at_last_tick = 0
+        self._wrapping_up = False
+        self._goodbye_reply: str | None = None
 
         self.state = State.AWAITING_START
         self.end_reason: EndReason | None = None
@@ -103,6 +126,7 @@ class CallBridge:
         self._results_may_flow = True  # reference §4.4: only right after reply.done
         self._tool_reply: dict[str, str | None] = {}  # outstanding call_id -> its reply
         self._held_results: list[ToolFinished] = []
+        self._seen_tool_calls: set[str] = set()  # a call_id is answered once, ever
 
         self.frames_from_twilio = 0
         self.frames_to_agent = 0
@@ -143,6 +167,7 @@ class CallBridge:
             ToolFinished: self._on_tool_finished,
             TimerFired: self._on_timer,
             ServerShutdown: self._on_server_shutdown,
+            StreamOpened: self._on_stream_opened,
         }
 
     def handle(self, event: object) -> list[Action]:
@@ -163,6 +188,17 @@ class CallBridge:
         }
 
     # --- Twilio side ------------------------------------------------------------------
+
+    def _on_stream_opened(self, _: StreamOpened) -> list[Action]:
+        actions: list[Action] = []
+        if self._idle_seconds:
+            actions.append(StartTimer(IDLE_TIMER, self._idle_seconds / _IDLE_TICKS))
+        if self._max_call_seconds:
+            # Short limits still leave most of the call for talking.
+            self._wrap_up_seconds = min(self._wrap_up_seconds, self._max_call_seconds / 4)
+            wrap_up_at = self._max_call_seconds - self._wrap_up_seconds
+            actions.append(StartTimer(MAX_CALL_TIMER, wrap_up_at))
+        return actions
 
     def _on_media(self, msg: twilio.Media) -> list[Action]:
         self.frames_from_twilio += 1
@@ -206,6 +242,8 @@ class CallBridge:
     def _on_mark(self, msg: twilio.Mark) -> list[Action]:
         if msg.mark.name == APOLOGY_MARK and self.state is State.APOLOGIZING:
             return [CancelTimer(APOLOGY_TIMER), *self._hang_up()]
+        if msg.mark.name == GOODBYE_MARK and self._wrapping_up:
+            return [CancelTimer(WRAP_UP_TIMER), *self._end(EndReason.MAX_DURATION)]
         return []
 
     def _on_dtmf(self, msg: twilio.Dtmf) -> list[Action]:
@@ -318,6 +356,8 @@ class CallBridge:
 
     def _on_reply_started(self, msg: agent.ReplyStarted) -> list[Action]:
         self._current_reply = msg.reply_id
+        if self._wrapping_up and self._goodbye_reply is None:
+            self._goodbye_reply = msg.reply_id
         self._results_may_flow = False
         return [Log.debug("agent.reply_started", reply_id=msg.reply_id)]
 
@@ -346,7 +386,11 @@ class CallBridge:
             return actions
         self._fenced_replies.discard(msg.reply_id)
         self._results_may_flow = True
-        return self._flush_results()
+        actions = self._flush_results()
+        if self._wrapping_up and msg.reply_id == self._goodbye_reply and self.stream_sid:
+            # Hang up once Twilio has played the goodbye, not when the agent finished sending it.
+            actions.append(SendToTwilio(twilio.encode_mark(self.stream_sid, GOODBYE_MARK)))
+        return actions
 
     def _on_reply_error(self, msg: agent.ReplyError) -> list[Action]:
         return [Log.warning("agent.reply_error", code=msg.code, message=msg.message[:300])]
@@ -362,8 +406,9 @@ class CallBridge:
     def _on_tool_call(self, msg: agent.ToolCall) -> list[Action]:
         if self.state is not State.LIVE:
             return [Log.warning("tool.call_ignored", call_id=msg.call_id, state=self.state.value)]
-        if msg.call_id in self._tool_reply:
+        if msg.call_id in self._seen_tool_calls:
             return [Log.warning("tool.duplicate_call", call_id=msg.call_id)]
+        self._seen_tool_calls.add(msg.call_id)
         self._tool_reply[msg.call_id] = self._current_reply
         log = Log.info("tool.called", call_id=msg.call_id, name=msg.name)
         tool = self._tools.get(msg.name)
@@ -386,7 +431,9 @@ class CallBridge:
         return [log, RunTool(msg.call_id, tool, arguments)]
 
     def _on_tool_finished(self, msg: ToolFinished) -> list[Action]:
-        if msg.call_id not in self._tool_reply:
+        if msg.call_id not in self._tool_reply or any(
+            held.call_id == msg.call_id for held in self._held_results
+        ):
             return [Log.warning("tool.result_for_unknown_call", call_id=msg.call_id)]
         log = Log.info("tool.finished", call_id=msg.call_id, is_error=msg.is_error)
         if self._tool_reply[msg.call_id] in self._fenced_replies:
@@ -433,6 +480,12 @@ class CallBridge:
     # --- ending -----------------------------------------------------------------------
 
     def _on_timer(self, msg: TimerFired) -> list[Action]:
+        if msg.name == IDLE_TIMER:
+            return self._idle_check()
+        if msg.name == MAX_CALL_TIMER and self.end_reason is None:
+            return self._wrap_up()
+        if msg.name == WRAP_UP_TIMER and self.end_reason is None:
+            return self._end(EndReason.MAX_DURATION, "no goodbye in time")
         if msg.name == READY_TIMER and self.state is State.CONFIGURING:
             return self._fail(EndReason.AGENT_TIMEOUT, "no session.ready in time")
         if msg.name == SESSION_END_TIMER and self._agent == "open":
@@ -440,6 +493,33 @@ class CallBridge:
         if msg.name == APOLOGY_TIMER and self.state is State.APOLOGIZING:
             return self._hang_up()
         return []
+
+    def _idle_check(self) -> list[Action]:
+        if self.end_reason is not None or not self._idle_seconds:
+            return []
+        if self.frames_from_twilio != self._media_at_last_tick:
+            self._media_at_last_tick = self.frames_from_twilio
+            self._idle_ticks = 0
+        else:
+            self._idle_ticks += 1
+            if self._idle_ticks >= _IDLE_TICKS:
+                detail = f"no media for {self._idle_seconds:g} s"
+                return [
+                    Log.warning("twilio.idle", detail=detail),
+                    *self._end(EndReason.TWILIO_IDLE, detail),
+                ]
+        return [StartTimer(IDLE_TIMER, self._idle_seconds / _IDLE_TICKS)]
+
+    def _wrap_up(self) -> list[Action]:
+        """The call has reached its maximum length: the agent says goodbye, then we hang up."""
+        if self.state is not State.LIVE or self._agent != "open":
+            return self._end(EndReason.MAX_DURATION)
+        self._wrapping_up = True
+        return [
+            Log.info("call.wrapping_up", max_seconds=self._max_call_seconds),
+            SendToAgent(agent.encode_reply_create(WRAP_UP_INSTRUCTIONS)),
+            StartTimer(WRAP_UP_TIMER, self._wrap_up_seconds),
+        ]
 
     def _on_server_shutdown(self, _: ServerShutdown) -> list[Action]:
         return [Log.info("call.server_shutdown"), *self._end(EndReason.SERVER_SHUTDOWN)]
@@ -457,7 +537,7 @@ class CallBridge:
                 SendToAgent(agent.SESSION_END),
                 StartTimer(SESSION_END_TIMER, self._end_wait),
             ]
-        actions += self._hang_up()
+        actions += self._hang_up(1008 if reason is EndReason.TWILIO_PROTOCOL_ERROR else 1000)
         return actions + self._finish_if_closed()
 
     def _fail(self, reason: EndReason, detail: str) -> list[Action]:
@@ -490,15 +570,16 @@ class CallBridge:
             return [CloseAgent()]
         return []
 
-    def _hang_up(self) -> list[Action]:
-        return [HangUp()] if self._twilio_open else []
+    def _hang_up(self, code: int = 1000) -> list[Action]:
+        return [HangUp(code)] if self._twilio_open else []
 
     def _finish_if_closed(self) -> list[Action]:
         if self.state is State.DONE or self._twilio_open or self._agent in ("open", "opening"):
             return []
         self.state = State.DONE
         reason = self.end_reason.value if self.end_reason else "unknown"
-        return [CancelTimer(SESSION_END_TIMER), CancelTimer(APOLOGY_TIMER), Finished(reason)]
+        timers = (SESSION_END_TIMER, APOLOGY_TIMER, IDLE_TIMER, MAX_CALL_TIMER, WRAP_UP_TIMER)
+        return [*(CancelTimer(t) for t in timers), Finished(reason)]
 
     def _ignore(self, _: object) -> list[Action]:
         return []

@@ -10,6 +10,11 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
+class StreamOpened:
+    """Twilio's socket is open; the call's clocks (idle, maximum length) start now."""
+
+
+@dataclass(frozen=True, slots=True)
 class AgentOpened:
     """The upstream WebSocket is open; nothing has been sent on it yet."""
 

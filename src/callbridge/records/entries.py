@@ -37,6 +37,11 @@ class CallStatusChanged:
     sequence: int | None = None  # Twilio's SequenceNumber: callbacks arrive out of order
     call_id: str | None = None  # when known
     duration_seconds: int | None = None
+    # From the callback itself, so that a call this instance never streamed (busy, no-answer,
+    # or answered elsewhere) still has a readable record.
+    direction: str | None = None  # Twilio's Direction: inbound, outbound-api, outbound-dial
+    from_number: str | None = None
+    to_number: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

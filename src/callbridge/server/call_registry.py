@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from callbridge.server.twilio_auth import TOKEN_TTL_SECONDS, tokens_match
+
 if TYPE_CHECKING:
     from callbridge.server.call_runner import CallRunner
 
@@ -21,6 +23,7 @@ class CallInfo:
     call_sid: str | None = None
     from_number: str | None = None
     to_number: str | None = None
+    stream_token: str | None = None  # single use: cleared once a stream presents it
     created: float = field(default_factory=time.monotonic)
 
 
@@ -49,6 +52,31 @@ class CallRegistry:
 
     def link_sid(self, call_id: str, call_sid: str) -> None:
         self._by_call_sid[call_sid] = call_id
+
+    def pending_count(self, within: float = 60.0) -> int:
+        """Calls announced recently whose stream has not arrived yet (they will need a slot)."""
+        horizon = time.monotonic() - within
+        return sum(
+            1
+            for call_id, info in self._known.items()
+            if call_id not in self.live and info.created >= horizon and info.stream_token
+        )
+
+    def redeem_token(self, call_id: str, token: str | None, call_sid: str | None) -> str | None:
+        """Check a stream's token against its call; None if admitted, else why not."""
+        info = self._known.get(call_id)
+        if info is None:
+            return "unknown call id"
+        if info.stream_token is None:
+            return "stream token already used"
+        if time.monotonic() - info.created > TOKEN_TTL_SECONDS:
+            return "stream token expired"
+        if not tokens_match(info.stream_token, token):
+            return "wrong stream token"
+        if info.call_sid and call_sid != info.call_sid:
+            return "stream is for another CallSid"
+        info.stream_token = None
+        return None
 
     def forget(self, call_id: str) -> None:
         info = self._known.pop(call_id, None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -36,6 +36,7 @@ from callbridge.bridge.inputs import (
     AgentClosed,
     AgentOpened,
     AgentOpenFailed,
+    StreamOpened,
     TimerFired,
     ToolFinished,
     TwilioClosed,
@@ -48,6 +49,8 @@ from callbridge.twilio import media_stream as twilio
 # If the bridge has not finished this long after the Twilio socket closed, something is
 # wrong: close whatever is left rather than keep a socket (and a bill) open.
 _FINISH_GRACE_SECONDS = 10.0
+_MEDIA_FRAMES_PER_SECOND = 50.0  # Twilio sends one 20 ms frame every 20 ms
+_MEDIA_BURST_FRAMES = 25.0
 
 
 class CallRunner:
@@ -61,6 +64,8 @@ class CallRunner:
         agent_url: str,
         api_key: str | None,
         log: EventLogger,
+        admit: Callable[[twilio.Start], str | None] | None = None,
+        max_messages_per_second: int = 200,
     ) -> None:
         self.call_id = call_id
         self.bridge = bridge
@@ -69,6 +74,16 @@ class CallRunner:
         self._agent_url = agent_url
         self._api_key = api_key
         self.log = log
+        self._admit = admit
+        self._admitted = admit is None
+        self._rate_limit = max_messages_per_second
+        self._window_start = 0.0
+        self._window_count = 0
+        # Caller audio may not run ahead of real time (the API drops it and complains):
+        # a token bucket of 20 ms frames, with half a second of slack for network jitter.
+        self._media_tokens = _MEDIA_BURST_FRAMES
+        self._media_refilled = 0.0
+        self.rate_limited_frames = 0
         self._agent_ws: aiohttp.ClientWebSocketResponse | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -82,6 +97,7 @@ class CallRunner:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
+                await self._feed(StreamOpened())
                 await self._read_twilio()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(_FINISH_GRACE_SECONDS):
@@ -104,6 +120,7 @@ class CallRunner:
                 reason=self.finished_reason or self.bridge.end_reason,
                 detail=self.bridge.end_detail or None,
                 session_id=self.bridge.session_id,
+                rate_limited_frames=self.rate_limited_frames,
                 **self.bridge.stats,
             )
 
@@ -115,16 +132,52 @@ class CallRunner:
 
     async def _read_twilio(self) -> None:
         ws = self._twilio
+        loop = asyncio.get_running_loop()
         try:
             async for msg in ws:
+                # A fixed one-second window: cheap per frame, and a flood shows within a second.
+                now = loop.time()
+                if now - self._window_start >= 1.0:
+                    self._window_start, self._window_count = now, 0
+                self._window_count += 1
+                if self._window_count > self._rate_limit:
+                    await self._feed(
+                        TwilioProtocolError(f"more than {self._rate_limit} messages per second")
+                    )
+                    break
                 if msg.type is aiohttp.WSMsgType.TEXT:
-                    await self._feed(twilio.decode(msg.data))
+                    message = twilio.decode(msg.data)
+                    if type(message) is twilio.Media and not self._media_allowed(now):
+                        continue
+                    if not self._admitted and type(message) is twilio.Start:
+                        refusal = self._admit(message) if self._admit else None
+                        if refusal is not None:
+                            self.log.warning("stream.refused", reason=refusal)
+                            break
+                        self._admitted = True
+                    await self._feed(message)
                 elif msg.type is aiohttp.WSMsgType.BINARY:
                     await self._feed(twilio.InvalidFrame("binary frame"))
                 elif msg.type is aiohttp.WSMsgType.ERROR:
                     await self._feed(TwilioProtocolError(_describe_ws_error(ws.exception())))
         finally:
+            if not ws.closed:
+                await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION)
             await self._feed(TwilioClosed())
+
+    def _media_allowed(self, now: float) -> bool:
+        elapsed = now - self._media_refilled
+        self._media_refilled = now
+        self._media_tokens = min(
+            _MEDIA_BURST_FRAMES, self._media_tokens + elapsed * _MEDIA_FRAMES_PER_SECOND
+        )
+        if self._media_tokens >= 1.0:
+            self._media_tokens -= 1.0
+            return True
+        self.rate_limited_frames += 1
+        if self.rate_limited_frames == 1:
+            self.log.warning("audio.dropped", reason="faster-than-real-time", direction="to-agent")
+        return False
 
     async def _read_agent(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         reason = ""
@@ -157,8 +210,8 @@ class CallRunner:
                 self._spawn(self._open_agent())
             case CloseAgent():
                 self._spawn(self._close_agent_socket())
-            case HangUp():
-                self._spawn(self._close_twilio())
+            case HangUp(code):
+                self._spawn(self._close_twilio(code))
             case RunTool():
                 self._spawn(self._run_tool(action))
             case StartTimer(name, seconds):
@@ -205,10 +258,10 @@ class CallRunner:
             with contextlib.suppress(Exception):
                 await ws.close()
 
-    async def _close_twilio(self) -> None:
+    async def _close_twilio(self, code: int) -> None:
         if not self._twilio.closed:
             with contextlib.suppress(Exception):
-                await self._twilio.close()
+                await self._twilio.close(code=code)
 
     async def _run_tool(self, action: RunTool) -> None:
         outcome = await run_tool(action.tool, action.arguments)

@@ -9,6 +9,8 @@ from callbridge.bridge.call_bridge import CallBridge
 from callbridge.logs import EventLogger
 from callbridge.server.call_runner import CallRunner
 from callbridge.server.state import APP_STATE
+from callbridge.server.twilio_auth import SignatureError
+from callbridge.twilio.media_stream import Start
 
 
 async def inbound_stream(request: web.Request) -> web.StreamResponse:
@@ -24,22 +26,33 @@ async def _serve_stream(request: web.Request, direction: Direction) -> web.Strea
     settings = state.settings
     call_id = request.match_info["call_id"]
     log = EventLogger("call", call_id=call_id)
-    ws = web.WebSocketResponse(max_msg_size=settings.callbridge_max_message_bytes)
-    await ws.prepare(request)
+    try:
+        state.auth.check_stream_upgrade(request)
+    except SignatureError as exc:
+        log.warning("stream.refused", reason=str(exc))
+        raise web.HTTPForbidden(text="forbidden\n") from None
     if call_id in state.registry.live:
         # Twilio has been seen opening a second socket for one call: two voices at once.
-        log.warning("stream.duplicate_refused")
-        await ws.close(code=1008, message=b"duplicate stream")
-        return ws
+        log.warning("stream.refused", reason="a stream for this call is already live")
+        raise web.HTTPConflict(text="duplicate stream\n")
     if state.http is None:
-        await ws.close(code=1011, message=b"server not started")
-        return ws
+        raise web.HTTPServiceUnavailable(text="not started\n")
+    ws = web.WebSocketResponse(max_msg_size=settings.callbridge_max_message_bytes)
+    await ws.prepare(request)
+
+    def admit(start: Start) -> str | None:
+        token = start.start.custom_parameters.get("token")
+        return state.registry.redeem_token(
+            call_id, token if isinstance(token, str) else None, start.start.call_sid or None
+        )
 
     bridge = CallBridge(
         session_config=state.bot.session_config(direction, settings.agent_voice),
         tools=state.bot.tools,
         apology_payloads=state.apology_payloads,
         apology_seconds=state.apology_seconds,
+        idle_seconds=settings.callbridge_idle_seconds,
+        max_call_seconds=settings.max_call_seconds,
     )
     runner = CallRunner(
         call_id=call_id,
@@ -49,6 +62,8 @@ async def _serve_stream(request: web.Request, direction: Direction) -> web.Strea
         agent_url=settings.assemblyai_agent_url,
         api_key=settings.api_key,
         log=log,
+        admit=admit,
+        max_messages_per_second=settings.callbridge_max_messages_per_second,
     )
     state.registry.live[call_id] = runner
     log.info("stream.opened", direction=direction)

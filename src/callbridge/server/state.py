@@ -11,6 +11,7 @@ from callbridge.bot import Bot
 from callbridge.config import Settings
 from callbridge.logs import EventLogger
 from callbridge.server.call_registry import CallRegistry
+from callbridge.server.twilio_auth import TwilioAuthenticator
 
 
 @dataclass
@@ -19,6 +20,7 @@ class AppState:
     bot: Bot
     apology_payloads: tuple[str, ...]
     apology_seconds: float
+    auth: TwilioAuthenticator
     registry: CallRegistry = field(default_factory=CallRegistry)
     log: EventLogger = field(default_factory=lambda: EventLogger("server"))
     http: aiohttp.ClientSession | None = None

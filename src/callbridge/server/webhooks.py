@@ -12,10 +12,31 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from callbridge.server.call_registry import CallInfo, new_call_id
 from callbridge.server.state import APP_STATE, AppState
+from callbridge.server.twilio_auth import SignatureError, new_stream_token
 
 # Spoken by Twilio when we cannot bridge a call at all (no agent configured).
 UNAVAILABLE_TEXT = "Sorry, we can't take your call right now. Please try again later. Goodbye."
+BUSY_TEXT = "Sorry, all our lines are busy right now. Please call again in a few minutes. Goodbye."
 _TWIML = "text/xml"
+
+
+async def _signed_form(request: web.Request) -> MultiDictProxy[Any]:
+    """The form of a webhook that Twilio really sent, or a 403 (and nothing else happens)."""
+    state = request.app[APP_STATE]
+    form = await request.post()
+    try:
+        state.auth.check_webhook(request, form)
+    except SignatureError as exc:
+        state.log.warning("webhook.refused", path=request.path, reason=str(exc))
+        raise web.HTTPForbidden(text="forbidden\n") from None
+    return form
+
+
+def _say_and_hang_up(text: str) -> web.Response:
+    response = VoiceResponse()
+    response.say(text)
+    response.hangup()
+    return web.Response(text=str(response), content_type=_TWIML)
 
 
 async def inbound_twiml(request: web.Request) -> web.Response:
@@ -28,16 +49,19 @@ async def outbound_twiml(request: web.Request) -> web.Response:
 
 async def _connect_twiml(request: web.Request, *, direction: str, stream_path: str) -> web.Response:
     state = request.app[APP_STATE]
-    form = await request.post()
+    form = await _signed_form(request)
     call_sid = _field(form, "CallSid")
     log = state.log.bind(call_sid=call_sid, direction=direction)
     reasons = state.not_ready_reasons()
     if reasons:
         log.error("call.refused", reasons=reasons)
-        response = VoiceResponse()
-        response.say(UNAVAILABLE_TEXT)
-        response.hangup()
-        return web.Response(text=str(response), content_type=_TWIML)
+        return _say_and_hang_up(UNAVAILABLE_TEXT)
+    in_use = len(state.registry.live) + state.registry.pending_count()
+    if in_use >= state.settings.max_calls:
+        log.warning(
+            "call.refused_busy", live=len(state.registry.live), limit=state.settings.max_calls
+        )
+        return _say_and_hang_up(BUSY_TEXT)
 
     info = CallInfo(
         call_id=new_call_id(),
@@ -45,6 +69,7 @@ async def _connect_twiml(request: web.Request, *, direction: str, stream_path: s
         call_sid=call_sid,
         from_number=_field(form, "From"),
         to_number=_field(form, "To"),
+        stream_token=new_stream_token(),
     )
     state.registry.announce(info)
     stream_url = f"{_public_ws_base(request, state)}/{stream_path}/{info.call_id}"
@@ -52,6 +77,8 @@ async def _connect_twiml(request: web.Request, *, direction: str, stream_path: s
     connect = Connect()
     # No query string on the stream URL: Twilio drops it. Data rides in <Parameter>s.
     stream = connect.stream(url=stream_url)
+    # The second lock on the stream: single use, bound to this call and its CallSid.
+    stream.parameter(name="token", value=info.stream_token)
     stream.parameter(name="direction", value=direction)
     if info.from_number:
         stream.parameter(name="from", value=info.from_number[:100])
@@ -64,7 +91,7 @@ async def _connect_twiml(request: web.Request, *, direction: str, stream_path: s
 
 async def call_status(request: web.Request) -> web.Response:
     state = request.app[APP_STATE]
-    form = await request.post()
+    form = await _signed_form(request)
     call_sid = _field(form, "CallSid")
     call_id = state.registry.call_id_for_sid(call_sid) if call_sid else None
     state.log.info(
@@ -90,6 +117,8 @@ async def readyz(request: web.Request) -> web.Response:
         "ready": not reasons,
         "reasons": reasons,
         "live_calls": len(state.registry.live),
+        "max_calls": state.settings.max_calls,
+        "signatures_checked": state.auth.enabled,
     }
     return web.json_response(body, status=503 if reasons else 200)
 

@@ -1,0 +1,123 @@
+"""Only Twilio gets in: request signatures, replay refusal, and per-call stream tokens.
+
+Twilio signs every webhook and the Media Streams upgrade with `X-Twilio-Signature`, an
+HMAC of the URL it called (plus the form body) under the account's auth token. We
+rebuild that URL from `PUBLIC_URL`, never from the request's Host or forwarding headers
+(which anyone can set) unless the operator opts in with `CALLBRIDGE_TRUST_PROXY_HEADERS`.
+Signatures carry no timestamp, so a captured request could be sent again: we remember
+what we have accepted for a while and refuse exact repeats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections import OrderedDict
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from aiohttp import web
+from multidict import MultiDictProxy
+from twilio.request_validator import RequestValidator
+
+from callbridge.config import Settings
+
+_REPLAY_WINDOW_SECONDS = 15 * 60
+_REPLAY_MEMORY = 200_000  # entries; bounded so a flood of valid requests can't grow it forever
+TOKEN_TTL_SECONDS = 120.0  # Twilio opens the stream within seconds of fetching the TwiML
+
+
+class SignatureError(Exception):
+    """Why a request was refused; safe to log (no secrets, no signature values)."""
+
+
+class TwilioAuthenticator:
+    def __init__(self, settings: Settings) -> None:
+        token = settings.auth_token
+        self.enabled = token is not None and not settings.callbridge_insecure_skip_signatures
+        self._validator = RequestValidator(token or "")
+        self._public_url = settings.public_url
+        self._trust_proxy = settings.callbridge_trust_proxy_headers
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+
+    def public_url(self, request: web.Request) -> str:
+        """The https:// URL Twilio called for this request (path and query included)."""
+        if self._public_url is not None:
+            base = urlsplit(self._public_url)
+            path = base.path.rstrip("/") + request.rel_url.path
+            return urlunsplit((base.scheme, base.netloc, path, request.rel_url.query_string, ""))
+        if self._trust_proxy:
+            proto = request.headers.get("X-Forwarded-Proto", "https").split(",")[0].strip()
+            host = request.headers.get("X-Forwarded-Host", request.host).split(",")[0].strip()
+            return urlunsplit((proto, host, request.rel_url.path, request.rel_url.query_string, ""))
+        return str(request.url)
+
+    def check_webhook(self, request: web.Request, form: MultiDictProxy[Any]) -> None:
+        """Raise SignatureError unless this form POST is Twilio's, and new."""
+        if not self.enabled:
+            return
+        signature = request.headers.get("X-Twilio-Signature")
+        if not signature:
+            raise SignatureError("missing X-Twilio-Signature")
+        url = self.public_url(request)
+        params = {k: v for k, v in form.items() if isinstance(v, str)}
+        if not self._validator.validate(url, _MultiParams(form), signature):
+            raise SignatureError(f"signature does not match {url}")
+        self._refuse_replay(signature, url, params)
+
+    def check_stream_upgrade(self, request: web.Request) -> None:
+        """The upgrade is signed over the wss:// stream URL with no parameters."""
+        if not self.enabled:
+            return
+        signature = request.headers.get("X-Twilio-Signature")
+        if not signature:
+            raise SignatureError("missing X-Twilio-Signature on the stream upgrade")
+        https_url = self.public_url(request)
+        scheme = "wss" if https_url.startswith("https:") else "ws"
+        url = scheme + https_url[https_url.index(":") :]
+        # Twilio's own notes: if a wss handshake won't verify, try a trailing slash.
+        if not any(self._validator.validate(u, {}, signature) for u in (url, url + "/")):
+            raise SignatureError(f"stream signature does not match {url}")
+        self._refuse_replay(signature, url, {})
+
+    def _refuse_replay(self, signature: str, url: str, params: dict[str, str]) -> None:
+        digest = hashlib.sha256(
+            "\n".join([signature, url, *sorted(f"{k}={v}" for k, v in params.items())]).encode()
+        ).digest()
+        now = time.monotonic()
+        while self._seen:
+            oldest, at = next(iter(self._seen.items()))
+            if at > now - _REPLAY_WINDOW_SECONDS and len(self._seen) < _REPLAY_MEMORY:
+                break
+            del self._seen[oldest]
+        if digest in self._seen:
+            raise SignatureError(f"replayed request to {url}")
+        self._seen[digest] = now
+
+
+class _MultiParams:
+    """The validator signs every value of a repeated field; it finds them via getall()."""
+
+    def __init__(self, form: MultiDictProxy[Any]) -> None:
+        self._form = form
+
+    def __iter__(self) -> Any:
+        return iter({k for k in self._form if isinstance(self._form[k], str)})
+
+    def __getitem__(self, key: str) -> str:
+        value = self._form[key]
+        return value if isinstance(value, str) else ""
+
+    def getall(self, key: str) -> list[str]:
+        return [v for v in self._form.getall(key) if isinstance(v, str)]
+
+
+def new_stream_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def tokens_match(expected: str | None, presented: str | None) -> bool:
+    if not expected or not presented:
+        return False
+    return secrets.compare_digest(expected.encode(), presented.encode())

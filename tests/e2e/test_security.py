@@ -1,0 +1,233 @@
+"""Only Twilio gets in, and nothing anyone sends can hurt a call.
+
+Every refusal is checked from both ends: the attacker is turned away, and the fake Voice
+Agent API proves that no upstream session (no billed minute) was opened."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+
+import aiohttp
+import pytest
+
+from callbridge.testing.audio import FRAME_BYTES
+from callbridge.testing.fake_agent import FakeVoiceAgent
+from callbridge.testing.twilio_simulator import TwilioSimulator
+from tests.conftest import AUTH_TOKEN, PUBLIC_URL, RunningServer, ServerFactory
+from tests.e2e.test_inbound_call import frame_indices, indexed_frames
+from tests.raw_twilio import (
+    CALL_SID,
+    announce,
+    connect_stream,
+    media_frame,
+    sign,
+    start_frame,
+)
+
+WEBHOOKS = ["/twiml", "/outbound-twiml", "/call-status"]
+PARAMS = {"CallSid": CALL_SID, "From": "+15550001111", "To": "+15552223333"}
+
+
+async def post(server: RunningServer, path: str, signature: str | None) -> int:
+    headers = {"X-Twilio-Signature": signature} if signature is not None else {}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{server.url}{path}", data=PARAMS, headers=headers) as response,
+    ):
+        return response.status
+
+
+@pytest.mark.parametrize("path", WEBHOOKS)
+async def test_webhooks_accept_only_twilios_signature(
+    server: RunningServer, fake_agent: FakeVoiceAgent, path: str
+) -> None:
+    good = sign(f"{PUBLIC_URL}{path}", PARAMS)
+    assert await post(server, path, None) == 403  # missing
+    assert await post(server, path, "bm90IGEgc2lnbmF0dXJl") == 403  # forged
+    # Signed for the URL the request really reached, not the public one Twilio calls.
+    assert await post(server, path, sign(f"{server.url}{path}", PARAMS)) == 403
+    assert await post(server, path, sign(f"https://evil.example{path}", PARAMS)) == 403
+    other_token = RequestValidatorFor("another-account-token")
+    assert await post(server, path, other_token(f"{PUBLIC_URL}{path}", PARAMS)) == 403
+    assert await post(server, path, good) in (200, 204)
+    assert await post(server, path, good) == 403  # the same request again: a replay
+    assert fake_agent.connections == 0
+
+
+def RequestValidatorFor(token: str):  # type: ignore[no-untyped-def]
+    from twilio.request_validator import RequestValidator
+
+    return RequestValidator(token).compute_signature
+
+
+async def assert_stream_refused(
+    http: aiohttp.ClientSession, server: RunningServer, call_path_call: object, **kwargs: object
+) -> None:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await connect_stream(http, server, call_path_call, **kwargs)  # type: ignore[arg-type]
+    assert refused.value.status == 403
+
+
+async def test_unsigned_and_forged_stream_upgrades_are_refused(
+    server: RunningServer, fake_agent: FakeVoiceAgent
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        call = await announce(http, server)
+        await assert_stream_refused(http, server, call, signature="")
+        await assert_stream_refused(http, server, call, signature="Zm9yZ2Vk")
+        # A signature over the https URL instead of the wss one Twilio signs.
+        await assert_stream_refused(
+            http, server, call, signature=sign(PUBLIC_URL + call.stream_path, {})
+        )
+    assert fake_agent.connections == 0
+
+
+async def refused_after_start(ws: aiohttp.ClientWebSocketResponse, start: str) -> aiohttp.WSMessage:
+    await ws.send_str(start)
+    msg = await asyncio.wait_for(ws.receive(), 5)
+    assert msg.type is aiohttp.WSMsgType.CLOSE, msg
+    assert ws.close_code == 1008
+    return msg
+
+
+async def test_stream_token_must_be_this_calls_and_unused(
+    server: RunningServer, fake_agent: FakeVoiceAgent
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        call_a = await announce(http, server, "CA" + "a" * 32)
+        call_b = await announce(http, server, "CA" + "b" * 32)
+        # B's token on A's stream: refused before any upstream session.
+        ws = await connect_stream(http, server, call_a)
+        await refused_after_start(ws, start_frame(call_b.token, call_sid="CA" + "a" * 32))
+        # No token at all.
+        call_c = await announce(http, server, "CA" + "c" * 32)
+        ws = await connect_stream(http, server, call_c)
+        await refused_after_start(ws, start_frame(None, call_sid="CA" + "c" * 32))
+        # The right token but another call's CallSid.
+        call_d = await announce(http, server, "CA" + "d" * 32)
+        ws = await connect_stream(http, server, call_d)
+        await refused_after_start(ws, start_frame(call_d.token, call_sid="CA" + "e" * 32))
+    assert fake_agent.connections == 0
+
+
+async def test_replayed_token_and_second_stream_are_refused(
+    start_server: ServerFactory, fake_agent: FakeVoiceAgent
+) -> None:
+    # Signatures off, so the per-call token is the only lock being tested here.
+    server = await start_server(
+        assemblyai_agent_url=fake_agent.url, callbridge_insecure_skip_signatures=True
+    )
+    async with aiohttp.ClientSession() as http:
+        call = await announce(http, server)
+        first = await connect_stream(http, server, call, signature="")
+        await first.send_str(start_frame(call.token))
+        session = await fake_agent.wait_for_session()
+        await session.wait_sent("session.ready")
+        # While the first is live, a second socket for the same call is refused outright.
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await connect_stream(http, server, call, signature="")
+        assert refused.value.status == 409
+        await first.close()
+        await session.wait_for("session.end")
+        # Afterwards the token has been used: presenting it again gets nowhere.
+        again = await connect_stream(http, server, call, signature="")
+        await refused_after_start(again, start_frame(call.token))
+    assert fake_agent.connections == 1
+
+
+async def test_a_replayed_signed_upgrade_is_refused(
+    server: RunningServer, fake_agent: FakeVoiceAgent
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        call = await announce(http, server)
+        first = await connect_stream(http, server, call)
+        await first.send_str(start_frame(call.token))
+        session = await fake_agent.wait_for_session()
+        await session.wait_sent("session.ready")
+        await first.close()
+        await session.wait_for("session.end")
+        await assert_stream_refused(http, server, call)
+    assert fake_agent.connections == 1
+
+
+async def test_at_capacity_callers_get_a_polite_busy_answer(
+    start_server: ServerFactory, fake_agent: FakeVoiceAgent
+) -> None:
+    server = await start_server(assemblyai_agent_url=fake_agent.url, max_calls=1)
+    async with TwilioSimulator(server.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL) as sim:
+        first = await sim.place_inbound_call()
+        await first.wait_started()
+        busy = await sim.place_inbound_call(from_="+15550009999")
+        await busy.wait_ended()
+        assert "<Stream" not in busy.twiml
+        assert busy.said and "busy" in busy.said[0]
+        assert busy.end_reason == "hangup-verb"
+        async with aiohttp.ClientSession() as http, http.get(f"{server.url}/readyz") as resp:
+            assert (await resp.json())["live_calls"] == 1
+    assert len(fake_agent.sessions) == 1
+
+
+async def test_idle_stream_is_ended_with_its_session(
+    start_server: ServerFactory, fake_agent: FakeVoiceAgent
+) -> None:
+    server = await start_server(assemblyai_agent_url=fake_agent.url, callbridge_idle_seconds=1)
+    async with aiohttp.ClientSession() as http:
+        call = await announce(http, server)
+        ws = await connect_stream(http, server, call)
+        await ws.send_str(start_frame(call.token))
+        session = await fake_agent.wait_for_session()
+        # Then silence: not even Twilio's usual stream of silent frames.
+        await session.wait_for("session.end", timeout=5)
+        while not ws.closed:
+            await asyncio.wait_for(ws.receive(), 5)
+
+
+async def test_flooding_stream_is_cut_off_and_the_other_call_is_untouched(
+    server: RunningServer, fake_agent: FakeVoiceAgent, simulator: TwilioSimulator
+) -> None:
+    audio = indexed_frames(100, marker=3)
+    calm = await simulator.place_inbound_call(caller_audio=audio)
+    calm_session = await fake_agent.wait_for_session(0)
+    async with aiohttp.ClientSession() as http:
+        # Ten times Twilio's rate: 500 frames a second.
+        call = await announce(http, server, "CA" + "f" * 32)
+        ws = await connect_stream(http, server, call)
+        await ws.send_str(start_frame(call.token, call_sid="CA" + "f" * 32))
+        flood_session = await fake_agent.wait_for_session(1)
+        await flood_session.wait_sent("session.ready")
+        payload = base64.b64encode(b"\xff" * FRAME_BYTES).decode()
+
+        async def read_until_closed() -> None:
+            while not ws.closed:
+                await ws.receive()
+
+        reader = asyncio.create_task(read_until_closed())
+        for seq in range(2, 5000):
+            if reader.done():
+                break
+            with contextlib.suppress(ConnectionError):
+                await ws.send_str(media_frame(payload, seq=seq))
+            if seq % 10 == 0:
+                await asyncio.sleep(0.02)
+        await asyncio.wait_for(reader, 5)
+        assert ws.close_code == 1008
+        await flood_session.wait_for("session.end")
+        # A 1 MB frame on another stream: closed for size, the calm call unaffected.
+        call = await announce(http, server, "CA" + "e" * 32)
+        big = await connect_stream(http, server, call)
+        await big.send_str(start_frame(call.token, call_sid="CA" + "e" * 32))
+        big_session = await fake_agent.wait_for_session(2)
+        await big_session.wait_sent("session.ready")
+        await big.send_str("x" * 1024 * 1024)
+        while not big.closed:
+            await asyncio.wait_for(big.receive(), 5)
+        assert big.close_code == 1009
+        await big_session.wait_for("session.end")
+    last = base64.b64encode(audio[-FRAME_BYTES:]).decode()
+    await calm_session.wait_for(lambda m: m.get("audio") == last, timeout=10)
+    indices = frame_indices(bytes(calm_session.input_audio), marker=3)
+    assert indices == list(range(indices[0], 100))
+    assert not calm_session.ended.is_set()
+    await calm.hangup()

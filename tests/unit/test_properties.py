@@ -1,0 +1,233 @@
+"""Property-based tests: whatever arrives from either side, in whatever order, the bridge
+never raises, never sends audio upstream before session.ready, never sends Twilio a frame
+without the call's streamSid, and answers every tool call it accepted."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from callbridge.agent import events as agent
+from callbridge.bridge.actions import Action, Finished, Log, RunTool, SendToAgent, SendToTwilio
+from callbridge.bridge.call_bridge import (
+    APOLOGY_MARK,
+    APOLOGY_TIMER,
+    GOODBYE_MARK,
+    IDLE_TIMER,
+    MAX_CALL_TIMER,
+    READY_TIMER,
+    SESSION_END_TIMER,
+    WRAP_UP_TIMER,
+    CallBridge,
+)
+from callbridge.bridge.inputs import (
+    AgentClosed,
+    AgentOpened,
+    AgentOpenFailed,
+    ServerShutdown,
+    StreamOpened,
+    TimerFired,
+    ToolFinished,
+    TwilioClosed,
+    TwilioProtocolError,
+)
+from callbridge.tools import tool
+from callbridge.twilio import media_stream as twilio
+
+
+@tool
+def echo(text: str = "") -> str:
+    """Echo."""
+    return text
+
+
+STREAM = "MZ" + "f" * 32
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+twilio_events = ["connected", "start", "media", "mark", "dtmf", "stop", "clear", "x"]
+agent_types = [*sorted(agent._KNOWN_TYPES), "error", "bogus"]
+
+
+@st.composite
+def json_frames(draw: st.DrawFn, key: str, kinds: list[str]) -> str:
+    body = draw(st.dictionaries(st.text(max_size=12), json_values, max_size=5))
+    if draw(st.booleans()):
+        body[key] = draw(st.sampled_from(kinds))
+    return json.dumps(body)
+
+
+@given(st.one_of(st.text(), st.binary(), json_frames("event", twilio_events)))
+def test_twilio_decoder_never_raises(frame: str | bytes) -> None:
+    twilio.decode(frame)
+
+
+@given(st.one_of(st.text(), st.binary(), json_frames("type", agent_types)))
+def test_agent_decoder_never_raises(frame: str | bytes) -> None:
+    decoded = agent.decode(frame)
+    if isinstance(decoded, agent.ToolCall):
+        with contextlib.suppress(agent.ToolArgumentsError):
+            agent.tool_arguments(decoded)
+
+
+payloads = st.sampled_from(["//79/A==", "", "not base64", "AAAA"])
+reply_ids = st.sampled_from(["r1", "r2", "r3", None])
+call_ids = st.sampled_from(["c1", "c2", "c3"])
+timers = [
+    READY_TIMER,
+    SESSION_END_TIMER,
+    APOLOGY_TIMER,
+    IDLE_TIMER,
+    MAX_CALL_TIMER,
+    WRAP_UP_TIMER,
+    "other",
+]
+
+events = st.one_of(
+    st.builds(
+        lambda params: twilio.Start(
+            start=twilio.StartInfo(stream_sid=STREAM, call_sid="CA1", custom_parameters=params),
+            stream_sid=STREAM,
+        ),
+        st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
+    ),
+    st.builds(lambda p: twilio.Media(media=twilio.MediaInfo(payload=p)), payloads),
+    st.builds(
+        lambda n: twilio.Mark(mark=twilio.MarkInfo(name=n)),
+        st.sampled_from([APOLOGY_MARK, GOODBYE_MARK, "other"]),
+    ),
+    st.builds(lambda d: twilio.Dtmf(dtmf=twilio.DtmfInfo(digit=d)), st.sampled_from("0*#")),
+    st.just(twilio.Stop()),
+    st.just(twilio.Connected()),
+    st.builds(twilio.InvalidFrame, st.text(max_size=10)),
+    st.just(StreamOpened()),
+    st.just(AgentOpened()),
+    st.builds(AgentOpenFailed, st.text(max_size=5)),
+    st.builds(AgentClosed, st.sampled_from([None, 1000, 1006, 1008, 1011])),
+    st.just(TwilioClosed()),
+    st.builds(TwilioProtocolError, st.text(max_size=5)),
+    st.builds(TimerFired, st.sampled_from(timers)),
+    st.just(ServerShutdown()),
+    st.builds(lambda c: ToolFinished(c, '"x"', False), call_ids),
+    st.builds(lambda s: agent.SessionReady(session_id=s), st.sampled_from(["s1", "s2"])),
+    st.just(agent.SessionUpdated()),
+    st.builds(
+        lambda c: agent.SessionError(code=c),
+        st.sampled_from(["invalid_value", "immutable_field", "unauthorized", "x"]),
+    ),
+    st.just(agent.SessionEnded()),
+    st.just(agent.SpeechStarted()),
+    st.just(agent.SpeechStopped()),
+    st.builds(lambda t: agent.UserTranscript(text=t), st.text(max_size=5)),
+    st.builds(lambda r: agent.ReplyStarted(reply_id=r), reply_ids),
+    st.builds(lambda p, r: agent.ReplyAudio(data=p, reply_id=r), payloads, reply_ids),
+    st.builds(
+        lambda r, s: agent.ReplyDone(reply_id=r, status=s),
+        reply_ids,
+        st.sampled_from(["completed", "interrupted", "weird"]),
+    ),
+    st.builds(
+        lambda t, i: agent.AgentTranscript(text=t, interrupted=i),
+        st.text(max_size=5),
+        st.booleans(),
+    ),
+    st.builds(
+        lambda c, n, a: agent.ToolCall(call_id=c, name=n, arguments=a),
+        call_ids,
+        st.sampled_from(["echo", "nope"]),
+        st.one_of(st.just({"text": "hi"}), st.just({"text": 5}), json_values),
+    ),
+    st.builds(lambda c: agent.ToolCall(call_id=c, name="echo", args='{"text": "a"}'), call_ids),
+    st.builds(agent.UnknownEvent, st.text(max_size=5)),
+    st.builds(agent.InvalidEvent, st.text(max_size=5)),
+)
+
+
+class Observer:
+    """Feeds a bridge and checks every invariant on every action it returns."""
+
+    def __init__(self) -> None:
+        self.bridge = CallBridge(
+            session_config={"system_prompt": "x"},
+            tools=[echo],
+            apology_payloads=("AAAA",),
+            apology_seconds=1.0,
+            idle_seconds=8.0,
+            max_call_seconds=60.0,
+        )
+        self.accepted_tools: set[str] = set()
+        self.answered: set[str] = set()
+        self.discarded: set[str] = set()
+        self.running: list[str] = []
+        self.finished = 0
+
+    def feed(self, event: object) -> list[Action]:
+        ready_before = self.bridge.session_id is not None
+        actions = self.bridge.handle(event)
+        for action in actions:
+            self.check(action, ready_before)
+        return actions
+
+    def check(self, action: Action, ready_before: bool) -> None:
+        if isinstance(action, SendToAgent):
+            message: dict[str, Any] = json.loads(action.text)
+            if message["type"] == "input.audio":
+                assert ready_before, "audio sent upstream before session.ready"
+            if message["type"] == "tool.result":
+                assert message["call_id"] not in self.answered, "tool answered twice"
+                self.answered.add(message["call_id"])
+        elif isinstance(action, SendToTwilio):
+            frame = json.loads(action.text)
+            assert frame["streamSid"] == STREAM, "Twilio frame without the call's streamSid"
+        elif isinstance(action, RunTool):
+            self.running.append(action.call_id)
+        elif isinstance(action, Finished):
+            self.finished += 1
+            assert self.finished == 1, "finished twice"
+        elif isinstance(action, Log):
+            if action.event == "tool.called":
+                self.accepted_tools.add(action.fields["call_id"])
+            if action.event == "tool.result_discarded":
+                self.discarded.add(action.fields["call_id"])
+
+
+START = twilio.Start(start=twilio.StartInfo(stream_sid=STREAM, call_sid="CA1"), stream_sid=STREAM)
+# Random events alone rarely reach the interesting states, so sequences often begin the way
+# a real call does and stop at any point of the set-up.
+call_openings = st.sampled_from(
+    [
+        [],
+        [StreamOpened(), START],
+        [StreamOpened(), START, AgentOpened()],
+        [StreamOpened(), START, AgentOpened(), agent.SessionUpdated()],
+        [StreamOpened(), START, AgentOpened(), agent.SessionReady(session_id="s0")],
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(call_openings, st.lists(events, max_size=40))
+def test_bridge_invariants_hold_for_any_event_sequence(
+    opening: list[object], rest: list[object]
+) -> None:
+    sequence = [*opening, *rest]
+    observer = Observer()
+    for event in sequence:
+        observer.feed(event)
+    # Let every tool still running finish, then let a reply complete: results may flow.
+    for call_id in list(observer.running):
+        observer.feed(ToolFinished(call_id, '"done"', False))
+    observer.feed(agent.ReplyStarted(reply_id="final"))
+    observer.feed(agent.ReplyDone(reply_id="final", status="completed"))
+    bridge = observer.bridge
+    if bridge.session_id is not None and bridge.end_reason is None:
+        unanswered = observer.accepted_tools - observer.answered - observer.discarded
+        assert not unanswered, f"tool calls left unanswered: {unanswered}"
