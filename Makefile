@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint typecheck pytest lock clean
+.PHONY: install serve test lint typecheck pytest lock clean bench
 
 install: $(STAMP)
 
@@ -42,3 +42,8 @@ lock: install
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# Load benchmark: N simultaneous calls through the real server and two minimal relays
+# (see bench/__init__.py). `make bench ARGS=--quick` for a one-minute smoke run.
+bench: install
+	$(BIN)/python -m bench $(ARGS)

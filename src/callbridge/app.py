@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 from importlib import resources
 
 import aiohttp
 from aiohttp import web
 
 from callbridge.bot import Bot
-from callbridge.bridge.inputs import ServerShutdown
 from callbridge.config import Settings
 from callbridge.server import media_stream_endpoint, webhooks
+from callbridge.server.lifecycle import end_calls_now
 from callbridge.server.state import APP_STATE, AppState
 from callbridge.server.twilio_auth import TwilioAuthenticator
 
 # One second of μ-law per media message: Twilio accepts any size; fewer frames, same sound.
 _APOLOGY_CHUNK_BYTES = 8000
-_SHUTDOWN_WAIT_SECONDS = 5.0
 
 
 def load_apology() -> tuple[tuple[str, ...], float]:
@@ -64,16 +61,7 @@ async def _open_http_client(app: web.Application) -> None:
 
 
 async def _end_live_calls(app: web.Application) -> None:
-    state = app[APP_STATE]
-    state.shutting_down = True
-    runners = list(state.registry.live.values())
-    for runner in runners:
-        with contextlib.suppress(Exception):
-            await runner.end(ServerShutdown())
-    if runners:
-        await asyncio.wait(
-            [asyncio.create_task(r.done.wait()) for r in runners], timeout=_SHUTDOWN_WAIT_SECONDS
-        )
+    await end_calls_now(app[APP_STATE])
 
 
 async def _close_http_client(app: web.Application) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -39,11 +40,10 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to listen on (PORT).")] = None,
 ) -> None:
     """Run the bridge server."""
-    from aiohttp import web
-
     from callbridge import logs
     from callbridge.app import build_app
     from callbridge.bot import BotLoadError, load_bot
+    from callbridge.server import lifecycle
 
     overrides: dict[str, object] = {}
     if host is not None:
@@ -84,16 +84,8 @@ def serve(
         bot=settings.callbridge_bot,
     )
     try:
-        web.run_app(
-            build_app(settings, bot),
-            host=settings.host,
-            port=settings.port,
-            # aiohttp "prints" once the socket is bound: the moment we are really up.
-            print=lambda _: log.info("server.listening", host=settings.host, port=settings.port),
-            access_log=None,
-            shutdown_timeout=10.0,
-            loop=_new_event_loop(),
-        )
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(lifecycle.serve(build_app(settings, bot), settings, log))
     except OSError as exc:
         _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
 
@@ -177,12 +169,12 @@ def show_config(
         typer.echo(f"{name.ljust(width)}  {shown}")
 
 
-def _new_event_loop() -> asyncio.AbstractEventLoop:
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     try:
         import uvloop
     except ImportError:  # not available on this platform: the standard loop works too
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
 
 
 def main() -> None:

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
 
     # Resilience
     drain_seconds: float = Field(default=30.0, ge=0, le=3600)
+    callbridge_agent_retry_seconds: float = Field(default=10.0, ge=0, le=60)
 
     # Call records
     store_transcripts: bool = True

@@ -235,7 +235,8 @@ async def test_fatal_upstream_error_apologises_and_hangs_up(
         call = await sim.place_inbound_call()
         session = await fake_agent.wait_for_session()
         await session.wait_sent("session.ready")
-        await session.send_error("internal_error", "Internal service error", close_code=1011)
+        # Never retried: the key was revoked, say.
+        await session.send_error("unauthorized", "Authentication failed", close_code=1008)
         await call.wait_ended(timeout=10)
         assert call.end_reason == "server-closed"
         assert bytes(call.heard).endswith(apology)
@@ -261,7 +262,9 @@ async def test_rejected_first_update_apologises_and_hangs_up(
 
 
 async def test_unreachable_agent_apologises(start_server: ServerFactory) -> None:
-    server = await start_server(assemblyai_agent_url="ws://127.0.0.1:9/v1/ws")
+    server = await start_server(
+        assemblyai_agent_url="ws://127.0.0.1:9/v1/ws", callbridge_agent_retry_seconds=1
+    )
     async with TwilioSimulator(
         server.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL, playback_rate=8000 * 16
     ) as sim:

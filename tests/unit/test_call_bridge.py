@@ -21,8 +21,10 @@ from callbridge.bridge.call_bridge import (
     APOLOGY_MARK,
     GOODBYE_MARK,
     IDLE_TIMER,
+    LOST_YOU_GREETING,
     MAX_CALL_TIMER,
     READY_TIMER,
+    RETRY_BUDGET_TIMER,
     SESSION_END_TIMER,
     WRAP_UP_TIMER,
     CallBridge,
@@ -33,6 +35,7 @@ from callbridge.bridge.inputs import (
     AgentClosed,
     AgentOpened,
     AgentOpenFailed,
+    ServerShutdown,
     StreamOpened,
     TimerFired,
     ToolFinished,
@@ -243,7 +246,7 @@ def test_caller_stop_ends_session_then_finishes_when_both_closed() -> None:
     assert not any(isinstance(a, Finished) for a in bridge.handle(TwilioClosed()))
     assert any(isinstance(a, CloseAgent) for a in bridge.handle(agent.SessionEnded()))
     finished = [a for a in bridge.handle(AgentClosed(1000)) if isinstance(a, Finished)]
-    assert finished == [Finished(EndReason.CALLER_HUNG_UP.value)]
+    assert finished == [Finished(EndReason.STREAM_STOPPED.value)]
 
 
 def test_session_end_timer_closes_a_silent_agent() -> None:
@@ -283,20 +286,107 @@ def test_mid_session_config_error_is_not_fatal() -> None:
     assert to_twilio(actions) == []
 
 
-def test_agent_unreachable_apologises() -> None:
-    bridge = new_bridge()
+def test_unreachable_agent_is_retried_with_backoff_then_apologised_for() -> None:
+    bridge = new_bridge(jitter=lambda: 1.0)
     bridge.handle(start_frame())
-    actions = bridge.handle(AgentOpenFailed("refused"))
+    first = bridge.handle(AgentOpenFailed("refused"))
+    assert StartTimer(RETRY_BUDGET_TIMER, 10.0) in first
+    assert OpenAgent(0.25) in first
+    assert OpenAgent(0.5) in bridge.handle(AgentOpenFailed("refused"))
+    assert OpenAgent(1.0) in bridge.handle(AgentOpenFailed("refused"))
+    assert bridge.end_reason is None
+    actions = bridge.handle(TimerFired(RETRY_BUDGET_TIMER))
     assert bridge.end_reason is EndReason.AGENT_UNAVAILABLE
-    assert len(to_twilio(actions)) == 4
+    assert len(to_twilio(actions)) == 4  # clear, the two apology payloads, the mark
 
 
-def test_no_session_ready_in_time_is_a_failure() -> None:
+def test_at_capacity_is_retried_and_then_the_call_goes_on() -> None:
     bridge = new_bridge()
     bridge.handle(start_frame())
     bridge.handle(AgentOpened())
-    bridge.handle(TimerFired(READY_TIMER))
-    assert bridge.end_reason is EndReason.AGENT_TIMEOUT
+    actions = bridge.handle(agent.SessionError(code="at_capacity"))
+    assert CloseAgent() in actions and bridge.end_reason is None
+    assert any(isinstance(a, OpenAgent) for a in bridge.handle(AgentClosed(1008)))
+    sent = to_agent(bridge.handle(AgentOpened()))
+    assert sent == [{"type": "session.update", "session": {"system_prompt": "hi"}}]
+    bridge.handle(agent.SessionReady(session_id="sess_1"))
+    assert bridge.state is State.LIVE
+
+
+def test_no_session_ready_in_time_means_a_new_socket() -> None:
+    bridge = new_bridge()
+    bridge.handle(start_frame())
+    bridge.handle(AgentOpened())
+    assert bridge.handle(TimerFired(READY_TIMER))[-1] == CloseAgent()
+    assert any(isinstance(a, OpenAgent) for a in bridge.handle(AgentClosed(1000)))
+
+
+def test_dropped_session_is_resumed_and_held_results_delivered() -> None:
+    bridge = live_bridge()
+    bridge.handle(agent.ReplyStarted(reply_id="r1"))
+    bridge.handle(agent.ReplyAudio(data=PAYLOAD, reply_id="r1"))
+    bridge.handle(agent.ToolCall(call_id="c1", name="lookup", arguments={"order": "1"}))
+    bridge.handle(agent.ReplyDone(reply_id="r1"))
+    dropped = bridge.handle(AgentClosed(1006))
+    # The half-played reply is cleared; a new socket is on its way.
+    assert to_twilio(dropped) == [{"event": "clear", "streamSid": STREAM}]
+    assert any(isinstance(a, OpenAgent) for a in dropped)
+    assert StartTimer(RETRY_BUDGET_TIMER, 25.0) in dropped
+    # The tool finishes while we are away: held, not sent into a dead socket.
+    assert to_agent(bridge.handle(ToolFinished("c1", '"1"', False))) == []
+    assert to_agent(bridge.handle(media())) == []
+    assert bridge.dropped["reconnecting"] == 1
+    assert to_agent(bridge.handle(AgentOpened())) == [
+        {"type": "session.resume", "session_id": "sess_1"}
+    ]
+    resumed = to_agent(bridge.handle(agent.SessionReady(session_id="sess_1")))
+    assert resumed == [{"type": "tool.result", "call_id": "c1", "result": '"1"', "is_error": False}]
+    assert bridge.resumes == 1
+    assert len(to_agent(bridge.handle(media()))) == 1
+
+
+def test_refused_resume_starts_a_fresh_session_without_a_second_greeting() -> None:
+    bridge = CallBridge(session_config={"greeting": "Hello!", "system_prompt": "x"}, tools=[])
+    bridge.handle(start_frame())
+    bridge.handle(AgentOpened())
+    bridge.handle(agent.SessionReady(session_id="sess_1"))
+    bridge.handle(AgentClosed(None))
+    bridge.handle(AgentOpened())
+    bridge.handle(agent.SessionError(code="session_not_found"))
+    bridge.handle(AgentClosed(1008))
+    [update] = to_agent(bridge.handle(AgentOpened()))
+    assert update["type"] == "session.update"
+    assert update["session"]["greeting"] == LOST_YOU_GREETING
+    assert update["session"]["system_prompt"] == "x"
+    bridge.handle(agent.SessionReady(session_id="sess_2"))
+    assert bridge.state is State.LIVE and bridge.fresh_sessions == 1
+
+
+def test_unauthorized_is_never_retried() -> None:
+    bridge = live_bridge()
+    bridge.handle(agent.SessionError(code="UNAUTHORIZED"))
+    assert bridge.end_reason is EndReason.AGENT_ERROR
+
+
+def test_caller_leaving_while_reconnecting_ends_the_dropped_session() -> None:
+    bridge = live_bridge()
+    bridge.handle(AgentClosed(1006))
+    bridge.handle(twilio.Stop(stream_sid=STREAM))
+    # The new socket resumes the old session only to end it: no 30 s of billed grace.
+    assert to_agent(bridge.handle(AgentOpened())) == [
+        {"type": "session.resume", "session_id": "sess_1"},
+        {"type": "session.end"},
+    ]
+
+
+def test_polite_shutdown_asks_for_a_goodbye() -> None:
+    bridge = live_bridge()
+    actions = bridge.handle(ServerShutdown(polite=True))
+    assert [m["type"] for m in to_agent(actions)] == ["reply.create"]
+    bridge.handle(TimerFired(WRAP_UP_TIMER))
+    assert bridge.end_reason is EndReason.SERVER_SHUTDOWN
+    now = live_bridge()
+    assert to_agent(now.handle(ServerShutdown())) == [{"type": "session.end"}]
 
 
 def test_caller_gone_while_connecting_closes_agent_when_it_opens() -> None:

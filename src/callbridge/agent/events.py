@@ -7,7 +7,7 @@ tool arguments under `args`) become values the bridge can act on, never exceptio
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -237,26 +237,35 @@ def encode_reply_create(instructions: str | None = None) -> str:
     return _encoder.encode(_ReplyCreate(instructions)).decode()
 
 
-# Errors after which the session cannot go on (see the reference, §6.3). Compared
-# lower-cased because the docs and the live service disagree on case.
-FATAL_ERROR_CODES = frozenset(
+# How the bridge treats each error code (reference §6.3), compared lower-cased because the
+# docs and the live service disagree on case.
+NEVER_RETRY_CODES = frozenset({"unauthorized", "forbidden", "session_forbidden", "agent_not_found"})
+RETRYABLE_CODES = frozenset(
     {
-        "unauthorized",
-        "forbidden",
-        "session_not_found",
-        "session_forbidden",
-        "session_expired",
-        "agent_not_found",
-        "agent_init_failed",
-        "agent_timeout",
-        "internal_error",
-        "server_error",
         "at_capacity",
         "concurrency_exceeded",
+        "internal_error",
+        "server_error",
+        "agent_init_failed",
+        "agent_timeout",
     }
 )
+RESUME_REFUSED_CODES = frozenset({"session_not_found", "session_expired"})
+
+ErrorKind = Literal["fatal", "retry", "resume-refused", "ignore"]
 
 
-def is_fatal(error: SessionError, *, before_ready: bool) -> bool:
-    """A bad first session.update is fatal; later config complaints are not."""
-    return before_ready or error.code.lower() in FATAL_ERROR_CODES
+def classify_error(error: SessionError, *, configuring: bool) -> ErrorKind:
+    """fatal: end the call; retry: a new socket; resume-refused: a fresh session; ignore: log.
+
+    A rejected first session.update (a bad voice, say) is fatal: retrying cannot fix it.
+    Later complaints about a message leave the session open and are only logged.
+    """
+    code = error.code.lower()
+    if code in NEVER_RETRY_CODES:
+        return "fatal"
+    if code in RETRYABLE_CODES:
+        return "retry"
+    if code in RESUME_REFUSED_CODES:
+        return "resume-refused"
+    return "fatal" if configuring else "ignore"

@@ -21,7 +21,9 @@ class SendToAgent:
 
 @dataclass(frozen=True, slots=True)
 class OpenAgent:
-    """Open the upstream WebSocket; answer with AgentOpened or AgentOpenFailed."""
+    """Open the upstream WebSocket after `delay` s; answer with AgentOpened or AgentOpenFailed."""
+
+    delay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -49,6 +50,10 @@ APOLOGY_TIMER = "apology"
 IDLE_TIMER = "idle-check"
 MAX_CALL_TIMER = "max-call"
 WRAP_UP_TIMER = "wrap-up"
+RETRY_BUDGET_TIMER = "agent-retry-budget"
+_RETRY_BASE_DELAY = 0.25
+_RETRY_MAX_DELAY = 4.0
+LOST_YOU_GREETING = "Sorry, I lost you for a moment. Could you say that again?"
 GOODBYE_MARK = "callbridge-goodbye-played"
 _IDLE_TICKS = 4  # idle checks per idle period: detection within 1.25x the period
 WRAP_UP_INSTRUCTIONS = (
@@ -62,13 +67,17 @@ class State(enum.Enum):
     CONNECTING = "connecting"  # opening the upstream socket
     CONFIGURING = "configuring"  # session.update sent, waiting for session.ready
     LIVE = "live"  # audio flows both ways
+    RECONNECTING = "reconnecting"  # the upstream socket dropped: opening a new one
+    RESUMING = "resuming"  # session.resume sent on the new socket
     ENDING = "ending"  # session.end sent or sockets closing
     APOLOGIZING = "apologizing"  # playing the apology, then hanging up
     DONE = "done"
 
 
 class EndReason(enum.StrEnum):
-    CALLER_HUNG_UP = "caller-hung-up"  # Twilio sent `stop`
+    # Twilio sent `stop`: the caller hung up, or the call was redirected elsewhere (the
+    # status callback tells which); either way this stream is over.
+    STREAM_STOPPED = "stream-stopped"
     TWILIO_DISCONNECTED = "twilio-disconnected"  # socket closed without `stop`
     TWILIO_PROTOCOL_ERROR = "twilio-protocol-error"
     AGENT_ENDED = "agent-ended"  # the agent sent session.ended
@@ -95,6 +104,9 @@ class CallBridge:
         idle_seconds: float | None = None,
         max_call_seconds: float | None = None,
         wrap_up_seconds: float = 20.0,
+        connect_retry_seconds: float = 10.0,
+        reconnect_seconds: float = 25.0,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self._session_config = dict(session_config)
         self._tools = {t.name: t for t in tools}
@@ -108,6 +120,17 @@ class CallBridge:
         self._idle_ticks = 0
         self._media_at_last_tick = 0
         self._wrapping_up = False
+        self._wrap_up_reason = EndReason.MAX_DURATION
+        # Reconnecting: the API keeps a dropped session 30 s, so give up before that.
+        self._connect_retry_seconds = connect_retry_seconds
+        self._reconnect_seconds = reconnect_seconds
+        self._jitter = jitter
+        self._attempt = 0
+        self._retry_budget_spent = False
+        self._resume_refused = False
+        self._session_lost = False
+        self.resumes = 0
+        self.fresh_sessions = 0
         self._goodbye_reply: str | None = None
 
         self.state = State.AWAITING_START
@@ -122,7 +145,8 @@ class CallBridge:
         self._agent = "none"  # none | opening | open | closed
 
         self._current_reply: str | None = None
-        self._fenced_replies: set[str | None] = set()  # barged-in replies: drop late audio
+        self._fenced_replies: set[str | None] = set()  # cut-off replies: drop their late audio
+        self._interrupted_replies: set[str | None] = set()  # their tool results are discarded
         self._results_may_flow = True  # reference §4.4: only right after reply.done
         self._tool_reply: dict[str, str | None] = {}  # outstanding call_id -> its reply
         self._held_results: list[ToolFinished] = []
@@ -185,6 +209,8 @@ class CallBridge:
             "frames_to_twilio": self.frames_to_twilio,
             "dropped": dict(self.dropped),
             "rejected_frames": self.rejected_frames,
+            "resumes": self.resumes,
+            "fresh_sessions": self.fresh_sessions,
         }
 
     # --- Twilio side ------------------------------------------------------------------
@@ -210,6 +236,8 @@ class CallBridge:
             return self._drop("bad-payload")
         if self.state is State.AWAITING_START:
             return self._drop("before-start")
+        if self.state in (State.RECONNECTING, State.RESUMING) or self._session_lost:
+            return self._drop("reconnecting")
         if self.state in (State.CONNECTING, State.CONFIGURING):
             return self._drop("before-ready")
         return self._drop("ending")
@@ -243,14 +271,14 @@ class CallBridge:
         if msg.mark.name == APOLOGY_MARK and self.state is State.APOLOGIZING:
             return [CancelTimer(APOLOGY_TIMER), *self._hang_up()]
         if msg.mark.name == GOODBYE_MARK and self._wrapping_up:
-            return [CancelTimer(WRAP_UP_TIMER), *self._end(EndReason.MAX_DURATION)]
+            return [CancelTimer(WRAP_UP_TIMER), *self._end(self._wrap_up_reason)]
         return []
 
     def _on_dtmf(self, msg: twilio.Dtmf) -> list[Action]:
         return [Log.info("caller.dtmf", digit=msg.dtmf.digit)]
 
     def _on_stop(self, _: twilio.Stop) -> list[Action]:
-        return [Log.info("stream.stopped"), *self._end(EndReason.CALLER_HUNG_UP)]
+        return [Log.info("stream.stopped"), *self._end(EndReason.STREAM_STOPPED)]
 
     def _on_invalid_frame(self, msg: twilio.InvalidFrame) -> list[Action]:
         self.rejected_frames += 1
@@ -277,20 +305,40 @@ class CallBridge:
 
     def _on_agent_opened(self, _: AgentOpened) -> list[Action]:
         self._agent = "open"
-        if self.state is not State.CONNECTING:
-            # The caller left while we were connecting: no session was created, just close.
-            return [CloseAgent()]
-        self.state = State.CONFIGURING
-        return [
-            SendToAgent(agent.encode_session_update(self._session_config)),
-            StartTimer(READY_TIMER, self._ready_timeout),
-        ]
+        if self.end_reason is not None:
+            if self._session_lost and self.session_id:
+                # Resume only to end it: a dropped session is billed for its 30 s of grace.
+                return [
+                    SendToAgent(agent.encode_session_resume(self.session_id)),
+                    SendToAgent(agent.SESSION_END),
+                    StartTimer(SESSION_END_TIMER, self._end_wait),
+                ]
+            return [CloseAgent()]  # the caller left while we were connecting
+        if self.state not in (State.CONNECTING, State.RECONNECTING):
+            return [Log.warning("agent.unexpected_open", state=self.state.value)]
+        if self.session_id is not None and not self._resume_refused:
+            self.state = State.RESUMING
+            first = agent.encode_session_resume(self.session_id)
+        else:
+            self.state = State.CONFIGURING
+            first = agent.encode_session_update(
+                self._session_config if self.session_id is None else self._fresh_config()
+            )
+        return [SendToAgent(first), StartTimer(READY_TIMER, self._ready_timeout)]
+
+    def _fresh_config(self) -> dict[str, Any]:
+        """For a new session after the old one was lost: no second greeting, an apology."""
+        config = dict(self._session_config)
+        config["greeting"] = LOST_YOU_GREETING
+        return config
 
     def _on_agent_open_failed(self, msg: AgentOpenFailed) -> list[Action]:
+        if self._agent != "opening":
+            return [Log.warning("agent.unexpected_open_failure", state=self.state.value)]
         self._agent = "closed"
         if self.end_reason is not None:
             return self._finish_if_closed()
-        return self._fail(EndReason.AGENT_UNAVAILABLE, msg.reason)
+        return self._retry_agent(msg.reason)
 
     def _on_agent_closed(self, msg: AgentClosed) -> list[Action]:
         was_open = self._agent == "open"
@@ -300,28 +348,90 @@ class CallBridge:
         detail = f"closed with code {msg.code}" if msg.code is not None else "connection lost"
         if msg.reason:
             detail += f": {msg.reason}"
-        return self._fail(EndReason.AGENT_DROPPED, detail)
+        return self._retry_agent(detail)
+
+    def _retry_agent(self, detail: str) -> list[Action]:
+        """Open the upstream socket again, with jittered backoff, within a time budget.
+
+        A session that was live is resumed (the API keeps it 30 s); if the resume is
+        refused, a fresh session starts. Caller audio is dropped meanwhile.
+        """
+        was_live = self.state is State.LIVE
+        if self._retry_budget_spent:
+            reason = EndReason.AGENT_DROPPED if self._session_lost else EndReason.AGENT_UNAVAILABLE
+            return self._fail(reason, f"gave up reconnecting: {detail}")
+        actions: list[Action] = []
+        if self._attempt == 0:
+            budget = self._reconnect_seconds if self.session_id else self._connect_retry_seconds
+            actions.append(StartTimer(RETRY_BUDGET_TIMER, budget))
+        if was_live:
+            self._session_lost = True
+            actions.append(Log.warning("agent.dropped", detail=detail, session_id=self.session_id))
+            if self.stream_sid is not None:
+                # Whatever half of a reply Twilio still buffers would end mid-word anyway.
+                actions.append(SendToTwilio(twilio.encode_clear(self.stream_sid)))
+            self._fenced_replies.add(self._current_reply)
+            self._current_reply = None
+        self.state = State.RECONNECTING
+        self._agent = "opening"
+        delay = min(_RETRY_MAX_DELAY, _RETRY_BASE_DELAY * 2**self._attempt) * (
+            0.5 + self._jitter() / 2
+        )
+        self._attempt += 1
+        actions += [
+            Log.info(
+                "agent.reconnecting", attempt=self._attempt, delay=round(delay, 3), detail=detail
+            ),
+            CancelTimer(READY_TIMER),
+            OpenAgent(delay),
+        ]
+        return actions
 
     def _on_session_ready(self, msg: agent.SessionReady) -> list[Action]:
-        if self.state is not State.CONFIGURING:
+        if self.state not in (State.CONFIGURING, State.RESUMING):
             return [Log.warning("agent.unexpected_ready", state=self.state.value)]
+        resumed = self.state is State.RESUMING
+        fresh_after_loss = not resumed and self.session_id is not None
         self.state = State.LIVE
         self.session_id = msg.session_id
-        return [CancelTimer(READY_TIMER), Log.info("agent.ready", session_id=msg.session_id)]
+        self._attempt = 0
+        self._retry_budget_spent = False
+        self._resume_refused = False
+        self._session_lost = False
+        actions: list[Action] = [CancelTimer(READY_TIMER), CancelTimer(RETRY_BUDGET_TIMER)]
+        if resumed:
+            self.resumes += 1
+            # Results that finished while we were away are what the agent is waiting for.
+            self._results_may_flow = True
+            actions.append(Log.info("agent.resumed", session_id=msg.session_id))
+            return actions + self._flush_results()
+        if fresh_after_loss:
+            self.fresh_sessions += 1
+            # The new session never asked for the old session's tools: nothing to answer.
+            self._held_results.clear()
+            self._tool_reply.clear()
+            self._results_may_flow = True
+            actions.append(Log.warning("agent.fresh_session", session_id=msg.session_id))
+            return actions
+        actions.append(Log.info("agent.ready", session_id=msg.session_id))
+        return actions
 
     def _on_session_updated(self, _: agent.SessionUpdated) -> list[Action]:
         return [Log.debug("agent.session_updated")]
 
     def _on_session_error(self, msg: agent.SessionError) -> list[Action]:
-        fatal = agent.is_fatal(msg, before_ready=self.state is State.CONFIGURING)
-        log = Log(
-            logging.ERROR if fatal else logging.WARNING,
-            "agent.error",
-            {"code": msg.code, "message": msg.message[:300], "param": msg.param, "fatal": fatal},
-        )
-        if not fatal:
+        kind = agent.classify_error(msg, configuring=self.state is State.CONFIGURING)
+        level = logging.WARNING if kind in ("ignore", "resume-refused") else logging.ERROR
+        fields = {"code": msg.code, "message": msg.message[:300], "param": msg.param, "kind": kind}
+        log = Log(level, "agent.error", fields)
+        if self.end_reason is not None or kind == "ignore":
             return [log]
-        return [log, *self._fail(EndReason.AGENT_ERROR, msg.code)]
+        if kind == "fatal":
+            return [log, *self._fail(EndReason.AGENT_ERROR, msg.code)]
+        if kind == "resume-refused":
+            self._resume_refused = True
+        # Retry on a fresh socket: closing this one brings AgentClosed, and the retry.
+        return [log, *self._close_agent()]
 
     def _on_session_ended(self, _: agent.SessionEnded) -> list[Action]:
         if self.end_reason is not None:
@@ -436,7 +546,7 @@ class CallBridge:
         ):
             return [Log.warning("tool.result_for_unknown_call", call_id=msg.call_id)]
         log = Log.info("tool.finished", call_id=msg.call_id, is_error=msg.is_error)
-        if self._tool_reply[msg.call_id] in self._fenced_replies:
+        if self._tool_reply[msg.call_id] in self._interrupted_replies:
             del self._tool_reply[msg.call_id]
             return [
                 log,
@@ -464,7 +574,7 @@ class CallBridge:
     def _discard_results_of(self, reply_id: str | None) -> list[Action]:
         # Reference §4.4: results of an interrupted reply are discarded. Tools of that reply
         # still running are discarded when they finish (their reply stays fenced).
-        self._fenced_replies.add(reply_id)
+        self._interrupted_replies.add(reply_id)
         kept: list[ToolFinished] = []
         discarded: list[ToolFinished] = []
         for result in self._held_results:
@@ -480,14 +590,27 @@ class CallBridge:
     # --- ending -----------------------------------------------------------------------
 
     def _on_timer(self, msg: TimerFired) -> list[Action]:
+        if msg.name == RETRY_BUDGET_TIMER:
+            self._retry_budget_spent = True
+            if self.end_reason is None and self.state in (
+                State.RECONNECTING,
+                State.RESUMING,
+                State.CONFIGURING,
+            ):
+                reason = (
+                    EndReason.AGENT_DROPPED if self._session_lost else EndReason.AGENT_UNAVAILABLE
+                )
+                return self._fail(reason, "gave up reconnecting to the agent")
+            return []
         if msg.name == IDLE_TIMER:
             return self._idle_check()
         if msg.name == MAX_CALL_TIMER and self.end_reason is None:
             return self._wrap_up()
         if msg.name == WRAP_UP_TIMER and self.end_reason is None:
-            return self._end(EndReason.MAX_DURATION, "no goodbye in time")
-        if msg.name == READY_TIMER and self.state is State.CONFIGURING:
-            return self._fail(EndReason.AGENT_TIMEOUT, "no session.ready in time")
+            return self._end(self._wrap_up_reason, "no goodbye in time")
+        if msg.name == READY_TIMER and self.state in (State.CONFIGURING, State.RESUMING):
+            # The server is stuck: try again on a new socket (within the retry budget).
+            return [Log.warning("agent.no_ready_in_time"), *self._close_agent()]
         if msg.name == SESSION_END_TIMER and self._agent == "open":
             return [Log.warning("agent.no_session_ended"), *self._close_agent()]
         if msg.name == APOLOGY_TIMER and self.state is State.APOLOGIZING:
@@ -510,19 +633,25 @@ class CallBridge:
                 ]
         return [StartTimer(IDLE_TIMER, self._idle_seconds / _IDLE_TICKS)]
 
-    def _wrap_up(self) -> list[Action]:
-        """The call has reached its maximum length: the agent says goodbye, then we hang up."""
+    def _wrap_up(self, reason: EndReason = EndReason.MAX_DURATION) -> list[Action]:
+        """The agent says goodbye, then we hang up (maximum length reached, or shutting down)."""
+        if self._wrapping_up:
+            return []
         if self.state is not State.LIVE or self._agent != "open":
-            return self._end(EndReason.MAX_DURATION)
+            return self._end(reason)
         self._wrapping_up = True
+        self._wrap_up_reason = reason
         return [
             Log.info("call.wrapping_up", max_seconds=self._max_call_seconds),
             SendToAgent(agent.encode_reply_create(WRAP_UP_INSTRUCTIONS)),
             StartTimer(WRAP_UP_TIMER, self._wrap_up_seconds),
         ]
 
-    def _on_server_shutdown(self, _: ServerShutdown) -> list[Action]:
-        return [Log.info("call.server_shutdown"), *self._end(EndReason.SERVER_SHUTDOWN)]
+    def _on_server_shutdown(self, msg: ServerShutdown) -> list[Action]:
+        log = Log.info("call.server_shutdown", polite=msg.polite)
+        if msg.polite and self.end_reason is None:
+            return [log, *self._wrap_up(EndReason.SERVER_SHUTDOWN)]
+        return [log, *self._end(EndReason.SERVER_SHUTDOWN)]
 
     def _end(self, reason: EndReason, detail: str = "") -> list[Action]:
         """An orderly end: tell the agent (billing stops at session.end), close both sides."""
@@ -578,7 +707,15 @@ class CallBridge:
             return []
         self.state = State.DONE
         reason = self.end_reason.value if self.end_reason else "unknown"
-        timers = (SESSION_END_TIMER, APOLOGY_TIMER, IDLE_TIMER, MAX_CALL_TIMER, WRAP_UP_TIMER)
+        timers = (
+            SESSION_END_TIMER,
+            APOLOGY_TIMER,
+            IDLE_TIMER,
+            MAX_CALL_TIMER,
+            WRAP_UP_TIMER,
+            RETRY_BUDGET_TIMER,
+            READY_TIMER,
+        )
         return [*(CancelTimer(t) for t in timers), Finished(reason)]
 
     def _ignore(self, _: object) -> list[Action]:

@@ -58,4 +58,9 @@ class TimerFired:
 
 @dataclass(frozen=True, slots=True)
 class ServerShutdown:
-    """The process is stopping: end the call in order (session.end, then hang up)."""
+    """The process is stopping: end the call in order.
+
+    Polite: the agent says goodbye first. Otherwise at once (session.end, hang up).
+    """
+
+    polite: bool = False

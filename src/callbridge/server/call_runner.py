@@ -206,8 +206,8 @@ class CallRunner:
                 await self._send(self._twilio, text)
             case Log(level, event, fields):
                 self.log.log(level, event, **fields)
-            case OpenAgent():
-                self._spawn(self._open_agent())
+            case OpenAgent(delay):
+                self._spawn(self._open_agent(delay))
             case CloseAgent():
                 self._spawn(self._close_agent_socket())
             case HangUp(code):
@@ -239,7 +239,9 @@ class CallRunner:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _open_agent(self) -> None:
+    async def _open_agent(self, delay: float) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
         if self._api_key is None:
             await self._feed(AgentOpenFailed("ASSEMBLYAI_API_KEY is not set"))
             return

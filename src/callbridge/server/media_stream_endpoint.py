@@ -53,6 +53,7 @@ async def _serve_stream(request: web.Request, direction: Direction) -> web.Strea
         apology_seconds=state.apology_seconds,
         idle_seconds=settings.callbridge_idle_seconds,
         max_call_seconds=settings.max_call_seconds,
+        connect_retry_seconds=settings.callbridge_agent_retry_seconds,
     )
     runner = CallRunner(
         call_id=call_id,

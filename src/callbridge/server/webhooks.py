@@ -52,6 +52,9 @@ async def _connect_twiml(request: web.Request, *, direction: str, stream_path: s
     form = await _signed_form(request)
     call_sid = _field(form, "CallSid")
     log = state.log.bind(call_sid=call_sid, direction=direction)
+    if state.shutting_down:
+        log.info("call.refused_busy", why="shutting down")
+        return _say_and_hang_up(BUSY_TEXT)
     reasons = state.not_ready_reasons()
     if reasons:
         log.error("call.refused", reasons=reasons)

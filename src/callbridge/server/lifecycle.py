@@ -1,0 +1,101 @@
+"""Running the server until a signal, then stopping without dropping anyone mid-sentence.
+
+First SIGTERM/SIGINT: stop taking calls (`/readyz` 503, callers get the busy answer), let
+live calls go on for up to DRAIN_SECONDS, then ask each agent to say goodbye and hang up.
+A second signal ends every call at once, still with `session.end` so billing stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+from aiohttp import web
+
+from callbridge.bridge.inputs import ServerShutdown
+from callbridge.config import Settings
+from callbridge.logs import EventLogger
+from callbridge.server.state import APP_STATE, AppState
+
+_GOODBYE_WAIT_SECONDS = 25.0  # the agent's wrap-up (20 s at most) plus hanging up
+_FORCED_WAIT_SECONDS = 5.0  # session.end, session.ended, sockets closed
+
+
+async def serve(app: web.Application, settings: Settings, log: EventLogger) -> None:
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        log.info("server.listening", host=settings.host, port=settings.port)
+        stopping = _Signals()
+        await stopping.first.wait()
+        await drain(app[APP_STATE], settings.drain_seconds, stopping.second, log)
+    finally:
+        await runner.cleanup()
+    log.info("server.stopped")
+
+
+class _Signals:
+    def __init__(self) -> None:
+        self.first = asyncio.Event()
+        self.second = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):  # not on Windows
+                loop.add_signal_handler(sig, self._on_signal)
+
+    def _on_signal(self) -> None:
+        (self.second if self.first.is_set() else self.first).set()
+
+
+async def drain(
+    state: AppState, drain_seconds: float, now: asyncio.Event, log: EventLogger
+) -> None:
+    state.shutting_down = True
+    log.info("server.draining", live_calls=len(state.registry.live), drain_seconds=drain_seconds)
+    if not await _wait_for_calls(state, drain_seconds, now):
+        log.info("server.ending_calls", live_calls=len(state.registry.live), polite=True)
+        await _end_calls(state, polite=True)
+        if not await _wait_for_calls(state, _GOODBYE_WAIT_SECONDS, now):
+            log.warning("server.ending_calls", live_calls=len(state.registry.live), polite=False)
+            await _end_calls(state, polite=False)
+            await _wait_for_calls(state, _FORCED_WAIT_SECONDS, asyncio.Event())
+
+
+async def end_calls_now(state: AppState) -> None:
+    """For the app's shutdown hook: whatever is still live ends at once."""
+    state.shutting_down = True
+    await _end_calls(state, polite=False)
+    await _wait_for_calls(state, _FORCED_WAIT_SECONDS, asyncio.Event())
+
+
+async def _end_calls(state: AppState, *, polite: bool) -> None:
+    for runner in list(state.registry.live.values()):
+        with contextlib.suppress(Exception):
+            await runner.end(ServerShutdown(polite=polite))
+
+
+async def _wait_for_calls(state: AppState, seconds: float, interrupt: asyncio.Event) -> bool:
+    """True once no call is live; False after `seconds` or when `interrupt` is set."""
+    runners = list(state.registry.live.values())
+    if not runners:
+        return True
+
+    async def all_done() -> None:
+        for runner in runners:
+            await runner.done.wait()
+
+    waiters = [asyncio.ensure_future(all_done()), asyncio.ensure_future(interrupt.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    if interrupt.is_set():
+        if state.registry.live:
+            await _end_calls(state, polite=False)
+            await _wait_for_calls(state, _FORCED_WAIT_SECONDS, asyncio.Event())
+        return True
+    return not state.registry.live
