@@ -1,0 +1,1 @@
+"""Migration scripts, oldest first (alembic ignores this file)."""

@@ -1,0 +1,92 @@
+"""DATABASE_URL as users write it, and the migrations against the tables the code uses."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection
+
+from callbridge.records import database
+from callbridge.records.tables import metadata
+
+from .conftest import Backend
+
+
+@pytest.mark.parametrize(
+    ("url", "driver_url", "connect_args"),
+    [
+        ("sqlite:///callbridge.db", "sqlite+aiosqlite:///callbridge.db", {}),
+        ("sqlite:////var/lib/cb/calls.db", "sqlite+aiosqlite:////var/lib/cb/calls.db", {}),
+        ("postgresql://u:p@db:5432/calls", "postgresql+asyncpg://u:***@db:5432/calls", {}),
+        ("postgres://u@db/calls", "postgresql+asyncpg://u@db/calls", {}),
+        ("postgresql+psycopg2://u@db/calls", "postgresql+asyncpg://u@db/calls", {}),
+        (
+            "postgresql://u@db/calls?sslmode=require",
+            "postgresql+asyncpg://u@db/calls",
+            {"ssl": "require"},
+        ),
+        (
+            "postgresql://u@db/calls?options=-csearch_path%3Drecords%20-c%20statement_timeout%3D5s",
+            "postgresql+asyncpg://u@db/calls",
+            {"server_settings": {"search_path": "records", "statement_timeout": "5s"}},
+        ),
+    ],
+)
+def test_plain_urls_get_async_drivers(
+    url: str, driver_url: str, connect_args: dict[str, object]
+) -> None:
+    got_url, got_args = database.async_url(url)
+    assert got_url.render_as_string(hide_password=True) == driver_url
+    assert got_args == connect_args
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://u@db/calls", "unsupported database 'mysql'"),
+        ("not a url", "not a database URL"),
+        ("sqlite://", "SQLite needs a file"),
+        ("sqlite:///:memory:", "SQLite needs a file"),
+        ("postgresql://u@db", "name the database"),
+        ("postgresql://u@db/x?sslmode=sometimes", "sslmode must be one of"),
+        ("postgresql://u@db/x?options=--foo", "options only supports -c"),
+        ("postgresql+pg8000://u@db/x", "unsupported PostgreSQL driver"),
+    ],
+)
+def test_unusable_urls_are_one_clear_value_error(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as error:
+        database.async_url(url)
+    assert str(error.value).startswith("DATABASE_URL: ")
+
+
+def test_passwords_never_shown() -> None:
+    assert "s3cret" not in database.redacted("postgresql://u:s3cret@db/calls")
+
+
+async def test_migrations_build_exactly_the_tables_the_code_uses(backend: Backend) -> None:
+    engine = backend.engine()
+    assert await database.current_revision(engine) is None
+    assert await database.upgrade(engine) == database.head_revision()
+    assert await database.upgrade(engine) == database.head_revision()  # idempotent
+    assert await database.current_revision(engine) == database.head_revision()
+
+    def diff(conn: Connection) -> list[object]:
+        context = MigrationContext.configure(
+            conn, opts={"version_table": database.VERSION_TABLE, "compare_type": True}
+        )
+        return list(compare_metadata(context, metadata))
+
+    async with engine.connect() as conn:
+        assert await conn.run_sync(diff) == []
+
+
+def test_offline_sql_for_dbas() -> None:
+    import io
+
+    out = io.StringIO()
+    database.upgrade_sql("postgresql://u:pw@db/calls", out)
+    sql = out.getvalue()
+    assert "CREATE TABLE callbridge_calls" in sql
+    assert "CREATE TABLE callbridge_schema_version" in sql
+    assert "pw" not in sql
