@@ -20,6 +20,7 @@ from callbridge.testing.twilio_simulator import DEFAULT_ACCOUNT_SID, TwilioSimul
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
 PUBLIC_URL = "https://callbridge.example.test"
 API_KEY = "test-key"
+API_TOKEN = "records-api-token"
 
 
 @dataclass
@@ -57,10 +58,15 @@ async def fake_agent() -> AsyncIterator[FakeVoiceAgent]:
 
 
 @pytest.fixture
-async def start_server() -> AsyncIterator[ServerFactory]:
+async def start_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServerFactory]:
     runners: list[web.AppRunner] = []
 
     async def start(bot: Bot = default_bot, **overrides: Any) -> RunningServer:
+        # Each server keeps its call records in a fresh SQLite file of its own.
+        folder = tmp_path_factory.mktemp("records")
+        overrides.setdefault("database_url", f"sqlite:///{folder}/calls.db")
+        overrides.setdefault("callbridge_spool_path", str(folder / "spool.jsonl"))
+        overrides.setdefault("callbridge_api_token", API_TOKEN)
         settings = make_settings(**overrides)
         app = build_app(settings, bot)
         runner = web.AppRunner(app, handle_signals=False)

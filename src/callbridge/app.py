@@ -10,8 +10,10 @@ from aiohttp import web
 
 from callbridge.bot import Bot
 from callbridge.config import Settings
-from callbridge.server import media_stream_endpoint, webhooks
+from callbridge.records.store import CallStore
+from callbridge.server import media_stream_endpoint, records_api, webhooks
 from callbridge.server.lifecycle import end_calls_now
+from callbridge.server.records_api import RECORDS_STORE
 from callbridge.server.state import APP_STATE, AppState
 from callbridge.server.twilio_auth import TwilioAuthenticator
 
@@ -37,6 +39,7 @@ def build_app(settings: Settings, bot: Bot) -> web.Application:
         apology_payloads=payloads,
         apology_seconds=seconds,
         auth=TwilioAuthenticator(settings),
+        records=CallStore.from_settings(settings),
     )
     app = web.Application()
     app[APP_STATE] = state
@@ -47,10 +50,23 @@ def build_app(settings: Settings, bot: Bot) -> web.Application:
     app.router.add_get("/outbound-stream/{call_id}", media_stream_endpoint.outbound_stream)
     app.router.add_get("/healthz", webhooks.healthz)
     app.router.add_get("/readyz", webhooks.readyz)
+    records_api.add_routes(app)
+    app[RECORDS_STORE] = state.records
     app.on_startup.append(_open_http_client)
+    app.on_startup.append(_start_records)
     app.on_shutdown.append(_end_live_calls)
     app.on_cleanup.append(_close_http_client)
+    app.on_cleanup.append(_close_records)
     return app
+
+
+async def _start_records(app: web.Application) -> None:
+    await app[APP_STATE].records.start()
+
+
+async def _close_records(app: web.Application) -> None:
+    # After the calls: their last entries (CallClosed) are flushed with the rest.
+    await app[APP_STATE].records.close()
 
 
 async def _open_http_client(app: web.Application) -> None:

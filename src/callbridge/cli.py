@@ -22,6 +22,16 @@ EXIT_CONFIG = 2  # bad configuration or usage
 EXIT_FAILED = 1  # the operation itself failed (Twilio said no, server unreachable...)
 
 
+def _register_record_commands() -> None:
+    from callbridge.records.commands import calls_app, db_app
+
+    app.add_typer(calls_app, name="calls")
+    app.add_typer(db_app, name="db")
+
+
+_register_record_commands()
+
+
 def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     typer.echo(f"callbridge: {message}", err=True)
     raise typer.Exit(code)
@@ -43,6 +53,7 @@ def serve(
     from callbridge import logs
     from callbridge.app import build_app
     from callbridge.bot import BotLoadError, load_bot
+    from callbridge.records.spool import SpoolError
     from callbridge.server import lifecycle
 
     overrides: dict[str, object] = {}
@@ -84,8 +95,14 @@ def serve(
         bot=settings.callbridge_bot,
     )
     try:
+        application = build_app(settings, bot)
+    except ValueError as exc:  # an unusable DATABASE_URL, say
+        _fail(f"configuration error: {exc}", EXIT_CONFIG)
+    try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(lifecycle.serve(build_app(settings, bot), settings, log))
+            runner.run(lifecycle.serve(application, settings, log))
+    except SpoolError as exc:
+        _fail(f"configuration error: {exc}", EXIT_CONFIG)
     except OSError as exc:
         _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
 

@@ -74,6 +74,7 @@ async def test_short_calls_leave_nothing_behind(
     # Two equal rounds: the interpreter's own caches settle in the first; a leak keeps
     # growing in the second.
     await run_calls(server, CALLS // 2, first=100)
+    await state.records.flush()  # records wait in the store's queue until written
     gc.collect()
     census_before = census()
     before = tracemalloc.take_snapshot()
@@ -88,6 +89,7 @@ async def test_short_calls_leave_nothing_behind(
         ):
             break
         await asyncio.sleep(0.05)
+    await state.records.flush()
     gc.collect()
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()

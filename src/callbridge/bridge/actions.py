@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from callbridge.records.entries import RecordEntry
 from callbridge.tools import Tool
 
 
@@ -80,6 +81,13 @@ class Log:
 
 
 @dataclass(frozen=True, slots=True)
+class Record:
+    """An entry for the call's record; written behind the audio path, never awaited."""
+
+    entry: RecordEntry
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
     """Both sockets are closed; the call is over. Cancel whatever of it still runs."""
 
@@ -96,5 +104,6 @@ Action = (
     | StartTimer
     | CancelTimer
     | Log
+    | Record
     | Finished
 )

@@ -11,9 +11,12 @@ from __future__ import annotations
 import enum
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
+
+from msgspec import UNSET
 
 from callbridge.agent import events as agent
 from callbridge.bridge.actions import (
@@ -24,6 +27,7 @@ from callbridge.bridge.actions import (
     HangUp,
     Log,
     OpenAgent,
+    Record,
     RunTool,
     SendToAgent,
     SendToTwilio,
@@ -40,6 +44,8 @@ from callbridge.bridge.inputs import (
     TwilioClosed,
     TwilioProtocolError,
 )
+from callbridge.bridge.playout_ledger import PlayoutLedger, ReplyPlayout
+from callbridge.records import entries as records
 from callbridge.tools import Tool
 from callbridge.twilio import media_stream as twilio
 
@@ -91,6 +97,20 @@ class EndReason(enum.StrEnum):
     STREAM_REFUSED = "stream-refused"
 
 
+# Who ended a call, for its record.
+_ENDED_BY: dict[EndReason, records.EndedBy] = {
+    EndReason.STREAM_STOPPED: "caller",
+    EndReason.TWILIO_DISCONNECTED: "caller",
+    EndReason.TWILIO_IDLE: "caller",
+    EndReason.AGENT_ENDED: "agent",
+    EndReason.AGENT_ERROR: "agent",
+    EndReason.AGENT_UNAVAILABLE: "agent",
+    EndReason.AGENT_TIMEOUT: "agent",
+    EndReason.AGENT_DROPPED: "agent",
+    EndReason.SERVER_SHUTDOWN: "server",
+}
+
+
 class CallBridge:
     def __init__(
         self,
@@ -107,7 +127,18 @@ class CallBridge:
         connect_retry_seconds: float = 10.0,
         reconnect_seconds: float = 25.0,
         jitter: Callable[[], float] = random.random,
+        call_id: str = "",
+        direction: str = "inbound",
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        self.call_id = call_id
+        self._direction = direction
+        self._clock = clock
+        self._wall = wall_clock
+        self._ledger = PlayoutLedger(clock)
+        self._record_seq = 0
+        self._tool_started: dict[str, tuple[str, dict[str, Any], float]] = {}
         self._session_config = dict(session_config)
         self._tools = {t.name: t for t in tools}
         self._apology = tuple(apology_payloads)
@@ -262,12 +293,26 @@ class CallBridge:
         self.custom_parameters = {str(k): str(v) for k, v in info.custom_parameters.items()}
         self.state = State.CONNECTING
         self._agent = "opening"
+        params = self.custom_parameters
+        opened = records.CallOpened(
+            self.call_id,
+            self._next_seq(),
+            self._wall(),
+            direction=params.get("direction", self._direction),
+            call_sid=self.call_sid,
+            stream_sid=self.stream_sid,
+            from_number=params.get("from"),
+            to_number=params.get("to"),
+        )
         return [
             Log.info("stream.started", call_sid=self.call_sid, stream_sid=self.stream_sid),
+            Record(opened),
             OpenAgent(),
         ]
 
     def _on_mark(self, msg: twilio.Mark) -> list[Action]:
+        if self._ledger.mark_echoed(msg.mark.name):
+            return self._settled_replies()
         if msg.mark.name == APOLOGY_MARK and self.state is State.APOLOGIZING:
             return [CancelTimer(APOLOGY_TIMER), *self._hang_up()]
         if msg.mark.name == GOODBYE_MARK and self._wrapping_up:
@@ -370,6 +415,7 @@ class CallBridge:
             if self.stream_sid is not None:
                 # Whatever half of a reply Twilio still buffers would end mid-word anyway.
                 actions.append(SendToTwilio(twilio.encode_clear(self.stream_sid)))
+                self._ledger.cleared()
             self._fenced_replies.add(self._current_reply)
             self._current_reply = None
         self.state = State.RECONNECTING
@@ -398,7 +444,15 @@ class CallBridge:
         self._retry_budget_spent = False
         self._resume_refused = False
         self._session_lost = False
-        actions: list[Action] = [CancelTimer(READY_TIMER), CancelTimer(RETRY_BUDGET_TIMER)]
+        actions: list[Action] = [
+            CancelTimer(READY_TIMER),
+            CancelTimer(RETRY_BUDGET_TIMER),
+            Record(
+                records.AgentSessionStarted(
+                    self.call_id, self._next_seq(), self._wall(), msg.session_id, resumed
+                )
+            ),
+        ]
         if resumed:
             self.resumes += 1
             # Results that finished while we were away are what the agent is waiting for.
@@ -424,14 +478,15 @@ class CallBridge:
         level = logging.WARNING if kind in ("ignore", "resume-refused") else logging.ERROR
         fields = {"code": msg.code, "message": msg.message[:300], "param": msg.param, "kind": kind}
         log = Log(level, "agent.error", fields)
+        error = self._error_record("agent", msg.code, msg.message)
         if self.end_reason is not None or kind == "ignore":
-            return [log]
+            return [log, error]
         if kind == "fatal":
-            return [log, *self._fail(EndReason.AGENT_ERROR, msg.code)]
+            return [log, error, *self._fail(EndReason.AGENT_ERROR, msg.code)]
         if kind == "resume-refused":
             self._resume_refused = True
         # Retry on a fresh socket: closing this one brings AgentClosed, and the retry.
-        return [log, *self._close_agent()]
+        return [log, error, *self._close_agent()]
 
     def _on_session_ended(self, _: agent.SessionEnded) -> list[Action]:
         if self.end_reason is not None:
@@ -453,19 +508,25 @@ class CallBridge:
         # Twilio's buffered audio now and drop whatever else of that reply still arrives.
         if self._current_reply is not None:
             self._fenced_replies.add(self._current_reply)
+        self._ledger.cleared()
         return [
             SendToTwilio(twilio.encode_clear(self.stream_sid)),
             Log.info("caller.speech_started"),
         ]
 
     def _on_speech_stopped(self, _: agent.SpeechStopped) -> list[Action]:
+        self._ledger.turn_ended()
         return [Log.debug("caller.speech_stopped")]
 
     def _on_user_transcript(self, msg: agent.UserTranscript) -> list[Action]:
-        return [Log.info("transcript.caller", text=msg.text)]
+        line = records.TranscriptLine(
+            self.call_id, self._next_seq(), self._wall(), "caller", msg.text
+        )
+        return [Log.info("transcript.caller", text=msg.text), Record(line)]
 
     def _on_reply_started(self, msg: agent.ReplyStarted) -> list[Action]:
         self._current_reply = msg.reply_id
+        self._ledger.reply_started(msg.reply_id)
         if self._wrapping_up and self._goodbye_reply is None:
             self._goodbye_reply = msg.reply_id
         self._results_may_flow = False
@@ -481,9 +542,16 @@ class CallBridge:
         if not twilio.is_valid_payload(msg.data):
             return self._drop("agent-bad-payload")
         self.frames_to_twilio += 1
-        return [SendToTwilio(twilio.encode_media(self.stream_sid, msg.data))]
+        mark = self._ledger.audio_sent(msg.reply_id, msg.data)
+        if mark is None:
+            return [SendToTwilio(twilio.encode_media(self.stream_sid, msg.data))]
+        return [
+            SendToTwilio(twilio.encode_media(self.stream_sid, msg.data)),
+            SendToTwilio(twilio.encode_mark(self.stream_sid, mark)),
+        ]
 
     def _on_agent_transcript(self, msg: agent.AgentTranscript) -> list[Action]:
+        self._ledger.transcript(msg.reply_id, msg.text, msg.interrupted)
         return [Log.info("transcript.agent", text=msg.text, interrupted=msg.interrupted)]
 
     def _on_reply_done(self, msg: agent.ReplyDone) -> list[Action]:
@@ -492,11 +560,17 @@ class CallBridge:
             actions: list[Action] = [Log.info("agent.reply_interrupted", reply_id=msg.reply_id)]
             if self.stream_sid is not None and self.state is State.LIVE:
                 actions.append(SendToTwilio(twilio.encode_clear(self.stream_sid)))
+                self._ledger.cleared()
+            self._ledger.reply_done(msg.reply_id, interrupted=True)
             actions.extend(self._discard_results_of(msg.reply_id))
-            return actions
+            return actions + self._settled_replies()
         self._fenced_replies.discard(msg.reply_id)
         self._results_may_flow = True
         actions = self._flush_results()
+        end_mark = self._ledger.reply_done(msg.reply_id, interrupted=False)
+        if end_mark is not None and self.stream_sid is not None:
+            actions.append(SendToTwilio(twilio.encode_mark(self.stream_sid, end_mark)))
+        actions += self._settled_replies()
         if self._wrapping_up and msg.reply_id == self._goodbye_reply and self.stream_sid:
             # Hang up once Twilio has played the goodbye, not when the agent finished sending it.
             actions.append(SendToTwilio(twilio.encode_mark(self.stream_sid, GOODBYE_MARK)))
@@ -520,6 +594,9 @@ class CallBridge:
             return [Log.warning("tool.duplicate_call", call_id=msg.call_id)]
         self._seen_tool_calls.add(msg.call_id)
         self._tool_reply[msg.call_id] = self._current_reply
+        raw = msg.arguments if msg.arguments is not UNSET else msg.args
+        recorded = raw if isinstance(raw, dict) else {"raw": str(raw)[:2000]}
+        self._tool_started[msg.call_id] = (msg.name, recorded, self._clock())
         log = Log.info("tool.called", call_id=msg.call_id, name=msg.name)
         tool = self._tools.get(msg.name)
         if tool is None:
@@ -551,11 +628,12 @@ class CallBridge:
             return [
                 log,
                 Log.info("tool.result_discarded", call_id=msg.call_id, why="reply interrupted"),
+                self._tool_record(msg, discarded=True),
             ]
         self._held_results.append(msg)
         if self._results_may_flow:
-            return [log, *self._flush_results()]
-        return [log]
+            return [log, self._tool_record(msg), *self._flush_results()]
+        return [log, self._tool_record(msg)]
 
     def _flush_results(self) -> list[Action]:
         if self.state is not State.LIVE or self._agent != "open" or not self._held_results:
@@ -582,6 +660,7 @@ class CallBridge:
         self._held_results = kept
         for result in discarded:
             del self._tool_reply[result.call_id]
+            self._tool_started.pop(result.call_id, None)
         return [
             Log.info("tool.result_discarded", call_id=r.call_id, why="reply interrupted")
             for r in discarded
@@ -677,6 +756,7 @@ class CallBridge:
         self.end_detail = detail
         actions: list[Action] = [
             Log.error("call.failed", reason=reason.value, detail=detail),
+            self._error_record("bridge", reason.value, detail),
             CancelTimer(READY_TIMER),
         ]
         if self._agent == "open":
@@ -685,6 +765,7 @@ class CallBridge:
             self.state = State.APOLOGIZING
             sid = self.stream_sid
             actions.append(SendToTwilio(twilio.encode_clear(sid)))
+            self._ledger.cleared()
             actions += [SendToTwilio(twilio.encode_media(sid, p)) for p in self._apology]
             actions += [
                 SendToTwilio(twilio.encode_mark(sid, APOLOGY_MARK)),
@@ -716,7 +797,99 @@ class CallBridge:
             RETRY_BUDGET_TIMER,
             READY_TIMER,
         )
-        return [*(CancelTimer(t) for t in timers), Finished(reason)]
+        closed = records.CallClosed(
+            self.call_id,
+            self._next_seq(),
+            self._wall(),
+            ended_by=_ENDED_BY.get(self.end_reason, "bridge") if self.end_reason else "bridge",
+            reason=reason,
+            frames_from_twilio=self.frames_from_twilio,
+            frames_to_agent=self.frames_to_agent,
+            frames_to_twilio=self.frames_to_twilio,
+            dropped=dict(self.dropped),
+            resumes=self.resumes,
+        )
+        return [
+            *(CancelTimer(t) for t in timers),
+            *self._settled_replies(everything=True),
+            Record(closed),
+            Finished(reason),
+        ]
+
+    # --- the call's record ------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._record_seq += 1
+        return self._record_seq - 1
+
+    def _error_record(
+        self, source: Literal["agent", "twilio", "bridge", "tool"], code: str, message: str
+    ) -> Record:
+        entry = records.CallError(
+            self.call_id, self._next_seq(), self._wall(), source, code, message[:500]
+        )
+        return Record(entry)
+
+    def _tool_record(self, msg: ToolFinished, *, discarded: bool = False) -> Record:
+        name, arguments, started = self._tool_started.pop(msg.call_id, ("?", {}, self._clock()))
+        return Record(
+            records.ToolInvocation(
+                self.call_id,
+                self._next_seq(),
+                self._wall(),
+                tool_call_id=msg.call_id,
+                name=name,
+                arguments=arguments,
+                result=msg.result,
+                is_error=msg.is_error,
+                duration_ms=round((self._clock() - started) * 1000, 1),
+                discarded=discarded,
+            )
+        )
+
+    def _settled_replies(self, *, everything: bool = False) -> list[Action]:
+        actions: list[Action] = []
+        for reply in self._ledger.settled(everything=everything):
+            actions.extend(self._reply_records(reply))
+        return actions
+
+    def _reply_records(self, reply: ReplyPlayout) -> list[Action]:
+        out: list[Action] = []
+        if reply.text or reply.bytes_sent:
+            out.append(
+                Record(
+                    records.TranscriptLine(
+                        self.call_id,
+                        self._next_seq(),
+                        self._wall(),
+                        "agent",
+                        reply.text,
+                        reply_id=reply.reply_id,
+                        interrupted=reply.interrupted,
+                        generated_seconds=round(reply.generated_seconds, 3),
+                        heard_seconds=round(reply.heard_seconds, 3),
+                    )
+                )
+            )
+        if reply.turn_ended_at is not None:
+
+            def since_turn(at: float | None) -> float | None:
+                assert reply.turn_ended_at is not None
+                return None if at is None else round((at - reply.turn_ended_at) * 1000, 1)
+
+            out.append(
+                Record(
+                    records.TurnLatency(
+                        self.call_id,
+                        self._next_seq(),
+                        self._wall(),
+                        reply.reply_id,
+                        to_first_audio_sent_ms=since_turn(reply.first_sent_at),
+                        to_first_audio_played_ms=since_turn(reply.first_played_at),
+                    )
+                )
+            )
+        return out
 
     def _ignore(self, _: object) -> list[Action]:
         return []

@@ -26,6 +26,7 @@ from callbridge.bridge.actions import (
     HangUp,
     Log,
     OpenAgent,
+    Record,
     RunTool,
     SendToAgent,
     SendToTwilio,
@@ -43,6 +44,7 @@ from callbridge.bridge.inputs import (
     TwilioProtocolError,
 )
 from callbridge.logs import EventLogger
+from callbridge.records.entries import RecordEntry
 from callbridge.tools import run_tool
 from callbridge.twilio import media_stream as twilio
 
@@ -66,6 +68,7 @@ class CallRunner:
         log: EventLogger,
         admit: Callable[[twilio.Start], str | None] | None = None,
         max_messages_per_second: int = 200,
+        record: Callable[[RecordEntry], None] | None = None,
     ) -> None:
         self.call_id = call_id
         self.bridge = bridge
@@ -75,6 +78,7 @@ class CallRunner:
         self._api_key = api_key
         self.log = log
         self._admit = admit
+        self._record = record
         self._admitted = admit is None
         self._rate_limit = max_messages_per_second
         self._window_start = 0.0
@@ -206,6 +210,9 @@ class CallRunner:
                 await self._send(self._twilio, text)
             case Log(level, event, fields):
                 self.log.log(level, event, **fields)
+            case Record(entry):
+                if self._record is not None:
+                    self._record(entry)
             case OpenAgent(delay):
                 self._spawn(self._open_agent(delay))
             case CloseAgent():

@@ -54,6 +54,8 @@ async def _serve_stream(request: web.Request, direction: Direction) -> web.Strea
         idle_seconds=settings.callbridge_idle_seconds,
         max_call_seconds=settings.max_call_seconds,
         connect_retry_seconds=settings.callbridge_agent_retry_seconds,
+        call_id=call_id,
+        direction=direction,
     )
     runner = CallRunner(
         call_id=call_id,
@@ -64,6 +66,7 @@ async def _serve_stream(request: web.Request, direction: Direction) -> web.Strea
         api_key=settings.api_key,
         log=log,
         admit=admit,
+        record=state.records.submit,
         max_messages_per_second=settings.callbridge_max_messages_per_second,
     )
     state.registry.live[call_id] = runner

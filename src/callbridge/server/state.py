@@ -10,6 +10,7 @@ from aiohttp import web
 from callbridge.bot import Bot
 from callbridge.config import Settings
 from callbridge.logs import EventLogger
+from callbridge.records.store import CallStore
 from callbridge.server.call_registry import CallRegistry
 from callbridge.server.twilio_auth import TwilioAuthenticator
 
@@ -21,6 +22,7 @@ class AppState:
     apology_payloads: tuple[str, ...]
     apology_seconds: float
     auth: TwilioAuthenticator
+    records: CallStore
     registry: CallRegistry = field(default_factory=CallRegistry)
     log: EventLogger = field(default_factory=lambda: EventLogger("server"))
     http: aiohttp.ClientSession | None = None

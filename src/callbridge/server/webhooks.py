@@ -3,6 +3,7 @@ the health endpoints."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -10,6 +11,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
+from callbridge.records.entries import CallStatusChanged
 from callbridge.server.call_registry import CallInfo, new_call_id
 from callbridge.server.state import APP_STATE, AppState
 from callbridge.server.twilio_auth import SignatureError, new_stream_token
@@ -97,6 +99,21 @@ async def call_status(request: web.Request) -> web.Response:
     form = await _signed_form(request)
     call_sid = _field(form, "CallSid")
     call_id = state.registry.call_id_for_sid(call_sid) if call_sid else None
+    status = _field(form, "CallStatus")
+    if call_sid and status:
+        state.records.submit(
+            CallStatusChanged(
+                call_sid=call_sid,
+                status=status,
+                at=time.time(),
+                sequence=_int(_field(form, "SequenceNumber")),
+                call_id=call_id,
+                duration_seconds=_int(_field(form, "CallDuration")),
+                direction=_field(form, "Direction"),
+                from_number=_field(form, "From"),
+                to_number=_field(form, "To"),
+            )
+        )
     state.log.info(
         "call.status",
         call_id=call_id,
@@ -129,6 +146,13 @@ async def readyz(request: web.Request) -> web.Response:
 def _field(form: MultiDictProxy[Any], name: str) -> str | None:
     value = form.get(name)
     return value if isinstance(value, str) and value else None
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _public_ws_base(request: web.Request, state: AppState) -> str:

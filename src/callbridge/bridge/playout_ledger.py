@@ -1,0 +1,178 @@
+"""What the caller actually heard: the agent's audio as sent, and as Twilio confirmed played.
+
+Twilio echoes a `mark` once the audio queued before it has played, and echoes every pending
+mark at once when we send `clear`. So we send a mark every quarter second of a reply's
+audio (about one mark per seven audio frames: cheap) and one at its end. A mark echoed
+before a clear confirms its bytes as played; marks echoed because of a clear confirm
+nothing. On a clear, the audio heard since the last confirmation is estimated from the
+time elapsed at 8000 bytes/s, never beyond what was sent.
+
+This ledger is the one source of truth for "has the caller heard it": transcripts of what
+was heard next to what was generated, and latency to the first audio actually played.
+No I/O: the bridge feeds it and passes a clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+BYTES_PER_SECOND = 8000  # μ-law, 8 kHz
+MARK_EVERY_BYTES = 2000  # a quarter of a second
+MARK_PREFIX = "cb-"
+
+
+@dataclass
+class ReplyPlayout:
+    index: int
+    reply_id: str | None
+    turn_ended_at: float | None  # when the caller's turn this reply answers ended
+    text: str = ""
+    interrupted: bool = False
+    bytes_sent: int = 0
+    bytes_played: int = 0
+    first_sent_at: float | None = None
+    first_played_at: float | None = None
+    confirmed_at: float | None = None  # clock of the last played mark
+    done: bool = False  # reply.done seen
+    resolved: bool = False  # playback is over: end mark played, or cleared
+    settled: bool = False
+
+    @property
+    def generated_seconds(self) -> float:
+        return self.bytes_sent / BYTES_PER_SECOND
+
+    @property
+    def heard_seconds(self) -> float:
+        return self.bytes_played / BYTES_PER_SECOND
+
+
+def payload_bytes(payload: str) -> int:
+    """Decoded length of a base64 string, without decoding it."""
+    return len(payload) * 3 // 4 - (
+        2 if payload.endswith("==") else 1 if payload.endswith("=") else 0
+    )
+
+
+class PlayoutLedger:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._replies: dict[int, ReplyPlayout] = {}
+        self._by_id: dict[str | None, ReplyPlayout] = {}
+        self._current: ReplyPlayout | None = None
+        self._next_index = 0
+        self._next_mark = 0
+        self._pending: deque[tuple[int, int, int]] = deque()  # (mark, reply index, bytes)
+        self._flushed_upto = -1  # marks up to this number were flushed by a clear
+        self._turn_ended_at: float | None = None
+
+    # --- what the bridge tells it -----------------------------------------------------
+
+    def turn_ended(self) -> None:
+        self._turn_ended_at = self._clock()
+
+    def reply_started(self, reply_id: str | None) -> None:
+        reply = ReplyPlayout(self._next_index, reply_id, self._turn_ended_at)
+        self._turn_ended_at = None
+        self._next_index += 1
+        self._replies[reply.index] = reply
+        self._by_id[reply_id] = reply
+        self._current = reply
+
+    def audio_sent(self, reply_id: str | None, payload: str) -> str | None:
+        """Count a chunk sent to Twilio; returns a mark name to send after it, when one is due."""
+        reply = self._reply(reply_id)
+        before = reply.bytes_sent
+        reply.bytes_sent += payload_bytes(payload)
+        if reply.first_sent_at is None:
+            reply.first_sent_at = self._clock()
+            return self._mark(reply)  # the first mark times the first audio played
+        if reply.bytes_sent // MARK_EVERY_BYTES != before // MARK_EVERY_BYTES:
+            return self._mark(reply)
+        return None
+
+    def transcript(self, reply_id: str | None, text: str, interrupted: bool) -> None:
+        reply = self._reply(reply_id)
+        reply.text = text
+        reply.interrupted = reply.interrupted or interrupted
+
+    def reply_done(self, reply_id: str | None, interrupted: bool) -> str | None:
+        """The agent finished (or was cut); returns the end mark to send, if any audio went."""
+        reply = self._reply(reply_id)
+        reply.done = True
+        reply.interrupted = reply.interrupted or interrupted
+        if self._current is reply:
+            self._current = None
+        if reply.resolved or reply.bytes_sent == 0:
+            reply.resolved = True
+            return None
+        return self._mark(reply, end=True)
+
+    def cleared(self) -> None:
+        """We sent Twilio `clear`: whatever was queued is gone; estimate what got played."""
+        now = self._clock()
+        for mark, index, _ in self._pending:
+            self._flushed_upto = max(self._flushed_upto, mark)
+            reply = self._replies.get(index)
+            if reply is None or reply.resolved:
+                continue
+            since = reply.confirmed_at if reply.confirmed_at is not None else reply.first_sent_at
+            if since is not None:
+                estimate = reply.bytes_played + round((now - since) * BYTES_PER_SECOND)
+                reply.bytes_played = max(reply.bytes_played, min(reply.bytes_sent, estimate))
+            reply.interrupted = True
+            reply.resolved = True
+
+    def mark_echoed(self, name: str) -> bool:
+        """Returns whether the name was one of ours (the bridge has other marks too)."""
+        if not name.startswith(MARK_PREFIX):
+            return False
+        try:
+            number = int(name[len(MARK_PREFIX) :].split(":", 1)[0])
+        except ValueError:
+            return False
+        while self._pending and self._pending[0][0] <= number:
+            mark, index, confirmed = self._pending.popleft()
+            reply = self._replies.get(index)
+            if mark <= self._flushed_upto or reply is None:
+                continue
+            now = self._clock()
+            reply.bytes_played = max(reply.bytes_played, confirmed)
+            reply.confirmed_at = now
+            if reply.first_played_at is None:
+                reply.first_played_at = now
+            if reply.done and reply.bytes_played >= reply.bytes_sent:
+                reply.resolved = True
+        return True
+
+    # --- what the bridge takes out ----------------------------------------------------
+
+    def settled(self, *, everything: bool = False) -> list[ReplyPlayout]:
+        """Replies whose outcome is final (all of them when the call is over), each once."""
+        out = []
+        for index in sorted(self._replies):
+            reply = self._replies[index]
+            if reply.settled or not (everything or (reply.done and reply.resolved)):
+                continue
+            reply.settled = True
+            out.append(reply)
+            del self._replies[index]
+            if self._by_id.get(reply.reply_id) is reply:
+                del self._by_id[reply.reply_id]
+        return out
+
+    # --- internals --------------------------------------------------------------------
+
+    def _reply(self, reply_id: str | None) -> ReplyPlayout:
+        reply = self._by_id.get(reply_id)
+        if reply is None:  # audio without reply.started (older servers): a reply all the same
+            self.reply_started(reply_id)
+            reply = self._by_id[reply_id]
+        return reply
+
+    def _mark(self, reply: ReplyPlayout, end: bool = False) -> str:
+        number = self._next_mark
+        self._next_mark += 1
+        self._pending.append((number, reply.index, reply.bytes_sent))
+        return f"{MARK_PREFIX}{number}{':end' if end else ''}"

@@ -1,0 +1,208 @@
+"""Call records end to end: a simulated call produces the record the API and CLI show, with
+what the caller actually heard measured by the playout ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from callbridge.bot import Bot, generate_random_number
+from callbridge.server.call_runner import CallRunner
+from callbridge.server.state import APP_STATE
+from callbridge.testing.audio import silence, tone
+from callbridge.testing.fake_agent import FakeVoiceAgent, ScriptedTurn
+from callbridge.testing.twilio_simulator import TwilioSimulator
+from tests.conftest import API_KEY, API_TOKEN, AUTH_TOKEN, PUBLIC_URL, RunningServer, ServerFactory
+from tests.test_cli import free_port
+
+GREETING = "Hello, records test."
+BOT = Bot(system_prompt="x", greeting=GREETING, tools=(generate_random_number,))
+
+
+def live_runner(server: RunningServer) -> CallRunner:
+    [runner] = server.app[APP_STATE].registry.live.values()
+    return runner
+
+
+async def fetch_record(server: RunningServer, key: str) -> dict[str, Any]:
+    await server.app[APP_STATE].records.flush()
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{server.url}/api/calls/{key}", headers=headers) as response,
+    ):
+        assert response.status == 200, await response.text()
+        return await response.json()  # type: ignore[no-any-return]
+
+
+async def test_a_full_call_produces_the_expected_record(
+    start_server: ServerFactory, fake_agent: FakeVoiceAgent
+) -> None:
+    server = await start_server(bot=BOT, assemblyai_agent_url=fake_agent.url)
+    fake_agent.turns.append(
+        ScriptedTurn(
+            user_text="a number please",
+            tool_name="generate_random_number",
+            tool_arguments={"minimum": 7, "maximum": 7},
+            after_tool="It is {result}.",
+        )
+    )
+    async with TwilioSimulator(server.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL) as sim:
+        call = await sim.place_inbound_call(from_="+15550004444")
+        session = await fake_agent.wait_for_session()
+        greeting = fake_agent.reply_audio_for(GREETING)
+        await call.wait_heard(len(greeting))
+        call.speak(tone(300, 300) + silence(500))
+        await session.wait_sent(
+            lambda e: e["type"] == "transcript.agent" and e.get("text") == "It is 7.", timeout=10
+        )
+        runner = live_runner(server)
+        await call.wait_playback_idle(timeout=10)
+        # The answer's end mark is echoed once it has played: then the reply is settled.
+        await call.wait_received(
+            lambda f: (
+                f["event"] == "mark"
+                and f["mark"]["name"].endswith(":end")
+                and f is call.received[-1]
+            ),
+            timeout=10,
+        )
+        await call.hangup()
+        await asyncio.wait_for(runner.done.wait(), 10)
+    record = await fetch_record(server, call.call_sid)
+
+    assert record["direction"] == "inbound"
+    assert record["from_number"] == "+15550004444"
+    assert record["ended_by"] == "caller"
+    assert record["end_reason"] == "stream-stopped"
+    assert [s["session_id"] for s in record["agent_sessions"]] == [session.session_id]
+    lines = [(t["role"], t["text"]) for t in record["transcript"]]
+    assert lines[0] == ("agent", GREETING)
+    assert ("caller", "a number please") in lines
+    assert lines[-1] == ("agent", "It is 7.")
+    first = record["transcript"][0]
+    # The whole greeting was played, as Twilio's marks confirmed.
+    assert first["heard_seconds"] == first["generated_seconds"] == len(greeting) / 8000
+    assert first["interrupted"] is False
+    [tool] = record["tool_calls"]
+    assert (tool["name"], tool["arguments"], tool["result"]) == (
+        "generate_random_number",
+        {"minimum": 7, "maximum": 7},
+        "7",
+    )
+    assert tool["is_error"] is False and tool["duration_ms"] is not None
+    latencies = record["turn_latencies"]
+    assert latencies, "no turn latency recorded"
+    sent, played = latencies[0]["to_first_audio_sent_ms"], latencies[0]["to_first_audio_played_ms"]
+    assert sent is not None and played is not None and 0 <= sent <= played
+    audio = record["audio"]
+    assert audio["frames_from_twilio"] > 0 and audio["frames_to_twilio"] > 0
+    assert audio["frames_to_agent"] > 0
+
+
+async def test_barge_in_record_has_the_heard_duration_of_what_was_played(
+    start_server: ServerFactory, fake_agent: FakeVoiceAgent
+) -> None:
+    long_greeting = "This greeting is long enough to be interrupted well before it ends."
+    server = await start_server(
+        bot=Bot(system_prompt="x", greeting=long_greeting), assemblyai_agent_url=fake_agent.url
+    )
+    async with TwilioSimulator(server.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL) as sim:
+        call = await sim.place_inbound_call()
+        session = await fake_agent.wait_for_session()
+        await call.wait_heard(8000)  # a second of the greeting
+        call.speak(tone(440, 400) + silence(600))
+        await call.wait_received("clear")
+        await call.wait_playback_idle()
+        played_before_clear = len(call.heard)
+        runner = live_runner(server)
+        await session.wait_sent(lambda e: e["type"] == "reply.done")
+        await call.hangup()
+        await asyncio.wait_for(runner.done.wait(), 10)
+    record = await fetch_record(server, call.call_sid)
+    assert record["ended_by"] == "caller"
+    greeting = record["transcript"][0]
+    assert greeting["role"] == "agent" and greeting["interrupted"] is True
+    assert greeting["generated_seconds"] > greeting["heard_seconds"]
+    # Marks every quarter second plus the time since the last one: within 100 ms.
+    assert abs(greeting["heard_seconds"] - played_before_clear / 8000) < 0.1
+
+
+@pytest.mark.slow
+async def test_server_killed_mid_call_closes_the_call_as_interrupted_on_restart(
+    fake_agent: FakeVoiceAgent, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "ASSEMBLYAI_API_KEY": API_KEY,
+        "ASSEMBLYAI_AGENT_URL": fake_agent.url,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "PUBLIC_URL": PUBLIC_URL,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "DATABASE_URL": f"sqlite:///{tmp_path}/calls.db",
+        "CALLBRIDGE_SPOOL_PATH": str(tmp_path / "spool.jsonl"),
+        "CALLBRIDGE_INSTANCE_ID": "instance-a",
+        "LOG_FORMAT": "json",
+    }
+
+    async def serve() -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "callbridge.cli",
+            "serve",
+            cwd=tmp_path,
+            env=env,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stderr is not None
+        while b'"server.listening"' not in (line := await proc.stderr.readline()):
+            assert line, "server exited before listening"
+        return proc
+
+    first = await asyncio.wait_for(serve(), 30)
+    url = f"http://127.0.0.1:{port}"
+    sim = TwilioSimulator(url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL)
+    call = await sim.place_inbound_call()
+    session = await fake_agent.wait_for_session()
+    await session.wait_sent("reply.done", timeout=10)  # the greeting: entries were made
+    await asyncio.sleep(0.3)  # the spooler fsyncs within milliseconds; leave it a margin
+    first.send_signal(signal.SIGKILL)
+    await first.wait()
+    await sim.close()
+
+    second = await asyncio.wait_for(serve(), 30)
+    try:
+        shown = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "callbridge.cli",
+            "calls",
+            "show",
+            call.call_sid,
+            "--json",
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await shown.communicate()
+        assert shown.returncode == 0
+        record = json.loads(out)
+        assert record["ended_by"] == "restart"
+        assert record["end_reason"] == "interrupted by restart"
+        assert (
+            record["transcript"][0]["text"] == "Hi! Thanks for calling. How can I help you today?"
+        )
+    finally:
+        second.send_signal(signal.SIGTERM)
+        await second.wait()

@@ -1,0 +1,113 @@
+"""The playout ledger: what the caller heard, from Twilio's mark echoes, with a fake clock."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from callbridge.agent import events as agent
+from callbridge.bridge.actions import Action, Record, SendToTwilio
+from callbridge.bridge.call_bridge import CallBridge
+from callbridge.bridge.inputs import AgentOpened
+from callbridge.bridge.playout_ledger import MARK_EVERY_BYTES, PlayoutLedger, payload_bytes
+from callbridge.records import entries as records
+from callbridge.twilio import media_stream as twilio
+from tests.unit.test_call_bridge import STREAM, start_frame
+
+CHUNK = base64.b64encode(b"\xff" * 300).decode()  # 37.5 ms, as the API sends
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_payload_bytes_without_decoding() -> None:
+    for n in range(0, 20):
+        assert payload_bytes(base64.b64encode(b"x" * n).decode()) == n
+
+
+def test_marks_go_with_the_first_chunk_then_every_quarter_second_and_at_the_end() -> None:
+    ledger = PlayoutLedger(Clock())
+    ledger.reply_started("r1")
+    marks = [ledger.audio_sent("r1", CHUNK) for _ in range(20)]  # 6000 bytes
+    sent = [m for m in marks if m]
+    assert marks[0] is not None  # first audio
+    assert len(sent) == 1 + 6000 // MARK_EVERY_BYTES
+    end = ledger.reply_done("r1", interrupted=False)
+    assert end is not None and end.endswith(":end")
+
+
+def test_completed_reply_is_heard_in_full_once_its_end_mark_is_played() -> None:
+    clock = Clock()
+    ledger = PlayoutLedger(clock)
+    ledger.reply_started("r1")
+    names = [m for _ in range(10) if (m := ledger.audio_sent("r1", CHUNK))]
+    ledger.transcript("r1", "Hello there.", interrupted=False)
+    names.append(ledger.reply_done("r1", interrupted=False) or "")
+    assert ledger.settled() == []  # sent, but not played yet
+    for name in names:
+        clock.now += 0.2
+        assert ledger.mark_echoed(name)
+    [reply] = ledger.settled()
+    assert reply.bytes_played == reply.bytes_sent == 3000
+    assert (reply.text, reply.interrupted) == ("Hello there.", False)
+
+
+def test_clear_estimates_what_was_heard_and_flushed_marks_confirm_nothing() -> None:
+    clock = Clock()
+    ledger = PlayoutLedger(clock)
+    ledger.reply_started("r1")
+    names = [m for _ in range(20) if (m := ledger.audio_sent("r1", CHUNK))]
+    clock.now += 0.05
+    ledger.mark_echoed(names[0])  # the first 300 bytes played at t=100.05
+    clock.now += 0.1  # 800 more bytes play before the caller barges in
+    ledger.cleared()
+    for name in names[1:]:  # Twilio echoes the pending marks at once on clear
+        ledger.mark_echoed(name)
+    ledger.transcript("r1", "Hello th", interrupted=True)
+    ledger.reply_done("r1", interrupted=True)
+    [reply] = ledger.settled()
+    assert reply.interrupted
+    assert reply.bytes_played == 300 + 800
+    assert reply.bytes_sent == 6000
+
+
+def test_bridge_records_heard_and_generated_audio_and_turn_latency() -> None:
+    clock = Clock()
+    bridge = CallBridge(session_config={}, tools=[], call_id="call-1", clock=clock)
+    bridge.handle(start_frame(direction="inbound", **{"from": "+15550001111"}))
+    bridge.handle(AgentOpened())
+    bridge.handle(agent.SessionReady(session_id="s"))
+    bridge.handle(agent.SpeechStopped())
+    clock.now += 0.7
+    bridge.handle(agent.ReplyStarted(reply_id="r1"))
+    marks: list[str] = []
+    for _ in range(8):
+        marks += mark_names(bridge.handle(agent.ReplyAudio(data=CHUNK, reply_id="r1")))
+    bridge.handle(agent.AgentTranscript(text="Sure.", reply_id="r1"))
+    marks += mark_names(bridge.handle(agent.ReplyDone(reply_id="r1")))
+    entries: list[Any] = []
+    for name in marks:
+        clock.now += 0.1
+        entries += recorded(bridge.handle(twilio.Mark(mark=twilio.MarkInfo(name=name))))
+    line = next(e for e in entries if isinstance(e, records.TranscriptLine))
+    assert (line.role, line.text, line.interrupted) == ("agent", "Sure.", False)
+    assert line.generated_seconds == line.heard_seconds == 0.3
+    latency = next(e for e in entries if isinstance(e, records.TurnLatency))
+    assert latency.to_first_audio_sent_ms == 700.0
+    assert latency.to_first_audio_played_ms == 800.0
+    assert all(e.call_id == "call-1" for e in entries)
+
+
+def mark_names(actions: list[Action]) -> list[str]:
+    frames = [json.loads(a.text) for a in actions if isinstance(a, SendToTwilio)]
+    return [f["mark"]["name"] for f in frames if f["event"] == "mark" and f["streamSid"] == STREAM]
+
+
+def recorded(actions: list[Action]) -> list[Any]:
+    return [a.entry for a in actions if isinstance(a, Record)]
