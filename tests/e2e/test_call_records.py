@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -20,7 +19,8 @@ from callbridge.server.state import APP_STATE
 from callbridge.testing.audio import silence, tone
 from callbridge.testing.fake_agent import FakeVoiceAgent, ScriptedTurn
 from callbridge.testing.twilio_simulator import TwilioSimulator
-from tests.conftest import API_KEY, API_TOKEN, AUTH_TOKEN, PUBLIC_URL, RunningServer, ServerFactory
+from tests.conftest import API_TOKEN, AUTH_TOKEN, PUBLIC_URL, RunningServer, ServerFactory
+from tests.server_process import serve_env, start_serve
 from tests.test_cli import free_port
 
 GREETING = "Hello, records test."
@@ -141,36 +141,8 @@ async def test_server_killed_mid_call_closes_the_call_as_interrupted_on_restart(
     fake_agent: FakeVoiceAgent, tmp_path: Path
 ) -> None:
     port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "ASSEMBLYAI_API_KEY": API_KEY,
-        "ASSEMBLYAI_AGENT_URL": fake_agent.url,
-        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "PUBLIC_URL": PUBLIC_URL,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "DATABASE_URL": f"sqlite:///{tmp_path}/calls.db",
-        "CALLBRIDGE_SPOOL_PATH": str(tmp_path / "spool.jsonl"),
-        "CALLBRIDGE_INSTANCE_ID": "instance-a",
-        "LOG_FORMAT": "json",
-    }
-
-    async def serve() -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "callbridge.cli",
-            "serve",
-            cwd=tmp_path,
-            env=env,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert proc.stderr is not None
-        while b'"server.listening"' not in (line := await proc.stderr.readline()):
-            assert line, "server exited before listening"
-        return proc
-
-    first = await asyncio.wait_for(serve(), 30)
+    env = serve_env(fake_agent.url, port, tmp_path, CALLBRIDGE_INSTANCE_ID="instance-a")
+    first = await start_serve(env, tmp_path)
     url = f"http://127.0.0.1:{port}"
     sim = TwilioSimulator(url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL)
     call = await sim.place_inbound_call()
@@ -181,7 +153,7 @@ async def test_server_killed_mid_call_closes_the_call_as_interrupted_on_restart(
     await first.wait()
     await sim.close()
 
-    second = await asyncio.wait_for(serve(), 30)
+    second = await start_serve(env, tmp_path)
     try:
         shown = await asyncio.create_subprocess_exec(
             sys.executable,

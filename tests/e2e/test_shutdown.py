@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +12,8 @@ import pytest
 
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import TwilioSimulator
-from tests.conftest import API_KEY, AUTH_TOKEN, PUBLIC_URL
+from tests.conftest import AUTH_TOKEN, PUBLIC_URL
+from tests.server_process import serve_env, start_serve
 from tests.test_cli import free_port
 
 pytestmark = pytest.mark.slow
@@ -26,29 +25,8 @@ async def served(
     fake_agent: FakeVoiceAgent, tmp_path: Path
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
     port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "ASSEMBLYAI_API_KEY": API_KEY,
-        "ASSEMBLYAI_AGENT_URL": fake_agent.url,
-        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "PUBLIC_URL": PUBLIC_URL,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "DRAIN_SECONDS": "1",
-        "LOG_FORMAT": "json",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "callbridge.cli",
-        "serve",
-        cwd=tmp_path,
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    while b'"server.listening"' not in (line := await asyncio.wait_for(proc.stderr.readline(), 20)):
-        assert line, "server exited before listening"
+    env = serve_env(fake_agent.url, port, tmp_path, DRAIN_SECONDS="1")
+    proc = await start_serve(env, tmp_path)
     try:
         yield proc, f"http://127.0.0.1:{port}"
     finally:

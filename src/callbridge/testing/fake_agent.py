@@ -593,6 +593,8 @@ class FakeSession:
         task = asyncio.get_running_loop().create_task(self._agent._guarded(coro, what))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # A task cancelled before it ever ran never awaited its coroutine: close it quietly.
+        task.add_done_callback(lambda _: coro.close())
         return task
 
     def _violation(self, text: str) -> None:

@@ -1,0 +1,43 @@
+"""`callbridge serve` as a real process, for the tests that need signals or a SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from tests.conftest import API_KEY, AUTH_TOKEN, PUBLIC_URL
+
+
+def serve_env(agent_url: str, port: int, folder: Path, **extra: str) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "ASSEMBLYAI_API_KEY": API_KEY,
+        "ASSEMBLYAI_AGENT_URL": agent_url,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "PUBLIC_URL": PUBLIC_URL,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "DATABASE_URL": f"sqlite:///{folder}/calls.db",
+        "CALLBRIDGE_SPOOL_PATH": str(folder / "spool.jsonl"),
+        "LOG_FORMAT": "json",
+        **extra,
+    }
+
+
+async def start_serve(env: dict[str, str], folder: Path) -> asyncio.subprocess.Process:
+    """Start the server and return once it logs that it is listening."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "callbridge.cli",
+        "serve",
+        cwd=folder,
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    while b'"server.listening"' not in (line := await asyncio.wait_for(proc.stderr.readline(), 30)):
+        assert line, "server exited before listening"
+    return proc
