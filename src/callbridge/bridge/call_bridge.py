@@ -522,7 +522,7 @@ class CallBridge:
         line = records.TranscriptLine(
             self.call_id, self._next_seq(), self._wall(), "caller", msg.text
         )
-        return [Log.info("transcript.caller", text=msg.text), Record(line)]
+        return [Log.debug("transcript.caller", text=msg.text), Record(line)]
 
     def _on_reply_started(self, msg: agent.ReplyStarted) -> list[Action]:
         self._current_reply = msg.reply_id
@@ -552,7 +552,7 @@ class CallBridge:
 
     def _on_agent_transcript(self, msg: agent.AgentTranscript) -> list[Action]:
         self._ledger.transcript(msg.reply_id, msg.text, msg.interrupted)
-        return [Log.info("transcript.agent", text=msg.text, interrupted=msg.interrupted)]
+        return [Log.debug("transcript.agent", text=msg.text, interrupted=msg.interrupted)]
 
     def _on_reply_done(self, msg: agent.ReplyDone) -> list[Action]:
         self._current_reply = None
