@@ -1,0 +1,417 @@
+"""The orchestrator behind `python -m bench`: one fresh server process per (server, N).
+
+For every N of the sweep and every server (callbridge, then the two minimal relays) it
+starts the server pinned to core 0 (`taskset -c 0`) and the harness pinned to core 1
+(`taskset -c 1`), waits for the harness's JSON, stops the server, and reads the server's
+log for warnings and errors. A fresh server per run keeps RSS and CPU figures clean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import io
+import json
+import os
+import pstats
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench import report
+from bench.machine import machine_facts
+
+REPO = Path(__file__).resolve().parent.parent
+TARGETS = ("callbridge", "aiohttp", "picows")
+DEFAULT_CALLS = (50, 100, 200, 300, 400, 600)
+AUTH_TOKEN = "bench-auth-token-0123456789abcdef"
+PUBLIC_URL = "https://bench.callbridge.invalid"  # never resolved: only signed over
+SERVER_CORE, HARNESS_CORE = 0, 1
+# A run this far past the targets says nothing new at a larger N: skip the rest.
+HOPELESS_P99_MS = 200.0
+QUIET_PERCENT = 15.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pinned(core: int, cmd: list[str], pin: bool) -> list[str]:
+    if pin and shutil.which("taskset"):
+        return ["taskset", "-c", str(core), *cmd]
+    return cmd
+
+
+def _server_command(target: str, port: int, agent_url: str, profile: Path | None) -> list[str]:
+    python = [sys.executable]
+    if profile is not None:
+        python += ["-m", "cProfile", "-o", str(profile)]
+    if target == "callbridge":
+        return [*python, "-m", "callbridge.cli", "serve"]
+    module = {"aiohttp": "bench.relay_aiohttp", "picows": "bench.relay_picows"}[target]
+    return [*python, "-m", module, "--port", str(port), "--agent-url", agent_url]
+
+
+def _profile_top(path: Path, limit: int = 15) -> list[str]:
+    """The functions with the most time of their own, from a cProfile dump."""
+    if not path.exists():
+        return [f"(no profile written to {path})"]
+    out = io.StringIO()
+    pstats.Stats(str(path), stream=out).sort_stats("tottime").print_stats(limit)
+    lines = out.getvalue().splitlines()
+    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+    return [line for line in lines[start:] if line.strip()]
+
+
+def _server_env(port: int, agent_url: str, calls: int, workdir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLBRIDGE_", "TWILIO_"))}
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        HOST="127.0.0.1",
+        PORT=str(port),
+        PUBLIC_URL=PUBLIC_URL,
+        TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        ASSEMBLYAI_API_KEY="bench-key",
+        ASSEMBLYAI_AGENT_URL=agent_url,
+        MAX_CALLS=str(calls + 50),
+        CALLBRIDGE_BOT="callbridge.bot:bot",  # has the generate_random_number tool
+        LOG_LEVEL="INFO",  # production's default: per-call lines, none per frame
+        LOG_FORMAT="json",
+        DATABASE_URL=f"sqlite:///{workdir / 'bench.db'}",
+        CALLBRIDGE_SPOOL_PATH=str(workdir / "spool.jsonl"),
+        DRAIN_SECONDS="5",  # every call is hung up before the stop: nothing to drain
+    )
+    return env
+
+
+# Per-call counts in callbridge's `call.ended` log line, summed over the run.
+_BRIDGE_COUNTERS = (
+    "frames_from_twilio",
+    "frames_to_agent",
+    "frames_to_twilio",
+    "rate_limited_frames",
+    "rejected_frames",
+    "resumes",
+)
+
+
+def _log_summary(path: Path) -> dict[str, Any]:
+    """Counts of the server's log lines by level, and its warning/error events."""
+    levels: Counter[str] = Counter()
+    notable: Counter[str] = Counter()
+    dropped: Counter[str] = Counter()
+    ended: Counter[str] = Counter()
+    counters: Counter[str] = Counter()
+    other: list[str] = []
+    with contextlib.suppress(OSError), path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                if line.strip():
+                    other.append(line.strip()[:200])
+                continue
+            if not isinstance(entry, dict):
+                continue
+            level = str(entry.get("level", "?"))
+            levels[level] += 1
+            if level in ("warning", "error", "critical"):
+                notable[f"{level}:{entry.get('event')}"] += 1
+            if entry.get("event") == "call.ended":
+                # The bridge's own per-call counts: a cross-check on the harness's.
+                ended[str(entry.get("reason"))] += 1
+                for reason, count in (entry.get("dropped") or {}).items():
+                    dropped[reason] += int(count)
+                for key in _BRIDGE_COUNTERS:
+                    value = entry.get(key)
+                    if isinstance(value, int):
+                        counters[key] += value
+    return {
+        "lines_by_level": dict(levels),
+        "notable": dict(notable.most_common(8)),
+        "calls_ended_by_reason": dict(ended),
+        "bridge_dropped_frames": dict(dropped),
+        "bridge_counters": dict(counters),
+        "non_json_lines": len(other),
+        "non_json_samples": other[:3],
+    }
+
+
+def run_one(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]:
+    server_port, agent_port = _free_port(), _free_port()
+    agent_url = f"ws://127.0.0.1:{agent_port}/v1/ws"
+    with tempfile.TemporaryDirectory(prefix="callbridge-bench-") as tmp:
+        workdir = Path(tmp)
+        server_log = workdir / "server.log"
+        env = _server_env(server_port, agent_url, calls, workdir)
+        profile = None
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            profile = (args.profile / f"{target}-{calls}.prof").resolve()
+        command = _server_command(target, server_port, agent_url, profile)
+        with server_log.open("wb") as log:
+            server = subprocess.Popen(
+                _pinned(SERVER_CORE, command, args.pin),
+                cwd=workdir,  # no stray .env, and the server's files land in the temp dir
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        harness_cmd = [
+            sys.executable,
+            "-m",
+            "bench.harness",
+            "--target",
+            target,
+            "--server-port",
+            str(server_port),
+            "--server-pid",
+            str(server.pid),
+            "--agent-port",
+            str(agent_port),
+            "--calls",
+            str(calls),
+            "--duration",
+            str(args.duration),
+            "--settle",
+            str(args.settle),
+            "--ramp-rate",
+            str(args.ramp_rate),
+            "--public-url",
+            PUBLIC_URL,
+            "--auth-token",
+            AUTH_TOKEN,
+        ]
+        budget = 90 + calls / args.ramp_rate + args.settle + args.duration
+        result: dict[str, Any]
+        try:
+            done = subprocess.run(
+                _pinned(HARNESS_CORE, harness_cmd, args.pin),
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=budget,
+                check=False,
+            )
+            lines = done.stdout.strip().splitlines()
+            if done.returncode == 0 and lines:
+                result = json.loads(lines[-1])
+            else:
+                stderr = done.stderr.strip().splitlines() or ["(no output)"]
+                result = {
+                    "target": target,
+                    "calls": calls,
+                    "error": f"harness exited {done.returncode}: {stderr[-1][:300]}",
+                    "harness_stderr_tail": stderr[-15:],
+                }
+        except subprocess.TimeoutExpired:
+            result = {"target": target, "calls": calls, "error": f"harness ran over {budget:.0f} s"}
+        finally:
+            _stop(server)
+        result["server_exit_code"] = server.returncode
+        result["server_log"] = _log_summary(server_log)
+        if "error" in result:
+            tail = server_log.read_text(encoding="utf-8", errors="replace").splitlines()[-5:]
+            result["server_log_tail"] = tail
+        if profile is not None:
+            result["profile"] = str(profile)
+            result["profile_top"] = _profile_top(profile)
+        if args.keep_logs is not None:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            shutil.copy(server_log, args.keep_logs / f"{target}-{calls}.log")
+    return result
+
+
+def _wait_for_quiet(limit: float) -> tuple[float, list[float]]:
+    """Wait (up to `limit` s) until no core is busier than QUIET_PERCENT with others' work.
+
+    Other people's test runs on a shared machine take whole cores for minutes; starting a
+    run in a quiet moment costs nothing and makes its numbers mean something.
+    """
+    began = time.monotonic()
+    while True:
+        busy = psutil.cpu_percent(interval=1.0, percpu=True)
+        if max(busy[:2]) < QUIET_PERCENT or time.monotonic() - began >= limit:
+            return time.monotonic() - began, busy
+
+
+def _measure(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One run, repeated (up to --retries times) while it fails in a noisy window."""
+    attempts: list[dict[str, Any]] = []
+    for attempt in range(1 + args.retries):
+        waited, busy = _wait_for_quiet(args.quiet_wait) if args.quiet_wait > 0 else (0.0, [])
+        began = time.monotonic()
+        result = run_one(target, calls, args)
+        result["wall_seconds"] = round(time.monotonic() - began, 1)
+        result["waited_for_quiet_seconds"] = round(waited, 1)
+        result["cores_busy_before_percent"] = busy
+        report.annotate(result)
+        attempts.append(result)
+        last = result["passed"] or not result["noisy"] or attempt == args.retries
+        print(report.row(result) + ("" if last else "  (noisy: once more)"), flush=True)
+        if result.get("profile_top"):
+            print("\n".join(f"    {line}" for line in result["profile_top"]), flush=True)
+        if last:
+            break
+    # The least disturbed attempt is the best estimate of the server on its own.
+    best = min(attempts, key=report.noise)
+    if len(attempts) > 1:
+        best["kept_attempt"] = attempts.index(best) + 1
+        print(f"{'':>17}kept attempt {best['kept_attempt']} (the least noisy)", flush=True)
+    best["attempts"] = [
+        {
+            "passed": a["passed"],
+            "noise_percent": report.noise(a),
+            "p99_up_ms": a.get("latency_up", {}).get("p99_ms"),
+            "p99_down_ms": a.get("latency_down", {}).get("p99_ms"),
+        }
+        for a in attempts
+    ]
+    return best
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)  # graceful: the server ends live calls and exits
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _parse_calls(text: str) -> list[int]:
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 50,100: {text!r}") from None
+    if not values or values[0] < 1 or values[-1] > 5000:
+        raise argparse.ArgumentTypeError("call counts must be between 1 and 5000")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Measure what the bridge adds to a call, against two minimal relays.",
+    )
+    p.add_argument(
+        "--calls",
+        type=_parse_calls,
+        default=list(DEFAULT_CALLS),
+        help="simultaneous calls per run, comma-separated (default 50,100,200,300,400,600)",
+    )
+    p.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
+    p.add_argument("--settle", type=float, default=2.0, help="seconds between ramp and window")
+    p.add_argument("--ramp-rate", type=float, default=100.0, help="new calls per second")
+    p.add_argument(
+        "--servers",
+        type=lambda s: [t for t in s.split(",") if t],
+        default=list(TARGETS),
+        help="which servers to run (default callbridge,aiohttp,picows)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="one small run per server (20 calls, 5 s): checks the harness, not capacity",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=None,
+        help="repeat a run that failed while other processes used our cores (default 1)",
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=None,
+        help="seconds to wait for a quiet machine before each run (default 20)",
+    )
+    p.add_argument("--keep-going", action="store_true", help="do not skip N past a clear fail")
+    p.add_argument("--no-pin", dest="pin", action="store_false", help="do not use taskset")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="run each server under cProfile, dumps in this folder (distorts the timings)",
+    )
+    p.add_argument("--keep-logs", type=Path, help="copy each server's log into this folder")
+    p.add_argument("--json-out", type=Path, help="default bench-results/bench-<timestamp>.json")
+    args = p.parse_args(argv)
+    unknown = set(args.servers) - set(TARGETS)
+    if unknown:
+        p.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    if args.quick:
+        args.calls, args.duration, args.settle = [20], 5.0, 1.0
+    # --quick checks the harness, not capacity: no waiting, no retries (it must stay short).
+    if args.retries is None:
+        args.retries = 0 if args.quick else 1
+    if args.quiet_wait is None:
+        args.quiet_wait = 0.0 if args.quick else 20.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.pin and (os.cpu_count() or 1) < 2:
+        print("bench: one CPU only; running unpinned (results mean little)", file=sys.stderr)
+        args.pin = False
+    if args.pin:
+        # The orchestrator sleeps through the runs, but keep it off the server's core.
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {HARNESS_CORE})
+    started = datetime.datetime.now(datetime.UTC)
+    facts = machine_facts()
+    print(report.header(facts, args), flush=True)
+    runs: list[dict[str, Any]] = []
+    given_up: set[str] = set()
+    for calls in args.calls:
+        for target in args.servers:
+            if target in given_up:
+                continue
+            result = _measure(target, calls, args)
+            runs.append(result)
+            if not args.keep_going and report.hopeless(result, HOPELESS_P99_MS):
+                given_up.add(target)
+    summary = report.summarize(runs, args.servers)
+    print(report.footer(runs, summary), flush=True)
+    out = args.json_out or Path("bench-results") / f"bench-{started:%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "started": started.isoformat(timespec="seconds"),
+        "machine": facts,
+        "config": {
+            "calls": args.calls,
+            "duration_seconds": args.duration,
+            "settle_seconds": args.settle,
+            "ramp_rate": args.ramp_rate,
+            "retries": args.retries,
+            "quiet_wait_seconds": args.quiet_wait,
+            "servers": args.servers,
+            "quick": args.quick,
+            "pinned": args.pin,
+            "profiled": args.profile is not None,
+            "server_core": SERVER_CORE,
+            "harness_core": HARNESS_CORE,
+        },
+        "method": report.METHOD,
+        "runs": runs,
+        "summary": summary,
+    }
+    out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    print(f"results: {out}", flush=True)
+    return 0

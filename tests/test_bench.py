@@ -1,0 +1,83 @@
+"""`make bench --quick` runs end to end and reports sane figures.
+
+Never a timing target: the machine is shared and noisy. This only checks that the
+harness, the three servers and the report work, and that nothing is lost at a tiny N.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _numbers(value: Any, path: str = "") -> list[tuple[str, float]]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int | float):
+        return [(path, float(value))]
+    if isinstance(value, dict):
+        return [n for k, v in value.items() for n in _numbers(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [n for i, v in enumerate(value) for n in _numbers(v, f"{path}[{i}]")]
+    return []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_quick_bench_reports_sane_figures(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json-out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "callbridge" in done.stdout and "noisy" in done.stdout
+    doc = json.loads(out.read_text())
+    assert doc["machine"]["logical_cpus"] >= 1 and doc["machine"]["python"]
+    runs = {r["target"]: r for r in doc["runs"]}
+    assert set(runs) == {"callbridge", "aiohttp", "picows"}
+
+    for target, run in runs.items():
+        assert "error" not in run, (target, run.get("error"))
+        for path, number in _numbers(run):
+            assert math.isfinite(number) and number >= 0, (target, path, number)
+        assert run["live_calls"] == run["calls"] == 20, target
+        assert run["setup_failures"] == 0 and run["calls_dropped_by_server"] == 0, target
+        assert run["frames_up"] > 0 and run["frames_down"] > 0, target
+        assert run["lost_up"] == run["lost_down"] == 0, target
+        assert run["reordered_up"] == run["reordered_down"] == 0, target
+        for direction in ("latency_up", "latency_down"):
+            lat = run[direction]
+            assert lat["n"] > 0, (target, direction)
+            assert all(lat[k] is not None for k in ("p50_ms", "p99_ms", "max_ms")), lat
+            assert lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"], (target, lat)
+            assert lat["p50_ms"] < 1000.0, (target, direction, lat)  # sanity, not a target
+        assert run["server_cpu_us_per_frame"] > 0, target
+        assert run["server_rss_idle_bytes"] > 0 and run["server_rss_bytes"] > 0, target
+
+    # The whole bridge ran, not just the relay: barge-ins, tool calls, clean endings.
+    ours = runs["callbridge"]
+    events = ours["events"]
+    assert events["barge_ins"] > 0 and events["clears"] > 0, events
+    assert events["tool_calls"] > 0 and events["tool_results"] > 0, events
+    assert events["session_ends"] == 20, events
+    assert ours["late_audio_leaked"] == 0, ours
+    assert ours["server_log"]["lines_by_level"].get("error", 0) == 0, ours["server_log"]
+
+    summary = doc["summary"]
+    assert set(summary["capacity"]) == {"callbridge", "aiohttp", "picows"}
+    for base in ("aiohttp", "picows"):
+        ratio = summary["ratios_callbridge_to"][base]["cpu_per_frame_ratio"]
+        assert ratio is not None and ratio > 0, summary
