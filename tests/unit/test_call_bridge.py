@@ -101,12 +101,12 @@ def live_bridge() -> CallBridge:
 
 
 def to_agent(actions: list[Action]) -> list[dict[str, Any]]:
-    return [json.loads(a.text) for a in actions if isinstance(a, SendToAgent)]
+    return [json.loads(a.frame) for a in actions if isinstance(a, SendToAgent)]
 
 
 def to_twilio(actions: list[Action], marks: bool = False) -> list[dict[str, Any]]:
     """Frames for Twilio; the playout ledger's own marks only when asked for."""
-    frames = [json.loads(a.text) for a in actions if isinstance(a, SendToTwilio)]
+    frames = [json.loads(a.frame) for a in actions if isinstance(a, SendToTwilio)]
     if marks:
         return frames
     return [f for f in frames if not f.get("mark", {}).get("name", "").startswith("cb-")]

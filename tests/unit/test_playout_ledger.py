@@ -105,7 +105,7 @@ def test_bridge_records_heard_and_generated_audio_and_turn_latency() -> None:
 
 
 def mark_names(actions: list[Action]) -> list[str]:
-    frames = [json.loads(a.text) for a in actions if isinstance(a, SendToTwilio)]
+    frames = [json.loads(a.frame) for a in actions if isinstance(a, SendToTwilio)]
     return [f["mark"]["name"] for f in frames if f["event"] == "mark" and f["streamSid"] == STREAM]
 
 

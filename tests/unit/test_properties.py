@@ -179,14 +179,14 @@ class Observer:
 
     def check(self, action: Action, ready_before: bool) -> None:
         if isinstance(action, SendToAgent):
-            message: dict[str, Any] = json.loads(action.text)
+            message: dict[str, Any] = json.loads(action.frame)
             if message["type"] == "input.audio":
                 assert ready_before, "audio sent upstream before session.ready"
             if message["type"] == "tool.result":
                 assert message["call_id"] not in self.answered, "tool answered twice"
                 self.answered.add(message["call_id"])
         elif isinstance(action, SendToTwilio):
-            frame = json.loads(action.text)
+            frame = json.loads(action.frame)
             assert frame["streamSid"] == STREAM, "Twilio frame without the call's streamSid"
         elif isinstance(action, RunTool):
             self.running.append(action.call_id)

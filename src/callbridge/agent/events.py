@@ -214,27 +214,27 @@ class _ReplyCreate(msgspec.Struct, tag_field="type", tag="reply.create", omit_de
 
 
 _encoder = msgspec.json.Encoder()
-SESSION_END = '{"type":"session.end"}'
+SESSION_END = b'{"type":"session.end"}'
 
 
-def encode_input_audio(payload: str) -> str:
-    return _encoder.encode(_InputAudio(payload)).decode()
+def encode_input_audio(payload: str) -> bytes:
+    return _encoder.encode(_InputAudio(payload))
 
 
-def encode_tool_result(call_id: str, result: str, is_error: bool) -> str:
-    return _encoder.encode(_ToolResult(call_id, result, is_error)).decode()
+def encode_tool_result(call_id: str, result: str, is_error: bool) -> bytes:
+    return _encoder.encode(_ToolResult(call_id, result, is_error))
 
 
-def encode_session_update(session: dict[str, Any]) -> str:
-    return _encoder.encode(_SessionUpdate(session)).decode()
+def encode_session_update(session: dict[str, Any]) -> bytes:
+    return _encoder.encode(_SessionUpdate(session))
 
 
-def encode_session_resume(session_id: str) -> str:
-    return _encoder.encode(_SessionResume(session_id)).decode()
+def encode_session_resume(session_id: str) -> bytes:
+    return _encoder.encode(_SessionResume(session_id))
 
 
-def encode_reply_create(instructions: str | None = None) -> str:
-    return _encoder.encode(_ReplyCreate(instructions)).decode()
+def encode_reply_create(instructions: str | None = None) -> bytes:
+    return _encoder.encode(_ReplyCreate(instructions))
 
 
 # How the bridge treats each error code (reference §6.3), compared lower-cased because the

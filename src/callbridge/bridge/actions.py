@@ -12,12 +12,12 @@ from callbridge.tools import Tool
 
 @dataclass(frozen=True, slots=True)
 class SendToTwilio:
-    text: str
+    frame: bytes  # a JSON text frame, already UTF-8: sent without re-encoding
 
 
 @dataclass(frozen=True, slots=True)
 class SendToAgent:
-    text: str
+    frame: bytes
 
 
 @dataclass(frozen=True, slots=True)

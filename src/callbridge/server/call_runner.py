@@ -200,14 +200,21 @@ class CallRunner:
 
     async def _feed(self, event: object) -> None:
         for action in self.bridge.handle(event):
-            await self._perform(action)
+            # The audio path first, without pattern matching: these are nearly every action.
+            kind = type(action)
+            if kind is SendToAgent:
+                await self._send(self._agent_ws, action.frame)  # type: ignore[union-attr]
+            elif kind is SendToTwilio:
+                await self._send(self._twilio, action.frame)  # type: ignore[union-attr]
+            else:
+                await self._perform(action)
 
     async def _perform(self, action: Action) -> None:
         match action:
-            case SendToAgent(text):
-                await self._send(self._agent_ws, text)
-            case SendToTwilio(text):
-                await self._send(self._twilio, text)
+            case SendToAgent(frame):
+                await self._send(self._agent_ws, frame)
+            case SendToTwilio(frame):
+                await self._send(self._twilio, frame)
             case Log(level, event, fields):
                 self.log.log(level, event, **fields)
             case Record(entry):
@@ -231,13 +238,14 @@ class CallRunner:
                 self._finished.set()
 
     async def _send(
-        self, ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse | None, text: str
+        self, ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse | None, frame: bytes
     ) -> None:
         if ws is None or ws.closed:
             return  # the socket's reader reports the close; a lost frame here is expected
-        # Closing underneath us: the socket's reader will feed the close event.
-        with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
-            await ws.send_str(text)
+        try:  # noqa: SIM105 (per frame: contextlib.suppress would build an object each time)
+            await ws.send_frame(frame, aiohttp.WSMsgType.TEXT)
+        except (ConnectionError, aiohttp.ClientError, RuntimeError):
+            pass  # closing underneath us: the socket's reader will feed the close event
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         assert self._tg is not None

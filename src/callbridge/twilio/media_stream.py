@@ -159,13 +159,13 @@ class _OutClear(_Outbound, tag="clear"):
 _encoder = msgspec.json.Encoder()
 
 
-def encode_media(stream_sid: str, payload: str) -> str:
-    return _encoder.encode(_OutMedia(stream_sid, _Payload(payload))).decode()
+def encode_media(stream_sid: str, payload: str) -> bytes:
+    return _encoder.encode(_OutMedia(stream_sid, _Payload(payload)))
 
 
-def encode_mark(stream_sid: str, name: str) -> str:
-    return _encoder.encode(_OutMark(stream_sid, _Name(name))).decode()
+def encode_mark(stream_sid: str, name: str) -> bytes:
+    return _encoder.encode(_OutMark(stream_sid, _Name(name)))
 
 
-def encode_clear(stream_sid: str) -> str:
-    return _encoder.encode(_OutClear(stream_sid)).decode()
+def encode_clear(stream_sid: str) -> bytes:
+    return _encoder.encode(_OutClear(stream_sid))
