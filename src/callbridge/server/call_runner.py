@@ -52,7 +52,7 @@ from callbridge.twilio import media_stream as twilio
 # wrong: close whatever is left rather than keep a socket (and a bill) open.
 _FINISH_GRACE_SECONDS = 10.0
 _MEDIA_FRAMES_PER_SECOND = 50.0  # Twilio sends one 20 ms frame every 20 ms
-_MEDIA_BURST_FRAMES = 25.0
+_MEDIA_BURST_FRAMES = 50.0
 
 
 class CallRunner:
@@ -84,7 +84,7 @@ class CallRunner:
         self._window_start = 0.0
         self._window_count = 0
         # Caller audio may not run ahead of real time (the API drops it and complains):
-        # a token bucket of 20 ms frames, with half a second of slack for network jitter.
+        # a token bucket of 20 ms frames, with a second of slack for jitter and our own stalls.
         self._media_tokens = _MEDIA_BURST_FRAMES
         self._media_refilled = 0.0
         self.rate_limited_frames = 0
