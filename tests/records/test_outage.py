@@ -78,7 +78,8 @@ async def test_database_down_mid_call_then_back(
 async def test_entries_beyond_the_memory_bound_are_read_back_from_the_spool(
     make_store: StoreFactory, backend: Backend, tmp_path: Path
 ) -> None:
-    store = make_store(limits=dataclasses.replace(FAST, max_in_memory=5))
+    # No gathering window: many small spool batches, some of them only in the file.
+    store = make_store(limits=dataclasses.replace(FAST, max_in_memory=5, spool_window=0))
     await store.start()
     await backend.cut()
     for entry in a_call("big", 300):

@@ -647,3 +647,66 @@ def test_from_settings() -> None:
     assert named.instance_id == "b-2"
     with pytest.raises(ValueError, match="DATABASE_URL: unsupported database 'mysql'"):
         CallStore.from_settings(settings.model_copy(update={"database_url": "mysql://db/x"}))
+
+
+async def test_entries_are_gathered_into_few_spool_writes_and_transactions(
+    make_store: StoreFactory, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from callbridge.records import writes
+
+    store = make_store(limits=dataclasses.replace(FAST, spool_window=0.3, commit_interval=60.0))
+    await store.start()
+    spool_writes: list[bytes] = []
+    transactions: list[int] = []
+    append, apply = store._spool.append, writes.apply
+
+    def counting_append(data: bytes) -> tuple[int, int]:
+        spool_writes.append(data)
+        return append(data)
+
+    async def counting_apply(conn: Any, entries: Any, **kwargs: Any) -> None:
+        transactions.append(len(entries))
+        await apply(conn, entries, **kwargs)
+
+    monkeypatch.setattr(store._spool, "append", counting_append)
+    monkeypatch.setattr(writes, "apply", counting_apply)
+
+    calls = [full_call(f"call-{i}", f"CA{i:032d}") for i in range(3)]
+    for entries in zip(*calls, strict=True):  # interleaved, as live calls submit them
+        for entry in entries:
+            store.submit(entry)
+            await asyncio.sleep(0)
+    await asyncio.sleep(0.6)  # the window passes: one write, then the first commit at once
+    assert len(spool_writes) == 1 and store.stats().durable == 3 * len(calls[0])
+    assert transactions == [3 * len(calls[0])]
+
+    for entry in full_call("call-3", "CA" + "3" * 32):
+        store.submit(entry)
+    await asyncio.sleep(0.6)
+    assert len(spool_writes) == 2, "spooled after the window"
+    assert len(transactions) == 1, "not committed before the commit interval"
+    async with asyncio.timeout(2):
+        await store.flush()  # does not wait out the interval
+    assert transactions == [3 * len(calls[0]), len(calls[0])]
+    assert await backend.count("callbridge_calls") == 4
+    assert await backend.count("callbridge_calls", "twilio_status = 'completed'") == 4
+
+
+async def test_waiting_cuts_the_windows_short(
+    make_store: StoreFactory, backend: Backend, tmp_path: Path
+) -> None:
+    store = make_store(limits=dataclasses.replace(FAST, spool_window=60.0, commit_interval=60.0))
+    await store.start()
+    store.submit(CallOpened("first", 0, T0, "inbound"))
+    async with asyncio.timeout(2):
+        await store.flush()  # spooled and committed without waiting a window
+    store.submit(CallClosed("first", 1, T0 + 1, "caller", "bye"))
+    async with asyncio.timeout(2):
+        await store.wait_durable()
+    assert b"CallClosed" in (tmp_path / "spool.jsonl").read_bytes()
+    assert store.stats().committed == 1, "durable, not committed: the commit interval holds"
+    store.submit(CallOpened("second", 0, T0 + 2, "inbound"))
+    async with asyncio.timeout(2):
+        await store.close()  # spools and commits everything at once
+    assert await backend.count("callbridge_calls") == 2
+    assert await backend.count("callbridge_calls", "ended_by = 'caller'") == 1

@@ -4,23 +4,28 @@ into the database.
     call path --submit()--> queue --spooler--> spool file --committer--> database
 
 `submit()` appends to an in-memory queue and returns: no I/O, no encoding, never raises.
-The spooler task encodes what is queued and appends it to the spool file (write + fsync, in a
-worker thread); the committer task writes spooled batches to the database in order, one
-transaction each, and empties the spool file whenever everything in it is committed. The two
+The spooler task lets entries gather for up to `spool_window` (100 ms; less once `batch_size`
+are waiting), then encodes them and appends them to the spool file (one write + fsync, in a
+worker thread). The committer task writes spooled entries to the database in order, at most
+once per `commit_interval` (1 s) unless `batch_size` are waiting, in one transaction of up
+to `batch_size` entries (rows inserted with one statement per table, not one per entry),
+and empties the spool file whenever everything in it is committed. Nobody waits out a
+window: `flush()`, `wait_durable()` and `close()` make both tasks go at once. The two
 run independently, so a slow or dead database never delays spooling. While the database is
 down the committer retries with exponential backoff (logging once when the outage starts and
 once when it ends); spooled batches wait in memory up to a bound, beyond which they are read
 back from the spool file when the database returns.
 
 Delivery guarantee. An entry given to `submit()` is in the spool file, fsynced, one spool
-write after it was submitted (typically within milliseconds, whatever the database does; see
-`wait_durable()`). From then on it survives the process being killed (SIGKILL, OOM, crash)
-or the host losing power, and reaches the database exactly once in effect: committed by this
-process when the database takes it, else by the next `start()` on the same spool file, which
-replays the file before anything else. "Exactly once" comes from idempotent keys, not from an
-atomic spool-and-database commit: a replayed entry may be written again, which changes
-nothing. Not covered: entries submitted in the last moment before a crash that the spooler
-had not written yet; entries refused because the in-memory queue is full (`max_queue`,
+write after it was submitted: within the spool window plus that write (about 100 ms, at
+once for what `wait_durable()` waits on), whatever the database does. From then on it
+survives the process being killed (SIGKILL, OOM, crash) or the host losing power, and
+reaches the database exactly once in effect: committed by this process when the database
+takes it, else by the next `start()` on the same spool file, which replays the file before
+anything else. "Exactly once" comes from idempotent keys, not from an atomic
+spool-and-database commit: a replayed entry may be written again, which changes nothing.
+Not covered: entries submitted in the last spool window before a crash, that the
+spooler had not written yet; entries refused because the in-memory queue is full (`max_queue`,
 counted in `stats().dropped` and logged); and, while the spool file itself cannot be written
 (disk full), entries exist only in memory until the database takes them (logged as an error).
 An entry the database refuses for its content (never for an outage) is moved aside to
@@ -39,7 +44,9 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import itertools
 import logging
+import math
 import os
 import random
 import socket
@@ -78,7 +85,13 @@ _TRANSIENT_SQLSTATE = ("08", "53", "57", "40")
 class StoreLimits:
     max_queue: int = 50_000  # entries waiting to be spooled; beyond, new ones are dropped
     max_in_memory: int = 10_000  # spooled entries kept in memory; beyond, reread from the file
-    batch_size: int = 500  # entries per database transaction
+    batch_size: int = 500  # entries per database transaction (at most)
+    # The spooler gathers entries this long (from the first one waiting) before one write +
+    # fsync, unless batch_size of them are waiting or someone waits on flush()/wait_durable().
+    spool_window: float = 0.1
+    # The committer commits at most this often: one transaction for everything spooled since,
+    # unless batch_size entries are waiting, someone waits on flush(), or the store closes.
+    commit_interval: float = 1.0
     startup_timeout: float = 10.0  # start() waits this long for the database, then goes on
     write_timeout: float = 30.0  # one transaction; longer counts as the database being down
     read_timeout: float = 10.0
@@ -164,6 +177,10 @@ class CallStore:
         self._live: set[str] | None = set()
 
         self._spool_wake = asyncio.Event()
+        self._spool_hurry = asyncio.Event()  # write what is queued now, do not wait the window
+        self._first_queued_at = 0.0  # when the queue last went from empty to not
+        self._last_commit = -math.inf
+        self._committing = 0  # chunks at the front of _pending in the committer's hands
         self._commit_wake = asyncio.Event()
         self._ready_event = asyncio.Event()
         self._waiters: list[tuple[int, bool, asyncio.Future[None]]] = []
@@ -242,6 +259,7 @@ class CallStore:
         self._close_deadline = time.monotonic() + timeout
         self._retry_at = min(self._retry_at, time.monotonic())  # one more try, now
         self._spool_wake.set()
+        self._spool_hurry.set()
         self._commit_wake.set()
         tasks = [t for t in (self._spooler, self._committer) if t is not None]
         if tasks:
@@ -288,13 +306,18 @@ class CallStore:
             elif len(self._queue) >= self._limits.max_queue:
                 self._drop("queue_full")
             else:
-                self._queue.append(entry)
+                queue = self._queue
+                if not queue:
+                    self._first_queued_at = time.monotonic()
+                queue.append(entry)
                 self._accepted += 1
                 live = self._live
                 if live is not None and type(entry) is CallOpened:
                     live.add(entry.call_id)
                 if not self._spool_wake.is_set():
                     self._spool_wake.set()
+                elif len(queue) >= self._limits.batch_size and not self._spool_hurry.is_set():
+                    self._spool_hurry.set()
         except Exception:
             pass
 
@@ -323,6 +346,9 @@ class CallStore:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((target, durable_only, future))
+        # Someone is waiting: no gathering window for the spooler or the committer.
+        self._spool_hurry.set()
+        self._commit_wake.set()
         await future
 
     def _satisfied(self, target: int, durable_only: bool) -> bool:
@@ -383,12 +409,26 @@ class CallStore:
         while True:
             self._spool_wake.clear()
             if self._queue:
+                await self._gather()
                 await self._spool_queue()
                 continue
             if self._closing:
                 self._commit_wake.set()  # the committer may be waiting for this last batch
                 return
             await self._spool_wake.wait()
+
+    async def _gather(self) -> None:
+        """Let entries gather (one write + fsync for many) for up to `spool_window` after the
+        first of them was queued, unless a batch is full or someone is waiting."""
+        self._spool_hurry.clear()
+        if self._closing or self._waiters or len(self._queue) >= self._limits.batch_size:
+            return
+        delay = self._first_queued_at + self._limits.spool_window - time.monotonic()
+        if delay <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._spool_hurry.wait()
 
     async def _spool_queue(self) -> None:
         taken = list(self._queue)
@@ -451,8 +491,8 @@ class CallStore:
             return kept, b"".join(lines)
 
     def _bound_memory(self) -> None:
-        # Never touch the front chunk: the committer may be writing it.
-        index = 1
+        # Never touch the front chunks: the committer may be writing them.
+        index = max(1, self._committing)
         while self._in_memory > self._limits.max_in_memory and index < len(self._pending):
             chunk = self._pending[index]
             if chunk.entries is None or chunk.start is None:
@@ -482,7 +522,7 @@ class CallStore:
             try:
                 if not self._ready:
                     await self._prepare()
-                progressed = await self._commit_next()
+                progressed = self._commit_delay() <= 0 and await self._commit_next()
                 if self._next_purge is not None and time.monotonic() >= self._next_purge:
                     await self._purge()
             except asyncio.CancelledError:
@@ -497,9 +537,12 @@ class CallStore:
     async def _sleep(self, seconds: float | None) -> None:
         """Until there is something to commit, `seconds` pass, the next purge, or close."""
         self._commit_wake.clear()
-        if self._ready and self._pending and self._outage_since is None:
-            return
         deadlines = [seconds] if seconds is not None else []
+        if self._ready and self._pending and self._outage_since is None:
+            delay = self._commit_delay()
+            if delay <= 0:
+                return
+            deadlines.append(delay)
         if self._next_purge is not None:
             deadlines.append(max(0.0, self._next_purge - time.monotonic()))
         if self._closing:
@@ -507,6 +550,17 @@ class CallStore:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(min(deadlines) if deadlines else None):
                 await self._commit_wake.wait()
+
+    def _commit_delay(self) -> float:
+        """Seconds until the next commit is due (<= 0: now)."""
+        if (
+            self._closing
+            or self._in_memory >= self._limits.batch_size
+            or (self._pending and self._pending[0].entries is None)  # a backlog in the file
+            or any(not durable_only for _, durable_only, _ in self._waiters)
+        ):
+            return 0.0
+        return self._last_commit + self._limits.commit_interval - time.monotonic()
 
     async def _prepare(self) -> None:
         if not self._migrated:
@@ -545,8 +599,22 @@ class CallStore:
             return False
         chunk = self._pending[0]
         if chunk.entries is not None:
-            await self._commit(chunk.entries)
-            self._in_memory -= len(chunk.entries)
+            # Everything in memory at the front, in order, up to batch_size: one transaction.
+            chunks = self._front_chunks()
+            entries = [e for c in chunks for e in c.entries or ()]
+            self._committing = len(chunks)
+            try:
+                await self._commit(entries)
+            finally:
+                self._committing = 0
+            self._last_commit = time.monotonic()
+            self._in_memory -= len(entries)
+            for _ in range(len(chunks) - 1):
+                done = self._pending.popleft()
+                if done.end is not None:
+                    self._committed_offset = done.end
+                self._done_n = max(self._done_n, done.last_n)
+            chunk = self._pending[0]
             done_to = chunk.end
         else:
             assert chunk.start is not None and chunk.end is not None
@@ -569,6 +637,16 @@ class CallStore:
             self._committed_offset = 0
         self._notify()
         return True
+
+    def _front_chunks(self) -> list[_Chunk]:
+        chunks = [self._pending[0]]
+        count = len(self._pending[0].entries or ())
+        for chunk in itertools.islice(self._pending, 1, None):
+            if chunk.entries is None or count + len(chunk.entries) > self._limits.batch_size:
+                break
+            chunks.append(chunk)
+            count += len(chunk.entries)
+        return chunks
 
     def _spool_reset_if(self, committed: int) -> bool:
         # In the spool thread, so no append can slip in between the check and the truncation.

@@ -24,7 +24,6 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
     Table,
     and_,
     bindparam,
@@ -332,72 +331,117 @@ async def _close_calls(conn: AsyncConnection, closed: Sequence[CallClosed]) -> N
 
 
 async def _apply_statuses(conn: AsyncConnection, statuses: Sequence[CallStatusChanged]) -> None:
+    # One statement per step for the whole batch (executemany), not four per CallSid. Each
+    # step touches only the rows of its own CallSid, so running every CallSid's first step,
+    # then every one's second... ends where CallSid after CallSid would.
     latest: dict[str, CallStatusChanged] = {}
+    by_sid: dict[str, list[CallStatusChanged]] = {}
     for s in statuses:
         best = latest.get(s.call_sid)
         if best is None or _rank(s) > _rank(best):
             latest[s.call_sid] = s
+        by_sid.setdefault(s.call_sid, []).append(s)
+
+    # The webhook knew our call id: link the row if it had no CallSid yet.
+    links = [{"b_call_id": s.call_id, "b_sid": s.call_sid} for s in latest.values() if s.call_id]
+    if links:
+        await conn.execute(_LINK_SID, links)
+
+    # A call no row knows of yet (never streamed here, or not yet): a stub, keyed by sid.
+    await conn.execute(
+        _insert(conn, calls).from_select(_STUB_COLUMNS, _STUB_ROW).on_conflict_do_nothing(),
+        [
+            {
+                "b_sid": s.call_sid,
+                "b_direction": twilio_direction(s.direction),
+                "b_from": _text(s.from_number),
+                "b_to": _text(s.to_number),
+                "b_at": utc(s.at),
+            }
+            for s in latest.values()
+        ],
+    )
+
+    # A stub takes what any of its callbacks says, and starts at the earliest of them.
+    await conn.execute(
+        _COMPLETE_STUB,
+        [
+            {
+                "b_sid": sid,
+                "b_earliest": min(utc(o.at) for o in same),
+                "b_direction": _first(twilio_direction(o.direction) for o in same),
+                "b_from": _first(_text(o.from_number) for o in same),
+                "b_to": _first(_text(o.to_number) for o in same),
+            }
+            for sid, same in by_sid.items()
+        ],
+    )
+
+    # The latest status, moved forward only.
+    rows = []
     for s in latest.values():
-        if s.call_id:
-            # The webhook knew our call id: link the row if it had no CallSid yet.
-            await conn.execute(
-                update(calls)
-                .where(calls.c.call_id == s.call_id, calls.c.call_sid.is_(None))
-                .values(call_sid=s.call_sid)
-            )
-        # A call no row knows of yet (never streamed here, or not yet): a stub, keyed by sid.
-        stub = select(
-            literal(s.call_sid).label("call_id"),
-            literal(s.call_sid).label("call_sid"),
-            literal(twilio_direction(s.direction)).label("direction"),
-            literal(_text(s.from_number)).label("from_number"),
-            literal(_text(s.to_number)).label("to_number"),
-            literal(utc(s.at), calls.c.started_at.type).label("started_at"),
-            literal(False).label("opened"),
-        ).where(~exists().where(calls.c.call_sid == s.call_sid))
-        await conn.execute(
-            _insert(conn, calls)
-            .from_select(
-                [
-                    "call_id",
-                    "call_sid",
-                    "direction",
-                    "from_number",
-                    "to_number",
-                    "started_at",
-                    "opened",
-                ],
-                stub,
-            )
-            .on_conflict_do_nothing()
-        )
         sequence, at = _rank(s)
-        # A stub takes what any of its callbacks says, and starts at the earliest of them.
-        same = [o for o in statuses if o.call_sid == s.call_sid]
-        earliest = literal(min(utc(o.at) for o in same), calls.c.started_at.type)
-        await conn.execute(
-            update(calls)
-            .where(calls.c.call_sid == s.call_sid, calls.c.opened == false())
-            .values(
-                started_at=case(
-                    (calls.c.started_at > earliest, earliest), else_=calls.c.started_at
-                ),
-                direction=func.coalesce(
-                    calls.c.direction, _first(twilio_direction(o.direction) for o in same)
-                ),
-                from_number=func.coalesce(
-                    calls.c.from_number, _first(_text(o.from_number) for o in same)
-                ),
-                to_number=func.coalesce(
-                    calls.c.to_number, _first(_text(o.to_number) for o in same)
-                ),
-            )
-        )
-        await conn.execute(
-            update(calls)
-            .where(calls.c.call_sid == s.call_sid, _older_status_than(sequence, at))
-            .values(twilio_status=s.status, twilio_status_sequence=sequence, twilio_status_at=at)
-        )
+        rows.append({"b_sid": s.call_sid, "b_status": s.status, "b_sequence": sequence, "b_at": at})
+    await conn.execute(_ADVANCE_STATUS, rows)
+
+
+_LINK_SID = (
+    update(calls)
+    .where(calls.c.call_id == bindparam("b_call_id"), calls.c.call_sid.is_(None))
+    .values(call_sid=bindparam("b_sid"))
+)
+_STUB_COLUMNS = [
+    "call_id",
+    "call_sid",
+    "direction",
+    "from_number",
+    "to_number",
+    "started_at",
+    "opened",
+]
+_STUB_ROW = select(
+    bindparam("b_sid", type_=calls.c.call_id.type).label("call_id"),
+    bindparam("b_sid", type_=calls.c.call_sid.type).label("call_sid"),
+    bindparam("b_direction", type_=calls.c.direction.type).label("direction"),
+    bindparam("b_from", type_=calls.c.from_number.type).label("from_number"),
+    bindparam("b_to", type_=calls.c.to_number.type).label("to_number"),
+    bindparam("b_at", type_=calls.c.started_at.type).label("started_at"),
+    literal(False).label("opened"),
+).where(~exists().where(calls.c.call_sid == bindparam("b_sid")))
+_EARLIEST = bindparam("b_earliest", type_=calls.c.started_at.type)
+_COMPLETE_STUB = (
+    update(calls)
+    .where(calls.c.call_sid == bindparam("b_sid"), calls.c.opened == false())
+    .values(
+        started_at=case((calls.c.started_at > _EARLIEST, _EARLIEST), else_=calls.c.started_at),
+        direction=func.coalesce(
+            calls.c.direction, bindparam("b_direction", type_=calls.c.direction.type)
+        ),
+        from_number=func.coalesce(
+            calls.c.from_number, bindparam("b_from", type_=calls.c.from_number.type)
+        ),
+        to_number=func.coalesce(calls.c.to_number, bindparam("b_to", type_=calls.c.to_number.type)),
+    )
+)
+_ADVANCE_STATUS = (
+    update(calls)
+    .where(
+        calls.c.call_sid == bindparam("b_sid"),
+        or_(
+            calls.c.twilio_status_sequence.is_(None),
+            calls.c.twilio_status_sequence < bindparam("b_sequence"),
+            and_(
+                calls.c.twilio_status_sequence == bindparam("b_sequence"),
+                calls.c.twilio_status_at < bindparam("b_at", type_=calls.c.twilio_status_at.type),
+            ),
+        ),
+    )
+    .values(
+        twilio_status=bindparam("b_status"),
+        twilio_status_sequence=bindparam("b_sequence"),
+        twilio_status_at=bindparam("b_at", type_=calls.c.twilio_status_at.type),
+    )
+)
 
 
 def _first(values: Iterable[str | None]) -> str | None:
@@ -406,15 +450,6 @@ def _first(values: Iterable[str | None]) -> str | None:
 
 def _rank(s: CallStatusChanged) -> tuple[int, datetime.datetime]:
     return (NO_SEQUENCE if s.sequence is None else s.sequence), utc(s.at)
-
-
-def _older_status_than(sequence: int, at: datetime.datetime) -> ColumnElement[bool]:
-    seq_col, at_col = calls.c.twilio_status_sequence, calls.c.twilio_status_at
-    return or_(
-        seq_col.is_(None),
-        seq_col < sequence,
-        and_(seq_col == sequence, at_col < literal(at, at_col.type)),
-    )
 
 
 async def _refresh_statuses(conn: AsyncConnection, call_ids: Sequence[str]) -> None:
