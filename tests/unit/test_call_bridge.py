@@ -472,3 +472,18 @@ def test_wrap_up_without_a_goodbye_still_ends() -> None:
     bridge.handle(TimerFired(MAX_CALL_TIMER))
     bridge.handle(TimerFired(WRAP_UP_TIMER))
     assert bridge.end_reason is EndReason.MAX_DURATION
+
+
+def test_per_call_state_stays_bounded_over_a_long_call() -> None:
+    # A soak showed memory per call growing with every barge-in: ids were kept forever.
+    bridge = live_bridge()
+    for n in range(1000):
+        bridge.handle(agent.ReplyStarted(reply_id=f"r{n}"))
+        bridge.handle(agent.ToolCall(call_id=f"c{n}", name="lookup", arguments={"order": "1"}))
+        bridge.handle(agent.SpeechStarted())
+        bridge.handle(agent.ReplyDone(reply_id=f"r{n}", status="interrupted"))
+        bridge.handle(ToolFinished(f"c{n}", '"1"', False))
+    assert len(bridge._fenced_replies) <= 16
+    assert len(bridge._interrupted_replies) <= 16
+    assert len(bridge._seen_tool_calls) <= 256
+    assert bridge._tool_reply == {} and bridge._tool_started == {}

@@ -97,6 +97,29 @@ class EndReason(enum.StrEnum):
     STREAM_REFUSED = "stream-refused"
 
 
+class RecentIds:
+    """A set that remembers only its most recent members (insertion order)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: dict[str | None, None] = {}
+
+    def add(self, item: str | None) -> None:
+        self._items.pop(item, None)
+        self._items[item] = None
+        if len(self._items) > self._capacity:
+            del self._items[next(iter(self._items))]
+
+    def discard(self, item: str | None) -> None:
+        self._items.pop(item, None)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 # Who ended a call, for its record.
 _ENDED_BY: dict[EndReason, records.EndedBy] = {
     EndReason.STREAM_STOPPED: "caller",
@@ -176,12 +199,13 @@ class CallBridge:
         self._agent = "none"  # none | opening | open | closed
 
         self._current_reply: str | None = None
-        self._fenced_replies: set[str | None] = set()  # cut-off replies: drop their late audio
-        self._interrupted_replies: set[str | None] = set()  # their tool results are discarded
+        # Bounded: an hour-long call has hundreds of replies; only recent ones can still matter.
+        self._fenced_replies = RecentIds(16)  # cut-off replies: drop their late audio
+        self._interrupted_replies = RecentIds(16)  # their tool results are discarded
         self._results_may_flow = True  # reference §4.4: only right after reply.done
         self._tool_reply: dict[str, str | None] = {}  # outstanding call_id -> its reply
         self._held_results: list[ToolFinished] = []
-        self._seen_tool_calls: set[str] = set()  # a call_id is answered once, ever
+        self._seen_tool_calls = RecentIds(256)  # a call_id is answered once
 
         self.frames_from_twilio = 0
         self.frames_to_agent = 0
