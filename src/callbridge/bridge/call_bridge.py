@@ -89,12 +89,10 @@ class EndReason(enum.StrEnum):
     AGENT_ENDED = "agent-ended"  # the agent sent session.ended
     AGENT_ERROR = "agent-error"  # a fatal session.error
     AGENT_UNAVAILABLE = "agent-unavailable"  # could not open the upstream socket
-    AGENT_TIMEOUT = "agent-timeout"  # no session.ready in time
     AGENT_DROPPED = "agent-dropped"  # upstream closed without session.ended
     SERVER_SHUTDOWN = "server-shutdown"
     TWILIO_IDLE = "twilio-idle"  # no media from Twilio for too long
     MAX_DURATION = "max-duration"
-    STREAM_REFUSED = "stream-refused"
 
 
 class RecentIds:
@@ -128,7 +126,6 @@ _ENDED_BY: dict[EndReason, records.EndedBy] = {
     EndReason.AGENT_ENDED: "agent",
     EndReason.AGENT_ERROR: "agent",
     EndReason.AGENT_UNAVAILABLE: "agent",
-    EndReason.AGENT_TIMEOUT: "agent",
     EndReason.AGENT_DROPPED: "agent",
     EndReason.SERVER_SHUTDOWN: "server",
 }

@@ -50,9 +50,6 @@ class CallRegistry:
     def call_id_for_sid(self, call_sid: str) -> str | None:
         return self._by_call_sid.get(call_sid)
 
-    def link_sid(self, call_id: str, call_sid: str) -> None:
-        self._by_call_sid[call_sid] = call_id
-
     def pending_count(self, within: float = 60.0) -> int:
         """Calls announced recently whose stream has not arrived yet (they will need a slot)."""
         horizon = time.monotonic() - within
