@@ -58,10 +58,21 @@ async def fake_agent() -> AsyncIterator[FakeVoiceAgent]:
 
 
 @pytest.fixture
-async def start_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServerFactory]:
+def agent_transport() -> str | None:
+    """The upstream socket's library; None keeps the default. Modules override this
+    fixture with params to run their tests over both transports."""
+    return None
+
+
+@pytest.fixture
+async def start_server(
+    tmp_path_factory: pytest.TempPathFactory, agent_transport: str | None
+) -> AsyncIterator[ServerFactory]:
     runners: list[web.AppRunner] = []
 
     async def start(bot: Bot = default_bot, **overrides: Any) -> RunningServer:
+        if agent_transport is not None:
+            overrides.setdefault("callbridge_agent_transport", agent_transport)
         # Each server keeps its call records in a fresh SQLite file of its own.
         folder = tmp_path_factory.mktemp("records")
         overrides.setdefault("database_url", f"sqlite:///{folder}/calls.db")

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     # Resilience
     drain_seconds: float = Field(default=30.0, ge=0, le=3600)
     callbridge_agent_retry_seconds: float = Field(default=10.0, ge=0, le=60)
+    # The upstream socket's library: picows (default, cheapest per frame) or aiohttp.
+    callbridge_agent_transport: Literal["picows", "aiohttp"] = "picows"
 
     # Call records
     store_transcripts: bool = True

@@ -20,18 +20,26 @@ from tests.tcp_proxy import BlackHoleProxy
 LONG_GREETING = "Thanks for calling the resilience test line, this greeting is long on purpose."
 
 
-LOOKUP_STARTED = asyncio.Event()
+# The server runs in the test's own event loop; each test that waits sets a fresh event.
+LOOKUP_STARTED: list[asyncio.Event] = []
 
 
 @tool
 async def slow_lookup(order: str) -> str:
     """Look an order up, slowly."""
-    LOOKUP_STARTED.set()  # the server runs in the test's own event loop
+    for started in LOOKUP_STARTED:
+        started.set()
     await asyncio.sleep(0.8)
     return f"order {order} shipped"
 
 
 BOT = Bot(system_prompt="test", greeting=LONG_GREETING, tools=(generate_random_number, slow_lookup))
+
+
+@pytest.fixture(params=["picows", "aiohttp"])
+def agent_transport(request: pytest.FixtureRequest) -> str:
+    """Every fault below is injected under both upstream socket libraries."""
+    return str(request.param)
 
 
 @pytest.fixture
@@ -95,9 +103,9 @@ async def test_drop_during_a_tool_call_delivers_the_result_after_resume(
     call = await sim.place_inbound_call()
     session = await fake_agent.wait_for_session()
     await session.wait_sent("reply.done")
-    LOOKUP_STARTED.clear()
+    LOOKUP_STARTED[:] = [started := asyncio.Event()]
     call_id = await session.call_tool("slow_lookup", {"order": "42"})
-    await asyncio.wait_for(LOOKUP_STARTED.wait(), 5)
+    await asyncio.wait_for(started.wait(), 5)
     await session.abort()  # while the tool is still running
     await session.wait_for("session.resume", timeout=10)
     result = await session.wait_for(

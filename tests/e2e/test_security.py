@@ -12,6 +12,7 @@ import contextlib
 import aiohttp
 import pytest
 
+from callbridge.server.state import APP_STATE
 from callbridge.testing.audio import FRAME_BYTES
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import TwilioSimulator
@@ -129,8 +130,10 @@ async def test_replayed_token_and_second_stream_are_refused(
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await connect_stream(http, server, call, signature="")
         assert refused.value.status == 409
+        runner = server.app[APP_STATE].registry.live[call.stream_path.rsplit("/", 1)[1]]
         await first.close()
         await session.wait_for("session.end")
+        await asyncio.wait_for(runner.done.wait(), 10)  # the server is done with the call
         # Afterwards the token has been used: presenting it again gets nowhere.
         again = await connect_stream(http, server, call, signature="")
         await refused_after_start(again, start_frame(call.token))

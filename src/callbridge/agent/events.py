@@ -125,7 +125,7 @@ _decoder = msgspec.json.Decoder(AgentEvent)
 _generic = msgspec.json.Decoder()
 
 
-def decode(frame: str | bytes) -> AgentEvent | UnknownEvent | InvalidEvent:
+def decode(frame: str | bytes | memoryview) -> AgentEvent | UnknownEvent | InvalidEvent:
     try:
         event: AgentEvent = _decoder.decode(frame)
     except msgspec.DecodeError as exc:
@@ -134,7 +134,7 @@ def decode(frame: str | bytes) -> AgentEvent | UnknownEvent | InvalidEvent:
 
 
 def _fallback(
-    frame: str | bytes, exc: msgspec.DecodeError
+    frame: str | bytes | memoryview, exc: msgspec.DecodeError
 ) -> AgentEvent | UnknownEvent | InvalidEvent:
     try:
         raw = _generic.decode(frame)

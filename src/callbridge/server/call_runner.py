@@ -16,8 +16,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from callbridge.agent import events as agent
-from callbridge.agent.connection import AgentConnectError, open_agent_socket
+from callbridge.agent.connection import (
+    MAX_UNSENT_BYTES,
+    AgentConnectError,
+    AgentDialer,
+    AgentSocket,
+)
 from callbridge.bridge.actions import (
     Action,
     CancelTimer,
@@ -43,6 +47,7 @@ from callbridge.bridge.inputs import (
     TwilioClosed,
     TwilioProtocolError,
 )
+from callbridge.eager_send import send_text_now
 from callbridge.logs import EventLogger
 from callbridge.records.entries import RecordEntry
 from callbridge.tools import run_tool
@@ -61,10 +66,9 @@ class CallRunner:
         *,
         call_id: str,
         twilio_ws: web.WebSocketResponse,
+        twilio_transport: asyncio.Transport | None,
         bridge: CallBridge,
-        http: aiohttp.ClientSession,
-        agent_url: str,
-        api_key: str | None,
+        dial_agent: AgentDialer,
         log: EventLogger,
         admit: Callable[[twilio.Start], str | None] | None = None,
         max_messages_per_second: int = 200,
@@ -73,9 +77,8 @@ class CallRunner:
         self.call_id = call_id
         self.bridge = bridge
         self._twilio = twilio_ws
-        self._http = http
-        self._agent_url = agent_url
-        self._api_key = api_key
+        self._dial_agent = dial_agent
+        self._twilio_transport = twilio_transport
         self.log = log
         self._admit = admit
         self._record = record
@@ -88,7 +91,7 @@ class CallRunner:
         self._media_tokens = _MEDIA_BURST_FRAMES
         self._media_refilled = 0.0
         self.rate_limited_frames = 0
-        self._agent_ws: aiohttp.ClientWebSocketResponse | None = None
+        self._agent: AgentSocket | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: dict[str, asyncio.Task[None]] = {}
@@ -101,7 +104,7 @@ class CallRunner:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                await self._feed(StreamOpened())
+                self._feed(StreamOpened())
                 await self._read_twilio()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(_FINISH_GRACE_SECONDS):
@@ -130,7 +133,7 @@ class CallRunner:
 
     async def end(self, event: object) -> None:
         """Feed an event from outside the call (server shutdown, say)."""
-        await self._feed(event)
+        self._feed(event)
 
     # --- reading ----------------------------------------------------------------------
 
@@ -145,7 +148,7 @@ class CallRunner:
                     self._window_start, self._window_count = now, 0
                 self._window_count += 1
                 if self._window_count > self._rate_limit:
-                    await self._feed(
+                    self._feed(
                         TwilioProtocolError(f"more than {self._rate_limit} messages per second")
                     )
                     break
@@ -159,15 +162,15 @@ class CallRunner:
                             self.log.warning("stream.refused", reason=refusal)
                             break
                         self._admitted = True
-                    await self._feed(message)
+                    self._feed(message)
                 elif msg.type is aiohttp.WSMsgType.BINARY:
-                    await self._feed(twilio.InvalidFrame("binary frame"))
+                    self._feed(twilio.InvalidFrame("binary frame"))
                 elif msg.type is aiohttp.WSMsgType.ERROR:
-                    await self._feed(TwilioProtocolError(_describe_ws_error(ws.exception())))
+                    self._feed(TwilioProtocolError(_describe_ws_error(ws.exception())))
         finally:
             if not ws.closed:
                 await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION)
-            await self._feed(TwilioClosed())
+            self._feed(TwilioClosed())
 
     def _media_allowed(self, now: float) -> bool:
         elapsed = now - self._media_refilled
@@ -183,38 +186,38 @@ class CallRunner:
             self.log.warning("audio.dropped", reason="faster-than-real-time", direction="to-agent")
         return False
 
-    async def _read_agent(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _read_agent(self, sock: AgentSocket) -> None:
+        code: int | None = None
         reason = ""
         try:
-            async for msg in ws:
-                if msg.type is aiohttp.WSMsgType.TEXT:
-                    await self._feed(agent.decode(msg.data))
-                elif msg.type is aiohttp.WSMsgType.BINARY:
-                    await self._feed(agent.InvalidEvent("binary frame"))
-                elif msg.type is aiohttp.WSMsgType.ERROR:
-                    reason = _describe_ws_error(ws.exception())
+            code, reason = await sock.serve(self._feed)
         finally:
-            await self._feed(AgentClosed(ws.close_code, reason))
+            self._feed(AgentClosed(code, reason))
 
     # --- performing -------------------------------------------------------------------
 
-    async def _feed(self, event: object) -> None:
+    def _feed(self, event: object) -> None:
+        # Synchronous on purpose: both sockets write without awaiting, so an agent frame
+        # is relayed inside the upstream socket's callback with no task switch.
         for action in self.bridge.handle(event):
             # The audio path first, without pattern matching: these are nearly every action.
             kind = type(action)
             if kind is SendToAgent:
-                await self._send(self._agent_ws, action.frame)  # type: ignore[union-attr]
+                sock = self._agent
+                if sock is not None:
+                    sock.send(action.frame)  # type: ignore[union-attr]
             elif kind is SendToTwilio:
-                await self._send(self._twilio, action.frame)  # type: ignore[union-attr]
+                self._send_twilio(action.frame)  # type: ignore[union-attr]
             else:
-                await self._perform(action)
+                self._perform(action)
 
-    async def _perform(self, action: Action) -> None:
+    def _perform(self, action: Action) -> None:
         match action:
             case SendToAgent(frame):
-                await self._send(self._agent_ws, frame)
+                if self._agent is not None:
+                    self._agent.send(frame)
             case SendToTwilio(frame):
-                await self._send(self._twilio, frame)
+                self._send_twilio(frame)
             case Log(level, event, fields):
                 self.log.log(level, event, **fields)
             case Record(entry):
@@ -237,15 +240,16 @@ class CallRunner:
                 self.finished_reason = reason
                 self._finished.set()
 
-    async def _send(
-        self, ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse | None, frame: bytes
-    ) -> None:
-        if ws is None or ws.closed:
+    def _send_twilio(self, frame: bytes) -> None:
+        ws = self._twilio
+        if ws.closed:
             return  # the socket's reader reports the close; a lost frame here is expected
-        try:  # noqa: SIM105 (per frame: contextlib.suppress would build an object each time)
-            await ws.send_frame(frame, aiohttp.WSMsgType.TEXT)
-        except (ConnectionError, aiohttp.ClientError, RuntimeError):
-            pass  # closing underneath us: the socket's reader will feed the close event
+        send_text_now(ws, frame)
+        transport = self._twilio_transport
+        if transport is not None and transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
+            # Twilio stopped reading: end the call rather than buffer its audio without end.
+            self.log.warning("stream.stalled", unsent_bytes=transport.get_write_buffer_size())
+            transport.abort()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         assert self._tg is not None
@@ -257,23 +261,20 @@ class CallRunner:
     async def _open_agent(self, delay: float) -> None:
         if delay > 0:
             await asyncio.sleep(delay)
-        if self._api_key is None:
-            await self._feed(AgentOpenFailed("ASSEMBLYAI_API_KEY is not set"))
-            return
         try:
-            ws = await open_agent_socket(self._http, self._agent_url, self._api_key)
+            sock = await self._dial_agent()
         except AgentConnectError as exc:
-            await self._feed(AgentOpenFailed(str(exc)))
+            self._feed(AgentOpenFailed(str(exc)))
             return
-        self._agent_ws = ws
-        self._spawn(self._read_agent(ws))
-        await self._feed(AgentOpened())
+        self._agent = sock
+        self._spawn(self._read_agent(sock))
+        self._feed(AgentOpened())
 
     async def _close_agent_socket(self) -> None:
-        ws = self._agent_ws
-        if ws is not None and not ws.closed:
+        sock = self._agent
+        if sock is not None and not sock.closed:
             with contextlib.suppress(Exception):
-                await ws.close()
+                await sock.close()
 
     async def _close_twilio(self, code: int) -> None:
         if not self._twilio.closed:
@@ -286,12 +287,12 @@ class CallRunner:
             self.log.exception(
                 "tool.raised", outcome.failure, call_id_tool=action.call_id, name=action.tool.name
             )
-        await self._feed(ToolFinished(action.call_id, outcome.result, outcome.is_error))
+        self._feed(ToolFinished(action.call_id, outcome.result, outcome.is_error))
 
     async def _timer(self, name: str, seconds: float) -> None:
         await asyncio.sleep(seconds)
         self._timers.pop(name, None)
-        await self._feed(TimerFired(name))
+        self._feed(TimerFired(name))
 
     def _cancel_timer(self, name: str) -> None:
         task = self._timers.pop(name, None)

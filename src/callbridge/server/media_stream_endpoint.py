@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from callbridge.agent.connection import agent_dialer
 from callbridge.bot import Direction
 from callbridge.bridge.call_bridge import CallBridge
 from callbridge.logs import EventLogger
@@ -37,7 +38,8 @@ async def _serve_stream(request: web.Request, direction: Direction) -> web.Strea
         raise web.HTTPConflict(text="duplicate stream\n")
     if state.http is None:
         raise web.HTTPServiceUnavailable(text="not started\n")
-    ws = web.WebSocketResponse(max_msg_size=settings.callbridge_max_message_bytes)
+    # No permessage-deflate: μ-law audio in base64 hardly compresses, and it costs CPU.
+    ws = web.WebSocketResponse(max_msg_size=settings.callbridge_max_message_bytes, compress=False)
     await ws.prepare(request)
 
     def admit(start: Start) -> str | None:
@@ -60,10 +62,14 @@ async def _serve_stream(request: web.Request, direction: Direction) -> web.Strea
     runner = CallRunner(
         call_id=call_id,
         twilio_ws=ws,
+        twilio_transport=request.transport,
         bridge=bridge,
-        http=state.http,
-        agent_url=settings.assemblyai_agent_url,
-        api_key=settings.api_key,
+        dial_agent=agent_dialer(
+            settings.callbridge_agent_transport,
+            settings.assemblyai_agent_url,
+            settings.api_key,
+            state.http,
+        ),
         log=log,
         admit=admit,
         record=state.records.submit,

@@ -1,0 +1,87 @@
+"""The upstream socket on aiohttp (the Twilio side's WebSocket library): the alternative
+to `picows_socket`, chosen with CALLBRIDGE_AGENT_TRANSPORT=aiohttp."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import aiohttp
+
+from callbridge.agent import events as agent
+from callbridge.agent.connection import (
+    CONNECT_TIMEOUT_SECONDS,
+    MAX_AGENT_MESSAGE_BYTES,
+    MAX_UNSENT_BYTES,
+    PING_AFTER_IDLE_SECONDS,
+    AgentConnectError,
+    EventSink,
+)
+from callbridge.eager_send import send_text_now
+
+
+class AiohttpAgentSocket:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+        self._gave_up = ""
+        # The transport, for its buffer size (aiohttp does not expose it on the socket).
+        conn = ws._response.connection
+        self._transport = conn.transport if conn is not None else None
+
+    @property
+    def closed(self) -> bool:
+        return self._ws.closed or bool(self._gave_up)
+
+    def send(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        send_text_now(self._ws, frame)
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
+            self._gave_up = "the agent stopped reading (send buffer full)"
+            transport.abort()
+
+    async def serve(self, sink: EventSink) -> tuple[int | None, str]:
+        ws, reason = self._ws, ""
+        async for msg in ws:
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                sink(agent.decode(msg.data))
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                sink(agent.InvalidEvent("binary frame"))
+            elif msg.type is aiohttp.WSMsgType.ERROR:
+                reason = _describe(ws.exception())
+        return ws.close_code, self._gave_up or reason
+
+    async def close(self) -> None:
+        if not self._ws.closed:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+
+
+async def open_aiohttp_socket(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str]
+) -> AiohttpAgentSocket:
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+            ws = await http.ws_connect(
+                url,
+                headers=headers,
+                # aiohttp pings every `heartbeat` s and closes without a pong in half that.
+                heartbeat=PING_AFTER_IDLE_SECONDS,
+                max_msg_size=MAX_AGENT_MESSAGE_BYTES,
+                autoping=True,
+                compress=0,
+            )
+    except aiohttp.WSServerHandshakeError as exc:
+        raise AgentConnectError(f"upgrade refused with HTTP {exc.status}") from None
+    except TimeoutError:
+        raise AgentConnectError(f"no connection within {CONNECT_TIMEOUT_SECONDS:g} s") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise AgentConnectError(f"{type(exc).__name__}: {exc}") from None
+    return AiohttpAgentSocket(ws)
+
+
+def _describe(exc: BaseException | None) -> str:
+    if isinstance(exc, aiohttp.WebSocketError) and exc.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
+        return "frame larger than the size limit"
+    return f"{type(exc).__name__}: {exc}" if exc else "websocket error"

@@ -1,0 +1,174 @@
+"""The upstream socket on picows: each frame is decoded and handed on inside the frame
+callback, so relaying a frame costs no task switch, queue or future."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from picows import (
+    WSAutoPingStrategy,
+    WSCloseCode,
+    WSError,
+    WSFrame,
+    WSInvalidStatusError,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    ws_connect,
+)
+
+from callbridge.agent import events as agent
+from callbridge.agent.connection import (
+    CONNECT_TIMEOUT_SECONDS,
+    MAX_AGENT_MESSAGE_BYTES,
+    MAX_UNSENT_BYTES,
+    PING_AFTER_IDLE_SECONDS,
+    PONG_TIMEOUT_SECONDS,
+    AgentConnectError,
+    EventSink,
+)
+
+_TEXT = WSMsgType.TEXT
+_CLOSE_WAIT_SECONDS = 2.0
+# picows logs flow-control and disconnect details without the call's id; the bridge logs
+# every close itself, with the id, so only picows's errors are let through.
+_PICOWS_LOG = logging.getLogger("callbridge.agent.picows")
+_PICOWS_LOG.setLevel(logging.ERROR)
+
+
+class PicowsAgentSocket(WSListener):
+    def __init__(self) -> None:
+        self._transport: WSTransport | None = None
+        self._sink: EventSink | None = None
+        self._early: list[object] = []  # events before serve() starts (none in practice)
+        self._fragments: list[bytes] | None = None
+        self._fragment_bytes = 0
+        self._failure: BaseException | None = None
+        self._reason = ""
+        self._closed = False
+
+    # --- AgentSocket ------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def send(self, frame: bytes) -> None:
+        transport = self._transport
+        if transport is None or self._closed:
+            return
+        transport.send(_TEXT, frame)
+        if transport.underlying_transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
+            self._give_up("the agent stopped reading (send buffer full)")
+
+    async def serve(self, sink: EventSink) -> tuple[int | None, str]:
+        transport = self._transport
+        assert transport is not None, "serve() before the socket was opened"
+        early, self._early = self._early, []
+        self._sink = sink
+        for event in early:
+            sink(event)
+        await transport.wait_disconnected()
+        if self._failure is not None:
+            raise self._failure  # a bug in the sink: the call's owner reports it
+        received = transport.close_handshake.recv if transport.close_handshake else None
+        code = received.code.value if received is not None else None
+        reason = self._reason or (received.reason if received is not None else "")
+        return code, reason
+
+    async def close(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_disconnected:
+            return
+        self._closed = True
+        transport.send_close(WSCloseCode.OK)
+        try:
+            async with asyncio.timeout(_CLOSE_WAIT_SECONDS):
+                await transport.wait_disconnected()
+        except TimeoutError:
+            transport.disconnect(graceful=False)
+
+    # --- WSListener -------------------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self._transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind is _TEXT and frame.fin:
+            self._deliver(agent.decode(frame.get_payload_as_memoryview()))
+        elif kind is WSMsgType.CLOSE:
+            self._closed = True
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+        elif kind is _TEXT or kind is WSMsgType.CONTINUATION:
+            self._collect_fragment(transport, frame)
+        elif kind is WSMsgType.BINARY:
+            self._deliver(agent.InvalidEvent("binary frame"))
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self._closed = True
+
+    # --- internals --------------------------------------------------------------------
+
+    def _deliver(self, event: object) -> None:
+        sink = self._sink
+        if sink is None:
+            self._early.append(event)
+            return
+        try:
+            sink(event)
+        except Exception as exc:
+            # Not picows's to log: serve() raises it in the task that owns the call.
+            if self._failure is None:
+                self._failure = exc
+            self._give_up("")
+
+    def _collect_fragment(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is _TEXT:
+            self._fragments, self._fragment_bytes = [], 0
+        elif self._fragments is None:
+            return  # a continuation of nothing: ignore it
+        self._fragments.append(frame.get_payload_as_bytes())
+        self._fragment_bytes += frame.payload_size
+        if self._fragment_bytes > MAX_AGENT_MESSAGE_BYTES:
+            self._fragments = None
+            self._give_up("message larger than the size limit")
+            return
+        if frame.fin:
+            data, self._fragments = b"".join(self._fragments), None
+            self._deliver(agent.decode(data))
+
+    def _give_up(self, reason: str) -> None:
+        self._closed = True
+        if reason and not self._reason:
+            self._reason = reason
+        if self._transport is not None:
+            self._transport.disconnect(graceful=False)
+
+
+async def open_picows_socket(url: str, headers: dict[str, str]) -> PicowsAgentSocket:
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+            _, listener = await ws_connect(
+                PicowsAgentSocket,
+                url,
+                websocket_handshake_timeout=CONNECT_TIMEOUT_SECONDS,
+                enable_auto_ping=True,
+                auto_ping_idle_timeout=PING_AFTER_IDLE_SECONDS,
+                auto_ping_reply_timeout=PONG_TIMEOUT_SECONDS,
+                auto_ping_strategy=WSAutoPingStrategy.PING_WHEN_IDLE,
+                max_frame_size=MAX_AGENT_MESSAGE_BYTES,
+                extra_headers=headers,
+                logger_name=_PICOWS_LOG.name,
+            )
+    except WSInvalidStatusError as exc:
+        status = int(exc.response.status) if exc.response is not None else 0
+        raise AgentConnectError(f"upgrade refused with HTTP {status}") from None
+    except TimeoutError:
+        raise AgentConnectError(f"no connection within {CONNECT_TIMEOUT_SECONDS:g} s") from None
+    except (WSError, OSError) as exc:
+        raise AgentConnectError(f"{type(exc).__name__}: {exc}") from None
+    assert isinstance(listener, PicowsAgentSocket)
+    return listener
