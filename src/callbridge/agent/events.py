@@ -12,7 +12,7 @@ from typing import Any, Literal
 import msgspec
 
 
-class _Event(msgspec.Struct, tag_field="type"):
+class _Event(msgspec.Struct, tag_field="type", gc=False):
     pass
 
 
@@ -95,11 +95,11 @@ class ToolCall(_Event, tag="tool.call"):
     args: Any = msgspec.UNSET
 
 
-class UnknownEvent(msgspec.Struct):
+class UnknownEvent(msgspec.Struct, gc=False):
     type: str
 
 
-class InvalidEvent(msgspec.Struct):
+class InvalidEvent(msgspec.Struct, gc=False):
     reason: str
 
 
@@ -191,11 +191,11 @@ def tool_arguments(call: ToolCall) -> dict[str, Any]:
 # --- what we send -------------------------------------------------------------------
 
 
-class _InputAudio(msgspec.Struct, tag_field="type", tag="input.audio"):
+class _InputAudio(msgspec.Struct, tag_field="type", tag="input.audio", gc=False):
     audio: str
 
 
-class _ToolResult(msgspec.Struct, tag_field="type", tag="tool.result"):
+class _ToolResult(msgspec.Struct, tag_field="type", tag="tool.result", gc=False):
     call_id: str
     result: str
     is_error: bool = False
@@ -205,11 +205,13 @@ class _SessionUpdate(msgspec.Struct, tag_field="type", tag="session.update"):
     session: dict[str, Any]
 
 
-class _SessionResume(msgspec.Struct, tag_field="type", tag="session.resume"):
+class _SessionResume(msgspec.Struct, tag_field="type", tag="session.resume", gc=False):
     session_id: str
 
 
-class _ReplyCreate(msgspec.Struct, tag_field="type", tag="reply.create", omit_defaults=True):
+class _ReplyCreate(
+    msgspec.Struct, tag_field="type", tag="reply.create", omit_defaults=True, gc=False
+):
     instructions: str | None = None
 
 

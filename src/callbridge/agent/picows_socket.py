@@ -162,6 +162,8 @@ async def open_picows_socket(url: str, headers: dict[str, str]) -> PicowsAgentSo
                 max_frame_size=MAX_AGENT_MESSAGE_BYTES,
                 extra_headers=headers,
                 logger_name=_PICOWS_LOG.name,
+                # Agent events are under 1 KiB; the buffer grows for the rare larger one.
+                read_buffer_init_size=4096,
             )
     except WSInvalidStatusError as exc:
         status = int(exc.response.status) if exc.response is not None else 0

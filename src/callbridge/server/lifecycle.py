@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 
 from aiohttp import web
@@ -29,12 +30,21 @@ async def serve(app: web.Application, settings: Settings, log: EventLogger) -> N
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         log.info("server.listening", host=settings.host, port=settings.port)
+        _freeze_startup_heap()
         stopping = _Signals()
         await stopping.first.wait()
         await drain(app[APP_STATE], settings.drain_seconds, stopping.second, log)
     finally:
         await runner.cleanup()
     log.info("server.stopped")
+
+
+def _freeze_startup_heap() -> None:
+    # What start-up loaded (modules, SQLAlchemy, pydantic, twilio: ~110k objects) lives as
+    # long as the process. Left in the cyclic GC's view, each full pass walks all of it and
+    # stalled every call's audio ~50 ms at 200 calls; frozen, a pass takes ~10 ms.
+    gc.collect()
+    gc.freeze()
 
 
 class _Signals:

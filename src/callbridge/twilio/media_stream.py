@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 
-class _Inbound(msgspec.Struct, tag_field="event", rename="camel"):
+class _Inbound(msgspec.Struct, tag_field="event", rename="camel", gc=False):
     pass
 
 
@@ -22,7 +22,7 @@ class Connected(_Inbound, tag="connected"):
     version: str = ""
 
 
-class StartInfo(msgspec.Struct, rename="camel"):
+class StartInfo(msgspec.Struct, rename="camel", gc=False):
     stream_sid: str
     call_sid: str = ""
     account_sid: str = ""
@@ -38,7 +38,7 @@ class Start(_Inbound, tag="start"):
     sequence_number: str | None = None
 
 
-class MediaInfo(msgspec.Struct):
+class MediaInfo(msgspec.Struct, gc=False):
     payload: str
     track: str = "inbound"
     chunk: str | None = None
@@ -51,7 +51,7 @@ class Media(_Inbound, tag="media"):
     sequence_number: str | None = None
 
 
-class MarkInfo(msgspec.Struct):
+class MarkInfo(msgspec.Struct, gc=False):
     name: str
 
 
@@ -61,7 +61,7 @@ class Mark(_Inbound, tag="mark"):
     sequence_number: str | None = None
 
 
-class DtmfInfo(msgspec.Struct):
+class DtmfInfo(msgspec.Struct, gc=False):
     digit: str
     track: str = "inbound_track"
 
@@ -72,7 +72,7 @@ class Dtmf(_Inbound, tag="dtmf"):
     sequence_number: str | None = None
 
 
-class StopInfo(msgspec.Struct, rename="camel"):
+class StopInfo(msgspec.Struct, rename="camel", gc=False):
     account_sid: str = ""
     call_sid: str = ""
 
@@ -83,7 +83,7 @@ class Stop(_Inbound, tag="stop"):
     stop: StopInfo | None = None
 
 
-class InvalidFrame(msgspec.Struct):
+class InvalidFrame(msgspec.Struct, gc=False):
     """A frame that could not be used; `reason` is safe to log (no payload content)."""
 
     reason: str
@@ -132,15 +132,15 @@ def is_valid_payload(payload: str) -> bool:
 # --- what we send -------------------------------------------------------------------
 
 
-class _Outbound(msgspec.Struct, tag_field="event", rename="camel"):
+class _Outbound(msgspec.Struct, tag_field="event", rename="camel", gc=False):
     stream_sid: str
 
 
-class _Payload(msgspec.Struct):
+class _Payload(msgspec.Struct, gc=False):
     payload: str
 
 
-class _Name(msgspec.Struct):
+class _Name(msgspec.Struct, gc=False):
     name: str
 
 
