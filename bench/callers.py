@@ -287,7 +287,11 @@ async def connect_via_webhook(
     url, parameters = parse_twiml(body)
     caller.parameters = parameters
     signature = simulator.validator.compute_signature(url, {})
-    await _connect(caller, ws_base + urlsplit(url).path, {"X-Twilio-Signature": signature})
+    parts, target = urlsplit(url), ws_base + urlsplit(url).path
+    if parts.port is not None:  # the stream listener on a port of its own
+        base = urlsplit(ws_base)
+        target = f"{base.scheme}://{base.hostname}:{parts.port}{parts.path}"
+    await _connect(caller, target, {"X-Twilio-Signature": signature})
 
 
 async def connect_direct(caller: Caller, ws_base: str) -> None:

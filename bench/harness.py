@@ -165,7 +165,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     async def open_call(caller: Caller, errors: list[str]) -> None:
         try:
-            if args.target == "callbridge":
+            if args.target.startswith("callbridge"):
                 await connect_via_webhook(caller, simulator, ws_base)
             else:
                 await connect_direct(caller, ws_base)
@@ -328,7 +328,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.harness", description=__doc__)
-    p.add_argument("--target", choices=("callbridge", "aiohttp", "picows"), required=True)
+    p.add_argument(
+        "--target",
+        choices=("callbridge", "callbridge-picows", "callbridge-aiohttp", "aiohttp", "picows"),
+        required=True,
+    )
     p.add_argument("--server-port", type=int, required=True)
     p.add_argument("--server-pid", type=int, required=True)
     p.add_argument("--agent-port", type=int, required=True)

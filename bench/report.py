@@ -7,6 +7,8 @@ import math
 from typing import Any
 
 P99_TARGET_MS = 20.0
+# The real server: streams on aiohttp (default) or picows; agent socket on aiohttp.
+OURS = ("callbridge", "callbridge-picows", "callbridge-aiohttp")
 HARNESS_CPU_LIMIT = 80.0  # percent of core 1 used by the harness process
 CORE_NOISE_LIMIT = 10.0  # percent of a core used by processes other than ours
 
@@ -61,7 +63,7 @@ def annotate(result: dict[str, Any]) -> None:
         for key in ("lost_up", "lost_down", "reordered_up", "reordered_down"):
             if result[key]:
                 reasons.append(f"{key}={result[key]}")
-        if result["target"] == "callbridge" and result["late_audio_leaked"]:
+        if result["target"] in OURS and result["late_audio_leaked"]:
             reasons.append(f"late_audio_leaked={result['late_audio_leaked']}")
         for direction in ("up", "down"):
             p99 = _lat(result, direction, "p99_ms")
@@ -126,7 +128,7 @@ def header(facts: dict[str, Any], args: argparse.Namespace) -> str:
                 else []
             ),
             "",
-            f"{'server':<10} {'calls':>5} {'live':>4}  {'up ms p50/p99/max':>20}  "
+            f"{'server':<17} {'calls':>5} {'live':>4}  {'up ms p50/p99/max':>20}  "
             f"{'down ms p50/p99/max':>20}  {'lost':>4} {'reord':>5} {'cpu%':>5} "
             f"{'us/frame':>8} {'KB/call':>7} {'harn%':>5}  verdict",
         ]
@@ -142,7 +144,7 @@ def _fmt_lat(result: dict[str, Any], direction: str) -> str:
 
 
 def row(result: dict[str, Any]) -> str:
-    name = f"{result['target']:<10} {result['calls']:>5}"
+    name = f"{result['target']:<17} {result['calls']:>5}"
     if "error" in result:
         return f"{name}  ERROR: {result['error'][:150]}"
     lost = result["lost_up"] + result["lost_down"]
@@ -186,8 +188,19 @@ def summarize(runs: list[dict[str, Any]], targets: list[str]) -> dict[str, Any]:
             "at_least": bool(passed) and best == tried[-1],
             "tried": tried,
         }
+    summary: dict[str, Any] = {"capacity": capacity}
+    for ours_name in OURS:
+        if ours_name in by_target:
+            key = "ratios_" + ours_name.replace("-", "_") + "_to"
+            summary[key] = _ratios(ours_name, by_target, capacity)
+    return summary
+
+
+def _ratios(
+    ours_name: str, by_target: dict[str, dict[int, dict[str, Any]]], capacity: dict[str, Any]
+) -> dict[str, Any]:
     ratios: dict[str, Any] = {}
-    ours = by_target.get("callbridge", {})
+    ours = by_target.get(ours_name, {})
     for base in ("aiohttp", "picows"):
         theirs = by_target.get(base, {})
         per_n = {}
@@ -200,7 +213,7 @@ def summarize(runs: list[dict[str, Any]], targets: list[str]) -> dict[str, Any]:
         both_passed = [n for n in common if ours[n].get("passed") and theirs[n].get("passed")]
         # The headline ratio: at the largest N both handled, else the smallest N both ran.
         at = both_passed[-1] if both_passed else (common[0] if common else None)
-        ours_cap, theirs_cap = capacity.get("callbridge", {}), capacity.get(base, {})
+        ours_cap, theirs_cap = capacity.get(ours_name, {}), capacity.get(base, {})
         a, b = ours_cap.get("max_calls_passing", 0), theirs_cap.get("max_calls_passing", 0)
         # A capacity that is only a lower bound (it passed every N tried) makes the ratio
         # a bound too, or unknown when both are.
@@ -222,7 +235,7 @@ def summarize(runs: list[dict[str, Any]], targets: list[str]) -> dict[str, Any]:
                 else None
             ),
         }
-    return {"capacity": capacity, "ratios_callbridge_to": ratios}
+    return ratios
 
 
 def footer(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
@@ -236,9 +249,9 @@ def footer(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
                 f"; from CPU, ~{projected} calls at 80% of the core "
                 f"(measured at {cap['calls_at_80pct_cpu_from_run']})"
             )
-        lines.append(f"  {target:<10} {text}")
-    ratios = summary["ratios_callbridge_to"]
-    if "callbridge" in summary["capacity"]:
+        lines.append(f"  {target:<17} {text}")
+    for ours_name in OURS:
+        ratios = summary.get("ratios_" + ours_name.replace("-", "_") + "_to", {})
         for base, r in ratios.items():
             if base not in summary["capacity"]:
                 continue
@@ -250,7 +263,7 @@ def footer(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
                 prefix = {"at least": ">= ", "at most": "<= "}.get(r["max_calls_ratio_is"], "")
                 cap_text = f"{prefix}x{cap}"
             lines.append(
-                f"callbridge / {base}: CPU per frame x{cpu if cpu is not None else '?'}"
+                f"{ours_name} / {base}: CPU per frame x{cpu if cpu is not None else '?'}"
                 f" (at {r['cpu_ratio_at_calls']} calls; by N {r['cpu_per_frame_ratio_by_calls']})"
                 f"; max calls {cap_text}"
                 f"; calls at 80% CPU x{r['calls_at_80pct_cpu_ratio'] or '?'}"

@@ -32,7 +32,9 @@ from bench import report
 from bench.machine import machine_facts
 
 REPO = Path(__file__).resolve().parent.parent
-TARGETS = ("callbridge", "aiohttp", "picows")
+TARGETS = ("callbridge", "callbridge-picows", "aiohttp", "picows")
+# Not in the default sweep: callbridge with the agent socket on aiohttp too (--servers).
+EXTRA_TARGETS = ("callbridge-aiohttp",)
 DEFAULT_CALLS = (50, 100, 200, 300, 400, 600)
 AUTH_TOKEN = "bench-auth-token-0123456789abcdef"
 PUBLIC_URL = "https://bench.callbridge.invalid"  # never resolved: only signed over
@@ -58,7 +60,7 @@ def _server_command(target: str, port: int, agent_url: str, profile: Path | None
     python = [sys.executable]
     if profile is not None:
         python += ["-m", "cProfile", "-o", str(profile)]
-    if target == "callbridge":
+    if target.startswith("callbridge"):
         return [*python, "-m", "callbridge.cli", "serve"]
     module = {"aiohttp": "bench.relay_aiohttp", "picows": "bench.relay_picows"}[target]
     return [*python, "-m", module, "--port", str(port), "--agent-url", agent_url]
@@ -75,7 +77,9 @@ def _profile_top(path: Path, limit: int = 15) -> list[str]:
     return [line for line in lines[start:] if line.strip()]
 
 
-def _server_env(port: int, agent_url: str, calls: int, workdir: Path) -> dict[str, str]:
+def _server_env(
+    target: str, port: int, agent_url: str, calls: int, workdir: Path
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLBRIDGE_", "TWILIO_"))}
     env.update(
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
@@ -93,6 +97,10 @@ def _server_env(port: int, agent_url: str, calls: int, workdir: Path) -> dict[st
         CALLBRIDGE_SPOOL_PATH=str(workdir / "spool.jsonl"),
         DRAIN_SECONDS="5",  # every call is hung up before the stop: nothing to drain
     )
+    if target == "callbridge-picows":  # Media Streams on the picows listener, its own port
+        env["CALLBRIDGE_MEDIA_STREAM_PORT"] = str(_free_port())
+    if target == "callbridge-aiohttp":  # aiohttp both ways (the agent socket's alternative)
+        env["CALLBRIDGE_AGENT_TRANSPORT"] = "aiohttp"
     return env
 
 
@@ -155,7 +163,7 @@ def run_one(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="callbridge-bench-") as tmp:
         workdir = Path(tmp)
         server_log = workdir / "server.log"
-        env = _server_env(server_port, agent_url, calls, workdir)
+        env = _server_env(target, server_port, agent_url, calls, workdir)
         profile = None
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
@@ -323,7 +331,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--servers",
         type=lambda s: [t for t in s.split(",") if t],
         default=list(TARGETS),
-        help="which servers to run (default callbridge,aiohttp,picows)",
+        help="which servers to run (default callbridge,callbridge-picows,aiohttp,picows)",
     )
     p.add_argument(
         "--quick",
@@ -352,7 +360,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-logs", type=Path, help="copy each server's log into this folder")
     p.add_argument("--json-out", type=Path, help="default bench-results/bench-<timestamp>.json")
     args = p.parse_args(argv)
-    unknown = set(args.servers) - set(TARGETS)
+    unknown = set(args.servers) - set(TARGETS) - set(EXTRA_TARGETS)
     if unknown:
         p.error(f"unknown servers: {', '.join(sorted(unknown))}")
     if args.quick:

@@ -3,6 +3,7 @@ API, and the Twilio simulator, all talking over real sockets."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -65,14 +66,32 @@ def agent_transport() -> str | None:
 
 
 @pytest.fixture
+def twilio_transport() -> str | None:
+    """Where Media Streams are served: None or "aiohttp" is the main port, "picows" the
+    listener on a port of its own. Modules override this fixture to run under both."""
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
 async def start_server(
-    tmp_path_factory: pytest.TempPathFactory, agent_transport: str | None
+    tmp_path_factory: pytest.TempPathFactory,
+    agent_transport: str | None,
+    twilio_transport: str | None,
 ) -> AsyncIterator[ServerFactory]:
     runners: list[web.AppRunner] = []
 
     async def start(bot: Bot = default_bot, **overrides: Any) -> RunningServer:
         if agent_transport is not None:
             overrides.setdefault("callbridge_agent_transport", agent_transport)
+        if twilio_transport == "picows":
+            overrides.setdefault("callbridge_media_stream_port", free_port())
         # Each server keeps its call records in a fresh SQLite file of its own.
         folder = tmp_path_factory.mktemp("records")
         overrides.setdefault("database_url", f"sqlite:///{folder}/calls.db")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 from twilio.request_validator import RequestValidator
@@ -23,13 +24,13 @@ def sign(url: str, params: dict[str, str]) -> str:
 
 @dataclass
 class Announced:
-    stream_path: str  # /media-stream/{call_id}
+    wss_url: str  # what the TwiML says, which is what Twilio signs
     token: str
     twiml: str
 
     @property
-    def wss_url(self) -> str:
-        return PUBLIC_URL.replace("https://", "wss://") + self.stream_path
+    def stream_path(self) -> str:  # /media-stream/{call_id}
+        return urlsplit(self.wss_url).path
 
 
 async def announce(
@@ -41,10 +42,10 @@ async def announce(
     async with http.post(f"{server.url}/twiml", data=params, headers=headers) as resp:
         twiml = await resp.text()
         assert resp.status == 200, twiml
-    path = re.search(r'url="wss://[^/]+(/media-stream/[^"]+)"', twiml)
+    url = re.search(r'url="(wss://[^/]+/media-stream/[^"]+)"', twiml)
     token = re.search(r'<Parameter name="token" value="([^"]+)"', twiml)
-    assert path and token, twiml
-    return Announced(path.group(1), token.group(1), twiml)
+    assert url and token, twiml
+    return Announced(url.group(1), token.group(1), twiml)
 
 
 async def connect_stream(
@@ -57,8 +58,15 @@ async def connect_stream(
     if signature is None:
         signature = sign(call.wss_url, {})
     headers = {"X-Twilio-Signature": signature} if signature else {}
-    ws_url = server.url.replace("http://", "ws://") + call.stream_path
-    return await http.ws_connect(ws_url, headers=headers)
+    return await http.ws_connect(local_stream_url(server, call), headers=headers)
+
+
+def local_stream_url(server: RunningServer, call: Announced) -> str:
+    """Where the stream really is: the server, or its own stream port when it has one."""
+    port = urlsplit(call.wss_url).port
+    local = urlsplit(server.url)
+    netloc = f"{local.hostname}:{port}" if port is not None else local.netloc
+    return f"ws://{netloc}{call.stream_path}"
 
 
 def start_frame(token: str | None, call_sid: str = CALL_SID, stream_sid: str = STREAM_SID) -> str:

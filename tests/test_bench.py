@@ -47,7 +47,7 @@ def test_quick_bench_reports_sane_figures(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert doc["machine"]["logical_cpus"] >= 1 and doc["machine"]["python"]
     runs = {r["target"]: r for r in doc["runs"]}
-    assert set(runs) == {"callbridge", "aiohttp", "picows"}
+    assert set(runs) == {"callbridge", "callbridge-picows", "aiohttp", "picows"}
 
     for target, run in runs.items():
         assert "error" not in run, (target, run.get("error"))
@@ -67,17 +67,20 @@ def test_quick_bench_reports_sane_figures(tmp_path: Path) -> None:
         assert run["server_cpu_us_per_frame"] > 0, target
         assert run["server_rss_idle_bytes"] > 0 and run["server_rss_bytes"] > 0, target
 
-    # The whole bridge ran, not just the relay: barge-ins, tool calls, clean endings.
-    ours = runs["callbridge"]
-    events = ours["events"]
-    assert events["barge_ins"] > 0 and events["clears"] > 0, events
-    assert events["tool_calls"] > 0 and events["tool_results"] > 0, events
-    assert events["session_ends"] == 20, events
-    assert ours["late_audio_leaked"] == 0, ours
-    assert ours["server_log"]["lines_by_level"].get("error", 0) == 0, ours["server_log"]
+    # The whole bridge ran, not just the relay: barge-ins, tool calls, clean endings, with
+    # streams on the main port and on the picows stream listener.
+    for name in ("callbridge", "callbridge-picows"):
+        ours = runs[name]
+        events = ours["events"]
+        assert events["barge_ins"] > 0 and events["clears"] > 0, (name, events)
+        assert events["tool_calls"] > 0 and events["tool_results"] > 0, (name, events)
+        assert events["session_ends"] == 20, (name, events)
+        assert ours["late_audio_leaked"] == 0, ours
+        assert ours["server_log"]["lines_by_level"].get("error", 0) == 0, ours["server_log"]
 
     summary = doc["summary"]
-    assert set(summary["capacity"]) == {"callbridge", "aiohttp", "picows"}
-    for base in ("aiohttp", "picows"):
-        ratio = summary["ratios_callbridge_to"][base]["cpu_per_frame_ratio"]
-        assert ratio is not None and ratio > 0, summary
+    assert set(summary["capacity"]) == {"callbridge", "callbridge-picows", "aiohttp", "picows"}
+    for key in ("ratios_callbridge_to", "ratios_callbridge_picows_to"):
+        for base in ("aiohttp", "picows"):
+            ratio = summary[key][base]["cpu_per_frame_ratio"]
+            assert ratio is not None and ratio > 0, summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 
 import pytest
 
@@ -15,6 +16,13 @@ from callbridge.testing.fake_agent import FakeVoiceAgent, ScriptedTurn
 from callbridge.testing.twilio_simulator import TwilioSimulator
 from callbridge.tools import ToolError, tool
 from tests.conftest import AUTH_TOKEN, PUBLIC_URL, RunningServer, ServerFactory
+
+
+@pytest.fixture(params=["aiohttp", "picows"])
+def twilio_transport(request: pytest.FixtureRequest) -> str:
+    """Each test runs with streams on the main port and on the picows stream listener."""
+    return str(request.param)
+
 
 GREETING = "Hello there."
 
@@ -80,7 +88,8 @@ async def test_greeting_reaches_the_caller_byte_exact(
     assert call.webhook_status == 200
     await call.wait_started()
     assert call.stream_url is not None
-    assert call.stream_url.startswith("wss://callbridge.example.test/media-stream/")
+    # On the main port, or on the stream listener's own port when it has one.
+    assert re.match(r"wss://callbridge\.example\.test(:\d+)?/media-stream/", call.stream_url)
     session = await fake_agent.wait_for_session()
     first = session.received[0]
     assert first["type"] == "session.update"

@@ -27,6 +27,13 @@ from tests.raw_twilio import (
     start_frame,
 )
 
+
+@pytest.fixture(params=["aiohttp", "picows"])
+def twilio_transport(request: pytest.FixtureRequest) -> str:
+    """Each test runs with streams on the main port and on the picows stream listener."""
+    return str(request.param)
+
+
 WEBHOOKS = ["/twiml", "/outbound-twiml", "/call-status"]
 PARAMS = {"CallSid": CALL_SID, "From": "+15550001111", "To": "+15552223333"}
 
@@ -80,7 +87,7 @@ async def test_unsigned_and_forged_stream_upgrades_are_refused(
         await assert_stream_refused(http, server, call, signature="Zm9yZ2Vk")
         # A signature over the https URL instead of the wss one Twilio signs.
         await assert_stream_refused(
-            http, server, call, signature=sign(PUBLIC_URL + call.stream_path, {})
+            http, server, call, signature=sign(call.wss_url.replace("wss://", "https://"), {})
         )
     assert fake_agent.connections == 0
 

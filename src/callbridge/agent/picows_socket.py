@@ -28,6 +28,7 @@ from callbridge.agent.connection import (
     AgentConnectError,
     EventSink,
 )
+from callbridge.picows_messages import FragmentedMessages, MessageTooBig
 
 _TEXT = WSMsgType.TEXT
 _CLOSE_WAIT_SECONDS = 2.0
@@ -42,8 +43,7 @@ class PicowsAgentSocket(WSListener):
         self._transport: WSTransport | None = None
         self._sink: EventSink | None = None
         self._early: list[object] = []  # events before serve() starts (none in practice)
-        self._fragments: list[bytes] | None = None
-        self._fragment_bytes = 0
+        self._fragments = FragmentedMessages(MAX_AGENT_MESSAGE_BYTES)
         self._failure: BaseException | None = None
         self._reason = ""
         self._closed = False
@@ -103,7 +103,13 @@ class PicowsAgentSocket(WSListener):
             transport.send_close(frame.get_close_code())
             transport.disconnect()
         elif kind is _TEXT or kind is WSMsgType.CONTINUATION:
-            self._collect_fragment(transport, frame)
+            try:
+                message = self._fragments.add(frame)
+            except MessageTooBig:
+                self._give_up("message larger than the size limit")
+                return
+            if message is not None:
+                self._deliver(agent.decode(message))
         elif kind is WSMsgType.BINARY:
             self._deliver(agent.InvalidEvent("binary frame"))
 
@@ -124,21 +130,6 @@ class PicowsAgentSocket(WSListener):
             if self._failure is None:
                 self._failure = exc
             self._give_up("")
-
-    def _collect_fragment(self, transport: WSTransport, frame: WSFrame) -> None:
-        if frame.msg_type is _TEXT:
-            self._fragments, self._fragment_bytes = [], 0
-        elif self._fragments is None:
-            return  # a continuation of nothing: ignore it
-        self._fragments.append(frame.get_payload_as_bytes())
-        self._fragment_bytes += frame.payload_size
-        if self._fragment_bytes > MAX_AGENT_MESSAGE_BYTES:
-            self._fragments = None
-            self._give_up("message larger than the size limit")
-            return
-        if frame.fin:
-            data, self._fragments = b"".join(self._fragments), None
-            self._deliver(agent.decode(data))
 
     def _give_up(self, reason: str) -> None:
         self._closed = True

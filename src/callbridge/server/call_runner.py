@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from callbridge.agent.connection import (
-    MAX_UNSENT_BYTES,
     AgentConnectError,
     AgentDialer,
     AgentSocket,
@@ -47,9 +46,9 @@ from callbridge.bridge.inputs import (
     TwilioClosed,
     TwilioProtocolError,
 )
-from callbridge.eager_send import send_text_now
 from callbridge.logs import EventLogger
 from callbridge.records.entries import RecordEntry
+from callbridge.server.twilio_socket import TwilioSocket
 from callbridge.tools import run_tool
 from callbridge.twilio import media_stream as twilio
 
@@ -65,8 +64,7 @@ class CallRunner:
         self,
         *,
         call_id: str,
-        twilio_ws: web.WebSocketResponse,
-        twilio_transport: asyncio.Transport | None,
+        twilio_socket: TwilioSocket,
         bridge: CallBridge,
         dial_agent: AgentDialer,
         log: EventLogger,
@@ -76,9 +74,8 @@ class CallRunner:
     ) -> None:
         self.call_id = call_id
         self.bridge = bridge
-        self._twilio = twilio_ws
+        self._twilio = twilio_socket
         self._dial_agent = dial_agent
-        self._twilio_transport = twilio_transport
         self.log = log
         self._admit = admit
         self._record = record
@@ -96,6 +93,7 @@ class CallRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: dict[str, asyncio.Task[None]] = {}
         self._finished = asyncio.Event()
+        self._now: Callable[[], float] = time.monotonic
         self.done = asyncio.Event()  # set once run() has returned
         self.finished_reason: str | None = None
 
@@ -119,7 +117,7 @@ class CallRunner:
             self.log.exception("call.crashed", exc)
             await self._close_agent_socket()
             with contextlib.suppress(Exception):
-                await self._twilio.close()
+                await self._twilio.close(aiohttp.WSCloseCode.INTERNAL_ERROR)
         finally:
             self.done.set()
             self.log.info(
@@ -138,39 +136,36 @@ class CallRunner:
     # --- reading ----------------------------------------------------------------------
 
     async def _read_twilio(self) -> None:
-        ws = self._twilio
-        loop = asyncio.get_running_loop()
+        twilio_socket = self._twilio
+        self._now = asyncio.get_running_loop().time
         try:
-            async for msg in ws:
-                # A fixed one-second window: cheap per frame, and a flood shows within a second.
-                now = loop.time()
-                if now - self._window_start >= 1.0:
-                    self._window_start, self._window_count = now, 0
-                self._window_count += 1
-                if self._window_count > self._rate_limit:
-                    self._feed(
-                        TwilioProtocolError(f"more than {self._rate_limit} messages per second")
-                    )
-                    break
-                if msg.type is aiohttp.WSMsgType.TEXT:
-                    message = twilio.decode(msg.data)
-                    if type(message) is twilio.Media and not self._media_allowed(now):
-                        continue
-                    if not self._admitted and type(message) is twilio.Start:
-                        refusal = self._admit(message) if self._admit else None
-                        if refusal is not None:
-                            self.log.warning("stream.refused", reason=refusal)
-                            break
-                        self._admitted = True
-                    self._feed(message)
-                elif msg.type is aiohttp.WSMsgType.BINARY:
-                    self._feed(twilio.InvalidFrame("binary frame"))
-                elif msg.type is aiohttp.WSMsgType.ERROR:
-                    self._feed(TwilioProtocolError(_describe_ws_error(ws.exception())))
+            await twilio_socket.serve(self._on_twilio_text, self._feed)
         finally:
-            if not ws.closed:
-                await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION)
+            if not twilio_socket.closed:
+                await twilio_socket.close(aiohttp.WSCloseCode.POLICY_VIOLATION)
             self._feed(TwilioClosed())
+
+    def _on_twilio_text(self, data: bytes | str | memoryview) -> bool:
+        """One text frame from Twilio; False ends the stream."""
+        # A fixed one-second window: cheap per frame, and a flood shows within a second.
+        now = self._now()
+        if now - self._window_start >= 1.0:
+            self._window_start, self._window_count = now, 0
+        self._window_count += 1
+        if self._window_count > self._rate_limit:
+            self._feed(TwilioProtocolError(f"more than {self._rate_limit} messages per second"))
+            return False
+        message = twilio.decode(data)
+        if type(message) is twilio.Media and not self._media_allowed(now):
+            return True
+        if not self._admitted and type(message) is twilio.Start:
+            refusal = self._admit(message) if self._admit else None
+            if refusal is not None:
+                self.log.warning("stream.refused", reason=refusal)
+                return False
+            self._admitted = True
+        self._feed(message)
+        return True
 
     def _media_allowed(self, now: float) -> bool:
         elapsed = now - self._media_refilled
@@ -207,7 +202,7 @@ class CallRunner:
                 if sock is not None:
                     sock.send(action.frame)  # type: ignore[union-attr]
             elif kind is SendToTwilio:
-                self._send_twilio(action.frame)  # type: ignore[union-attr]
+                self._twilio.send(action.frame)  # type: ignore[union-attr]
             else:
                 self._perform(action)
 
@@ -217,7 +212,7 @@ class CallRunner:
                 if self._agent is not None:
                     self._agent.send(frame)
             case SendToTwilio(frame):
-                self._send_twilio(frame)
+                self._twilio.send(frame)
             case Log(level, event, fields):
                 self.log.log(level, event, **fields)
             case Record(entry):
@@ -239,17 +234,6 @@ class CallRunner:
             case Finished(reason):
                 self.finished_reason = reason
                 self._finished.set()
-
-    def _send_twilio(self, frame: bytes) -> None:
-        ws = self._twilio
-        if ws.closed:
-            return  # the socket's reader reports the close; a lost frame here is expected
-        send_text_now(ws, frame)
-        transport = self._twilio_transport
-        if transport is not None and transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
-            # Twilio stopped reading: end the call rather than buffer its audio without end.
-            self.log.warning("stream.stalled", unsent_bytes=transport.get_write_buffer_size())
-            transport.abort()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         assert self._tg is not None
@@ -279,7 +263,7 @@ class CallRunner:
     async def _close_twilio(self, code: int) -> None:
         if not self._twilio.closed:
             with contextlib.suppress(Exception):
-                await self._twilio.close(code=code)
+                await self._twilio.close(code)
 
     async def _run_tool(self, action: RunTool) -> None:
         outcome = await run_tool(action.tool, action.arguments)
@@ -298,9 +282,3 @@ class CallRunner:
         task = self._timers.pop(name, None)
         if task is not None:
             task.cancel()
-
-
-def _describe_ws_error(exc: BaseException | None) -> str:
-    if isinstance(exc, aiohttp.WebSocketError) and exc.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
-        return "frame larger than the size limit"
-    return f"{type(exc).__name__}: {exc}" if exc else "websocket error"

@@ -1,6 +1,13 @@
-"""The Media Streams WebSocket endpoints: one socket from Twilio is one call."""
+"""The Media Streams WebSocket endpoints: one socket from Twilio is one call.
+
+On the main port (aiohttp) by default; `media_stream_listener.py` serves the same streams
+from a picows listener on a port of its own. Both refuse the same way (signature, then a
+duplicate stream) and run the call the same way (`start_call`, `run_call`).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -9,38 +16,42 @@ from callbridge.bot import Direction
 from callbridge.bridge.call_bridge import CallBridge
 from callbridge.logs import EventLogger
 from callbridge.server.call_runner import CallRunner
-from callbridge.server.state import APP_STATE
+from callbridge.server.state import APP_STATE, AppState
 from callbridge.server.twilio_auth import SignatureError
+from callbridge.server.twilio_socket import AiohttpTwilioSocket, TwilioSocket
 from callbridge.twilio.media_stream import Start
 
 
-async def inbound_stream(request: web.Request) -> web.StreamResponse:
-    return await _serve_stream(request, "inbound")
+class StreamRefused(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
-async def outbound_stream(request: web.Request) -> web.StreamResponse:
-    return await _serve_stream(request, "outbound")
-
-
-async def _serve_stream(request: web.Request, direction: Direction) -> web.StreamResponse:
-    state = request.app[APP_STATE]
-    settings = state.settings
-    call_id = request.match_info["call_id"]
-    log = EventLogger("call", call_id=call_id)
+def admit_stream(
+    state: AppState, call_id: str, log: EventLogger, check_signature: Callable[[], None]
+) -> None:
+    """Raise StreamRefused (after logging why) unless this upgrade may become a call."""
     try:
-        state.auth.check_stream_upgrade(request)
+        check_signature()  # raises SignatureError
     except SignatureError as exc:
         log.warning("stream.refused", reason=str(exc))
-        raise web.HTTPForbidden(text="forbidden\n") from None
+        raise StreamRefused(403, "forbidden") from None
     if call_id in state.registry.live:
         # Twilio has been seen opening a second socket for one call: two voices at once.
         log.warning("stream.refused", reason="a stream for this call is already live")
-        raise web.HTTPConflict(text="duplicate stream\n")
-    if state.http is None:
-        raise web.HTTPServiceUnavailable(text="not started\n")
-    # No permessage-deflate: μ-law audio in base64 hardly compresses, and it costs CPU.
-    ws = web.WebSocketResponse(max_msg_size=settings.callbridge_max_message_bytes, compress=False)
-    await ws.prepare(request)
+        raise StreamRefused(409, "duplicate stream")
+
+
+def start_call(
+    state: AppState,
+    call_id: str,
+    direction: Direction,
+    twilio_socket: TwilioSocket,
+    log: EventLogger,
+) -> CallRunner:
+    """The call's bridge and runner, registered as live (run it with `run_call`)."""
+    settings = state.settings
 
     def admit(start: Start) -> str | None:
         token = start.start.custom_parameters.get("token")
@@ -61,8 +72,7 @@ async def _serve_stream(request: web.Request, direction: Direction) -> web.Strea
     )
     runner = CallRunner(
         call_id=call_id,
-        twilio_ws=ws,
-        twilio_transport=request.transport,
+        twilio_socket=twilio_socket,
         bridge=bridge,
         dial_agent=agent_dialer(
             settings.callbridge_agent_transport,
@@ -77,8 +87,45 @@ async def _serve_stream(request: web.Request, direction: Direction) -> web.Strea
     )
     state.registry.live[call_id] = runner
     log.info("stream.opened", direction=direction)
+    return runner
+
+
+async def run_call(state: AppState, call_id: str, runner: CallRunner) -> None:
     try:
         await runner.run()
     finally:
         state.registry.forget(call_id)
+
+
+async def inbound_stream(request: web.Request) -> web.StreamResponse:
+    return await _serve_stream(request, "inbound")
+
+
+async def outbound_stream(request: web.Request) -> web.StreamResponse:
+    return await _serve_stream(request, "outbound")
+
+
+async def _serve_stream(request: web.Request, direction: Direction) -> web.StreamResponse:
+    state = request.app[APP_STATE]
+    call_id = request.match_info["call_id"]
+    log = EventLogger("call", call_id=call_id)
+    try:
+        admit_stream(state, call_id, log, lambda: state.auth.check_stream_upgrade(request))
+    except StreamRefused as exc:
+        raise _http_error(exc) from None
+    if state.http is None:
+        raise web.HTTPServiceUnavailable(text="not started\n")
+    # No permessage-deflate: μ-law audio in base64 hardly compresses, and it costs CPU.
+    ws = web.WebSocketResponse(
+        max_msg_size=state.settings.callbridge_max_message_bytes, compress=False
+    )
+    await ws.prepare(request)
+    runner = start_call(state, call_id, direction, AiohttpTwilioSocket(ws, request.transport), log)
+    await run_call(state, call_id, runner)
     return ws
+
+
+def _http_error(refused: StreamRefused) -> web.HTTPException:
+    if refused.status == 409:
+        return web.HTTPConflict(text=f"{refused}\n")
+    return web.HTTPForbidden(text=f"{refused}\n")

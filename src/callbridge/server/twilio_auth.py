@@ -75,7 +75,14 @@ class TwilioAuthenticator:
             raise SignatureError("missing X-Twilio-Signature on the stream upgrade")
         https_url = self.public_url(request)
         scheme = "wss" if https_url.startswith("https:") else "ws"
-        url = scheme + https_url[https_url.index(":") :]
+        self.check_stream_signature(scheme + https_url[https_url.index(":") :], signature)
+
+    def check_stream_signature(self, url: str, signature: str | None) -> None:
+        """Raise SignatureError unless `signature` signs this ws(s):// URL, and is new."""
+        if not self.enabled:
+            return
+        if not signature:
+            raise SignatureError("missing X-Twilio-Signature on the stream upgrade")
         # Twilio's own notes: if a wss handshake won't verify, try a trailing slash.
         if not any(self._validator.validate(u, {}, signature) for u in (url, url + "/")):
             raise SignatureError(f"stream signature does not match {url}")

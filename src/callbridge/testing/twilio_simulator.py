@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlencode, urljoin, urlsplit, urlunsplit
 
 import aiohttp
 import msgspec
@@ -258,6 +258,15 @@ class TwilioSimulator:
             server = urlsplit(self.server_url)
             return urlunsplit((server.scheme, server.netloc, parts.path, parts.query, ""))
         return url
+
+    def _stream_target(self, parts: SplitResult) -> str:
+        """Where a stream URL really is: on the server, or on its own stream port."""
+        base = urlsplit(self._ws_base)
+        if parts.port is not None and parts.port != urlsplit(self.public_url).port:
+            # A stream listener on a port of its own (CALLBRIDGE_MEDIA_STREAM_PORT).
+            netloc = f"{base.hostname}:{parts.port}"
+            return urlunsplit((base.scheme, netloc, parts.path or "/", "", ""))
+        return self._ws_base + (parts.path or "/")
 
     async def _session_get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -654,7 +663,7 @@ class SimulatedCall:
             self.errors.append(f"31922 Stream URL scheme must be wss: {raw!r}")
             return "stream-failed"
         signature = self.simulator.validator.compute_signature(url, {})
-        target = self.simulator._ws_base + (parts.path or "/")
+        target = self.simulator._stream_target(parts)
         session = await self.simulator._session_get()
         try:
             ws = await session.ws_connect(

@@ -96,7 +96,7 @@ _decoder = msgspec.json.Decoder(MediaStreamMessage)
 _generic = msgspec.json.Decoder()
 
 
-def decode(frame: str | bytes) -> MediaStreamMessage | InvalidFrame:
+def decode(frame: str | bytes | memoryview) -> MediaStreamMessage | InvalidFrame:
     """Decode one text frame from Twilio."""
     try:
         message: MediaStreamMessage = _decoder.decode(frame)
@@ -105,7 +105,7 @@ def decode(frame: str | bytes) -> MediaStreamMessage | InvalidFrame:
     return message
 
 
-def _explain(frame: str | bytes, exc: msgspec.DecodeError) -> str:
+def _explain(frame: str | bytes | memoryview, exc: msgspec.DecodeError) -> str:
     try:
         raw = _generic.decode(frame)
     except msgspec.DecodeError:

@@ -1,0 +1,208 @@
+"""The Twilio side's socket, behind one small interface (the twin of `agent/connection.py`).
+
+`AiohttpTwilioSocket` is a Media Stream accepted on the main port, next to the webhooks.
+`PicowsTwilioSocket` is one accepted by the optional picows listener on its own port
+(`CALLBRIDGE_MEDIA_STREAM_PORT`, see `media_stream_listener.py`): cheaper per frame, at the
+price of a second port. Either way the runner gets text frames through a callback and
+sends pre-encoded frames without awaiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+import aiohttp
+from aiohttp import web
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+
+from callbridge.bridge.inputs import TwilioProtocolError
+from callbridge.eager_send import send_text_now
+from callbridge.picows_messages import FragmentedMessages, MessageTooBig
+from callbridge.twilio import media_stream as twilio
+
+# Twilio that stops reading while we send: past this much unsent audio (about a minute and
+# a half) the stream is cut rather than buffered without end.
+MAX_UNSENT_BYTES = 1024 * 1024
+_CLOSE_WAIT_SECONDS = 2.0
+_TEXT = WSMsgType.TEXT
+
+TextHandler = Callable[[bytes | str | memoryview], bool]  # False: stop reading
+EventHandler = Callable[[object], None]
+
+
+class TwilioSocket(Protocol):
+    @property
+    def closed(self) -> bool: ...
+
+    def send(self, frame: bytes) -> None:
+        """Queue one text frame. Never raises: a frame for a closing socket is dropped."""
+
+    async def serve(self, on_text: TextHandler, on_event: EventHandler) -> None:
+        """Hand each text frame to `on_text` (and anything else, as an event, to `on_event`)
+        until the socket closes or `on_text` returns False."""
+
+    async def close(self, code: int) -> None: ...
+
+
+class AiohttpTwilioSocket:
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None) -> None:
+        self._ws = ws
+        self._transport = transport
+        self._gave_up = ""
+
+    @property
+    def closed(self) -> bool:
+        return self._ws.closed or bool(self._gave_up)
+
+    def send(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        send_text_now(self._ws, frame)
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
+            self._gave_up = _stalled(transport.get_write_buffer_size())
+            transport.abort()
+
+    async def serve(self, on_text: TextHandler, on_event: EventHandler) -> None:
+        ws = self._ws
+        async for msg in ws:
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                if not on_text(msg.data):
+                    break
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                on_event(twilio.InvalidFrame("binary frame"))
+            elif msg.type is aiohttp.WSMsgType.ERROR:
+                on_event(TwilioProtocolError(_describe_aiohttp_error(ws.exception())))
+        if self._gave_up:
+            on_event(TwilioProtocolError(self._gave_up))
+
+    async def close(self, code: int) -> None:
+        if not self._ws.closed:
+            await self._ws.close(code=code)
+
+
+class PicowsTwilioSocket(WSListener):
+    """A picows listener; `on_connected` starts the call once the upgrade is done."""
+
+    def __init__(self, on_connected: Callable[[PicowsTwilioSocket], None], max_bytes: int):
+        self._on_connected = on_connected
+        self._transport: WSTransport | None = None
+        self._on_text: TextHandler | None = None
+        self._on_event: EventHandler | None = None
+        self._early: list[bytes] = []  # frames before serve() starts
+        self._fragments = FragmentedMessages(max_bytes)
+        self._failure: BaseException | None = None
+        self._gave_up = ""
+
+    @property
+    def closed(self) -> bool:
+        transport = self._transport
+        return transport is None or transport.is_disconnected or transport.is_close_frame_sent
+
+    def send(self, frame: bytes) -> None:
+        transport = self._transport
+        if transport is None or self._gave_up:
+            return
+        transport.send(_TEXT, frame)  # a no-op once closing
+        unsent = transport.underlying_transport.get_write_buffer_size()
+        if unsent > MAX_UNSENT_BYTES:
+            self._gave_up = _stalled(unsent)
+            transport.disconnect(graceful=False)
+
+    async def serve(self, on_text: TextHandler, on_event: EventHandler) -> None:
+        transport = self._transport
+        assert transport is not None, "serve() before the upgrade"
+        self._on_text, self._on_event = on_text, on_event
+        early, self._early = self._early, []
+        for message in early:
+            self._text(message)
+        await transport.wait_disconnected()
+        if self._failure is not None:
+            raise self._failure  # a bug in the runner: the call's owner reports it
+        if self._gave_up:
+            on_event(TwilioProtocolError(self._gave_up))
+
+    async def close(self, code: int) -> None:
+        transport = self._transport
+        if transport is None or transport.is_disconnected:
+            return
+        transport.send_close(WSCloseCode(code))
+        try:
+            async with asyncio.timeout(_CLOSE_WAIT_SECONDS):
+                await transport.wait_disconnected()
+        except TimeoutError:
+            transport.disconnect(graceful=False)
+
+    # --- WSListener -------------------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self._transport = transport
+        self._on_connected(self)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind is _TEXT and frame.fin:
+            if self._on_text is None:
+                self._early.append(frame.get_payload_as_bytes())
+            else:
+                self._text(frame.get_payload_as_memoryview())
+        elif kind is WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+        elif kind is _TEXT or kind is WSMsgType.CONTINUATION:
+            try:
+                message = self._fragments.add(frame)
+            except MessageTooBig as exc:
+                self._event(TwilioProtocolError(str(exc)))
+                self.abort(WSCloseCode.MESSAGE_TOO_BIG)
+                return
+            if message is not None:
+                self._text(message)
+        elif kind is WSMsgType.BINARY:
+            self._event(twilio.InvalidFrame("binary frame"))
+
+    # --- internals --------------------------------------------------------------------
+
+    def _text(self, data: bytes | memoryview) -> None:
+        if self._on_text is None:
+            self._early.append(bytes(data))
+            return
+        try:
+            keep_reading = self._on_text(data)
+        except Exception as exc:
+            self._fail(exc)
+            return
+        if not keep_reading:
+            self.abort(WSCloseCode.POLICY_VIOLATION)
+
+    def _event(self, event: object) -> None:
+        if self._on_event is None:
+            return  # before serve(): nothing to tell yet
+        try:
+            self._on_event(event)
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        if self._failure is None:
+            self._failure = exc
+        if self._transport is not None:
+            self._transport.disconnect(graceful=False)
+
+    def abort(self, code: WSCloseCode) -> None:
+        """Close at once (a close frame, then the connection), from any callback."""
+        if self._transport is not None and not self._transport.is_disconnected:
+            self._transport.send_close(code)
+            self._transport.disconnect()
+
+
+def _stalled(unsent: int) -> str:
+    return f"Twilio stopped reading ({unsent} bytes unsent)"
+
+
+def _describe_aiohttp_error(exc: BaseException | None) -> str:
+    if isinstance(exc, aiohttp.WebSocketError) and exc.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
+        return "frame larger than the size limit"
+    return f"{type(exc).__name__}: {exc}" if exc else "websocket error"
