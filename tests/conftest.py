@@ -59,17 +59,18 @@ async def fake_agent() -> AsyncIterator[FakeVoiceAgent]:
 
 
 @pytest.fixture
-def agent_transport() -> str | None:
-    """The upstream socket's library; None keeps the default. Modules override this
-    fixture with params to run their tests over both transports."""
-    return None
+def agent_transport(request: pytest.FixtureRequest) -> str | None:
+    """The upstream socket's library; None keeps the default. Tests parametrize it
+    (indirect=True) to run over both transports."""
+    return getattr(request, "param", None)
 
 
 @pytest.fixture
-def twilio_transport() -> str | None:
+def twilio_transport(request: pytest.FixtureRequest) -> str | None:
     """Where Media Streams are served: None or "aiohttp" is the main port, "picows" the
-    listener on a port of its own. Modules override this fixture to run under both."""
-    return None
+    listener on a port of its own. Modules override this fixture, or tests parametrize it
+    (indirect=True), to run under both."""
+    return getattr(request, "param", None)
 
 
 def free_port() -> int:

@@ -20,19 +20,26 @@ from aiohttp import web
 _TEXT = aiohttp.WSMsgType.TEXT
 
 
-def send_text_now(
-    ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, frame: bytes
-) -> bool:
-    """Write `frame`; False if the socket is closing (its reader reports the close)."""
+SENT, DRAINING, CLOSING = 0, 1, 2
+
+
+def send_text_now(ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, frame: bytes) -> int:
+    """Write `frame`. SENT; DRAINING when aiohttp wanted to wait for the peer (its buffer
+    is past the high-water mark: time to look at how much is unsent); CLOSING when the
+    socket is closing (its reader reports the close)."""
     return _step(ws.send_frame(frame, _TEXT))
 
 
-def _step(coro: Coroutine[Any, Any, None]) -> bool:
+def _step(coro: Coroutine[Any, Any, None]) -> int:
     try:
         awaited = coro.send(None)
     except StopIteration:
-        return True
+        return SENT
     except (ConnectionError, aiohttp.ClientError, RuntimeError):
-        return False
+        return CLOSING
+    # What a Task does with a future its coroutine yields: clear the flag that marks it as
+    # being awaited (else the next frame's coroutine cannot await the same drain), then
+    # resume the coroutine when it is done.
+    awaited._asyncio_future_blocking = False
     awaited.add_done_callback(lambda _: _step(coro))
-    return True
+    return DRAINING

@@ -17,11 +17,10 @@ from callbridge.testing.twilio_simulator import TwilioSimulator
 from callbridge.tools import ToolError, tool
 from tests.conftest import AUTH_TOKEN, PUBLIC_URL, RunningServer, ServerFactory
 
-
-@pytest.fixture(params=["aiohttp", "picows"])
-def twilio_transport(request: pytest.FixtureRequest) -> str:
-    """Each test runs with streams on the main port and on the picows stream listener."""
-    return str(request.param)
+# The audio paths, under both stream servers: the main port and the picows listener.
+BOTH_STREAM_SERVERS = pytest.mark.parametrize(
+    "twilio_transport", ["aiohttp", "picows"], indirect=True
+)
 
 
 GREETING = "Hello there."
@@ -81,6 +80,7 @@ async def server(start_server: ServerFactory, fake_agent: FakeVoiceAgent) -> Run
     return await start_server(bot=TEST_BOT, assemblyai_agent_url=fake_agent.url)
 
 
+@BOTH_STREAM_SERVERS
 async def test_greeting_reaches_the_caller_byte_exact(
     simulator: TwilioSimulator, fake_agent: FakeVoiceAgent
 ) -> None:
@@ -104,6 +104,7 @@ async def test_greeting_reaches_the_caller_byte_exact(
     assert call.custom_parameters["from"] == call.from_
 
 
+@BOTH_STREAM_SERVERS
 async def test_caller_audio_reaches_the_agent_in_order_and_only_after_ready(
     simulator: TwilioSimulator, fake_agent: FakeVoiceAgent
 ) -> None:
@@ -127,6 +128,7 @@ async def test_caller_audio_reaches_the_agent_in_order_and_only_after_ready(
     await call.hangup()
 
 
+@BOTH_STREAM_SERVERS
 async def test_barge_in_clears_twilio_at_once(
     start_server: ServerFactory, fake_agent: FakeVoiceAgent
 ) -> None:
@@ -151,6 +153,7 @@ async def test_barge_in_clears_twilio_at_once(
         assert call.warnings == []
 
 
+@BOTH_STREAM_SERVERS
 async def test_tool_round_trip_from_a_spoken_turn(
     simulator: TwilioSimulator, fake_agent: FakeVoiceAgent
 ) -> None:
@@ -210,6 +213,7 @@ async def test_every_tool_call_gets_a_result(
     assert "internal detail" not in result["result"]
 
 
+@BOTH_STREAM_SERVERS
 async def test_caller_hangup_ends_the_agent_session(
     simulator: TwilioSimulator, fake_agent: FakeVoiceAgent
 ) -> None:
@@ -222,6 +226,7 @@ async def test_caller_hangup_ends_the_agent_session(
     assert session.end_reason == "session.end"
 
 
+@BOTH_STREAM_SERVERS
 async def test_agent_ending_the_session_hangs_up(
     simulator: TwilioSimulator, fake_agent: FakeVoiceAgent
 ) -> None:

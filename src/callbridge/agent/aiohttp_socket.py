@@ -17,7 +17,7 @@ from callbridge.agent.connection import (
     AgentConnectError,
     EventSink,
 )
-from callbridge.eager_send import send_text_now
+from callbridge.eager_send import DRAINING, send_text_now
 
 
 class AiohttpAgentSocket:
@@ -35,7 +35,8 @@ class AiohttpAgentSocket:
     def send(self, frame: bytes) -> None:
         if self.closed:
             return
-        send_text_now(self._ws, frame)
+        if send_text_now(self._ws, frame) != DRAINING:
+            return
         transport = self._transport
         if transport is not None and transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
             self._gave_up = "the agent stopped reading (send buffer full)"

@@ -47,6 +47,7 @@ class PicowsAgentSocket(WSListener):
         self._failure: BaseException | None = None
         self._reason = ""
         self._closed = False
+        self._paused = False  # the transport's buffer is past its high-water mark
 
     # --- AgentSocket ------------------------------------------------------------------
 
@@ -59,7 +60,10 @@ class PicowsAgentSocket(WSListener):
         if transport is None or self._closed:
             return
         transport.send(_TEXT, frame)
-        if transport.underlying_transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
+        if (
+            self._paused
+            and transport.underlying_transport.get_write_buffer_size() > MAX_UNSENT_BYTES
+        ):
             self._give_up("the agent stopped reading (send buffer full)")
 
     async def serve(self, sink: EventSink) -> tuple[int | None, str]:
@@ -93,6 +97,12 @@ class PicowsAgentSocket(WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type

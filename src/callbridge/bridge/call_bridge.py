@@ -527,13 +527,13 @@ class CallBridge:
             return []
         # While a reply plays, speech.started means the server decided on a barge-in: stop
         # Twilio's buffered audio now and drop whatever else of that reply still arrives.
-        if self._current_reply is not None:
-            self._fenced_replies.add(self._current_reply)
+        cut = self._current_reply
+        if cut is not None:
+            self._fenced_replies.add(cut)
         self._ledger.cleared()
-        return [
-            SendToTwilio(twilio.encode_clear(self.stream_sid)),
-            Log.info("caller.speech_started"),
-        ]
+        # Every turn starts so: INFO only for the turns that cut the agent off.
+        log = Log.debug("caller.speech_started") if cut is None else Log.info("caller.barged_in")
+        return [SendToTwilio(twilio.encode_clear(self.stream_sid)), log]
 
     def _on_speech_stopped(self, _: agent.SpeechStopped) -> list[Action]:
         self._ledger.turn_ended()

@@ -18,7 +18,7 @@ from aiohttp import web
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from callbridge.bridge.inputs import TwilioProtocolError
-from callbridge.eager_send import send_text_now
+from callbridge.eager_send import DRAINING, send_text_now
 from callbridge.picows_messages import FragmentedMessages, MessageTooBig
 from callbridge.twilio import media_stream as twilio
 
@@ -59,7 +59,8 @@ class AiohttpTwilioSocket:
     def send(self, frame: bytes) -> None:
         if self.closed:
             return
-        send_text_now(self._ws, frame)
+        if send_text_now(self._ws, frame) != DRAINING:
+            return
         transport = self._transport
         if transport is not None and transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
             self._gave_up = _stalled(transport.get_write_buffer_size())
@@ -95,6 +96,7 @@ class PicowsTwilioSocket(WSListener):
         self._fragments = FragmentedMessages(max_bytes)
         self._failure: BaseException | None = None
         self._gave_up = ""
+        self._paused = False  # the transport's buffer is past its high-water mark
 
     @property
     def closed(self) -> bool:
@@ -106,6 +108,8 @@ class PicowsTwilioSocket(WSListener):
         if transport is None or self._gave_up:
             return
         transport.send(_TEXT, frame)  # a no-op once closing
+        if not self._paused:
+            return
         unsent = transport.underlying_transport.get_write_buffer_size()
         if unsent > MAX_UNSENT_BYTES:
             self._gave_up = _stalled(unsent)
@@ -140,6 +144,12 @@ class PicowsTwilioSocket(WSListener):
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
         self._on_connected(self)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
