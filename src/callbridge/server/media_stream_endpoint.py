@@ -116,8 +116,11 @@ async def _serve_stream(request: web.Request, direction: Direction) -> web.Strea
     if state.http is None:
         raise web.HTTPServiceUnavailable(text="not started\n")
     # No permessage-deflate: μ-law audio in base64 hardly compresses, and it costs CPU.
+    # Text frames stay bytes: the JSON decoder takes bytes (and checks their UTF-8) as is.
     ws = web.WebSocketResponse(
-        max_msg_size=state.settings.callbridge_max_message_bytes, compress=False
+        max_msg_size=state.settings.callbridge_max_message_bytes,
+        compress=False,
+        decode_text=False,
     )
     await ws.prepare(request)
     runner = start_call(state, call_id, direction, AiohttpTwilioSocket(ws, request.transport), log)
