@@ -78,7 +78,12 @@ def _profile_top(path: Path, limit: int = 15) -> list[str]:
 
 
 def _server_env(
-    target: str, port: int, agent_url: str, calls: int, workdir: Path
+    target: str,
+    port: int,
+    agent_url: str,
+    calls: int,
+    workdir: Path,
+    database_url: str | None = None,
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLBRIDGE_", "TWILIO_"))}
     env.update(
@@ -93,7 +98,7 @@ def _server_env(
         CALLBRIDGE_BOT="callbridge.bot:bot",  # has the generate_random_number tool
         LOG_LEVEL="INFO",  # production's default: per-call lines, none per frame
         LOG_FORMAT="json",
-        DATABASE_URL=f"sqlite:///{workdir / 'bench.db'}",
+        DATABASE_URL=database_url or f"sqlite:///{workdir / 'bench.db'}",
         CALLBRIDGE_SPOOL_PATH=str(workdir / "spool.jsonl"),
         DRAIN_SECONDS="5",  # every call is hung up before the stop: nothing to drain
     )
@@ -163,7 +168,7 @@ def run_one(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="callbridge-bench-") as tmp:
         workdir = Path(tmp)
         server_log = workdir / "server.log"
-        env = _server_env(target, server_port, agent_url, calls, workdir)
+        env = _server_env(target, server_port, agent_url, calls, workdir, args.database_url)
         profile = None
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
@@ -359,6 +364,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--keep-logs", type=Path, help="copy each server's log into this folder")
     p.add_argument("--json-out", type=Path, help="default bench-results/bench-<timestamp>.json")
+    p.add_argument(
+        "--database-url",
+        help="callbridge's DATABASE_URL (default: a fresh SQLite file per run), e.g. "
+        "postgresql://postgres@127.0.0.1/test?options=-csearch_path%%3Dbench",
+    )
     args = p.parse_args(argv)
     unknown = set(args.servers) - set(TARGETS) - set(EXTRA_TARGETS)
     if unknown:
