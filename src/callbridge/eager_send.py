@@ -11,6 +11,7 @@ step. Callers watch the transport's buffer to give up on a peer that stopped rea
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
@@ -43,3 +44,17 @@ def _step(coro: Coroutine[Any, Any, None]) -> int:
     awaited._asyncio_future_blocking = False
     awaited.add_done_callback(lambda _: _step(coro))
     return DRAINING
+
+
+def send_text_bounded(
+    ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    frame: bytes,
+    transport: asyncio.Transport | None,
+    max_unsent: int,
+) -> int:
+    """Write `frame`; return how much is unsent if that is past `max_unsent` (the peer has
+    stopped reading: the caller gives up on it), else 0."""
+    if send_text_now(ws, frame) != DRAINING or transport is None:
+        return 0
+    unsent = transport.get_write_buffer_size()
+    return unsent if unsent > max_unsent else 0

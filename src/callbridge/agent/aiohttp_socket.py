@@ -17,7 +17,7 @@ from callbridge.agent.connection import (
     AgentConnectError,
     EventSink,
 )
-from callbridge.eager_send import DRAINING, send_text_now
+from callbridge.eager_send import send_text_bounded
 
 
 class AiohttpAgentSocket:
@@ -35,12 +35,10 @@ class AiohttpAgentSocket:
     def send(self, frame: bytes) -> None:
         if self.closed:
             return
-        if send_text_now(self._ws, frame) != DRAINING:
-            return
-        transport = self._transport
-        if transport is not None and transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
+        if send_text_bounded(self._ws, frame, self._transport, MAX_UNSENT_BYTES):
             self._gave_up = "the agent stopped reading (send buffer full)"
-            transport.abort()
+            if self._transport is not None:
+                self._transport.abort()
 
     async def serve(self, sink: EventSink) -> tuple[int | None, str]:
         ws, reason = self._ws, ""

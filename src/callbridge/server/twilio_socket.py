@@ -18,7 +18,7 @@ from aiohttp import web
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from callbridge.bridge.inputs import TwilioProtocolError
-from callbridge.eager_send import DRAINING, send_text_now
+from callbridge.eager_send import send_text_bounded
 from callbridge.picows_messages import FragmentedMessages, MessageTooBig
 from callbridge.twilio import media_stream as twilio
 
@@ -59,12 +59,10 @@ class AiohttpTwilioSocket:
     def send(self, frame: bytes) -> None:
         if self.closed:
             return
-        if send_text_now(self._ws, frame) != DRAINING:
-            return
-        transport = self._transport
-        if transport is not None and transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
-            self._gave_up = _stalled(transport.get_write_buffer_size())
-            transport.abort()
+        unsent = send_text_bounded(self._ws, frame, self._transport, MAX_UNSENT_BYTES)
+        if unsent and self._transport is not None:
+            self._gave_up = _stalled(unsent)
+            self._transport.abort()
 
     async def serve(self, on_text: TextHandler, on_event: EventHandler) -> None:
         ws = self._ws
