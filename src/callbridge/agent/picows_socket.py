@@ -4,7 +4,6 @@ callback, so relaying a frame costs no task switch, queue or future."""
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from picows import (
     WSAutoPingStrategy,
@@ -28,14 +27,14 @@ from callbridge.agent.connection import (
     AgentConnectError,
     EventSink,
 )
-from callbridge.picows_messages import FragmentedMessages, MessageTooBig
+from callbridge.picows_sockets import (
+    PICOWS_LOG,
+    FragmentedMessages,
+    MessageTooBig,
+    close_politely,
+)
 
 _TEXT = WSMsgType.TEXT
-_CLOSE_WAIT_SECONDS = 2.0
-# picows logs flow-control and disconnect details without the call's id; the bridge logs
-# every close itself, with the id, so only picows's errors are let through.
-_PICOWS_LOG = logging.getLogger("callbridge.agent.picows")
-_PICOWS_LOG.setLevel(logging.ERROR)
 
 
 class PicowsAgentSocket(WSListener):
@@ -82,16 +81,9 @@ class PicowsAgentSocket(WSListener):
         return code, reason
 
     async def close(self) -> None:
-        transport = self._transport
-        if transport is None or transport.is_disconnected:
-            return
-        self._closed = True
-        transport.send_close(WSCloseCode.OK)
-        try:
-            async with asyncio.timeout(_CLOSE_WAIT_SECONDS):
-                await transport.wait_disconnected()
-        except TimeoutError:
-            transport.disconnect(graceful=False)
+        if self._transport is not None:
+            self._closed = True
+            await close_politely(self._transport, WSCloseCode.OK)
 
     # --- WSListener -------------------------------------------------------------------
 
@@ -162,7 +154,7 @@ async def open_picows_socket(url: str, headers: dict[str, str]) -> PicowsAgentSo
                 auto_ping_strategy=WSAutoPingStrategy.PING_WHEN_IDLE,
                 max_frame_size=MAX_AGENT_MESSAGE_BYTES,
                 extra_headers=headers,
-                logger_name=_PICOWS_LOG.name,
+                logger_name=PICOWS_LOG.name,
                 # Agent events are under 1 KiB; the buffer grows for the rare larger one.
                 read_buffer_init_size=4096,
             )

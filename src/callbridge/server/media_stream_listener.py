@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 
 from picows import (
     WSCloseCode,
@@ -24,6 +23,7 @@ from picows import (
 
 from callbridge.bot import Direction
 from callbridge.logs import EventLogger
+from callbridge.picows_sockets import PICOWS_LOG
 from callbridge.server.call_runner import CallRunner
 from callbridge.server.media_stream_endpoint import (
     StreamRefused,
@@ -35,9 +35,6 @@ from callbridge.server.state import AppState
 from callbridge.server.twilio_socket import PicowsTwilioSocket
 
 _ROUTES: dict[str, Direction] = {"media-stream": "inbound", "outbound-stream": "outbound"}
-# picows's own log lines carry no call id; ours do, so only its errors are let through.
-_PICOWS_LOG = logging.getLogger("callbridge.server.picows")
-_PICOWS_LOG.setLevel(logging.ERROR)
 
 
 class MediaStreamListener:
@@ -60,7 +57,7 @@ class MediaStreamListener:
                 host,
                 port,
                 max_frame_size=self._state.settings.callbridge_max_message_bytes,
-                logger_name=_PICOWS_LOG.name,
+                logger_name=PICOWS_LOG.name,
                 read_buffer_init_size=4096,  # Twilio's frames are ~300 bytes
             )
         except OSError as exc:

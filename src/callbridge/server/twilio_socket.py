@@ -19,13 +19,12 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from callbridge.bridge.inputs import TwilioProtocolError
 from callbridge.eager_send import send_text_bounded
-from callbridge.picows_messages import FragmentedMessages, MessageTooBig
+from callbridge.picows_sockets import FragmentedMessages, MessageTooBig, close_politely
 from callbridge.twilio import media_stream as twilio
 
 # Twilio that stops reading while we send: past this much unsent audio (about a minute and
 # a half) the stream is cut rather than buffered without end.
 MAX_UNSENT_BYTES = 1024 * 1024
-_CLOSE_WAIT_SECONDS = 2.0
 _TEXT = WSMsgType.TEXT
 _AIOHTTP_TEXT = aiohttp.WSMsgType.TEXT
 _AIOHTTP_ENDS = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
@@ -134,15 +133,8 @@ class PicowsTwilioSocket(WSListener):
             on_event(TwilioProtocolError(self._gave_up))
 
     async def close(self, code: int) -> None:
-        transport = self._transport
-        if transport is None or transport.is_disconnected:
-            return
-        transport.send_close(WSCloseCode(code))
-        try:
-            async with asyncio.timeout(_CLOSE_WAIT_SECONDS):
-                await transport.wait_disconnected()
-        except TimeoutError:
-            transport.disconnect(graceful=False)
+        if self._transport is not None:
+            await close_politely(self._transport, WSCloseCode(code))
 
     # --- WSListener -------------------------------------------------------------------
 
