@@ -10,12 +10,14 @@ from callbridge.agent import events as agent
 from callbridge.bridge.actions import Action, Record, SendToTwilio
 from callbridge.bridge.call_bridge import CallBridge
 from callbridge.bridge.inputs import AgentOpened
-from callbridge.bridge.playout_ledger import MARK_EVERY_BYTES, PlayoutLedger, payload_bytes
+from callbridge.bridge.playout_ledger import MARK_EVERY_BYTES, PlayoutLedger
 from callbridge.records import entries as records
 from callbridge.twilio import media_stream as twilio
+from callbridge.twilio.media_stream import audio_length
 from tests.unit.test_call_bridge import STREAM, start_frame
 
-CHUNK = base64.b64encode(b"\xff" * 300).decode()  # 37.5 ms, as the API sends
+CHUNK_BYTES = 300  # 37.5 ms, as the API sends
+CHUNK = base64.b64encode(b"\xff" * CHUNK_BYTES).decode()
 
 
 class Clock:
@@ -26,15 +28,17 @@ class Clock:
         return self.now
 
 
-def test_payload_bytes_without_decoding() -> None:
+def test_audio_length_counts_decoded_bytes_and_refuses_what_is_not_base64() -> None:
     for n in range(0, 20):
-        assert payload_bytes(base64.b64encode(b"x" * n).decode()) == n
+        assert audio_length(base64.b64encode(b"x" * n).decode()) == n
+    for bad in ("", "not base64!", "QQ", "QU JD", "QUJD\n"):
+        assert audio_length(bad) == 0, bad
 
 
 def test_marks_go_with_the_first_chunk_then_every_quarter_second_and_at_the_end() -> None:
     ledger = PlayoutLedger(Clock())
     ledger.reply_started("r1")
-    marks = [ledger.audio_sent("r1", CHUNK) for _ in range(20)]  # 6000 bytes
+    marks = [ledger.audio_sent("r1", CHUNK_BYTES) for _ in range(20)]  # 6000 bytes
     sent = [m for m in marks if m]
     assert marks[0] is not None  # first audio
     assert len(sent) == 1 + 6000 // MARK_EVERY_BYTES
@@ -46,7 +50,7 @@ def test_completed_reply_is_heard_in_full_once_its_end_mark_is_played() -> None:
     clock = Clock()
     ledger = PlayoutLedger(clock)
     ledger.reply_started("r1")
-    names = [m for _ in range(10) if (m := ledger.audio_sent("r1", CHUNK))]
+    names = [m for _ in range(10) if (m := ledger.audio_sent("r1", CHUNK_BYTES))]
     ledger.transcript("r1", "Hello there.", interrupted=False)
     names.append(ledger.reply_done("r1", interrupted=False) or "")
     assert ledger.settled() == []  # sent, but not played yet
@@ -62,7 +66,7 @@ def test_clear_estimates_what_was_heard_and_flushed_marks_confirm_nothing() -> N
     clock = Clock()
     ledger = PlayoutLedger(clock)
     ledger.reply_started("r1")
-    names = [m for _ in range(20) if (m := ledger.audio_sent("r1", CHUNK))]
+    names = [m for _ in range(20) if (m := ledger.audio_sent("r1", CHUNK_BYTES))]
     clock.now += 0.05
     ledger.mark_echoed(names[0])  # the first 300 bytes played at t=100.05
     clock.now += 0.1  # 800 more bytes play before the caller barges in

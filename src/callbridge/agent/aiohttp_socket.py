@@ -17,7 +17,7 @@ from callbridge.agent.connection import (
     AgentConnectError,
     EventSink,
 )
-from callbridge.eager_send import send_text_bounded
+from callbridge.aiohttp_sockets import describe_error, send_text_bounded
 
 
 class AiohttpAgentSocket:
@@ -37,8 +37,7 @@ class AiohttpAgentSocket:
             return
         if send_text_bounded(self._ws, frame, self._transport, MAX_UNSENT_BYTES):
             self._gave_up = "the agent stopped reading (send buffer full)"
-            if self._transport is not None:
-                self._transport.abort()
+            self._transport.abort()  # type: ignore[union-attr]  # not None: it reported
 
     async def serve(self, sink: EventSink) -> tuple[int | None, str]:
         ws, reason = self._ws, ""
@@ -48,7 +47,7 @@ class AiohttpAgentSocket:
             elif msg.type is aiohttp.WSMsgType.BINARY:
                 sink(agent.InvalidEvent("binary frame"))
             elif msg.type is aiohttp.WSMsgType.ERROR:
-                reason = _describe(ws.exception())
+                reason = describe_error(msg)
         return ws.close_code, self._gave_up or reason
 
     async def close(self) -> None:
@@ -78,9 +77,3 @@ async def open_aiohttp_socket(
     except (aiohttp.ClientError, OSError) as exc:
         raise AgentConnectError(f"{type(exc).__name__}: {exc}") from None
     return AiohttpAgentSocket(ws)
-
-
-def _describe(exc: BaseException | None) -> str:
-    if isinstance(exc, aiohttp.WebSocketError) and exc.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
-        return "frame larger than the size limit"
-    return f"{type(exc).__name__}: {exc}" if exc else "websocket error"

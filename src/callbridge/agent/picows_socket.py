@@ -97,6 +97,8 @@ class PicowsAgentSocket(WSListener):
         self._paused = False
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if self._closed:
+            return  # given up, or closing: picows delivers the rest of a read regardless
         kind = frame.msg_type
         if kind is _TEXT and frame.fin:
             self._deliver(agent.decode(frame.get_payload_as_memoryview()))

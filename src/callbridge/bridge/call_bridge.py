@@ -282,7 +282,7 @@ class CallBridge:
         self.frames_from_twilio += 1
         if self.state is State.LIVE:
             payload = msg.media.payload
-            if twilio.is_valid_payload(payload):
+            if twilio.audio_length(payload):
                 self.frames_to_agent += 1
                 return [SendToAgent(agent.encode_input_audio(payload))]
             return self._drop("bad-payload")
@@ -437,7 +437,8 @@ class CallBridge:
                 # Whatever half of a reply Twilio still buffers would end mid-word anyway.
                 actions.append(SendToTwilio(twilio.encode_clear(self.stream_sid)))
                 self._ledger.cleared()
-            self._fenced_replies.add(self._current_reply)
+            if self._current_reply is not None:
+                self._fenced_replies.add(self._current_reply)
             self._current_reply = None
         self.state = State.RECONNECTING
         self._agent = "opening"
@@ -560,10 +561,11 @@ class CallBridge:
         if msg.reply_id in self._fenced_replies:
             self.dropped["agent-audio-interrupted"] += 1
             return []
-        if not twilio.is_valid_payload(msg.data):
+        audio_bytes = twilio.audio_length(msg.data)
+        if not audio_bytes:
             return self._drop("agent-bad-payload")
         self.frames_to_twilio += 1
-        mark = self._ledger.audio_sent(msg.reply_id, msg.data)
+        mark = self._ledger.audio_sent(msg.reply_id, audio_bytes)
         if mark is None:
             return [SendToTwilio(twilio.encode_media(self.stream_sid, msg.data))]
         return [

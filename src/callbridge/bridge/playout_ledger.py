@@ -48,13 +48,6 @@ class ReplyPlayout:
         return self.bytes_played / BYTES_PER_SECOND
 
 
-def payload_bytes(payload: str) -> int:
-    """Decoded length of a base64 string, without decoding it."""
-    return len(payload) * 3 // 4 - (
-        2 if payload.endswith("==") else 1 if payload.endswith("=") else 0
-    )
-
-
 class PlayoutLedger:
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
@@ -80,11 +73,11 @@ class PlayoutLedger:
         self._by_id[reply_id] = reply
         self._current = reply
 
-    def audio_sent(self, reply_id: str | None, payload: str) -> str | None:
+    def audio_sent(self, reply_id: str | None, audio_bytes: int) -> str | None:
         """Count a chunk sent to Twilio; returns a mark name to send after it, when one is due."""
         reply = self._reply(reply_id)
         before = reply.bytes_sent
-        reply.bytes_sent += payload_bytes(payload)
+        reply.bytes_sent += audio_bytes
         if reply.first_sent_at is None:
             reply.first_sent_at = self._clock()
             return self._mark(reply)  # the first mark times the first audio played

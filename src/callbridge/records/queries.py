@@ -180,14 +180,14 @@ def parse_since(text: str, now: datetime.datetime | None = None) -> datetime.dat
     value = text.strip()
     now = now or datetime.datetime.now(datetime.UTC)
     match = _RELATIVE.match(value.lower())
-    if match:
-        return now - datetime.timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
     try:
+        if match:
+            return now - datetime.timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
         if len(value) == 10:
             day = datetime.date.fromisoformat(value)
             return datetime.datetime.combine(day, datetime.time(), datetime.UTC)
         moment = datetime.datetime.fromisoformat(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # `99999999999d` overflows datetime
         raise ValueError(
             f"invalid since {text!r}: use a duration such as 24h, 30m, 7d, or a date such as "
             "2026-11-01 (or 2026-11-01T09:30:00Z)"

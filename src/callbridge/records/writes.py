@@ -263,11 +263,11 @@ async def _open_calls(conn: AsyncConnection, opened: Sequence[CallOpened]) -> No
         [
             {
                 "call_id": e.call_id,
-                "call_sid": e.call_sid,
-                "stream_sid": e.stream_sid,
+                "call_sid": _text(e.call_sid),
+                "stream_sid": _text(e.stream_sid),
                 "direction": e.direction,
-                "from_number": e.from_number,
-                "to_number": e.to_number,
+                "from_number": _text(e.from_number),
+                "to_number": _text(e.to_number),
                 "instance_id": e.instance_id,
                 "started_at": utc(e.at),
                 "opened": True,

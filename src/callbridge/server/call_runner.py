@@ -207,12 +207,7 @@ class CallRunner:
                 self._perform(action)
 
     def _perform(self, action: Action) -> None:
-        match action:
-            case SendToAgent(frame):
-                if self._agent is not None:
-                    self._agent.send(frame)
-            case SendToTwilio(frame):
-                self._twilio.send(frame)
+        match action:  # the audio sends are done in _feed
             case Log(level, event, fields):
                 self.log.log(level, event, **fields)
             case Record(entry):

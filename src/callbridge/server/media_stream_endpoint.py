@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import aiohttp
 from aiohttp import web
 
 from callbridge.agent.connection import agent_dialer
@@ -37,6 +38,10 @@ def admit_stream(
     except SignatureError as exc:
         log.warning("stream.refused", reason=str(exc))
         raise StreamRefused(403, "forbidden") from None
+    _refuse_a_second_stream(state, call_id, log)
+
+
+def _refuse_a_second_stream(state: AppState, call_id: str, log: EventLogger) -> None:
     if call_id in state.registry.live:
         # Twilio has been seen opening a second socket for one call: two voices at once.
         log.warning("stream.refused", reason="a stream for this call is already live")
@@ -50,7 +55,11 @@ def start_call(
     twilio_socket: TwilioSocket,
     log: EventLogger,
 ) -> CallRunner:
-    """The call's bridge and runner, registered as live (run it with `run_call`)."""
+    """The call's bridge and runner, registered as live (run it with `run_call`).
+
+    Raises StreamRefused if another stream for the call went live since `admit_stream`
+    (the upgrade awaits in between)."""
+    _refuse_a_second_stream(state, call_id, log)
     settings = state.settings
 
     def admit(start: Start) -> str | None:
@@ -94,7 +103,8 @@ async def run_call(state: AppState, call_id: str, runner: CallRunner) -> None:
     try:
         await runner.run()
     finally:
-        state.registry.forget(call_id)
+        if state.registry.live.get(call_id) is runner:
+            state.registry.forget(call_id)
 
 
 async def inbound_stream(request: web.Request) -> web.StreamResponse:
@@ -123,7 +133,12 @@ async def _serve_stream(request: web.Request, direction: Direction) -> web.Strea
         decode_text=False,
     )
     await ws.prepare(request)
-    runner = start_call(state, call_id, direction, AiohttpTwilioSocket(ws, request.transport), log)
+    twilio_socket = AiohttpTwilioSocket(ws, request.transport)
+    try:
+        runner = start_call(state, call_id, direction, twilio_socket, log)
+    except StreamRefused:
+        await twilio_socket.close(aiohttp.WSCloseCode.POLICY_VIOLATION)
+        return ws
     await run_call(state, call_id, runner)
     return ws
 

@@ -113,12 +113,13 @@ class MediaStreamListener:
         self, call_id: str, direction: Direction, sock: PicowsTwilioSocket, log: EventLogger
     ) -> None:
         calls = self._calls
-        if calls is None or call_id in self._state.registry.live:
-            # Two upgrades for one call raced past the check, or we are stopping.
-            log.warning("stream.refused", reason="a stream for this call is already live")
+        try:
+            if calls is None:
+                raise StreamRefused(503, "shutting down")
+            runner = start_call(self._state, call_id, direction, sock, log)
+        except StreamRefused:
             sock.abort(WSCloseCode.POLICY_VIOLATION)
             return
-        runner = start_call(self._state, call_id, direction, sock, log)
         calls.create_task(self._run(call_id, runner))
 
     async def _run(self, call_id: str, runner: CallRunner) -> None:

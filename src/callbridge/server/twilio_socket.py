@@ -17,14 +17,12 @@ import aiohttp
 from aiohttp import web
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
+from callbridge.agent.connection import MAX_UNSENT_BYTES  # the same rule for Twilio
+from callbridge.aiohttp_sockets import describe_error, send_text_bounded
 from callbridge.bridge.inputs import TwilioProtocolError
-from callbridge.eager_send import send_text_bounded
 from callbridge.picows_sockets import FragmentedMessages, MessageTooBig, close_politely
 from callbridge.twilio import media_stream as twilio
 
-# Twilio that stops reading while we send: past this much unsent audio (about a minute and
-# a half) the stream is cut rather than buffered without end.
-MAX_UNSENT_BYTES = 1024 * 1024
 _TEXT = WSMsgType.TEXT
 _AIOHTTP_TEXT = aiohttp.WSMsgType.TEXT
 _AIOHTTP_ENDS = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
@@ -61,9 +59,9 @@ class AiohttpTwilioSocket:
         if self.closed:
             return
         unsent = send_text_bounded(self._ws, frame, self._transport, MAX_UNSENT_BYTES)
-        if unsent and self._transport is not None:
+        if unsent:
             self._gave_up = _stalled(unsent)
-            self._transport.abort()
+            self._transport.abort()  # type: ignore[union-attr]  # not None: it reported
 
     async def serve(self, on_text: TextHandler, on_event: EventHandler) -> None:
         ws = self._ws
@@ -79,7 +77,7 @@ class AiohttpTwilioSocket:
             elif kind is aiohttp.WSMsgType.BINARY:
                 on_event(twilio.InvalidFrame("binary frame"))
             elif kind is aiohttp.WSMsgType.ERROR:
-                on_event(TwilioProtocolError(_describe_aiohttp_error(ws.exception())))
+                on_event(TwilioProtocolError(describe_error(msg)))
         if self._gave_up:
             on_event(TwilioProtocolError(self._gave_up))
 
@@ -101,6 +99,7 @@ class PicowsTwilioSocket(WSListener):
         self._failure: BaseException | None = None
         self._gave_up = ""
         self._paused = False  # the transport's buffer is past its high-water mark
+        self._stopped = False  # we ended it: frames still in the read buffer are ignored
 
     @property
     def closed(self) -> bool:
@@ -117,6 +116,7 @@ class PicowsTwilioSocket(WSListener):
         unsent = transport.underlying_transport.get_write_buffer_size()
         if unsent > MAX_UNSENT_BYTES:
             self._gave_up = _stalled(unsent)
+            self._stopped = True
             transport.disconnect(graceful=False)
 
     async def serve(self, on_text: TextHandler, on_event: EventHandler) -> None:
@@ -149,12 +149,11 @@ class PicowsTwilioSocket(WSListener):
         self._paused = False
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if self._stopped:
+            return  # picows delivers the rest of a read even after we disconnect
         kind = frame.msg_type
         if kind is _TEXT and frame.fin:
-            if self._on_text is None:
-                self._early.append(frame.get_payload_as_bytes())
-            else:
-                self._text(frame.get_payload_as_memoryview())
+            self._text(frame.get_payload_as_memoryview())
         elif kind is WSMsgType.CLOSE:
             transport.send_close(frame.get_close_code())
             transport.disconnect()
@@ -195,11 +194,13 @@ class PicowsTwilioSocket(WSListener):
     def _fail(self, exc: Exception) -> None:
         if self._failure is None:
             self._failure = exc
+        self._stopped = True
         if self._transport is not None:
             self._transport.disconnect(graceful=False)
 
     def abort(self, code: WSCloseCode) -> None:
         """Close at once (a close frame, then the connection), from any callback."""
+        self._stopped = True
         if self._transport is not None and not self._transport.is_disconnected:
             self._transport.send_close(code)
             self._transport.disconnect()
@@ -207,9 +208,3 @@ class PicowsTwilioSocket(WSListener):
 
 def _stalled(unsent: int) -> str:
     return f"Twilio stopped reading ({unsent} bytes unsent)"
-
-
-def _describe_aiohttp_error(exc: BaseException | None) -> str:
-    if isinstance(exc, aiohttp.WebSocketError) and exc.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
-        return "frame larger than the size limit"
-    return f"{type(exc).__name__}: {exc}" if exc else "websocket error"

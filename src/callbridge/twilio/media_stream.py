@@ -39,16 +39,13 @@ class Start(_Inbound, tag="start"):
 
 
 class MediaInfo(msgspec.Struct, gc=False):
+    # track, chunk and timestamp are not used: left undecoded, per frame.
     payload: str
-    track: str = "inbound"
-    chunk: str | None = None
-    timestamp: str | None = None
 
 
 class Media(_Inbound, tag="media"):
     media: MediaInfo
     stream_sid: str | None = None
-    sequence_number: str | None = None
 
 
 class MarkInfo(msgspec.Struct, gc=False):
@@ -120,13 +117,13 @@ def _explain(frame: str | bytes | memoryview, exc: msgspec.DecodeError) -> str:
     return f"malformed {event} frame: {exc}"
 
 
-def is_valid_payload(payload: str) -> bool:
-    """Cheap check that a media payload is base64 (the bridge forwards it undecoded)."""
+def audio_length(payload: str) -> int:
+    """Bytes of audio in a base64 media payload; 0 if it is empty or not base64. The one
+    check per frame each way (the bridge forwards payloads undecoded)."""
     try:
-        binascii.a2b_base64(payload, strict_mode=True)
+        return len(binascii.a2b_base64(payload, strict_mode=True))
     except (binascii.Error, ValueError):
-        return False
-    return bool(payload)
+        return 0
 
 
 # --- what we send -------------------------------------------------------------------
