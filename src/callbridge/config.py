@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     twilio_api_base_url: str | None = None
     agent_voice: str | None = None
     callbridge_bot: str = "callbridge.bot:bot"
-    database_url: str = "sqlite:///callbridge.db"  # reserved for call records
+    database_url: str = "sqlite:///callbridge.db"  # call records
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
     callbridge_max_message_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
