@@ -15,8 +15,9 @@ import base64
 import binascii
 import datetime
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from sqlalchemy import (
@@ -377,67 +378,11 @@ async def get_call(conn: AsyncConnection, key: str) -> CallDetail | None:
                     duration_seconds=s["duration_seconds"],
                 )
             )
-    sessions = [
-        AgentSession(
-            seq=s["seq"],
-            session_id=s["session_id"],
-            at=s["at"],
-            offset_seconds=offset(s["at"]),
-            resumed=s["resumed"],
-        )
-        for s in await _entries(conn, agent_sessions, call_id)
-    ]
-    transcript = [
-        TranscriptItem(
-            seq=t["seq"],
-            at=t["at"],
-            offset_seconds=offset(t["at"]),
-            role=t["role"],
-            text=t["text"],
-            reply_id=t["reply_id"],
-            interrupted=t["interrupted"],
-            generated_seconds=t["generated_seconds"],
-            heard_seconds=t["heard_seconds"],
-        )
-        for t in await _entries(conn, transcript_entries, call_id)
-    ]
-    tools = [
-        ToolCallItem(
-            seq=t["seq"],
-            at=t["at"],
-            offset_seconds=offset(t["at"]),
-            tool_call_id=t["tool_call_id"],
-            name=t["name"],
-            arguments=t["arguments"],
-            result=t["result"],
-            is_error=t["is_error"],
-            duration_ms=t["duration_ms"],
-            discarded=t["discarded"],
-        )
-        for t in await _entries(conn, tool_calls, call_id)
-    ]
-    latencies = [
-        TurnLatencyItem(
-            seq=t["seq"],
-            at=t["at"],
-            offset_seconds=offset(t["at"]),
-            reply_id=t["reply_id"],
-            to_first_audio_sent_ms=t["to_first_audio_sent_ms"],
-            to_first_audio_played_ms=t["to_first_audio_played_ms"],
-        )
-        for t in await _entries(conn, turn_latencies, call_id)
-    ]
-    errors = [
-        ErrorItem(
-            seq=e["seq"],
-            at=e["at"],
-            offset_seconds=offset(e["at"]),
-            source=e["source"],
-            code=e["code"],
-            message=e["message"],
-        )
-        for e in await _entries(conn, call_errors, call_id)
-    ]
+    sessions = await _items(conn, agent_sessions, AgentSession, call_id, offset)
+    transcript = await _items(conn, transcript_entries, TranscriptItem, call_id, offset)
+    tools = await _items(conn, tool_calls, ToolCallItem, call_id, offset)
+    latencies = await _items(conn, turn_latencies, TurnLatencyItem, call_id, offset)
+    errors = await _items(conn, call_errors, ErrorItem, call_id, offset)
     resumed_sessions = sum(1 for s in sessions if s.resumed)
     return CallDetail(
         **{f: getattr(summary, f) for f in CallSummary.__struct_fields__},
@@ -461,6 +406,25 @@ async def get_call(conn: AsyncConnection, key: str) -> CallDetail | None:
 
 async def _rows(conn: AsyncConnection, stmt: Any) -> list[Any]:
     return [row._mapping for row in (await conn.execute(stmt)).all()]
+
+
+_Item = TypeVar("_Item", bound=msgspec.Struct)
+
+
+async def _items(
+    conn: AsyncConnection,
+    table: Any,
+    item: type[_Item],
+    call_id: str,
+    offset: Callable[[datetime.datetime], float],
+) -> list[_Item]:
+    """One list of a call's detail: each row as `item`, whose fields are the table's
+    columns, plus how far into the call it happened."""
+    fields = [f for f in item.__struct_fields__ if f != "offset_seconds"]
+    return [
+        item(**{f: row[f] for f in fields}, offset_seconds=offset(row["at"]))
+        for row in await _entries(conn, table, call_id)
+    ]
 
 
 async def _entries(conn: AsyncConnection, table: Any, call_id: str) -> list[Any]:
