@@ -150,9 +150,18 @@ def list_calls(
 
 
 def render_list(found: list[CallSummary]) -> str:
-    header = ["STARTED (UTC)", "CALL", "CALL SID", "DIR", "FROM", "TO", "STATUS", "LENGTH"]
-    header.append("ENDED BY")
-    rows: list[tuple[str, ...]] = [tuple(header)]
+    header = (
+        "STARTED (UTC)",
+        "CALL",
+        "CALL SID",
+        "DIR",
+        "FROM",
+        "TO",
+        "STATUS",
+        "LENGTH",
+        "ENDED BY",
+    )
+    rows: list[tuple[str, ...]] = [header]
     for call in found:
         rows.append(
             (

@@ -81,10 +81,6 @@ def encode(entries: Sequence[RecordEntry]) -> bytes:
     return _encoder.encode_lines([_Line(type(e).__name__, e) for e in entries])
 
 
-def encode_one(entry: RecordEntry) -> bytes:
-    return _encoder.encode_lines([_Line(type(entry).__name__, entry)])
-
-
 def decode(line: bytes) -> RecordEntry | None:
     """One spool line (without its newline) as an entry; None if it is not a valid one."""
     try:

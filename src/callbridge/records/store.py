@@ -483,7 +483,7 @@ class CallStore:
             kept, lines = [], []
             for entry in entries:
                 try:
-                    lines.append(spool.encode_one(entry))
+                    lines.append(spool.encode([entry]))
                 except Exception as exc:
                     self._reject_log(entry, exc)
                     continue
@@ -691,7 +691,7 @@ class CallStore:
     async def _reject(self, entry: RecordEntry, exc: Exception) -> None:
         self._reject_log(entry, exc)
         with contextlib.suppress(Exception):
-            line = spool.encode_one(entry)
+            line = spool.encode([entry])
             await self._in_thread(_append_file, self._rejected_path, line)
 
     def _reject_log(self, entry: RecordEntry, exc: Exception) -> None:
