@@ -73,6 +73,13 @@ def twilio_transport(request: pytest.FixtureRequest) -> str | None:
     return getattr(request, "param", None)
 
 
+# Runs a test (or a module, as pytestmark) under both stream servers: the main port and
+# the picows listener. The `twilio_transport` fixture reads the value from request.param.
+BOTH_STREAM_SERVERS = pytest.mark.parametrize(
+    "twilio_transport", ["aiohttp", "picows"], indirect=True
+)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -15,13 +15,9 @@ import aiohttp
 import pytest
 from twilio.request_validator import RequestValidator
 
+from tests.conftest import free_port
+
 CALLBRIDGE = [sys.executable, "-m", "callbridge.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:

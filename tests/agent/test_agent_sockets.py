@@ -28,6 +28,7 @@ from callbridge.agent.connection import (
     AgentTransport,
     agent_dialer,
 )
+from tests.socket_helpers import flood_until_closed, one_route_server
 
 READY = b'{"type":"session.ready","session_id":"sess_1"}'
 
@@ -167,11 +168,8 @@ async def test_a_peer_that_stops_reading_is_given_up_on(
     peer.transport.underlying_transport.pause_reading()
     serving = asyncio.create_task(sock.serve(Collected()))
     frame = b'{"type":"input.audio","audio":"' + b"A" * 8000 + b'"}'
-    for _ in range(32 * MAX_UNSENT_BYTES // len(frame)):  # well past the kernel's buffers
-        sock.send(frame)  # never raises, never blocks
-        if sock.closed:
-            break
-        await asyncio.sleep(0)  # let the kernel buffers fill as they would over time
+    # Well past the kernel's buffers:
+    await flood_until_closed(sock.send, lambda: sock.closed, frame, 32 * MAX_UNSENT_BYTES)
     assert sock.closed
     _, reason = await asyncio.wait_for(serving, 5)
     assert "stopped reading" in reason
@@ -208,17 +206,7 @@ async def test_an_upgrade_refusal_names_the_status() -> None:
     async def refuse(request: web.Request) -> web.Response:
         return web.Response(status=401, text="no")
 
-    app = web.Application()
-    app.router.add_get("/v1/ws", refuse)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with aiohttp.ClientSession() as http:
-            for transport in ("picows", "aiohttp"):
-                with pytest.raises(AgentConnectError, match="HTTP 401"):
-                    await agent_dialer(transport, f"ws://127.0.0.1:{port}/v1/ws", "k", http)()
-    finally:
-        await runner.cleanup()
+    async with one_route_server("/v1/ws", refuse) as url, aiohttp.ClientSession() as http:
+        for transport in ("picows", "aiohttp"):
+            with pytest.raises(AgentConnectError, match="HTTP 401"):
+                await agent_dialer(transport, url, "k", http)()

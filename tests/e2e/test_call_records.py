@@ -19,9 +19,15 @@ from callbridge.server.state import APP_STATE
 from callbridge.testing.audio import silence, tone
 from callbridge.testing.fake_agent import FakeVoiceAgent, ScriptedTurn
 from callbridge.testing.twilio_simulator import TwilioSimulator
-from tests.conftest import API_TOKEN, AUTH_TOKEN, PUBLIC_URL, RunningServer, ServerFactory
+from tests.conftest import (
+    API_TOKEN,
+    AUTH_TOKEN,
+    PUBLIC_URL,
+    RunningServer,
+    ServerFactory,
+    free_port,
+)
 from tests.server_process import serve_env, start_serve
-from tests.test_cli import free_port
 
 GREETING = "Hello, records test."
 BOT = Bot(system_prompt="x", greeting=GREETING, tools=(generate_random_number,))

@@ -9,20 +9,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
-import pytest
 
 from callbridge.bot import bot
 from callbridge.testing.audio import FRAME_BYTES
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import TwilioSimulator
-from tests.conftest import RunningServer
+from tests.conftest import BOTH_STREAM_SERVERS, RunningServer
 from tests.raw_twilio import STREAM_SID, announce, connect_stream, media_frame, start_frame
 
-
-@pytest.fixture(params=["aiohttp", "picows"])
-def twilio_transport(request: pytest.FixtureRequest) -> str:
-    """Each test runs with streams on the main port and on the picows stream listener."""
-    return str(request.param)
+# Each test runs with streams on the main port and on the picows stream listener.
+pytestmark = BOTH_STREAM_SERVERS
 
 
 SILENT_PAYLOAD = "//////////8="  # 8 bytes of μ-law silence

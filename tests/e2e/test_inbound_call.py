@@ -15,13 +15,13 @@ from callbridge.testing.audio import FRAME_BYTES, silence, tone
 from callbridge.testing.fake_agent import FakeVoiceAgent, ScriptedTurn
 from callbridge.testing.twilio_simulator import TwilioSimulator
 from callbridge.tools import ToolError, tool
-from tests.conftest import AUTH_TOKEN, PUBLIC_URL, RunningServer, ServerFactory
-
-# The audio paths, under both stream servers: the main port and the picows listener.
-BOTH_STREAM_SERVERS = pytest.mark.parametrize(
-    "twilio_transport", ["aiohttp", "picows"], indirect=True
+from tests.conftest import (
+    AUTH_TOKEN,
+    BOTH_STREAM_SERVERS,
+    PUBLIC_URL,
+    RunningServer,
+    ServerFactory,
 )
-
 
 GREETING = "Hello there."
 

@@ -15,10 +15,12 @@ import pytest
 
 from callbridge.server.state import APP_STATE
 from callbridge.testing.fake_agent import FakeVoiceAgent
-from tests.conftest import RunningServer
+from tests.conftest import BOTH_STREAM_SERVERS, RunningServer
 from tests.raw_twilio import announce, connect_stream, start_frame
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+# Streams on the main port, and on the picows stream listener (fewer calls: the main port's
+# run already covers the bridge; this one covers the listener and its sockets).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180), BOTH_STREAM_SERVERS]
 CALLS = 1000
 AT_ONCE = 50
 
@@ -32,13 +34,6 @@ OWN_KINDS = (
     "PicowsTwilioSocket",
     "PicowsAgentSocket",
 )
-
-
-@pytest.fixture(params=["aiohttp", "picows"])
-def twilio_transport(request: pytest.FixtureRequest) -> str:
-    """Streams on the main port, and on the picows stream listener (fewer calls: the main
-    port's run already covers the bridge; this one covers the listener and its sockets)."""
-    return str(request.param)
 
 
 def census() -> Counter[str]:

@@ -20,8 +20,10 @@ from tests.tcp_proxy import BlackHoleProxy
 LONG_GREETING = "Thanks for calling the resilience test line, this greeting is long on purpose."
 
 
-# The server runs in the test's own event loop; each test that waits sets a fresh event.
+# The server runs in the test's own event loop; each test that waits sets fresh events:
+# the tool says it has started, then answers only once the test releases it.
 LOOKUP_STARTED: list[asyncio.Event] = []
+LOOKUP_RELEASED: list[asyncio.Event] = []
 
 
 @tool
@@ -29,7 +31,8 @@ async def slow_lookup(order: str) -> str:
     """Look an order up, slowly."""
     for started in LOOKUP_STARTED:
         started.set()
-    await asyncio.sleep(0.8)
+    for released in LOOKUP_RELEASED:
+        await released.wait()
     return f"order {order} shipped"
 
 
@@ -106,15 +109,31 @@ async def test_drop_during_a_tool_call_delivers_the_result_after_resume(
     session = await fake_agent.wait_for_session()
     await session.wait_sent("reply.done")
     LOOKUP_STARTED[:] = [started := asyncio.Event()]
-    call_id = await session.call_tool("slow_lookup", {"order": "42"})
-    await asyncio.wait_for(started.wait(), 5)
-    await session.abort()  # while the tool is still running
-    await session.wait_for("session.resume", timeout=10)
-    result = await session.wait_for(
-        lambda m: m["type"] == "tool.result" and m["call_id"] == call_id, timeout=10
-    )
+    LOOKUP_RELEASED[:] = [released := asyncio.Event()]
+    try:
+        call_id = await session.call_tool("slow_lookup", {"order": "42"})
+        await asyncio.wait_for(started.wait(), 5)
+        seen = {id(frame) for frame in call.received}
+        await session.abort()  # while the tool is still running
+        # Once the bridge has noticed the drop (it clears Twilio's buffer as it starts to
+        # reconnect, then backs off before resuming), the result is ready while it is away.
+        await call.wait_received(lambda f: f.get("event") == "clear" and id(f) not in seen)
+        released.set()
+        resume = await session.wait_for("session.resume", timeout=10)
+        result = await session.wait_for(
+            lambda m: m["type"] == "tool.result" and m["call_id"] == call_id, timeout=10
+        )
+    finally:
+        released.set()
+        LOOKUP_STARTED.clear()
+        LOOKUP_RELEASED.clear()
     assert result["result"] == '"order 42 shipped"'
     assert result["is_error"] is False
+    # The resumed session is the same FakeSession: the result was held while the bridge was
+    # away and went out on the resumed socket, after its session.resume.
+    order = [m["type"] for m in session.received if m["type"] != "input.audio"]
+    at = {id(m): i for i, m in enumerate(session.received)}
+    assert at[id(resume)] < at[id(result)], order
     await call.hangup()
 
 

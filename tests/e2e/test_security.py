@@ -16,7 +16,13 @@ from callbridge.server.state import APP_STATE
 from callbridge.testing.audio import FRAME_BYTES
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import TwilioSimulator
-from tests.conftest import AUTH_TOKEN, PUBLIC_URL, RunningServer, ServerFactory
+from tests.conftest import (
+    AUTH_TOKEN,
+    BOTH_STREAM_SERVERS,
+    PUBLIC_URL,
+    RunningServer,
+    ServerFactory,
+)
 from tests.e2e.test_inbound_call import frame_indices, indexed_frames
 from tests.raw_twilio import (
     CALL_SID,
@@ -27,11 +33,8 @@ from tests.raw_twilio import (
     start_frame,
 )
 
-
-@pytest.fixture(params=["aiohttp", "picows"])
-def twilio_transport(request: pytest.FixtureRequest) -> str:
-    """Each test runs with streams on the main port and on the picows stream listener."""
-    return str(request.param)
+# Each test runs with streams on the main port and on the picows stream listener.
+pytestmark = BOTH_STREAM_SERVERS
 
 
 WEBHOOKS = ["/twiml", "/outbound-twiml", "/call-status"]

@@ -12,9 +12,8 @@ import pytest
 
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import TwilioSimulator
-from tests.conftest import AUTH_TOKEN, PUBLIC_URL
+from tests.conftest import AUTH_TOKEN, PUBLIC_URL, free_port
 from tests.server_process import serve_env, start_serve
-from tests.test_cli import free_port
 
 pytestmark = pytest.mark.slow
 CALLS = 20
@@ -40,12 +39,14 @@ async def served(
 
 async def until_unready(url: str) -> None:
     """Signals are handled asynchronously: poll /readyz until it says 503 (bounded)."""
+    deadline = asyncio.get_running_loop().time() + 10
     async with aiohttp.ClientSession() as http:
-        for _ in range(200):
+        while asyncio.get_running_loop().time() < deadline:
             async with http.get(f"{url}/readyz") as response:
                 if response.status == 503:
                     assert "shutting down" in (await response.json())["reasons"]
                     return
+            await asyncio.sleep(0.02)
     pytest.fail("/readyz never turned 503 after SIGTERM")
 
 

@@ -20,6 +20,7 @@ from callbridge.server.twilio_socket import (
     TwilioSocket,
 )
 from callbridge.twilio import media_stream as twilio
+from tests.socket_helpers import flood_until_closed, one_route_server
 
 
 @dataclass
@@ -29,17 +30,14 @@ class Served:
     socket: TwilioSocket
     texts: list[bytes] = field(default_factory=list)
     events: list[object] = field(default_factory=list)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def on_text(self, data: bytes | str | memoryview) -> bool:
         self.texts.append(data.encode() if isinstance(data, str) else bytes(data))
-        self.arrived.set()
         return data != b"stop" and data != "stop"
 
     def on_event(self, event: object) -> None:
         self.events.append(event)
-        self.arrived.set()
 
     async def serve(self) -> None:
         # As the call runner does: a stream that stopped being read is closed with 1008.
@@ -67,14 +65,8 @@ async def stream_server(
             await served.serve()
             return ws
 
-        app = web.Application()
-        app.router.add_get("/media-stream/x", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        yield f"ws://127.0.0.1:{runner.addresses[0][1]}/media-stream/x", accepted
-        await runner.cleanup()
+        async with one_route_server("/media-stream/x", handler) as url:
+            yield url, accepted
     else:
 
         def started(sock: PicowsTwilioSocket) -> None:
@@ -103,11 +95,9 @@ async def test_a_twilio_that_stops_reading_is_cut_off(
         assert transport is not None
         transport.pause_reading()  # Twilio, stuck
         frame = b'{"event":"media","media":{"payload":"' + b"A" * 8000 + b'"}}'
-        for _ in range(64 * MAX_UNSENT_BYTES // len(frame)):  # well past the kernel's buffers
-            served.socket.send(frame)  # never raises, never blocks
-            if served.socket.closed:
-                break
-            await asyncio.sleep(0)
+        socket = served.socket
+        # Well past the kernel's buffers:
+        await flood_until_closed(socket.send, lambda: socket.closed, frame, 64 * MAX_UNSENT_BYTES)
         assert served.socket.closed
         await asyncio.wait_for(served.done.wait(), 5)
         reasons = [e.reason for e in served.events if isinstance(e, TwilioProtocolError)]

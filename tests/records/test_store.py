@@ -8,6 +8,7 @@ import dataclasses
 import datetime
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -348,6 +349,20 @@ async def test_a_stub_from_early_callbacks_becomes_the_call_when_it_streams(
     assert detail.answered_at == datetime.datetime.fromtimestamp(T0, datetime.UTC)
 
 
+async def test_an_odd_character_in_a_callers_number_does_not_lose_the_call(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store()
+    await store.start()
+    # PostgreSQL refuses NUL; the From header is the caller's to fill.
+    store.submit(CallOpened("odd", 0, T0, "inbound", call_sid=SID, from_number="+1555\x00123"))
+    await store.flush()
+    detail = await store.get_call("odd")
+    assert detail is not None and detail.call_sid == SID
+    assert detail.from_number == "+1555\ufffd123"
+    assert store.stats().rejected == 0
+
+
 async def test_status_without_callbacks_follows_the_record(make_store: StoreFactory) -> None:
     store = make_store()
     await store.start()
@@ -649,6 +664,16 @@ def test_from_settings() -> None:
         CallStore.from_settings(settings.model_copy(update={"database_url": "mysql://db/x"}))
 
 
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll (bounded) until `condition` holds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("timed out waiting for the store")
+
+
 async def test_entries_are_gathered_into_few_spool_writes_and_transactions(
     make_store: StoreFactory, backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -676,18 +701,21 @@ async def test_entries_are_gathered_into_few_spool_writes_and_transactions(
         for entry in entries:
             store.submit(entry)
             await asyncio.sleep(0)
-    await asyncio.sleep(0.6)  # the window passes: one write, then the first commit at once
-    assert len(spool_writes) == 1 and store.stats().durable == 3 * len(calls[0])
-    assert transactions == [3 * len(calls[0])]
+    total = 3 * len(calls[0])
+    # The window passes: one write, then the first commit at once.
+    await until(lambda: bool(spool_writes) and store.stats().committed == total)
+    assert len(spool_writes) == 1 and store.stats().durable == total
+    assert transactions == [total]
 
     for entry in full_call("call-3", "CA" + "3" * 32):
         store.submit(entry)
-    await asyncio.sleep(0.6)
+    await until(lambda: len(spool_writes) >= 2 and store.stats().durable == total + len(calls[0]))
     assert len(spool_writes) == 2, "spooled after the window"
     assert len(transactions) == 1, "not committed before the commit interval"
+    assert store.stats().committed == total
     async with asyncio.timeout(2):
         await store.flush()  # does not wait out the interval
-    assert transactions == [3 * len(calls[0]), len(calls[0])]
+    assert transactions == [total, len(calls[0])]
     assert await backend.count("callbridge_calls") == 4
     assert await backend.count("callbridge_calls", "twilio_status = 'completed'") == 4
 
