@@ -84,6 +84,17 @@ async def _wait_for_server(port: int, proc: psutil.Process, deadline: float) -> 
             await asyncio.sleep(0.05)
 
 
+_RSS_TRACE_SECONDS = 30.0
+
+
+def _second_half_growth(trace: list[tuple[float, int]], rss_end: int) -> int | None:
+    if len(trace) < 3:
+        return None
+    middle = trace[-1][0] / 2
+    at_middle = next(rss for t, rss in trace if t >= middle)
+    return rss_end - at_middle
+
+
 def _cpu_seconds(proc: psutil.Process) -> tuple[float, float]:
     """(user, system) CPU seconds of a process, all its threads."""
     t = proc.cpu_times()
@@ -208,9 +219,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     h.recording = True
     started = time.monotonic()
     rss_max = 0
+    rss_trace: list[tuple[float, int]] = []  # (seconds into the window, RSS): a soak's record
     while (left := args.duration - (time.monotonic() - started)) > 0:
         await asyncio.sleep(min(1.0, left))
-        rss_max = max(rss_max, server_proc.memory_info().rss)
+        rss = server_proc.memory_info().rss
+        rss_max = max(rss_max, rss)
+        elapsed = time.monotonic() - started
+        if not rss_trace or elapsed - rss_trace[-1][0] >= _RSS_TRACE_SECONDS:
+            rss_trace.append((round(elapsed, 1), rss))
     h.recording = False
     window = time.monotonic() - started
     cpu1 = _cpu_seconds(server_proc)
@@ -314,6 +330,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_rss_idle_bytes": rss_idle,
         "server_rss_bytes": rss_at_n,
         "server_rss_max_bytes": max(rss_max, rss_at_n),
+        "server_rss_trace": rss_trace,
+        # Growth over the window's second half, when the caches have had time to fill.
+        "server_rss_growth_second_half_bytes": _second_half_growth(rss_trace, rss_at_n),
         # Clamped: at a tiny N, allocator noise can make the difference negative.
         "server_rss_per_call_kb": max(0, rss_at_n - rss_idle) / args.calls / 1024,
         "harness_cpu_percent": 100.0 * harness_cpu / window,
@@ -330,7 +349,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.harness", description=__doc__)
     p.add_argument(
         "--target",
-        choices=("callbridge", "callbridge-picows", "callbridge-aiohttp", "aiohttp", "picows"),
+        choices=(
+            "callbridge",
+            "callbridge-aiohttp-streams",
+            "callbridge-aiohttp",
+            "aiohttp",
+            "picows",
+        ),
         required=True,
     )
     p.add_argument("--server-port", type=int, required=True)

@@ -7,8 +7,8 @@ import math
 from typing import Any
 
 P99_TARGET_MS = 20.0
-# The real server: streams on aiohttp (default) or picows; agent socket on aiohttp.
-OURS = ("callbridge", "callbridge-picows", "callbridge-aiohttp")
+# The real server: streams on picows (default) or aiohttp; agent socket on picows or aiohttp.
+OURS = ("callbridge", "callbridge-aiohttp-streams", "callbridge-aiohttp")
 HARNESS_CPU_LIMIT = 80.0  # percent of core 1 used by the harness process
 CORE_NOISE_LIMIT = 10.0  # percent of a core used by processes other than ours
 

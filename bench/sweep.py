@@ -32,9 +32,10 @@ from bench import report
 from bench.machine import machine_facts
 
 REPO = Path(__file__).resolve().parent.parent
-TARGETS = ("callbridge", "callbridge-picows", "aiohttp", "picows")
-# Not in the default sweep: callbridge with the agent socket on aiohttp too (--servers).
-EXTRA_TARGETS = ("callbridge-aiohttp",)
+TARGETS = ("callbridge", "aiohttp", "picows")
+# Not in the default sweep (--servers): callbridge with Media Streams on aiohttp (the default
+# before one port served them from picows), and with aiohttp both ways.
+EXTRA_TARGETS = ("callbridge-aiohttp-streams", "callbridge-aiohttp")
 DEFAULT_CALLS = (50, 100, 200, 300, 400, 600)
 AUTH_TOKEN = "bench-auth-token-0123456789abcdef"
 PUBLIC_URL = "https://bench.callbridge.invalid"  # never resolved: only signed over
@@ -102,9 +103,9 @@ def _server_env(
         CALLBRIDGE_SPOOL_PATH=str(workdir / "spool.jsonl"),
         DRAIN_SECONDS="5",  # every call is hung up before the stop: nothing to drain
     )
-    if target == "callbridge-picows":  # Media Streams on the picows listener, its own port
-        env["CALLBRIDGE_MEDIA_STREAM_PORT"] = str(_free_port())
-    if target == "callbridge-aiohttp":  # aiohttp both ways (the agent socket's alternative)
+    if target in ("callbridge-aiohttp-streams", "callbridge-aiohttp"):
+        env["CALLBRIDGE_MEDIA_STREAM_TRANSPORT"] = "aiohttp"
+    if target == "callbridge-aiohttp":  # aiohttp both ways
         env["CALLBRIDGE_AGENT_TRANSPORT"] = "aiohttp"
     return env
 
@@ -336,7 +337,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--servers",
         type=lambda s: [t for t in s.split(",") if t],
         default=list(TARGETS),
-        help="which servers to run (default callbridge,callbridge-picows,aiohttp,picows)",
+        help="which servers to run (default callbridge,aiohttp,picows)",
     )
     p.add_argument(
         "--quick",

@@ -15,6 +15,7 @@ from callbridge.app import build_app
 from callbridge.bot import Bot
 from callbridge.bot import bot as default_bot
 from callbridge.config import Settings
+from callbridge.server.shared_port import main_port_site
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import DEFAULT_ACCOUNT_SID, TwilioSimulator
 
@@ -67,14 +68,14 @@ def agent_transport(request: pytest.FixtureRequest) -> str | None:
 
 @pytest.fixture
 def twilio_transport(request: pytest.FixtureRequest) -> str | None:
-    """Where Media Streams are served: None or "aiohttp" is the main port, "picows" the
-    listener on a port of its own. Modules override this fixture, or tests parametrize it
-    (indirect=True), to run under both."""
+    """Which library serves Media Streams on the main port (None: the default, picows).
+    Modules override this fixture, or tests parametrize it (indirect=True), to run under
+    both."""
     return getattr(request, "param", None)
 
 
-# Runs a test (or a module, as pytestmark) under both stream servers: the main port and
-# the picows listener. The `twilio_transport` fixture reads the value from request.param.
+# Runs a test (or a module, as pytestmark) under both stream servers, aiohttp and picows.
+# The `twilio_transport` fixture reads the value from request.param.
 BOTH_STREAM_SERVERS = pytest.mark.parametrize(
     "twilio_transport", ["aiohttp", "picows"], indirect=True
 )
@@ -98,8 +99,8 @@ async def start_server(
     async def start(bot: Bot = default_bot, **overrides: Any) -> RunningServer:
         if agent_transport is not None:
             overrides.setdefault("callbridge_agent_transport", agent_transport)
-        if twilio_transport == "picows":
-            overrides.setdefault("callbridge_media_stream_port", free_port())
+        if twilio_transport is not None:
+            overrides.setdefault("callbridge_media_stream_transport", twilio_transport)
         # Each server keeps its call records in a fresh SQLite file of its own.
         folder = tmp_path_factory.mktemp("records")
         overrides.setdefault("database_url", f"sqlite:///{folder}/calls.db")
@@ -109,10 +110,10 @@ async def start_server(
         app = build_app(settings, bot)
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = main_port_site(runner, "127.0.0.1", 0)
         await site.start()
         runners.append(runner)
-        port = runner.addresses[0][1]
+        port = site.port
         return RunningServer(url=f"http://127.0.0.1:{port}", app=app, settings=settings)
 
     yield start

@@ -18,6 +18,12 @@ STREAM_SID = "MZ" + "ab" * 16
 validator = RequestValidator(AUTH_TOKEN)
 
 
+def twilio_session() -> aiohttp.ClientSession:
+    """An HTTP client that, like Twilio, opens a new connection for each request and stream:
+    the main port routes each connection once, by its first request."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+
+
 def sign(url: str, params: dict[str, str]) -> str:
     return validator.compute_signature(url, params)
 
@@ -62,11 +68,8 @@ async def connect_stream(
 
 
 def local_stream_url(server: RunningServer, call: Announced) -> str:
-    """Where the stream really is: the server, or its own stream port when it has one."""
-    port = urlsplit(call.wss_url).port
-    local = urlsplit(server.url)
-    netloc = f"{local.hostname}:{port}" if port is not None else local.netloc
-    return f"ws://{netloc}{call.stream_path}"
+    """Where the stream really is: the TwiML's path on the server's real address."""
+    return f"ws://{urlsplit(server.url).netloc}{call.stream_path}"
 
 
 def start_frame(token: str | None, call_sid: str = CALL_SID, stream_sid: str = STREAM_SID) -> str:

@@ -49,8 +49,7 @@ def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProce
         ({"CALLBRIDGE_BOT": "no.such.module:bot"}, "CALLBRIDGE_BOT"),
         ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
         ({"CALLBRIDGE_AGENT_TRANSPORT": "websockets"}, "CALLBRIDGE_AGENT_TRANSPORT"),
-        ({"PORT": "3100", "CALLBRIDGE_MEDIA_STREAM_PORT": "3100"}, "CALLBRIDGE_MEDIA_STREAM_PORT"),
-        ({"CALLBRIDGE_MEDIA_STREAM_URL": "https://streams.example"}, "CALLBRIDGE_MEDIA_STREAM_URL"),
+        ({"CALLBRIDGE_MEDIA_STREAM_TRANSPORT": "ws"}, "CALLBRIDGE_MEDIA_STREAM_TRANSPORT"),
     ],
 )
 def test_invalid_configuration_exits_2_naming_the_variable(
@@ -164,17 +163,13 @@ async def test_server_without_api_key_starts_unready_and_apologises(
     assert "t" * 32 not in rest
 
 
-def test_a_taken_stream_port_stops_start_up_naming_it(tmp_path: Path) -> None:
+def test_a_taken_port_stops_start_up_naming_it(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        stream_port = taken.getsockname()[1]
-        result = run_cli(
-            tmp_path,
-            "serve",
-            HOST="127.0.0.1",
-            PORT=str(free_port()),
-            CALLBRIDGE_MEDIA_STREAM_PORT=str(stream_port),
-        )
+        port = taken.getsockname()[1]
+        result = run_cli(tmp_path, "serve", HOST="127.0.0.1", PORT=str(port))
     assert result.returncode != 0
-    assert f"CALLBRIDGE_MEDIA_STREAM_PORT {stream_port}" in result.stderr, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr, (
+        result.stderr
+    )

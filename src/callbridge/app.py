@@ -13,12 +13,10 @@ from callbridge.config import Settings
 from callbridge.records.store import CallStore
 from callbridge.server import media_stream_endpoint, records_api, webhooks
 from callbridge.server.lifecycle import end_calls_now
-from callbridge.server.media_stream_listener import MediaStreamListener
+from callbridge.server.picows_streams import PICOWS_STREAMS, PicowsStreams
 from callbridge.server.records_api import RECORDS_STORE
 from callbridge.server.state import APP_STATE, AppState
 from callbridge.server.twilio_auth import TwilioAuthenticator
-
-STREAM_LISTENER = web.AppKey("stream_listener", MediaStreamListener)
 
 # One second of μ-law per media message: Twilio accepts any size; fewer frames, same sound.
 _APOLOGY_CHUNK_BYTES = 8000
@@ -55,30 +53,28 @@ def build_app(settings: Settings, bot: Bot) -> web.Application:
     app.router.add_get("/readyz", webhooks.readyz)
     records_api.add_routes(app)
     app[RECORDS_STORE] = state.records
-    if settings.callbridge_media_stream_port is not None:
-        app[STREAM_LISTENER] = MediaStreamListener(state)
+    if settings.callbridge_media_stream_transport == "picows":
+        app[PICOWS_STREAMS] = PicowsStreams(state)  # the main port hands it stream sockets
     app.on_startup.append(_open_http_client)
     app.on_startup.append(_start_records)
-    app.on_startup.append(_start_stream_listener)
+    app.on_startup.append(_start_picows_streams)
     app.on_shutdown.append(_end_live_calls)
-    app.on_cleanup.append(_stop_stream_listener)  # waits for its calls: before what they use
+    app.on_cleanup.append(_stop_picows_streams)  # waits for its calls: before what they use
     app.on_cleanup.append(_close_http_client)
     app.on_cleanup.append(_close_records)
     return app
 
 
-async def _start_stream_listener(app: web.Application) -> None:
-    listener = app.get(STREAM_LISTENER)
-    if listener is not None:
-        settings = app[APP_STATE].settings
-        assert settings.callbridge_media_stream_port is not None
-        await listener.start(settings.host, settings.callbridge_media_stream_port)
+async def _start_picows_streams(app: web.Application) -> None:
+    streams = app.get(PICOWS_STREAMS)
+    if streams is not None:
+        await streams.start()
 
 
-async def _stop_stream_listener(app: web.Application) -> None:
-    listener = app.get(STREAM_LISTENER)
-    if listener is not None:
-        await listener.stop()
+async def _stop_picows_streams(app: web.Application) -> None:
+    streams = app.get(PICOWS_STREAMS)
+    if streams is not None:
+        await streams.stop()
 
 
 async def _start_records(app: web.Application) -> None:

@@ -57,10 +57,9 @@ class Settings(BaseSettings):
     callbridge_agent_retry_seconds: float = Field(default=10.0, ge=0, le=60)
     # The upstream socket's library: picows (default, cheapest per frame) or aiohttp.
     callbridge_agent_transport: Literal["picows", "aiohttp"] = "picows"
-    # Media Streams on a picows listener of their own (cheaper per frame, a second port).
-    callbridge_media_stream_port: int | None = Field(default=None, ge=1, le=65535)
-    # The public ws(s):// base URL of that port (default: PUBLIC_URL's host, that port).
-    callbridge_media_stream_url: str | None = None
+    # Which library serves Media Streams on the main port: picows (default, about half the
+    # CPU per frame) or aiohttp (which serves everything else either way).
+    callbridge_media_stream_transport: Literal["picows", "aiohttp"] = "picows"
 
     # Call records
     store_transcripts: bool = True
@@ -108,41 +107,12 @@ class Settings(BaseSettings):
             raise ValueError("must be an E.164 number such as +15551234567")
         return value
 
-    @field_validator("callbridge_media_stream_url")
-    @classmethod
-    def _stream_base_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("wss", "ws") or not parts.hostname or parts.query:
-            raise ValueError("must be a ws(s):// URL such as wss://streams.example.com:3001")
-        return value.rstrip("/")
-
-    def media_stream_base(self) -> str | None:
-        """The public base URL of the picows stream listener, where it can be known."""
-        if self.callbridge_media_stream_port is None:
-            return None
-        if self.callbridge_media_stream_url is not None:
-            return self.callbridge_media_stream_url
-        if self.public_url is None:
-            return None
-        parts = urlsplit(self.public_url)
-        scheme = "wss" if parts.scheme == "https" else "ws"
-        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
-        return f"{scheme}://{host}:{self.callbridge_media_stream_port}"
-
     @field_validator("agent_voice")
     @classmethod
     def _voice(cls, value: str | None) -> str | None:
         if value is not None and not _VOICE.match(value):
             raise ValueError("voice names are lower-case words such as 'alba' (case matters)")
         return value
-
-    @model_validator(mode="after")
-    def _ports_differ(self) -> Settings:
-        if self.callbridge_media_stream_port == self.port:
-            raise ValueError("CALLBRIDGE_MEDIA_STREAM_PORT must differ from PORT")
-        return self
 
     @model_validator(mode="after")
     def _public_url_from_hostname(self) -> Settings:

@@ -1,18 +1,62 @@
 """What both picows sockets (the agent's, Twilio's) share: whole messages out of fragments,
-the polite close, and one logger for picows's own lines."""
+the polite close, one logger for picows's own lines, and picows's server protocol for a
+socket we accepted ourselves."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
-from picows import WSCloseCode, WSFrame, WSMsgType, WSTransport
+from picows import WSCloseCode, WSFrame, WSMsgType, WSTransport, WSUpgradeRequest
 
 # picows logs flow control and disconnects without the call's id; our sockets report every
 # close themselves, with the id, so only picows's errors are let through.
 PICOWS_LOG = logging.getLogger("callbridge.picows")
 PICOWS_LOG.setLevel(logging.ERROR)
 _CLOSE_WAIT_SECONDS = 2.0
+_HANDSHAKE_TIMEOUT_SECONDS = 5.0  # picows's default: an upgrade request within 5 s
+
+
+def server_protocol_factory(
+    listener_factory: Callable[[WSUpgradeRequest], object],
+    *,
+    max_frame_size: int,
+    read_buffer_init_size: int,
+) -> Callable[[], asyncio.BaseProtocol]:
+    """picows's server protocol, exactly as `ws_create_server` builds it, for sockets that
+    we accept (the main port routes them; see `server/shared_port.py`).
+
+    picows has no public API for serving an accepted socket, so this repeats its
+    `ws_create_server` (2.x) call argument for argument. If a picows release changes that,
+    the factory raises TypeError when first called: `PicowsStreams.start` calls it once
+    and falls back to aiohttp for streams, and a test fails."""
+    from picows.picows import (  # type: ignore[attr-defined]  # not in picows's stubs
+        WSAutoPingStrategy,
+        WSProtocol,
+    )
+
+    def build() -> asyncio.BaseProtocol:
+        protocol: asyncio.BaseProtocol = WSProtocol(
+            None,  # host and port: client side only
+            None,  # path: client side only
+            False,  # is_client_side
+            listener_factory,
+            PICOWS_LOG,
+            True,  # disconnect_on_exception
+            _HANDSHAKE_TIMEOUT_SECONDS,
+            False,  # enable_auto_ping: Twilio's side needs none, its frames never stop
+            20.0,  # auto_ping_idle_timeout (unused)
+            20.0,  # auto_ping_reply_timeout (unused)
+            WSAutoPingStrategy.PING_WHEN_IDLE,
+            True,  # enable_auto_pong
+            max_frame_size,
+            None,  # extra_headers: client side only
+            read_buffer_init_size,
+        )
+        return protocol
+
+    return build
 
 
 async def close_politely(transport: WSTransport, code: WSCloseCode) -> None:

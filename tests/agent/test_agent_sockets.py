@@ -210,3 +210,21 @@ async def test_an_upgrade_refusal_names_the_status() -> None:
         for transport in ("picows", "aiohttp"):
             with pytest.raises(AgentConnectError, match="HTTP 401"):
                 await agent_dialer(transport, url, "k", http)()
+
+
+@pytest.mark.parametrize("transport", ["picows", "aiohttp"])
+async def test_a_peer_that_hangs_up_during_the_upgrade_is_a_connect_failure(
+    transport: AgentTransport,
+) -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the whole upgrade request, then nothing
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(AgentConnectError):
+                await agent_dialer(transport, f"ws://127.0.0.1:{port}/v1/ws", "k", http)()
+    finally:
+        server.close()

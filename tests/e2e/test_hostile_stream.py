@@ -15,9 +15,16 @@ from callbridge.testing.audio import FRAME_BYTES
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import TwilioSimulator
 from tests.conftest import BOTH_STREAM_SERVERS, RunningServer
-from tests.raw_twilio import STREAM_SID, announce, connect_stream, media_frame, start_frame
+from tests.raw_twilio import (
+    STREAM_SID,
+    announce,
+    connect_stream,
+    media_frame,
+    start_frame,
+    twilio_session,
+)
 
-# Each test runs with streams on the main port and on the picows stream listener.
+# Each test runs with streams served by aiohttp and by picows.
 pytestmark = BOTH_STREAM_SERVERS
 
 
@@ -27,7 +34,7 @@ SILENT_PAYLOAD = "//////////8="  # 8 bytes of μ-law silence
 @asynccontextmanager
 async def raw_stream(server: RunningServer) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
     """A correctly announced and signed stream; the caller still has to send `start`."""
-    async with aiohttp.ClientSession() as http:
+    async with twilio_session() as http:
         call = await announce(http, server)
         async with await connect_stream(http, server, call) as ws:
             ws.token = call.token  # type: ignore[attr-defined]

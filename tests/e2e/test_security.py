@@ -31,9 +31,10 @@ from tests.raw_twilio import (
     media_frame,
     sign,
     start_frame,
+    twilio_session,
 )
 
-# Each test runs with streams on the main port and on the picows stream listener.
+# Each test runs with streams served by aiohttp and by picows.
 pytestmark = BOTH_STREAM_SERVERS
 
 
@@ -44,7 +45,7 @@ PARAMS = {"CallSid": CALL_SID, "From": "+15550001111", "To": "+15552223333"}
 async def post(server: RunningServer, path: str, signature: str | None) -> int:
     headers = {"X-Twilio-Signature": signature} if signature is not None else {}
     async with (
-        aiohttp.ClientSession() as http,
+        twilio_session() as http,
         http.post(f"{server.url}{path}", data=PARAMS, headers=headers) as response,
     ):
         return response.status
@@ -84,7 +85,7 @@ async def assert_stream_refused(
 async def test_unsigned_and_forged_stream_upgrades_are_refused(
     server: RunningServer, fake_agent: FakeVoiceAgent
 ) -> None:
-    async with aiohttp.ClientSession() as http:
+    async with twilio_session() as http:
         call = await announce(http, server)
         await assert_stream_refused(http, server, call, signature="")
         await assert_stream_refused(http, server, call, signature="Zm9yZ2Vk")
@@ -106,7 +107,7 @@ async def refused_after_start(ws: aiohttp.ClientWebSocketResponse, start: str) -
 async def test_stream_token_must_be_this_calls_and_unused(
     server: RunningServer, fake_agent: FakeVoiceAgent
 ) -> None:
-    async with aiohttp.ClientSession() as http:
+    async with twilio_session() as http:
         call_a = await announce(http, server, "CA" + "a" * 32)
         call_b = await announce(http, server, "CA" + "b" * 32)
         # B's token on A's stream: refused before any upstream session.
@@ -130,7 +131,7 @@ async def test_replayed_token_and_second_stream_are_refused(
     server = await start_server(
         assemblyai_agent_url=fake_agent.url, callbridge_insecure_skip_signatures=True
     )
-    async with aiohttp.ClientSession() as http:
+    async with twilio_session() as http:
         call = await announce(http, server)
         first = await connect_stream(http, server, call, signature="")
         await first.send_str(start_frame(call.token))
@@ -153,7 +154,7 @@ async def test_replayed_token_and_second_stream_are_refused(
 async def test_a_replayed_signed_upgrade_is_refused(
     server: RunningServer, fake_agent: FakeVoiceAgent
 ) -> None:
-    async with aiohttp.ClientSession() as http:
+    async with twilio_session() as http:
         call = await announce(http, server)
         first = await connect_stream(http, server, call)
         await first.send_str(start_frame(call.token))
@@ -177,7 +178,7 @@ async def test_at_capacity_callers_get_a_polite_busy_answer(
         assert "<Stream" not in busy.twiml
         assert busy.said and "busy" in busy.said[0]
         assert busy.end_reason == "hangup-verb"
-        async with aiohttp.ClientSession() as http, http.get(f"{server.url}/readyz") as resp:
+        async with twilio_session() as http, http.get(f"{server.url}/readyz") as resp:
             assert (await resp.json())["live_calls"] == 1
     assert len(fake_agent.sessions) == 1
 
@@ -186,7 +187,7 @@ async def test_idle_stream_is_ended_with_its_session(
     start_server: ServerFactory, fake_agent: FakeVoiceAgent
 ) -> None:
     server = await start_server(assemblyai_agent_url=fake_agent.url, callbridge_idle_seconds=1)
-    async with aiohttp.ClientSession() as http:
+    async with twilio_session() as http:
         call = await announce(http, server)
         ws = await connect_stream(http, server, call)
         await ws.send_str(start_frame(call.token))
@@ -203,7 +204,7 @@ async def test_flooding_stream_is_cut_off_and_the_other_call_is_untouched(
     audio = indexed_frames(100, marker=3)
     calm = await simulator.place_inbound_call(caller_audio=audio)
     calm_session = await fake_agent.wait_for_session(0)
-    async with aiohttp.ClientSession() as http:
+    async with twilio_session() as http:
         # Ten times Twilio's rate: 500 frames a second.
         call = await announce(http, server, "CA" + "f" * 32)
         ws = await connect_stream(http, server, call)

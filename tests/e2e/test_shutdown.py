@@ -23,11 +23,10 @@ CALLS = 20
 async def served(
     fake_agent: FakeVoiceAgent, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """The server, with streams on its main port or on the picows stream listener."""
+    """The server, with streams served by aiohttp or by picows."""
     port = free_port()
     env = serve_env(fake_agent.url, port, tmp_path, DRAIN_SECONDS="1")
-    if request.param == "picows":
-        env["CALLBRIDGE_MEDIA_STREAM_PORT"] = str(free_port())
+    env["CALLBRIDGE_MEDIA_STREAM_TRANSPORT"] = request.param
     proc = await start_serve(env, tmp_path)
     try:
         yield proc, f"http://127.0.0.1:{port}"

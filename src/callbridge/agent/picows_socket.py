@@ -156,7 +156,7 @@ async def open_picows_socket(url: str, headers: dict[str, str]) -> PicowsAgentSo
                 auto_ping_strategy=WSAutoPingStrategy.PING_WHEN_IDLE,
                 max_frame_size=MAX_AGENT_MESSAGE_BYTES,
                 extra_headers=headers,
-                logger_name=PICOWS_LOG.name,
+                logger_name=PICOWS_LOG,  # a name would be picows.<name>, outside our logs
                 # Agent events are under 1 KiB; the buffer grows for the rare larger one.
                 read_buffer_init_size=4096,
             )
@@ -167,5 +167,7 @@ async def open_picows_socket(url: str, headers: dict[str, str]) -> PicowsAgentSo
         raise AgentConnectError(f"no connection within {CONNECT_TIMEOUT_SECONDS:g} s") from None
     except (WSError, OSError) as exc:
         raise AgentConnectError(f"{type(exc).__name__}: {exc}") from None
-    assert isinstance(listener, PicowsAgentSocket)
+    if not isinstance(listener, PicowsAgentSocket):
+        # picows returns no listener when the peer hangs up before answering the upgrade.
+        raise AgentConnectError("connection closed during the upgrade")
     return listener

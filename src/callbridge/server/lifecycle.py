@@ -17,6 +17,7 @@ from aiohttp import web
 from callbridge.bridge.inputs import ServerShutdown
 from callbridge.config import Settings
 from callbridge.logs import EventLogger
+from callbridge.server.shared_port import main_port_site
 from callbridge.server.state import APP_STATE, AppState
 
 _GOODBYE_WAIT_SECONDS = 25.0  # the agent's wrap-up (20 s at most) plus hanging up
@@ -27,7 +28,7 @@ async def serve(app: web.Application, settings: Settings, log: EventLogger) -> N
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = main_port_site(runner, settings.host, settings.port)
         await site.start()
         log.info("server.listening", host=settings.host, port=settings.port)
         _freeze_startup_heap()

@@ -125,6 +125,15 @@ async def _serve_stream(request: web.Request, direction: Direction) -> web.Strea
         raise _http_error(exc) from None
     if state.http is None:
         raise web.HTTPServiceUnavailable(text="not started\n")
+    if state.picows_streams and not state.warned_stream_on_aiohttp:
+        # The main port routes a connection by its first request: this one began with
+        # another request, so a proxy in front is reusing connections for upgrades.
+        state.warned_stream_on_aiohttp = True
+        log.warning(
+            "stream.on_reused_connection",
+            effect="served by aiohttp, at about twice the CPU per frame of picows",
+            fix="let the proxy open a new upstream connection for each WebSocket upgrade",
+        )
     # No permessage-deflate: μ-law audio in base64 hardly compresses, and it costs CPU.
     # Text frames stay bytes: the JSON decoder takes bytes (and checks their UTF-8) as is.
     ws = web.WebSocketResponse(

@@ -28,6 +28,8 @@ class AppState:
     http: aiohttp.ClientSession | None = None
     shutting_down: bool = False
     warned_public_url: bool = False
+    picows_streams: bool = False  # the main port hands stream sockets to picows
+    warned_stream_on_aiohttp: bool = False
 
     def not_ready_reasons(self) -> list[str]:
         reasons = []

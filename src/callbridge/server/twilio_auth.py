@@ -14,6 +14,7 @@ import hashlib
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -43,15 +44,20 @@ class TwilioAuthenticator:
 
     def public_url(self, request: web.Request) -> str:
         """The https:// URL Twilio called for this request (path and query included)."""
+        url = request.rel_url
+        return self._public_url_of(url.path, url.query_string, request.headers, str(request.url))
+
+    def _public_url_of(
+        self, path: str, query: str, headers: Mapping[str, str], as_received: str
+    ) -> str:
         if self._public_url is not None:
             base = urlsplit(self._public_url)
-            path = base.path.rstrip("/") + request.rel_url.path
-            return urlunsplit((base.scheme, base.netloc, path, request.rel_url.query_string, ""))
+            return urlunsplit((base.scheme, base.netloc, base.path.rstrip("/") + path, query, ""))
         if self._trust_proxy:
-            proto = request.headers.get("X-Forwarded-Proto", "https").split(",")[0].strip()
-            host = request.headers.get("X-Forwarded-Host", request.host).split(",")[0].strip()
-            return urlunsplit((proto, host, request.rel_url.path, request.rel_url.query_string, ""))
-        return str(request.url)
+            proto = headers.get("X-Forwarded-Proto", "https").split(",")[0].strip()
+            host = headers.get("X-Forwarded-Host", headers.get("Host", "")).split(",")[0].strip()
+            return urlunsplit((proto, host, path, query, ""))
+        return as_received
 
     def check_webhook(self, request: web.Request, form: MultiDictProxy[Any]) -> None:
         """Raise SignatureError unless this form POST is Twilio's, and new."""
@@ -68,12 +74,19 @@ class TwilioAuthenticator:
 
     def check_stream_upgrade(self, request: web.Request) -> None:
         """The upgrade is signed over the wss:// stream URL with no parameters."""
+        url = request.rel_url
+        self.check_stream_request(url.path, url.query_string, request.headers, str(request.url))
+
+    def check_stream_request(
+        self, path: str, query: str, headers: Mapping[str, str], as_received: str
+    ) -> None:
+        """`check_stream_upgrade` for an upgrade request that aiohttp did not parse (picows)."""
         if not self.enabled:
             return
-        signature = request.headers.get("X-Twilio-Signature")
+        signature = headers.get("X-Twilio-Signature")
         if not signature:
             raise SignatureError("missing X-Twilio-Signature on the stream upgrade")
-        https_url = self.public_url(request)
+        https_url = self._public_url_of(path, query, headers, as_received)
         scheme = "wss" if https_url.startswith("https:") else "ws"
         self.check_stream_signature(scheme + https_url[https_url.index(":") :], signature)
 

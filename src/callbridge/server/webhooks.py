@@ -157,14 +157,7 @@ def _int(value: str | None) -> int | None:
 
 def _public_ws_base(request: web.Request, state: AppState) -> str:
     """wss:// base for stream URLs, from PUBLIC_URL (or, unset, the Host Twilio called)."""
-    settings = state.settings
-    if settings.callbridge_media_stream_port is not None:
-        base = settings.media_stream_base()
-        if base is not None:
-            return base
-        host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
-        return f"wss://{host}:{settings.callbridge_media_stream_port}"
-    public = settings.public_url
+    public = state.settings.public_url
     if public is None:
         # Good enough for a quick ngrok trial (ngrok keeps the public Host header); a
         # deployment sets PUBLIC_URL, which request signatures will need anyway.

@@ -260,19 +260,15 @@ class TwilioSimulator:
         return url
 
     def _stream_target(self, parts: SplitResult) -> str:
-        """Where a stream URL really is: on the server, or on its own stream port."""
-        base = urlsplit(self._ws_base)
-        if parts.port is not None and parts.port != urlsplit(self.public_url).port:
-            # A stream listener on a port of its own (CALLBRIDGE_MEDIA_STREAM_PORT).
-            netloc = f"{base.hostname}:{parts.port}"
-            return urlunsplit((base.scheme, netloc, parts.path or "/", "", ""))
+        """Where a stream URL really is: the server's path under its real address."""
         return self._ws_base + (parts.path or "/")
 
     async def _session_get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             # limit=0: the default pool of 100 connections would stall the 101st call.
+            # force_close: like Twilio, a new connection per webhook and per stream.
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), timeout=_HTTP_TIMEOUT
+                connector=aiohttp.TCPConnector(limit=0, force_close=True), timeout=_HTTP_TIMEOUT
             )
         return self._session
 

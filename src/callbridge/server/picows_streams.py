@@ -1,29 +1,34 @@
-"""Media Streams on a picows listener of their own (`CALLBRIDGE_MEDIA_STREAM_PORT`).
+"""Media Streams served by picows: the main port hands each stream's socket here.
 
-The main port stays aiohttp (webhooks, health, records API, and streams by default). With
-this listener on, TwiML points Twilio's `<Stream>` here instead: the same paths, the same
-signature and duplicate checks before the upgrade, the same call runner after it, and
-frames handled in picows's C callbacks with no task switch per frame. The listener owns a
-TaskGroup in which every call it accepts runs; stopping it waits for them.
+`shared_port.py` peeks at each new connection on the main port; a Media Streams upgrade
+(`GET /media-stream/…`, `GET /outbound-stream/…`) comes here untouched, everything else
+goes to aiohttp. Here the upgrade gets the same signature and duplicate checks as the
+aiohttp routes, then the same call runner, with frames handled in picows's C callbacks and
+no task switch per frame. Every call accepted here runs in this object's TaskGroup;
+stopping it waits for them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+from collections.abc import Callable
+from urllib.parse import unquote
 
+import aiofastnet
+from aiohttp import web
 from picows import (
     WSCloseCode,
     WSListener,
     WSUpgradeRequest,
     WSUpgradeResponse,
     WSUpgradeResponseWithListener,
-    ws_create_server,
 )
 
 from callbridge.bot import Direction
 from callbridge.logs import EventLogger
-from callbridge.picows_sockets import PICOWS_LOG
+from callbridge.picows_sockets import server_protocol_factory
 from callbridge.server.call_runner import CallRunner
 from callbridge.server.media_stream_endpoint import (
     StreamRefused,
@@ -37,40 +42,50 @@ from callbridge.server.twilio_socket import PicowsTwilioSocket
 _ROUTES: dict[str, Direction] = {"media-stream": "inbound", "outbound-stream": "outbound"}
 
 
-class MediaStreamListener:
+class PicowsStreams:
     def __init__(self, state: AppState) -> None:
         self._state = state
-        self._server: asyncio.Server | None = None
         self._calls: asyncio.TaskGroup | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._log = EventLogger("server")
-        self.port: int | None = None
+        self._new_protocol: Callable[[], asyncio.BaseProtocol] | None = None
 
-    async def start(self, host: str, port: int) -> None:
+    @property
+    def serving(self) -> bool:
+        return self._new_protocol is not None and self._calls is not None
+
+    async def start(self) -> None:
+        try:
+            factory = server_protocol_factory(
+                self._upgrade,
+                max_frame_size=self._state.settings.callbridge_max_message_bytes,
+                read_buffer_init_size=4096,  # Twilio's frames are ~300 bytes
+            )
+            factory()  # a picows release that changed its protocol fails here, not per call
+        except Exception as exc:  # whatever it is, aiohttp can serve the streams instead
+            self._log.error(
+                "server.streams_fallback",
+                reason=f"picows's server protocol is not usable: {type(exc).__name__}: {exc}",
+                effect="Media Streams are served by aiohttp (more CPU per frame)",
+            )
+            return
         ready = asyncio.Event()
         self._supervisor = asyncio.create_task(self._supervise(ready))
         await ready.wait()
-        try:
-            self._server = await ws_create_server(
-                self._upgrade,
-                host,
-                port,
-                max_frame_size=self._state.settings.callbridge_max_message_bytes,
-                logger_name=PICOWS_LOG.name,
-                read_buffer_init_size=4096,  # Twilio's frames are ~300 bytes
-            )
-        except OSError as exc:
-            await self.stop()
-            reason = f"CALLBRIDGE_MEDIA_STREAM_PORT {port}: {exc.strerror or exc}"
-            raise OSError(exc.errno, reason) from None
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._log.info("server.streams_listening", host=host, port=self.port, library="picows")
+        self._new_protocol = factory
+        self._state.picows_streams = True
+
+    async def accept(self, conn: socket.socket) -> None:
+        """Serve a stream's socket; its bytes are still unread (the main port peeked)."""
+        assert self._new_protocol is not None, "accept() before start()"
+        loop = asyncio.get_running_loop()
+        await aiofastnet.connect_accepted_socket(loop, self._new_protocol, conn)
 
     async def stop(self) -> None:
         """Stop accepting; wait for the calls still running (the caller has ended them)."""
-        if self._server is not None:
-            self._server.close()
+        self._new_protocol = None
+        self._state.picows_streams = False
         self._stopping.set()
         if self._supervisor is not None:
             await self._supervisor
@@ -83,27 +98,27 @@ class MediaStreamListener:
             self._calls = None  # no new calls; the group waits for the running ones
 
     def _upgrade(self, request: WSUpgradeRequest) -> WSListener | WSUpgradeResponseWithListener:
-        path = request.path.decode("latin-1").split("?", 1)[0]
+        raw_path, _, raw_query = request.path.decode("latin-1").partition("?")
+        path = unquote(raw_path)  # as aiohttp's routes see it
         route, _, call_id = path.strip("/").partition("/")
         direction = _ROUTES.get(route)
-        if direction is None or not call_id or "/" in call_id:
+        if request.method != b"GET" or direction is None or not call_id or "/" in call_id:
             return _refusal(404, "not found")
         state = self._state
         log = EventLogger("call", call_id=call_id)
-        host = request.headers.get("Host", "")
-        base = state.settings.media_stream_base() or f"wss://{host}"
-        signature = request.headers.get("X-Twilio-Signature")
+        headers = request.headers
+        as_received = f"http://{headers.get('Host', '')}{request.path.decode('latin-1')}"
         try:
             admit_stream(
                 state,
                 call_id,
                 log,
-                lambda: state.auth.check_stream_signature(base + path, signature),
+                lambda: state.auth.check_stream_request(path, raw_query, headers, as_received),
             )
         except StreamRefused as exc:
             return _refusal(exc.status, str(exc))
-        if self._calls is None:
-            return _refusal(503, "shutting down")
+        if self._calls is None or state.http is None:
+            return _refusal(503, "not serving calls")
         max_bytes = state.settings.callbridge_max_message_bytes
         return PicowsTwilioSocket(
             lambda sock: self._start(call_id, direction, sock, log), max_bytes=max_bytes
@@ -126,6 +141,9 @@ class MediaStreamListener:
         # CallRunner.run reports its own failures; nothing here may cancel the other calls.
         with contextlib.suppress(Exception):
             await run_call(self._state, call_id, runner)
+
+
+PICOWS_STREAMS = web.AppKey("picows_streams", PicowsStreams)
 
 
 def _refusal(status: int, text: str) -> WSUpgradeResponseWithListener:

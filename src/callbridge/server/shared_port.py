@@ -1,0 +1,224 @@
+"""The main port: Media Streams to picows, everything else to aiohttp.
+
+Twilio's stream sockets carry nearly all of the traffic, and picows handles their frames
+in C callbacks for about half of aiohttp's CPU per frame (README, Performance). aiohttp
+serves the webhooks, health checks and records API. Both share one port: the first bytes
+of each new connection are peeked at (not read), and the socket goes, untouched, to the
+library that serves its request. The choice is made once per connection; a keep-alive
+connection that began with a webhook stays with aiohttp, which serves the stream routes
+too, so nothing depends on the choice but the cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+from typing import Literal
+
+from aiohttp import web
+
+from callbridge.logs import EventLogger
+from callbridge.server.picows_streams import PICOWS_STREAMS, PicowsStreams
+
+STREAM_REQUEST_PREFIXES = (b"GET /media-stream/", b"GET /outbound-stream/")
+_PEEK_BYTES = max(len(p) for p in STREAM_REQUEST_PREFIXES)
+# A connection that has not said what it wants by then goes to aiohttp, which answers it
+# (or drops it) as it would with no routing in front.
+_FIRST_BYTES_SECONDS = 10.0
+# A request line cut short in the first segment is rare: look again shortly.
+_PARTIAL_RETRY_SECONDS = 0.005
+_ACCEPT_BACKOFF_SECONDS = 0.5
+_CLIENT_GONE = {errno.ECONNABORTED, errno.ECONNRESET, errno.EPROTO, errno.EPERM, errno.EAGAIN}
+
+Route = Literal["stream", "http"]
+
+
+def route_of(head: bytes) -> Route | None:
+    """Which library serves a connection that began with `head`; None: too short to tell."""
+    undecided = False
+    for prefix in STREAM_REQUEST_PREFIXES:
+        if head.startswith(prefix):
+            return "stream"
+        undecided = undecided or prefix.startswith(head)
+    return None if undecided else "http"
+
+
+class _Listening(asyncio.AbstractServer):
+    """The bound sockets, shaped as aiohttp's runner expects of a site's server."""
+
+    def __init__(self, sockets: list[socket.socket]) -> None:
+        self.sockets = sockets
+        self._loop = asyncio.get_running_loop()
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def is_serving(self) -> bool:
+        return any(sock.fileno() != -1 for sock in self.sockets)
+
+    async def start_serving(self) -> None:
+        pass  # SharedPortSite serves from start()
+
+    async def serve_forever(self) -> None:
+        raise NotImplementedError("SharedPortSite serves the sockets")
+
+    async def wait_closed(self) -> None:
+        pass  # close() is immediate
+
+
+class SharedPortSite(web.BaseSite):
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        streams: PicowsStreams | None,
+        *,
+        backlog: int = 1024,
+    ) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._host = host
+        self._port = port
+        self._streams = streams
+        self._supervisor: asyncio.Task[None] | None = None
+        self._log = EventLogger("server")
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self.port}"
+
+    @property
+    def port(self) -> int:
+        """The bound port (the one asked for, or the one the system chose for 0)."""
+        if isinstance(self._server, _Listening) and self._server.sockets:
+            port: int = self._server.sockets[0].getsockname()[1]
+            return port
+        return self._port
+
+    async def start(self) -> None:
+        await super().start()
+        self._server = _Listening(await _bind(self._host, self._port, self._backlog))
+        self._supervisor = asyncio.create_task(self._serve(self._server.sockets))
+
+    async def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        await super().stop()
+
+    async def _serve(self, listening: list[socket.socket]) -> None:
+        async with asyncio.TaskGroup() as tg:  # cancelled by stop(): accepts and routing
+            for sock in listening:
+                tg.create_task(self._accept(sock, tg))
+
+    async def _accept(self, listening: socket.socket, tg: asyncio.TaskGroup) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(listening)
+            except OSError as exc:
+                if exc.errno in _CLIENT_GONE:
+                    continue  # that client is gone; the port is fine
+                # Out of descriptors or memory, say: log, and let calls end before retrying.
+                self._log.error("server.accept_failed", error=exc.strerror or str(exc))
+                await asyncio.sleep(_ACCEPT_BACKOFF_SECONDS)
+                continue
+            tg.create_task(self._route(conn))
+
+    async def _route(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        handed_over = False
+        try:
+            conn.setblocking(False)
+            head = await _first_bytes(conn)
+            if head is None:
+                return  # closed before saying anything
+            streams = self._streams
+            if streams is not None and streams.serving and route_of(head) == "stream":
+                await streams.accept(conn)
+            else:
+                server = self._runner.server
+                assert server is not None
+                await loop.connect_accepted_socket(server, conn)
+            handed_over = True
+        except OSError as exc:
+            self._log.debug("server.connection_lost_early", error=exc.strerror or str(exc))
+        finally:
+            if not handed_over:
+                conn.close()
+
+
+async def _first_bytes(conn: socket.socket) -> bytes | None:
+    """Enough of the request's start to route it (fewer after the timeout); None at EOF."""
+    loop = asyncio.get_running_loop()
+    head = b""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_FIRST_BYTES_SECONDS):
+            while True:
+                await _readable(loop, conn)
+                try:
+                    head = conn.recv(_PEEK_BYTES, socket.MSG_PEEK)
+                except BlockingIOError:
+                    continue
+                if not head:
+                    return None
+                if route_of(head) is not None:
+                    break
+                await asyncio.sleep(_PARTIAL_RETRY_SECONDS)
+    return head
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = conn.fileno()
+
+    def on_readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, on_readable)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+async def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Listening sockets for every address `host` resolves to, as loop.create_server binds."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            if port:  # the port the first address got, when the system chose it
+                address = (address[0], port, *address[2:])
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+            if port == 0:  # the same system-chosen port on every address
+                port = sock.getsockname()[1]
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def main_port_site(runner: web.AppRunner, host: str, port: int) -> SharedPortSite:
+    """The one listening port: streams to picows (unless configured otherwise), the rest
+    to aiohttp."""
+    return SharedPortSite(runner, host, port, runner.app.get(PICOWS_STREAMS))

@@ -1,0 +1,160 @@
+"""One port, two libraries: stream upgrades go to picows, everything else to aiohttp."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+
+from callbridge.server import picows_streams, shared_port
+from callbridge.server.picows_streams import PICOWS_STREAMS
+from callbridge.server.shared_port import route_of
+from callbridge.server.state import APP_STATE
+from callbridge.testing.fake_agent import FakeVoiceAgent
+from tests.conftest import BOTH_STREAM_SERVERS, RunningServer, ServerFactory
+from tests.raw_twilio import announce, connect_stream, sign, start_frame, twilio_session
+
+SOCKET_CLASS = {"picows": "PicowsTwilioSocket", "aiohttp": "AiohttpTwilioSocket"}
+
+
+@pytest.mark.parametrize(
+    ("head", "route"),
+    [
+        (b"GET /media-stream/abc HTTP/1.1\r\n", "stream"),
+        (b"GET /outbound-stream/abc HTTP/1.1\r\n", "stream"),
+        (b"POST /twiml HTTP/1.1\r\n", "http"),
+        (b"GET /healthz HTTP/1.1\r\n", "http"),
+        (b"GET /media-streams HTTP/1.1\r\n", "http"),
+        (b"POST /media-stream/abc HTTP/1.1\r\n", "http"),
+        (b"\x16\x03\x01\x02\x00", "http"),  # TLS: aiohttp answers it (badly) as before
+        (b"GET /med", None),
+        (b"G", None),
+        (b"", None),
+    ],
+)
+def test_route_of_the_first_bytes(head: bytes, route: str | None) -> None:
+    assert route_of(head) == route
+
+
+async def live_socket_class(server: RunningServer, fake_agent: FakeVoiceAgent) -> str:
+    """The class of the Twilio socket of the one call, once its agent session is open."""
+    await fake_agent.wait_for_session()
+    (runner,) = server.app[APP_STATE].registry.live.values()
+    return type(runner._twilio).__name__
+
+
+@BOTH_STREAM_SERVERS
+async def test_streams_are_served_by_the_configured_library(
+    server: RunningServer, fake_agent: FakeVoiceAgent, twilio_transport: str
+) -> None:
+    async with twilio_session() as http:
+        call = await announce(http, server)
+        ws = await connect_stream(http, server, call)
+        await ws.send_str(start_frame(call.token))
+        assert await live_socket_class(server, fake_agent) == SOCKET_CLASS[twilio_transport]
+        await ws.close()
+
+
+async def raw_exchange(server: RunningServer, *parts: bytes) -> bytes:
+    """Send `parts` as separate writes (a pause between them); return the response head."""
+    url = urlsplit(server.url)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        for part in parts:
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.05)  # separate segments, not a synchronisation
+        async with asyncio.timeout(10):
+            return await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()
+
+
+def upgrade_request(path: str, signature: str) -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: callbridge.example.test\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        f"X-Twilio-Signature: {signature}\r\n\r\n"
+    ).encode()
+
+
+async def test_a_request_line_split_across_segments_still_reaches_picows(
+    server: RunningServer,
+) -> None:
+    async with twilio_session() as http:
+        call = await announce(http, server)
+    request = upgrade_request(call.stream_path, sign(call.wss_url, {}))
+    head = await raw_exchange(server, request[:3], request[3:9], request[9:])
+    assert head.startswith(b"HTTP/1.1 101"), head
+    assert b"aiohttp" not in head  # aiohttp names itself in a Server header; picows does not
+
+
+async def test_an_unsigned_upgrade_is_refused_by_picows_as_by_aiohttp(
+    server: RunningServer,
+) -> None:
+    async with twilio_session() as http:
+        call = await announce(http, server)
+    head = await raw_exchange(server, upgrade_request(call.stream_path, "bogus"))
+    assert head.startswith(b"HTTP/1.1 403"), head
+    assert server.app[APP_STATE].registry.live == {}
+
+
+async def test_silent_and_vanishing_connections_hold_up_nobody(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shared_port, "_FIRST_BYTES_SECONDS", 0.2)
+    url = urlsplit(server.url)
+    # One connection says nothing and leaves; one says nothing for a while.
+    _, gone = await asyncio.open_connection(url.hostname, url.port)
+    gone.close()
+    reader, silent = await asyncio.open_connection(url.hostname, url.port)
+    async with twilio_session() as http, http.get(f"{server.url}/healthz") as resp:
+        assert resp.status == 200
+    await asyncio.sleep(0.4)  # past the routing timeout: aiohttp has the silent one now
+    silent.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    async with asyncio.timeout(10):
+        head = await reader.readuntil(b"\r\n\r\n")
+    silent.close()
+    assert head.startswith(b"HTTP/1.1 200"), head
+
+
+async def test_an_unusable_picows_protocol_leaves_streams_to_aiohttp(
+    start_server: ServerFactory,
+    fake_agent: FakeVoiceAgent,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def changed_picows(*args: object, **kwargs: object) -> Callable[[], object]:
+        def build() -> object:
+            raise TypeError("WSProtocol() takes 16 positional arguments but 15 were given")
+
+        return build
+
+    monkeypatch.setattr(picows_streams, "server_protocol_factory", changed_picows)
+    server = await start_server(assemblyai_agent_url=fake_agent.url)
+    assert not server.app[PICOWS_STREAMS].serving
+    async with twilio_session() as http:
+        call = await announce(http, server)
+        ws = await connect_stream(http, server, call)
+        await ws.send_str(start_frame(call.token))
+        assert await live_socket_class(server, fake_agent) == "AiohttpTwilioSocket"
+        await ws.close()
+
+
+async def test_a_stream_on_a_reused_connection_is_served_by_aiohttp_with_a_warning(
+    server: RunningServer, fake_agent: FakeVoiceAgent
+) -> None:
+    state = server.app[APP_STATE]
+    assert state.picows_streams and not state.warned_stream_on_aiohttp
+    # A keep-alive client (a proxy reusing upstream connections, say): the webhook's
+    # connection carries the upgrade too.
+    async with aiohttp.ClientSession() as http:
+        call = await announce(http, server)
+        ws = await connect_stream(http, server, call)
+        await ws.send_str(start_frame(call.token))
+        assert await live_socket_class(server, fake_agent) == "AiohttpTwilioSocket"
+        await ws.close()
+    assert state.warned_stream_on_aiohttp
