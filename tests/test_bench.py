@@ -1,4 +1,4 @@
-"""`make bench --quick` runs end to end and reports sane figures.
+"""`make bench --quick` and `bench.hot_path` run end to end and report sane figures.
 
 Never a timing target: the machine is shared and noisy. This only checks that the
 harness, the three servers and the report work, and that nothing is lost at a tiny N.
@@ -85,3 +85,25 @@ def test_quick_bench_reports_sane_figures(tmp_path: Path) -> None:
         for base in ("aiohttp", "picows"):
             ratio = summary[key][base]["cpu_per_frame_ratio"]
             assert ratio is not None and ratio > 0, summary
+
+
+def test_hot_path_measures_the_bridge_relaying_every_frame(tmp_path: Path) -> None:
+    out = tmp_path / "hot.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.hot_path", "--frames", "500", "--json-out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = json.loads(out.read_text())
+    keys = {f"{path}_{way}" for path in ("callbridge", "relay") for way in ("up", "down")}
+    assert set(figures["wall_ns_per_frame"]) == keys
+    assert all(ns > 0 and math.isfinite(ns) for ns in figures["wall_ns_per_frame"].values())
+    sent = figures["sent_per_frame"]
+    # Every frame went through (none dropped by a rate limit or a state the call was not
+    # meant to be in); callbridge's replies carry a mark every 2000 bytes (300-byte chunks).
+    assert sent["relay_up"] == sent["relay_down"] == sent["callbridge_up"] == 1.0
+    assert 1.1 < sent["callbridge_down"] < 1.2, sent

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 
 import aiohttp
 import pytest
@@ -246,3 +247,25 @@ async def test_flooding_stream_is_cut_off_and_the_other_call_is_untouched(
     assert indices == list(range(indices[0], 100))
     assert not calm_session.ended.is_set()
     await calm.hangup()
+
+
+async def test_audio_faster_than_real_time_is_dropped_past_a_seconds_burst(
+    server: RunningServer, fake_agent: FakeVoiceAgent
+) -> None:
+    async with twilio_session() as http:
+        call = await announce(http, server)
+        ws = await connect_stream(http, server, call)
+        await ws.send_str(start_frame(call.token))
+        session = await fake_agent.wait_for_session()
+        await session.wait_sent("session.ready")
+        payload = base64.b64encode(b"\xff" * FRAME_BYTES).decode()
+        # 150 frames at once: under the 200-a-second cut-off, three seconds of audio in
+        # a moment. The agent gets the first second's worth; the rest is dropped.
+        for seq in range(2, 152):
+            await ws.send_str(media_frame(payload, seq=seq))
+        await ws.send_str(json.dumps({"event": "stop", "sequenceNumber": "152"}))
+        await session.wait_for("session.end")
+        relayed = len(session.input_audio) // FRAME_BYTES
+        assert 50 <= relayed < 150, relayed
+        assert ws.close_code is None or ws.close_code == 1000
+        await ws.close()

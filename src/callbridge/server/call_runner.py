@@ -156,9 +156,18 @@ class CallRunner:
             self._feed(TwilioProtocolError(f"more than {self._rate_limit} messages per second"))
             return False
         message = twilio.decode(data)
-        if type(message) is twilio.Media and not self._media_allowed(now):
-            return True
-        if not self._admitted and type(message) is twilio.Start:
+        if type(message) is twilio.Media:
+            # The token bucket, inline: this runs for every frame of every call.
+            tokens = self._media_tokens + (now - self._media_refilled) * _MEDIA_FRAMES_PER_SECOND
+            self._media_refilled = now
+            if tokens < 1.0:
+                self._media_tokens = tokens
+                self._media_refused()
+                return True
+            self._media_tokens = (
+                tokens if tokens < _MEDIA_BURST_FRAMES else _MEDIA_BURST_FRAMES
+            ) - 1.0
+        elif not self._admitted and type(message) is twilio.Start:
             refusal = self._admit(message) if self._admit else None
             if refusal is not None:
                 self.log.warning("stream.refused", reason=refusal)
@@ -167,19 +176,10 @@ class CallRunner:
         self._feed(message)
         return True
 
-    def _media_allowed(self, now: float) -> bool:
-        elapsed = now - self._media_refilled
-        self._media_refilled = now
-        self._media_tokens = min(
-            _MEDIA_BURST_FRAMES, self._media_tokens + elapsed * _MEDIA_FRAMES_PER_SECOND
-        )
-        if self._media_tokens >= 1.0:
-            self._media_tokens -= 1.0
-            return True
+    def _media_refused(self) -> None:
         self.rate_limited_frames += 1
         if self.rate_limited_frames == 1:
             self.log.warning("audio.dropped", reason="faster-than-real-time", direction="to-agent")
-        return False
 
     async def _read_agent(self, sock: AgentSocket) -> None:
         code: int | None = None
