@@ -44,6 +44,6 @@ clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
 
 # Load benchmark: N simultaneous calls through the real server and two minimal relays
-# (see bench/__init__.py). `make bench ARGS=--quick` for a ~35-second smoke run.
+# (see bench/__init__.py). `make bench ARGS=--quick` for a ~30-second smoke run.
 bench: install
 	$(BIN)/python -m bench $(ARGS)

@@ -287,10 +287,7 @@ async def connect_via_webhook(
     url, parameters = parse_twiml(body)
     caller.parameters = parameters
     signature = simulator.validator.compute_signature(url, {})
-    parts, target = urlsplit(url), ws_base + urlsplit(url).path
-    if parts.port is not None:  # the stream listener on a port of its own
-        base = urlsplit(ws_base)
-        target = f"{base.scheme}://{base.hostname}:{parts.port}{parts.path}"
+    target = ws_base + urlsplit(url).path  # the TwiML's path, on the server's real address
     await _connect(caller, target, {"X-Twilio-Signature": signature})
 
 

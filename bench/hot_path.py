@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -243,6 +244,7 @@ def _instructions(path: str, direction: str, frames: int) -> int:
             capture_output=True,
             text=True,
             check=False,
+            env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict layouts every run
         )
         if done.returncode != 0:
             raise RuntimeError(f"valgrind failed: {done.stderr[-500:]}")

@@ -180,3 +180,50 @@ async def test_a_hanging_database_delays_nothing(
     async with asyncio.timeout(20):
         await store.flush()
     assert await backend.count("callbridge_transcript_entries") == 50
+
+
+async def test_a_spool_that_cannot_be_written_is_neither_durable_nor_unbounded(
+    make_store: StoreFactory, backend: Backend, events: Events
+) -> None:
+    store = make_store(limits=dataclasses.replace(FAST, max_queue=120))
+    await store.start()
+    await backend.cut()
+    spool = store._spool  # the disk under it fills up, is freed, fills up again
+    write = spool.append
+
+    def disk_full(data: bytes) -> tuple[int, int]:
+        raise OSError(28, "No space left on device")
+
+    spool.append = disk_full  # type: ignore[method-assign]
+    for entry in a_call("full", 99):
+        store.submit(entry)
+    await events.wait_for("records.spool_failed")
+    # Kept in memory for the database, but not durable: a crash now would lose them.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(store.wait_durable(), 0.3)
+
+    spool.append = write  # type: ignore[method-assign]
+    store.submit(CallOpened("after", 0, T0, "inbound"))
+    await events.wait_for("records.spool_recovered")
+    # The spool works again, and took the new entry; the 100 it never took are still
+    # only in memory, so still not durable.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(store.wait_durable(), 0.3)
+
+    spool.append = disk_full  # type: ignore[method-assign]
+    for seq in range(100, 130):
+        store.submit(TranscriptLine("full", seq, T0 + seq, "caller", f"line {seq}"))
+    await events.wait_for("records.spool_failed", times=2)
+    # 130 entries held in memory, past max_queue: new ones are refused, not held.
+    for seq in range(130, 140):
+        store.submit(TranscriptLine("full", seq, T0 + seq, "caller", f"line {seq}"))
+    await events.wait_for("records.entries_dropped")
+    assert store.stats().dropped == 10
+
+    spool.append = write  # type: ignore[method-assign]
+    await backend.restore()
+    async with asyncio.timeout(20):
+        await store.wait_durable()
+        await store.flush()
+    assert await backend.count("callbridge_calls") == 2
+    assert await backend.count("callbridge_transcript_entries") == 99 + 30

@@ -738,3 +738,20 @@ async def test_waiting_cuts_the_windows_short(
         await store.close()  # spools and commits everything at once
     assert await backend.count("callbridge_calls") == 2
     assert await backend.count("callbridge_calls", "ended_by = 'caller'") == 1
+
+
+def test_the_rejected_file_is_rotated_not_grown_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from callbridge.records import store as store_module
+
+    monkeypatch.setattr(store_module, "REJECTED_MAX_BYTES", 100)
+    path = tmp_path / "spool.jsonl.rejected"
+    for n in range(12):
+        store_module._append_rejected(path, b'{"n":%d,"pad":"xxxxxxxxxx"}\n' % n)
+    older = path.with_name(path.name + ".1")
+    assert sorted(tmp_path.iterdir()) == [path, older]
+    assert path.stat().st_size <= 100 and older.stat().st_size <= 100
+    # The newest lines are kept, in order, across the two files; the oldest are gone.
+    kept = [json.loads(line)["n"] for f in (older, path) for line in f.read_bytes().splitlines()]
+    assert kept == list(range(12 - len(kept), 12)) and 0 not in kept

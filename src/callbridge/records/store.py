@@ -83,7 +83,7 @@ _TRANSIENT_SQLSTATE = ("08", "53", "57", "40")
 
 @dataclass(frozen=True, slots=True)
 class StoreLimits:
-    max_queue: int = 50_000  # entries waiting to be spooled; beyond, new ones are dropped
+    max_queue: int = 50_000  # entries waiting to be spooled, or held while the spool fails
     max_in_memory: int = 10_000  # spooled entries kept in memory; beyond, reread from the file
     batch_size: int = 500  # entries per database transaction (at most)
     # The spooler gathers entries this long (from the first one waiting) before one write +
@@ -122,14 +122,20 @@ class _Chunk:
     dropped from memory); `start`/`end` are None when the spool could not be written.
     """
 
-    __slots__ = ("end", "entries", "last_n", "start")
+    __slots__ = ("end", "entries", "first_n", "last_n", "start")
 
     def __init__(
-        self, entries: list[RecordEntry] | None, start: int | None, end: int | None, last_n: int
+        self,
+        entries: list[RecordEntry] | None,
+        start: int | None,
+        end: int | None,
+        last_n: int,
+        first_n: int = 0,
     ) -> None:
         self.entries = entries
         self.start = start
         self.end = end
+        self.first_n = first_n
         self.last_n = last_n  # submission number of its last entry (0: none of ours)
 
 
@@ -165,6 +171,8 @@ class CallStore:
         self._done_n = 0
         self._pending: deque[_Chunk] = deque()
         self._in_memory = 0
+        # Entries the spool could not take: in memory only, until the database has them.
+        self._memory_only = 0
         self._backlog: _Chunk | None = None
         self._committed_offset = 0
         self._spool_failing = False
@@ -305,6 +313,8 @@ class CallStore:
                 self._drop("not_a_record_entry")
             elif len(self._queue) >= self._limits.max_queue:
                 self._drop("queue_full")
+            elif self._memory_only >= self._limits.max_queue:
+                self._drop("spool_failing_and_memory_full")
             else:
                 queue = self._queue
                 if not queue:
@@ -437,11 +447,11 @@ class CallStore:
         first_n = self._taken + 1
         self._taken += len(taken)
         size = self._limits.batch_size
-        chunks: list[tuple[list[RecordEntry], bytes, int]] = []
+        chunks: list[tuple[list[RecordEntry], bytes, int, int]] = []
         for i in range(0, len(taken), size):
             entries = [self._prepared(e) for e in taken[i : i + size]]
             entries, data = self._encoded(entries)
-            chunks.append((entries, data, first_n + min(i + size, len(taken)) - 1))
+            chunks.append((entries, data, first_n + i, first_n + min(i + size, len(taken)) - 1))
         try:
             start, _ = await self._in_thread(self._spool.append, b"".join(c[1] for c in chunks))
         except OSError as exc:
@@ -453,17 +463,18 @@ class CallStore:
                     spool=str(self._spool.path),
                     effect="entries are kept only in memory until the database takes them",
                 )
-            new = [_Chunk(entries, None, None, last_n) for entries, _, last_n in chunks]
+            new = [_Chunk(e, None, None, last_n, first) for e, _, first, last_n in chunks]
+            self._memory_only += sum(len(c.entries or ()) for c in new)
         else:
             if self._spool_failing:
                 self._spool_failing = False
                 self._log.info("records.spool_recovered", spool=str(self._spool.path))
             new = []
-            for entries, data, last_n in chunks:
-                new.append(_Chunk(entries, start, start + len(data), last_n))
+            for entries, data, first, last_n in chunks:
+                new.append(_Chunk(entries, start, start + len(data), last_n, first))
                 start += len(data)
-            self._spooled_n = self._taken
         self._pending.extend(new)
+        self._spooled_n = self._durable_upto()
         self._in_memory += sum(len(c.entries or ()) for c in new)
         self._bound_memory()
         self._notify()
@@ -489,6 +500,15 @@ class CallStore:
                     continue
                 kept.append(entry)
             return kept, b"".join(lines)
+
+    def _durable_upto(self) -> int:
+        """The submission number up to which every entry is spooled or committed: short of
+        the first entry the spool could not take, while the database has not taken it."""
+        if self._memory_only:
+            for chunk in self._pending:
+                if chunk.start is None and chunk.entries is not None:
+                    return max(chunk.first_n - 1, self._spooled_n)
+        return self._spooled_n if self._spool_failing else self._taken
 
     def _bound_memory(self) -> None:
         # Never touch the front chunks: the committer may be writing them.
@@ -609,6 +629,10 @@ class CallStore:
                 self._committing = 0
             self._last_commit = time.monotonic()
             self._in_memory -= len(entries)
+            unspooled = sum(len(c.entries or ()) for c in chunks if c.start is None)
+            if unspooled:
+                self._memory_only -= unspooled
+                self._dropping.discard("spool_failing_and_memory_full")
             for _ in range(len(chunks) - 1):
                 done = self._pending.popleft()
                 if done.end is not None:
@@ -692,7 +716,7 @@ class CallStore:
         self._reject_log(entry, exc)
         with contextlib.suppress(Exception):
             line = spool.encode([entry])
-            await self._in_thread(_append_file, self._rejected_path, line)
+            await self._in_thread(_append_rejected, self._rejected_path, line)
 
     def _reject_log(self, entry: RecordEntry, exc: Exception) -> None:
         self._rejected += 1
@@ -736,6 +760,18 @@ class CallStore:
         # One thread for all spool I/O: appends, reads and truncation never interleave.
         assert self._executor is not None
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+# Entries the database refused are kept for a human to look at, not forever: past this
+# size the file becomes `<name>.1` (replacing the one before) and a new one starts.
+REJECTED_MAX_BYTES = 16 * 1024 * 1024
+
+
+def _append_rejected(path: Path, data: bytes) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size + len(data) > REJECTED_MAX_BYTES:
+            path.replace(path.with_name(path.name + ".1"))
+    _append_file(path, data)
 
 
 def _append_file(path: Path, data: bytes) -> None:

@@ -1,10 +1,10 @@
 """The Twilio side's socket, behind one small interface (the twin of `agent/connection.py`).
 
-`AiohttpTwilioSocket` is a Media Stream accepted on the main port, next to the webhooks.
-`PicowsTwilioSocket` is one accepted by the optional picows listener on its own port
-(`CALLBRIDGE_MEDIA_STREAM_PORT`, see `media_stream_listener.py`): cheaper per frame, at the
-price of a second port. Either way the runner gets text frames through a callback and
-sends pre-encoded frames without awaiting.
+`PicowsTwilioSocket` is a Media Stream that the main port handed to picows (the default,
+see `shared_port.py` and `picows_streams.py`); `AiohttpTwilioSocket` one served by
+aiohttp's stream routes (`CALLBRIDGE_MEDIA_STREAM_TRANSPORT=aiohttp`, or a stream on a
+reused keep-alive connection). Either way the runner gets text frames through a callback
+and sends pre-encoded frames without awaiting.
 """
 
 from __future__ import annotations
