@@ -120,6 +120,7 @@ def server_without_key(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], 
     for line in proc.stderr:
         lines.append(line)
         if '"server.listening"' in line:
+            assert json.loads(line)["media_streams"] == "picows", line  # the default
             break
     else:
         pytest.fail(f"server did not start: {''.join(lines)}")

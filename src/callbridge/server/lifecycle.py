@@ -30,7 +30,9 @@ async def serve(app: web.Application, settings: Settings, log: EventLogger) -> N
     try:
         site = main_port_site(runner, settings.host, settings.port)
         await site.start()
-        log.info("server.listening", host=settings.host, port=settings.port)
+        state = app[APP_STATE]
+        streams = "picows" if state.picows_streams else "aiohttp"
+        log.info("server.listening", host=settings.host, port=settings.port, media_streams=streams)
         _freeze_startup_heap()
         stopping = _Signals()
         await stopping.first.wait()
