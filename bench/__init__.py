@@ -2,8 +2,9 @@
 
 Method. `python -m bench` runs, for each N of a sweep, N simultaneous simulated calls
 through a server process pinned to core 0: the real `callbridge serve` (signatures on,
-INFO logging, the default bot), then a minimal relay on aiohttp (our stack's floor) and
-one on picows with raw callbacks (the practical floor for Python). The load runs on
+INFO logging, the default bot), then a minimal relay on aiohttp (the stack callbridge's
+HTTP side is built on) and one on picows with raw callbacks (the practical floor for
+Python, and the library of callbridge's audio sockets). The load runs on
 core 1 in one uvloop process (`bench.harness`) that plays both Twilio (picows clients
 driven through the simulator's signed webhook and upgrade) and the Voice Agent API (a
 lean picows server, `bench.agent`), at real-time pace: a 160-byte μ-law frame every
@@ -19,5 +20,6 @@ warning when it nears its core, because then the load generator, not the server,
 the limit.
 
 Timings are never pass/fail: the machine is shared and noisy. `tests/test_bench.py`
-only checks that `--quick` runs and reports sane figures.
+only checks that `--quick` runs and reports sane figures. `bench.hot_path` measures the
+per-frame Python alone, without sockets (and, under callgrind, in instructions).
 """

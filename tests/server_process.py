@@ -40,4 +40,16 @@ async def start_serve(env: dict[str, str], folder: Path) -> asyncio.subprocess.P
     assert proc.stderr is not None
     while b'"server.listening"' not in (line := await asyncio.wait_for(proc.stderr.readline(), 30)):
         assert line, "server exited before listening"
+    # Keep reading: a server that logs more than the pipe holds would block on its next line.
+    drain = asyncio.get_running_loop().create_task(_drain(proc.stderr))
+    _draining.add(drain)  # ends at EOF, when the process has exited
+    drain.add_done_callback(_draining.discard)
     return proc
+
+
+_draining: set[asyncio.Task[None]] = set()
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.read(65536):
+        pass

@@ -200,7 +200,10 @@ async def test_idle_stream_is_ended_with_its_session(
 
 
 async def test_flooding_stream_is_cut_off_and_the_other_call_is_untouched(
-    server: RunningServer, fake_agent: FakeVoiceAgent, simulator: TwilioSimulator
+    server: RunningServer,
+    fake_agent: FakeVoiceAgent,
+    simulator: TwilioSimulator,
+    twilio_transport: str,
 ) -> None:
     audio = indexed_frames(100, marker=3)
     calm = await simulator.place_inbound_call(caller_audio=audio)
@@ -239,7 +242,7 @@ async def test_flooding_stream_is_cut_off_and_the_other_call_is_untouched(
         while not big.closed:
             await asyncio.wait_for(big.receive(), 5)
         # 1009 when the close frame makes it; aiohttp may drop the TCP first (1006).
-        assert big.close_code in (1009, 1006)
+        assert big.close_code == 1009 or (twilio_transport == "aiohttp" and big.close_code == 1006)
         await big_session.wait_for("session.end")
     last = base64.b64encode(audio[-FRAME_BYTES:]).decode()
     await calm_session.wait_for(lambda m: m.get("audio") == last, timeout=10)
