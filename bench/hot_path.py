@@ -61,29 +61,34 @@ TWILIO_MEDIA = json.dumps(
 ).encode()
 REPLY_AUDIO = json.dumps({"type": "reply.audio", "reply_id": "r1", "data": AGENT_AUDIO}).encode()
 DIRECTIONS = ("up", "down")  # up: Twilio -> agent; down: agent -> Twilio
-_running: set[asyncio.Task[None]] = set()
+# Each measured call: its two sockets and the task running it, until _end_calls().
+_calls: list[tuple[PicowsTwilioSocket, PicowsAgentSocket, asyncio.Task[None]]] = []
 
 
 class _StubTransport:
-    """What the sockets use of picows's WSTransport; sends go nowhere."""
-
-    is_disconnected = False
-    is_close_frame_sent = False
+    """What the sockets use of picows's WSTransport; sends are counted, not sent. A call
+    that ended during the measurement shows as fewer sends than frames."""
 
     def __init__(self) -> None:
         self.sent = 0
+        self.is_disconnected = False
+        self.is_close_frame_sent = False
+        self.close_handshake = None
+        self._gone = asyncio.Event()
 
     def send(self, kind: object, data: bytes) -> None:
         self.sent += 1
 
     async def wait_disconnected(self) -> None:
-        await asyncio.Event().wait()  # the measured call never ends
+        await self._gone.wait()
 
     def disconnect(self, graceful: bool = True) -> None:
-        raise RuntimeError("the call under measurement failed")  # see the chained cause
+        self.is_disconnected = True
+        self._gone.set()
 
     def send_close(self, code: object) -> None:
-        raise RuntimeError(f"the call under measurement was ended ({code})")
+        self.is_close_frame_sent = True
+        self._gone.set()  # the peer answers at once
 
 
 class _Frame:
@@ -116,7 +121,10 @@ async def _live_call(
     agent_socket = PicowsAgentSocket()
     agent_socket.on_ws_connected(to_agent)  # type: ignore[arg-type]
 
+    dialled = asyncio.Event()
+
     async def dial_agent() -> PicowsAgentSocket:
+        dialled.set()  # the runner feeds AgentOpened before its task next yields
         return agent_socket
 
     twilio_socket = PicowsTwilioSocket(lambda sock: None, max_bytes=65536)
@@ -136,9 +144,7 @@ async def _live_call(
         dial_agent=dial_agent,
         log=EventLogger("call", call_id="hot-path"),
     )
-    task = asyncio.create_task(runner.run())
-    _running.add(task)  # kept until the process ends: the call never hangs up
-    await asyncio.sleep(0)  # run() starts serving the Twilio socket
+    _calls.append((twilio_socket, agent_socket, asyncio.create_task(runner.run())))
     stub = _StubTransport()
     twilio_socket.on_ws_frame(stub, _frame({"event": "connected", "protocol": "Call"}))  # type: ignore[arg-type]
     twilio_socket.on_ws_frame(  # type: ignore[arg-type]
@@ -159,14 +165,17 @@ async def _live_call(
             }
         ),
     )
-    for _ in range(5):  # the runner dials the agent in a task of its own
-        await asyncio.sleep(0)
+    async with asyncio.timeout(5):  # the runner dials the agent in a task of its own
+        await dialled.wait()
     for event in (
         {"type": "session.updated", "session": {}},
         {"type": "session.ready", "session_id": "sess_hot"},
         {"type": "reply.started", "reply_id": "r1"},
     ):
         agent_socket.on_ws_frame(stub, _frame(event))  # type: ignore[arg-type]
+    # The agent socket keeps these until the runner's reader task, already scheduled,
+    # starts serving it: one turn of the loop.
+    await asyncio.sleep(0)
     # A bench may reach in: its frames come far faster than real time.
     runner._now = _paced_clock(runner._now())
     assert bridge.state.value == "live", bridge.state
@@ -260,6 +269,23 @@ def _run_one(spec: str) -> None:
     step, _ = _step(path, direction)
     for _ in range(int(frames)):
         step()
+    _end_calls()
+
+
+def _end_calls() -> None:
+    """Hang the measured calls up as Twilio and the agent would, and wait for them."""
+
+    async def hang_up() -> None:
+        stub = _StubTransport()
+        for twilio_socket, agent_socket, _ in _calls:
+            twilio_socket.on_ws_frame(stub, _frame({"event": "stop", "streamSid": STREAM_SID}))  # type: ignore[arg-type]
+            agent_socket.on_ws_frame(stub, _frame({"type": "session.ended"}))  # type: ignore[arg-type]
+        async with asyncio.timeout(10):
+            await asyncio.gather(*(task for _, _, task in _calls))
+
+    loop = asyncio.get_event_loop()
+    loop.run_until_complete(hang_up())
+    loop.close()
 
 
 def main() -> None:
@@ -301,6 +327,7 @@ def main() -> None:
                 per_frame[f"{path}_{direction}"] = (twice - once) / count
         figures["instructions_per_frame"] = per_frame
     _print(figures)
+    _end_calls()
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(figures, indent=2))
 

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from twilio.request_validator import RequestValidator
 
+from callbridge.testing.fake_agent import FakeSession, FakeVoiceAgent
 from tests.conftest import AUTH_TOKEN, PUBLIC_URL, RunningServer
 
 CALL_SID = "CA" + "1" * 32
@@ -65,6 +66,22 @@ async def connect_stream(
         signature = sign(call.wss_url, {})
     headers = {"X-Twilio-Signature": signature} if signature else {}
     return await http.ws_connect(local_stream_url(server, call), headers=headers)
+
+
+async def open_live_stream(
+    http: aiohttp.ClientSession,
+    server: RunningServer,
+    fake_agent: FakeVoiceAgent,
+    call_sid: str = CALL_SID,
+    session_index: int = 0,
+) -> tuple[aiohttp.ClientWebSocketResponse, Announced, FakeSession]:
+    """A signed stream, past its `start`, once the agent's session is ready for audio."""
+    call = await announce(http, server, call_sid)
+    ws = await connect_stream(http, server, call)
+    await ws.send_str(start_frame(call.token, call_sid=call_sid))
+    session = await fake_agent.wait_for_session(session_index)
+    await session.wait_sent("session.ready")
+    return ws, call, session
 
 
 def local_stream_url(server: RunningServer, call: Announced) -> str:

@@ -30,21 +30,26 @@ def _numbers(value: Any, path: str = "") -> list[tuple[str, float]]:
     return []
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_quick_bench_reports_sane_figures(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
+def run_bench(folder: Path, module_args: list[str], timeout: float) -> tuple[str, Any]:
+    """Run `python -m <module_args>`; its stdout and the JSON it wrote."""
+    out = folder / "figures.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--json-out", str(out)],
+        [sys.executable, "-m", *module_args, "--json-out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=200,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "callbridge" in done.stdout and "noisy" in done.stdout
-    doc = json.loads(out.read_text())
+    return done.stdout, json.loads(out.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_quick_bench_reports_sane_figures(tmp_path: Path) -> None:
+    stdout, doc = run_bench(tmp_path, ["bench", "--quick"], timeout=200)
+    assert "callbridge" in stdout and "noisy" in stdout
     assert doc["machine"]["logical_cpus"] >= 1 and doc["machine"]["python"]
     runs = {r["target"]: r for r in doc["runs"]}
     assert set(runs) == {"callbridge", "aiohttp", "picows"}
@@ -88,17 +93,7 @@ def test_quick_bench_reports_sane_figures(tmp_path: Path) -> None:
 
 
 def test_hot_path_measures_the_bridge_relaying_every_frame(tmp_path: Path) -> None:
-    out = tmp_path / "hot.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.hot_path", "--frames", "500", "--json-out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    figures = json.loads(out.read_text())
+    _, figures = run_bench(tmp_path, ["bench.hot_path", "--frames", "500"], timeout=120)
     keys = {f"{path}_{way}" for path in ("callbridge", "relay") for way in ("up", "down")}
     assert set(figures["wall_ns_per_frame"]) == keys
     assert all(ns > 0 and math.isfinite(ns) for ns in figures["wall_ns_per_frame"].values())

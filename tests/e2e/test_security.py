@@ -30,6 +30,7 @@ from tests.raw_twilio import (
     announce,
     connect_stream,
     media_frame,
+    open_live_stream,
     sign,
     start_frame,
     twilio_session,
@@ -156,11 +157,7 @@ async def test_a_replayed_signed_upgrade_is_refused(
     server: RunningServer, fake_agent: FakeVoiceAgent
 ) -> None:
     async with twilio_session() as http:
-        call = await announce(http, server)
-        first = await connect_stream(http, server, call)
-        await first.send_str(start_frame(call.token))
-        session = await fake_agent.wait_for_session()
-        await session.wait_sent("session.ready")
+        first, call, session = await open_live_stream(http, server, fake_agent)
         await first.close()
         await session.wait_for("session.end")
         await assert_stream_refused(http, server, call)
@@ -210,11 +207,9 @@ async def test_flooding_stream_is_cut_off_and_the_other_call_is_untouched(
     calm_session = await fake_agent.wait_for_session(0)
     async with twilio_session() as http:
         # Ten times Twilio's rate: 500 frames a second.
-        call = await announce(http, server, "CA" + "f" * 32)
-        ws = await connect_stream(http, server, call)
-        await ws.send_str(start_frame(call.token, call_sid="CA" + "f" * 32))
-        flood_session = await fake_agent.wait_for_session(1)
-        await flood_session.wait_sent("session.ready")
+        ws, _, flood_session = await open_live_stream(
+            http, server, fake_agent, "CA" + "f" * 32, session_index=1
+        )
         payload = base64.b64encode(b"\xff" * FRAME_BYTES).decode()
 
         async def read_until_closed() -> None:
@@ -233,11 +228,9 @@ async def test_flooding_stream_is_cut_off_and_the_other_call_is_untouched(
         assert ws.close_code == 1008
         await flood_session.wait_for("session.end")
         # A 1 MB frame on another stream: closed for size, the calm call unaffected.
-        call = await announce(http, server, "CA" + "e" * 32)
-        big = await connect_stream(http, server, call)
-        await big.send_str(start_frame(call.token, call_sid="CA" + "e" * 32))
-        big_session = await fake_agent.wait_for_session(2)
-        await big_session.wait_sent("session.ready")
+        big, _, big_session = await open_live_stream(
+            http, server, fake_agent, "CA" + "e" * 32, session_index=2
+        )
         await big.send_str("x" * 1024 * 1024)
         while not big.closed:
             await asyncio.wait_for(big.receive(), 5)
@@ -256,11 +249,7 @@ async def test_audio_faster_than_real_time_is_dropped_past_a_seconds_burst(
     server: RunningServer, fake_agent: FakeVoiceAgent
 ) -> None:
     async with twilio_session() as http:
-        call = await announce(http, server)
-        ws = await connect_stream(http, server, call)
-        await ws.send_str(start_frame(call.token))
-        session = await fake_agent.wait_for_session()
-        await session.wait_sent("session.ready")
+        ws, _, session = await open_live_stream(http, server, fake_agent)
         payload = base64.b64encode(b"\xff" * FRAME_BYTES).decode()
         # 150 frames at once: under the 200-a-second cut-off, three seconds of audio in
         # a moment. The agent gets the first second's worth; the rest is dropped.

@@ -53,7 +53,8 @@ class PicowsStreams:
 
     @property
     def serving(self) -> bool:
-        return self._new_protocol is not None and self._calls is not None
+        """Started, usable, not stopping: the one flag, kept where aiohttp's routes see it."""
+        return self._state.picows_streams
 
     async def start(self) -> None:
         try:
