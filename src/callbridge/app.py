@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from importlib import resources
 
 import aiohttp
@@ -22,12 +21,11 @@ from callbridge.server.twilio_auth import TwilioAuthenticator
 _APOLOGY_CHUNK_BYTES = 8000
 
 
-def load_apology() -> tuple[tuple[str, ...], float]:
-    """The built-in spoken apology, as base64 μ-law payloads, and its length in seconds."""
+def load_apology() -> tuple[tuple[bytes, ...], float]:
+    """The built-in spoken apology, as μ-law chunks, and its length in seconds."""
     audio = resources.files("callbridge.assets").joinpath("apology.ulaw").read_bytes()
     payloads = tuple(
-        base64.b64encode(audio[i : i + _APOLOGY_CHUNK_BYTES]).decode()
-        for i in range(0, len(audio), _APOLOGY_CHUNK_BYTES)
+        audio[i : i + _APOLOGY_CHUNK_BYTES] for i in range(0, len(audio), _APOLOGY_CHUNK_BYTES)
     )
     return payloads, len(audio) / 8000
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -46,7 +47,8 @@ from callbridge.tools import tool
 from callbridge.twilio import media_stream as twilio
 
 STREAM = "MZ00000000000000000000000000000001"
-PAYLOAD = "//7+/f38+/r5+A=="
+PAYLOAD_B64 = "//7+/f38+/r5+A=="  # as it crosses both sockets
+PAYLOAD = base64.b64decode(PAYLOAD_B64)  # as the decoders hand it to the bridge
 
 
 @tool
@@ -76,7 +78,7 @@ def start_frame(**params: str) -> twilio.Start:
     return message
 
 
-def media(payload: str = PAYLOAD) -> twilio.Media:
+def media(payload: bytes = PAYLOAD) -> twilio.Media:
     return twilio.Media(media=twilio.MediaInfo(payload=payload), stream_sid=STREAM)
 
 
@@ -84,7 +86,7 @@ def new_bridge(**kwargs: Any) -> CallBridge:
     return CallBridge(
         session_config={"system_prompt": "hi"},
         tools=[lookup],
-        apology_payloads=("AAAA", "BBBB"),
+        apology_payloads=(b"\x00\x00\x00", b"\x04\x10\x41"),
         apology_seconds=1.0,
         **kwargs,
     )
@@ -132,23 +134,60 @@ def test_audio_is_gated_on_session_ready_not_session_updated() -> None:
     bridge.handle(agent.SessionUpdated())
     assert to_agent(bridge.handle(media())) == []  # updated is not ready
     bridge.handle(agent.SessionReady(session_id="sess_1"))
-    assert to_agent(bridge.handle(media())) == [{"type": "input.audio", "audio": PAYLOAD}]
+    assert to_agent(bridge.handle(media())) == [{"type": "input.audio", "audio": PAYLOAD_B64}]
     assert bridge.dropped == {"before-start": 1, "before-ready": 2}
     assert bridge.frames_to_agent == 1
 
 
-def test_bad_payload_is_dropped_and_counted() -> None:
+def test_empty_payload_is_dropped_and_counted() -> None:
     bridge = live_bridge()
-    assert to_agent(bridge.handle(media("not base64!"))) == []
-    assert to_agent(bridge.handle(media(""))) == []
-    assert bridge.dropped["bad-payload"] == 2
+    assert bridge.media_to_agent(media(b"")) is None  # the fast path leaves it to handle()
+    assert to_agent(bridge.handle(media(b""))) == []
+    assert bridge.dropped["bad-payload"] == 1
+
+
+def test_a_payload_that_is_not_base64_is_a_rejected_frame_not_audio() -> None:
+    bridge = live_bridge()
+    for payload in ("not base64!", "QQ", "QU JD"):
+        frame = json.dumps({"event": "media", "media": {"payload": payload}})
+        message = twilio.decode(frame)
+        assert isinstance(message, twilio.InvalidFrame), payload
+        assert "media" in message.reason
+        assert to_agent(bridge.handle(message)) == []
+    assert bridge.rejected_frames == 3
+    assert bridge.frames_to_agent == 0
+
+
+def test_fast_paths_relay_what_handle_would_and_decline_the_rest() -> None:
+    bridge = new_bridge()
+    assert bridge.media_to_agent(media()) is None  # before start
+    bridge = live_bridge()
+    frame = bridge.media_to_agent(media())
+    assert frame is not None
+    assert json.loads(frame) == {"type": "input.audio", "audio": PAYLOAD_B64}
+    assert (bridge.frames_from_twilio, bridge.frames_to_agent) == (1, 1)
+    bridge.handle(agent.ReplyStarted(reply_id="r1"))
+    chunk = agent.ReplyAudio(data=PAYLOAD, reply_id="r1")
+    assert bridge.audio_to_twilio(chunk) is None  # the first chunk of a reply carries a mark
+    assert len(to_twilio(bridge.handle(chunk), marks=True)) == 2
+    down = bridge.audio_to_twilio(chunk)
+    assert down is not None
+    assert json.loads(down) == {
+        "event": "media",
+        "streamSid": STREAM,
+        "media": {"payload": PAYLOAD_B64},
+    }
+    assert bridge.frames_to_twilio == 2
+    bridge.handle(agent.SpeechStarted())  # barge-in: r1 is fenced
+    assert bridge.audio_to_twilio(chunk) is None
+    assert to_twilio(bridge.handle(chunk)) == []
 
 
 def test_reply_audio_goes_to_twilio_unchanged_with_stream_sid() -> None:
     bridge = live_bridge()
     bridge.handle(agent.ReplyStarted(reply_id="r1"))
     sent = to_twilio(bridge.handle(agent.ReplyAudio(data=PAYLOAD, reply_id="r1")))
-    assert sent == [{"event": "media", "streamSid": STREAM, "media": {"payload": PAYLOAD}}]
+    assert sent == [{"event": "media", "streamSid": STREAM, "media": {"payload": PAYLOAD_B64}}]
 
 
 def test_barge_in_clears_at_once_and_fences_the_reply() -> None:
@@ -275,7 +314,7 @@ def test_fatal_error_plays_apology_then_hangs_up_on_its_mark() -> None:
     actions = bridge.handle(agent.SessionError(code="invalid_value", param="output.voice"))
     sent = to_twilio(actions)
     assert sent[0] == {"event": "clear", "streamSid": STREAM}
-    assert [m["media"]["payload"] for m in sent[1:3]] == ["AAAA", "BBBB"]
+    assert [m["media"]["payload"] for m in sent[1:3]] == ["AAAA", "BBBB"]  # base64
     assert sent[3] == {"event": "mark", "streamSid": STREAM, "mark": {"name": APOLOGY_MARK}}
     assert not any(isinstance(a, HangUp) for a in actions)
     assert bridge.state is State.APOLOGIZING
@@ -421,7 +460,9 @@ def test_invalid_frames_are_logged_and_the_call_goes_on() -> None:
 
 
 def test_idle_stream_ends_the_call_after_the_idle_period() -> None:
-    bridge = CallBridge(session_config={}, tools=[], apology_payloads=("AAAA",), idle_seconds=8.0)
+    bridge = CallBridge(
+        session_config={}, tools=[], apology_payloads=(b"\x00\x00\x00",), idle_seconds=8.0
+    )
     assert bridge.handle(StreamOpened()) == [StartTimer(IDLE_TIMER, 2.0)]
     bridge.handle(start_frame())
     bridge.handle(AgentOpened())

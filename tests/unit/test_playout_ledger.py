@@ -13,11 +13,10 @@ from callbridge.bridge.inputs import AgentOpened
 from callbridge.bridge.playout_ledger import MARK_EVERY_BYTES, PlayoutLedger
 from callbridge.records import entries as records
 from callbridge.twilio import media_stream as twilio
-from callbridge.twilio.media_stream import audio_length
 from tests.unit.test_call_bridge import STREAM, start_frame
 
 CHUNK_BYTES = 300  # 37.5 ms, as the API sends
-CHUNK = base64.b64encode(b"\xff" * CHUNK_BYTES).decode()
+CHUNK = b"\xff" * CHUNK_BYTES
 
 
 class Clock:
@@ -28,11 +27,16 @@ class Clock:
         return self.now
 
 
-def test_audio_length_counts_decoded_bytes_and_refuses_what_is_not_base64() -> None:
+def test_reply_audio_is_decoded_from_base64_and_refused_when_it_is_not() -> None:
     for n in range(0, 20):
-        assert audio_length(base64.b64encode(b"x" * n).decode()) == n
-    for bad in ("", "not base64!", "QQ", "QU JD", "QUJD\n"):
-        assert audio_length(bad) == 0, bad
+        data = base64.b64encode(b"x" * n).decode()
+        event = agent.decode(json.dumps({"type": "reply.audio", "data": data}))
+        assert isinstance(event, agent.ReplyAudio)
+        assert event.data == b"x" * n
+    for bad in ("not base64!", "QQ", "QU JD", "QUJD\n"):
+        event = agent.decode(json.dumps({"type": "reply.audio", "data": bad}))
+        assert isinstance(event, agent.InvalidEvent), bad
+        assert "reply.audio" in event.reason
 
 
 def test_marks_go_with_the_first_chunk_then_every_quarter_second_and_at_the_end() -> None:

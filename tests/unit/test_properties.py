@@ -1,6 +1,7 @@
 """Property-based tests: whatever arrives from either side, in whatever order, the bridge
 never raises, never sends audio upstream before session.ready, never sends Twilio a frame
-without the call's streamSid, and answers every tool call it accepted."""
+without the call's streamSid, and answers every tool call it accepted; and its audio fast
+path does exactly what `handle()` would have done."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from callbridge.bridge.inputs import (
     TwilioClosed,
     TwilioProtocolError,
 )
+from callbridge.bridge.playout_ledger import MARK_PREFIX
 from callbridge.tools import tool
 from callbridge.twilio import media_stream as twilio
 
@@ -79,7 +81,8 @@ def test_agent_decoder_never_raises(frame: str | bytes) -> None:
             agent.tool_arguments(decoded)
 
 
-payloads = st.sampled_from(["//79/A==", "", "not base64", "AAAA"])
+# Sizes that cross the ledger's mark boundaries (every 2000 bytes) at different points.
+payloads = st.sampled_from([b"\xff\xfe\xfd\xfc", b"", b"\x00" * 300, b"\x7f" * 1999])
 reply_ids = st.sampled_from(["r1", "r2", "r3", None])
 call_ids = st.sampled_from(["c1", "c2", "c3"])
 timers = [
@@ -159,7 +162,7 @@ class Observer:
         self.bridge = CallBridge(
             session_config={"system_prompt": "x"},
             tools=[echo],
-            apology_payloads=("AAAA",),
+            apology_payloads=(b"\x00\x00\x00",),
             apology_seconds=1.0,
             idle_seconds=8.0,
             max_call_seconds=60.0,
@@ -238,3 +241,83 @@ def test_bridge_invariants_hold_for_any_event_sequence(
     if bridge.state is State.LIVE and bridge.end_reason is None and not bridge.fresh_sessions:
         unanswered = observer.accepted_tools - observer.answered - observer.discarded
         assert not unanswered, f"tool calls left unanswered: {unanswered}"
+
+
+def _outcome(actions: list[Action]) -> list[object]:
+    return [
+        ("agent", a.frame)
+        if isinstance(a, SendToAgent)
+        else ("twilio", a.frame)
+        if isinstance(a, SendToTwilio)
+        else a
+        for a in actions
+    ]
+
+
+def _fixed_bridge() -> CallBridge:
+    return CallBridge(
+        session_config={"system_prompt": "x"},
+        tools=[echo],
+        apology_payloads=(b"\x00\x00\x00",),
+        apology_seconds=1.0,
+        idle_seconds=8.0,
+        jitter=lambda: 0.5,
+        clock=lambda: 100.0,
+        wall_clock=lambda: 1_700_000_000.0,
+    )
+
+
+def _fast_first(bridge: CallBridge, event: object) -> list[object]:
+    """What CallRunner does with an event: the fast path first, `handle()` if it declines."""
+    frame: bytes | None = None
+    if type(event) is twilio.Media:
+        frame = bridge.media_to_agent(event)
+        if frame is not None:
+            return [("agent", frame)]
+    elif type(event) is agent.ReplyAudio:
+        frame = bridge.audio_to_twilio(event)
+        if frame is not None:
+            return [("twilio", frame)]
+    return _outcome(bridge.handle(event))
+
+
+# Mostly audio, with what changes its fate: replies starting and ending, barge-ins, the
+# ledger's own marks coming back, the call ending.
+audio_events = st.one_of(
+    st.builds(lambda p: twilio.Media(media=twilio.MediaInfo(payload=p)), payloads),
+    st.builds(lambda p, r: agent.ReplyAudio(data=p, reply_id=r), payloads, reply_ids),
+    st.builds(lambda p, r: agent.ReplyAudio(data=p, reply_id=r), payloads, reply_ids),
+    st.builds(lambda r: agent.ReplyStarted(reply_id=r), reply_ids),
+    st.builds(
+        lambda r, s: agent.ReplyDone(reply_id=r, status=s),
+        reply_ids,
+        st.sampled_from(["completed", "interrupted"]),
+    ),
+    st.just(agent.SpeechStarted()),
+    st.builds(
+        lambda n: twilio.Mark(mark=twilio.MarkInfo(name=f"{MARK_PREFIX}{n}")),
+        st.integers(0, 6),
+    ),
+    events,
+)
+live_openings = st.sampled_from(
+    [
+        [StreamOpened(), START, AgentOpened(), agent.SessionReady(session_id="s0")],
+        [StreamOpened(), START, AgentOpened()],
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(live_openings, st.lists(audio_events, max_size=60))
+def test_the_fast_path_does_exactly_what_handle_does(
+    opening: list[object], rest: list[object]
+) -> None:
+    slow, fast = _fixed_bridge(), _fixed_bridge()
+    for event in [*opening, *rest]:
+        assert _fast_first(fast, event) == _outcome(slow.handle(event)), event
+    assert fast.stats == slow.stats
+    assert (fast.state, fast.end_reason) == (slow.state, slow.end_reason)
+    final = [agent.ReplyDone(reply_id=r, status="completed") for r in ("r1", "r2", "r3", None)]
+    for event in [*final, ServerShutdown(), TwilioClosed()]:
+        assert _fast_first(fast, event) == _outcome(slow.handle(event)), event

@@ -60,7 +60,7 @@ class ReplyStarted(_Event, tag="reply.started"):
 
 
 class ReplyAudio(_Event, tag="reply.audio"):
-    data: str
+    data: bytes  # decoded from base64 (which checks it); an event that is not is invalid
     reply_id: str | None = None
 
 
@@ -192,7 +192,7 @@ def tool_arguments(call: ToolCall) -> dict[str, Any]:
 
 
 class _InputAudio(msgspec.Struct, tag_field="type", tag="input.audio", gc=False):
-    audio: str
+    audio: bytes  # encoded as base64
 
 
 class _ToolResult(msgspec.Struct, tag_field="type", tag="tool.result", gc=False):
@@ -219,7 +219,7 @@ _encoder = msgspec.json.Encoder()
 SESSION_END = b'{"type":"session.end"}'
 
 
-def encode_input_audio(payload: str) -> bytes:
+def encode_input_audio(payload: bytes) -> bytes:
     return _encoder.encode(_InputAudio(payload))
 
 

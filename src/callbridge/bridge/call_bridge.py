@@ -3,7 +3,7 @@
 Feed it every decoded message from either socket and every adapter event (see
 `inputs.py`); it returns the actions to perform (see `actions.py`). All call policy is
 here: gating caller audio until `session.ready`, barge-in, tool-result timing, and how a
-call ends. Audio payloads cross as the same base64 strings they arrived as.
+call ends. Audio crosses as the bytes msgspec decoded from base64, re-encoded on the way out.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class CallBridge:
         *,
         session_config: Mapping[str, Any],
         tools: Sequence[Tool],
-        apology_payloads: Sequence[str] = (),
+        apology_payloads: Sequence[bytes] = (),
         apology_seconds: float = 0.0,
         ready_timeout: float = 15.0,
         end_wait: float = 2.0,
@@ -208,6 +208,7 @@ class CallBridge:
         self.frames_to_twilio = 0
         self.dropped: Counter[str] = Counter()
         self.rejected_frames = 0
+        self.invalid_events = 0  # from the agent
 
         self._handlers: dict[type, Callable[[Any], list[Action]]] = {
             twilio.Media: self._on_media,
@@ -260,6 +261,7 @@ class CallBridge:
             "frames_to_twilio": self.frames_to_twilio,
             "dropped": dict(self.dropped),
             "rejected_frames": self.rejected_frames,
+            "invalid_agent_events": self.invalid_events,
             "resumes": self.resumes,
             "fresh_sessions": self.fresh_sessions,
         }
@@ -277,11 +279,39 @@ class CallBridge:
             actions.append(StartTimer(MAX_CALL_TIMER, wrap_up_at))
         return actions
 
+    # --- the audio fast path ------------------------------------------------------------
+    # Nearly every event of a call is an audio frame, one way or the other. The runner
+    # offers each to these two first: they return the frame to send, or None when the
+    # frame needs `handle()` (not live, empty audio, a mark due), so the common case builds
+    # no action list. They change the state exactly as `handle()` would for that frame.
+
+    def media_to_agent(self, msg: twilio.Media) -> bytes | None:
+        payload = msg.media.payload
+        if self.state is not _LIVE or not payload:
+            return None
+        self.frames_from_twilio += 1
+        self.frames_to_agent += 1
+        return agent.encode_input_audio(payload)
+
+    def audio_to_twilio(self, msg: agent.ReplyAudio) -> bytes | None:
+        data = msg.data
+        sid = self.stream_sid
+        if (
+            self.state is not _LIVE
+            or sid is None
+            or not data
+            or msg.reply_id in self._fenced_replies
+            or not self._ledger.count_unmarked(msg.reply_id, len(data))
+        ):
+            return None
+        self.frames_to_twilio += 1
+        return twilio.encode_media(sid, data)
+
     def _on_media(self, msg: twilio.Media) -> list[Action]:
         self.frames_from_twilio += 1
         if self.state is _LIVE:
             payload = msg.media.payload
-            if twilio.audio_length(payload):
+            if payload:
                 self.frames_to_agent += 1
                 return [SendToAgent(agent.encode_input_audio(payload))]
             return self._drop("bad-payload")
@@ -298,7 +328,8 @@ class CallBridge:
         if (
             self.dropped[reason] == 1
         ):  # the first of each kind is worth a line; counts come at the end
-            return [Log.warning("audio.dropped", reason=reason, direction="to-agent")]
+            direction = "to-twilio" if reason.startswith("agent-") else "to-agent"
+            return [Log.warning("audio.dropped", reason=reason, direction=direction)]
         return []
 
     def _on_connected(self, _: twilio.Connected) -> list[Action]:
@@ -560,7 +591,7 @@ class CallBridge:
         if msg.reply_id in self._fenced_replies:
             self.dropped["agent-audio-interrupted"] += 1
             return []
-        audio_bytes = twilio.audio_length(msg.data)
+        audio_bytes = len(msg.data)
         if not audio_bytes:
             return self._drop("agent-bad-payload")
         self.frames_to_twilio += 1
@@ -605,7 +636,13 @@ class CallBridge:
         return [Log.debug("agent.unknown_event", type=msg.type)]
 
     def _on_invalid_event(self, msg: agent.InvalidEvent) -> list[Action]:
-        return [Log.warning("agent.invalid_event", reason=msg.reason)]
+        self.invalid_events += 1
+        # As for Twilio's frames: the first few in full, then a line per hundred.
+        if self.invalid_events <= 5 or self.invalid_events % 100 == 0:
+            return [
+                Log.warning("agent.invalid_event", reason=msg.reason, total=self.invalid_events)
+            ]
+        return []
 
     # --- tools ------------------------------------------------------------------------
 

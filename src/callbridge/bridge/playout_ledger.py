@@ -85,6 +85,20 @@ class PlayoutLedger:
             return self._mark(reply)
         return None
 
+    def count_unmarked(self, reply_id: str | None, audio_bytes: int) -> bool:
+        """`audio_sent` for the common chunk, which needs no mark: counts it and returns True;
+        or counts nothing and returns False when a mark is due (or the reply is new), which
+        is `audio_sent`'s to handle."""
+        reply = self._by_id.get(reply_id)
+        if reply is None or reply.first_sent_at is None:
+            return False
+        before = reply.bytes_sent
+        after = before + audio_bytes
+        if after // MARK_EVERY_BYTES != before // MARK_EVERY_BYTES:
+            return False
+        reply.bytes_sent = after
+        return True
+
     def transcript(self, reply_id: str | None, text: str, interrupted: bool) -> None:
         reply = self._reply(reply_id)
         reply.text = text

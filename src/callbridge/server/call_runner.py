@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from callbridge.agent import events as agent
 from callbridge.agent.connection import (
     AgentConnectError,
     AgentDialer,
@@ -167,6 +168,12 @@ class CallRunner:
             self._media_tokens = (
                 tokens if tokens < _MEDIA_BURST_FRAMES else _MEDIA_BURST_FRAMES
             ) - 1.0
+            frame = self.bridge.media_to_agent(message)
+            if frame is not None:
+                sock = self._agent
+                if sock is not None:
+                    sock.send(frame)
+                return True
         elif not self._admitted and type(message) is twilio.Start:
             refusal = self._admit(message) if self._admit else None
             if refusal is not None:
@@ -181,11 +188,19 @@ class CallRunner:
         if self.rate_limited_frames == 1:
             self.log.warning("audio.dropped", reason="faster-than-real-time", direction="to-agent")
 
+    def _on_agent_event(self, event: object) -> None:
+        if type(event) is agent.ReplyAudio:
+            frame = self.bridge.audio_to_twilio(event)
+            if frame is not None:
+                self._twilio.send(frame)
+                return
+        self._feed(event)
+
     async def _read_agent(self, sock: AgentSocket) -> None:
         code: int | None = None
         reason = ""
         try:
-            code, reason = await sock.serve(self._feed)
+            code, reason = await sock.serve(self._on_agent_event)
         finally:
             self._feed(AgentClosed(code, reason))
 
@@ -193,7 +208,8 @@ class CallRunner:
 
     def _feed(self, event: object) -> None:
         # Synchronous on purpose: both sockets write without awaiting, so an agent frame
-        # is relayed inside the upstream socket's callback with no task switch.
+        # is relayed inside the upstream socket's callback with no task switch. Most audio
+        # frames do not come here: the bridge's fast path (above) relays them.
         for action in self.bridge.handle(event):
             # The audio path first, without pattern matching: these are nearly every action.
             kind = type(action)

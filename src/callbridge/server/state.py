@@ -19,7 +19,7 @@ from callbridge.server.twilio_auth import TwilioAuthenticator
 class AppState:
     settings: Settings
     bot: Bot
-    apology_payloads: tuple[str, ...]
+    apology_payloads: tuple[bytes, ...]
     apology_seconds: float
     auth: TwilioAuthenticator
     records: CallStore
