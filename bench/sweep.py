@@ -170,6 +170,8 @@ def run_one(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]
         workdir = Path(tmp)
         server_log = workdir / "server.log"
         env = _server_env(target, server_port, agent_url, calls, workdir, args.database_url)
+        if target.startswith("callbridge"):
+            env.update(args.server_env)
         profile = None
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
@@ -370,7 +372,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="callbridge's DATABASE_URL (default: a fresh SQLite file per run), e.g. "
         "postgresql://postgres@127.0.0.1/test?options=-csearch_path%%3Dbench",
     )
+    p.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for callbridge (repeatable), e.g. LOG_LEVEL=WARNING to see "
+        "what a part of the bridge costs; recorded in the JSON",
+    )
     args = p.parse_args(argv)
+    bad = [item for item in args.server_env if "=" not in item or item.startswith("=")]
+    if bad:
+        p.error(f"--server-env takes NAME=VALUE, got {bad[0]!r}")
+    args.server_env = dict(item.split("=", 1) for item in args.server_env)
     unknown = set(args.servers) - set(TARGETS) - set(EXTRA_TARGETS)
     if unknown:
         p.error(f"unknown servers: {', '.join(sorted(unknown))}")
@@ -424,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "pinned": args.pin,
             "profiled": args.profile is not None,
+            "server_env": args.server_env,
             "server_core": SERVER_CORE,
             "harness_core": HARNESS_CORE,
         },

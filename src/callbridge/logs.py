@@ -62,6 +62,13 @@ def configure(level: str = "INFO", fmt: str = "auto") -> None:
         fmt = "console" if sys.stderr.isatty() else "json"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(ConsoleFormatter() if fmt == "console" else JsonFormatter())
+    # What our formatters never print, logging would still gather for every record: the
+    # caller's file and line (a walk up the stack), the thread, the process. The logging
+    # HOWTO's "Optimization" section names these switches.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger(_ROOT)
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
