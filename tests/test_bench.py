@@ -102,3 +102,17 @@ def test_hot_path_measures_the_bridge_relaying_every_frame(tmp_path: Path) -> No
     # meant to be in); callbridge's replies carry a mark every 2000 bytes (300-byte chunks).
     assert sent["relay_up"] == sent["relay_down"] == sent["callbridge_up"] == 1.0
     assert 1.1 < sent["callbridge_down"] < 1.2, sent
+
+
+def test_server_env_is_parsed_and_a_malformed_one_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench.sweep import parse_args
+
+    args = parse_args(["--server-env", "LOG_LEVEL=WARNING", "--server-env", "X=a=b"])
+    assert args.server_env == {"LOG_LEVEL": "WARNING", "X": "a=b"}
+    assert parse_args([]).server_env == {}
+    for bad in ("LOG_LEVEL", "=x"):
+        with pytest.raises(SystemExit):
+            parse_args(["--server-env", bad])
+        assert "NAME=VALUE" in capsys.readouterr().err
