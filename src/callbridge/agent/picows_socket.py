@@ -101,16 +101,7 @@ class PicowsAgentSocket(WSListener):
             return  # given up, or closing: picows delivers the rest of a read regardless
         kind = frame.msg_type
         if kind is _TEXT and frame.fin:
-            event = agent.decode(frame.get_payload_as_memoryview())
-            sink = self._sink
-            if sink is None:
-                self._early.append(event)
-                return
-            # _deliver(), inline: this is every frame the agent sends.
-            try:
-                sink(event)
-            except Exception as exc:
-                self._sink_failed(exc)
+            self._deliver(agent.decode(frame.get_payload_as_memoryview()))
         elif kind is WSMsgType.CLOSE:
             self._closed = True
             transport.send_close(frame.get_close_code())
@@ -139,13 +130,10 @@ class PicowsAgentSocket(WSListener):
         try:
             sink(event)
         except Exception as exc:
-            self._sink_failed(exc)
-
-    def _sink_failed(self, exc: Exception) -> None:
-        # Not picows's to log: serve() raises it in the task that owns the call.
-        if self._failure is None:
-            self._failure = exc
-        self._give_up("")
+            # Not picows's to log: serve() raises it in the task that owns the call.
+            if self._failure is None:
+                self._failure = exc
+            self._give_up("")
 
     def _give_up(self, reason: str) -> None:
         self._closed = True

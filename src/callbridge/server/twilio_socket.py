@@ -153,18 +153,7 @@ class PicowsTwilioSocket(WSListener):
             return  # picows delivers the rest of a read even after we disconnect
         kind = frame.msg_type
         if kind is _TEXT and frame.fin:
-            on_text = self._on_text
-            if on_text is None:
-                self._early.append(bytes(frame.get_payload_as_memoryview()))
-                return
-            # _text(), inline: this is every frame of every call.
-            try:
-                keep_reading = on_text(frame.get_payload_as_memoryview())
-            except Exception as exc:
-                self._fail(exc)
-                return
-            if not keep_reading:
-                self.abort(WSCloseCode.POLICY_VIOLATION)
+            self._text(frame.get_payload_as_memoryview())
         elif kind is WSMsgType.CLOSE:
             transport.send_close(frame.get_close_code())
             transport.disconnect()
