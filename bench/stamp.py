@@ -1,9 +1,10 @@
 """Timestamps and sequence numbers carried inside the audio bytes.
 
-The bridge forwards a payload as the same base64 string it received, so whatever we put
-into the audio bytes comes out intact on the far side. Every frame starts with a 29-byte
-header; each byte carries one hex digit as a μ-law value 0xE0-0xEF, which decodes to a
-quiet sample (a few hundred out of 32767), so stamped frames still sound like silence.
+The bridge forwards a payload's audio bytes unchanged (it decodes the base64 and encodes
+the same bytes again), so whatever we put into them comes out intact on the far side.
+Every frame starts with a 29-byte header; each byte carries one hex digit as a μ-law value
+0xE0-0xEF, which decodes to a quiet sample (a few hundred out of 32767), so stamped frames
+still sound like silence.
 
     [kind: 1 digit][stream: 4 digits][seq: 8 digits][send time, monotonic ns: 16 digits]
 

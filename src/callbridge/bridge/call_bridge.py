@@ -130,6 +130,12 @@ _ENDED_BY: dict[EndReason, records.EndedBy] = {
 }
 
 
+def _worth_a_line(count: int) -> bool:
+    """For a kind of bad input: log the first few in full, then one line per hundred, so a
+    flood stays readable (the count is in each line and at the end)."""
+    return count <= 5 or count % 100 == 0
+
+
 class CallBridge:
     def __init__(
         self,
@@ -208,7 +214,7 @@ class CallBridge:
         self.frames_to_twilio = 0
         self.dropped: Counter[str] = Counter()
         self.rejected_frames = 0
-        self.invalid_events = 0  # from the agent
+        self.invalid_agent_events = 0
 
         self._handlers: dict[type, Callable[[Any], list[Action]]] = {
             twilio.Media: self._on_media,
@@ -261,7 +267,7 @@ class CallBridge:
             "frames_to_twilio": self.frames_to_twilio,
             "dropped": dict(self.dropped),
             "rejected_frames": self.rejected_frames,
-            "invalid_agent_events": self.invalid_events,
+            "invalid_agent_events": self.invalid_agent_events,
             "resumes": self.resumes,
             "fresh_sessions": self.fresh_sessions,
         }
@@ -281,9 +287,10 @@ class CallBridge:
 
     # --- the audio fast path ------------------------------------------------------------
     # Nearly every event of a call is an audio frame, one way or the other. The runner
-    # offers each to these two first: they return the frame to send, or None when the
-    # frame needs `handle()` (not live, empty audio, a mark due), so the common case builds
-    # no action list. They change the state exactly as `handle()` would for that frame.
+    # offers each to these two first: they return the frame to send, or None (changing
+    # nothing) when the frame needs `handle()`: not live, empty audio, a mark due. The
+    # common case so builds no action list; `handle()` tries them first too, so the rules
+    # for relaying audio are written once.
 
     def media_to_agent(self, msg: twilio.Media) -> bytes | None:
         payload = msg.media.payload
@@ -308,13 +315,12 @@ class CallBridge:
         return twilio.encode_media(sid, data)
 
     def _on_media(self, msg: twilio.Media) -> list[Action]:
+        frame = self.media_to_agent(msg)
+        if frame is not None:
+            return [SendToAgent(frame)]
         self.frames_from_twilio += 1
         if self.state is _LIVE:
-            payload = msg.media.payload
-            if payload:
-                self.frames_to_agent += 1
-                return [SendToAgent(agent.encode_input_audio(payload))]
-            return self._drop("bad-payload")
+            return self._drop("bad-payload")  # live, so the payload was empty
         if self.state is State.AWAITING_START:
             return self._drop("before-start")
         if self.state in (State.RECONNECTING, State.RESUMING) or self._session_lost:
@@ -323,12 +329,11 @@ class CallBridge:
             return self._drop("before-ready")
         return self._drop("ending")
 
-    def _drop(self, reason: str) -> list[Action]:
+    def _drop(self, reason: str, direction: str = "to-agent") -> list[Action]:
         self.dropped[reason] += 1
         if (
             self.dropped[reason] == 1
         ):  # the first of each kind is worth a line; counts come at the end
-            direction = "to-twilio" if reason.startswith("agent-") else "to-agent"
             return [Log.warning("audio.dropped", reason=reason, direction=direction)]
         return []
 
@@ -378,8 +383,7 @@ class CallBridge:
 
     def _on_invalid_frame(self, msg: twilio.InvalidFrame) -> list[Action]:
         self.rejected_frames += 1
-        # Log the first few in full; after that a line per hundred keeps a flood readable.
-        if self.rejected_frames <= 5 or self.rejected_frames % 100 == 0:
+        if _worth_a_line(self.rejected_frames):
             return [
                 Log.warning("twilio.frame_rejected", reason=msg.reason, total=self.rejected_frames)
             ]
@@ -585,23 +589,24 @@ class CallBridge:
         return [Log.debug("agent.reply_started", reply_id=msg.reply_id)]
 
     def _on_reply_audio(self, msg: agent.ReplyAudio) -> list[Action]:
+        frame = self.audio_to_twilio(msg)
+        if frame is not None:
+            return [SendToTwilio(frame)]
         if self.state is not _LIVE or self.stream_sid is None:
             self.dropped["agent-audio-not-live"] += 1
             return []
         if msg.reply_id in self._fenced_replies:
             self.dropped["agent-audio-interrupted"] += 1
             return []
-        audio_bytes = len(msg.data)
-        if not audio_bytes:
-            return self._drop("agent-bad-payload")
+        if not msg.data:
+            return self._drop("agent-bad-payload", "to-twilio")
+        # What is left is a chunk that needs a mark after it.
         self.frames_to_twilio += 1
-        mark = self._ledger.audio_sent(msg.reply_id, audio_bytes)
-        if mark is None:
-            return [SendToTwilio(twilio.encode_media(self.stream_sid, msg.data))]
-        return [
-            SendToTwilio(twilio.encode_media(self.stream_sid, msg.data)),
-            SendToTwilio(twilio.encode_mark(self.stream_sid, mark)),
-        ]
+        mark = self._ledger.audio_sent(msg.reply_id, len(msg.data))
+        actions: list[Action] = [SendToTwilio(twilio.encode_media(self.stream_sid, msg.data))]
+        if mark is not None:
+            actions.append(SendToTwilio(twilio.encode_mark(self.stream_sid, mark)))
+        return actions
 
     def _on_agent_transcript(self, msg: agent.AgentTranscript) -> list[Action]:
         self._ledger.transcript(msg.reply_id, msg.text, msg.interrupted)
@@ -636,11 +641,12 @@ class CallBridge:
         return [Log.debug("agent.unknown_event", type=msg.type)]
 
     def _on_invalid_event(self, msg: agent.InvalidEvent) -> list[Action]:
-        self.invalid_events += 1
-        # As for Twilio's frames: the first few in full, then a line per hundred.
-        if self.invalid_events <= 5 or self.invalid_events % 100 == 0:
+        self.invalid_agent_events += 1
+        if _worth_a_line(self.invalid_agent_events):
             return [
-                Log.warning("agent.invalid_event", reason=msg.reason, total=self.invalid_events)
+                Log.warning(
+                    "agent.invalid_event", reason=msg.reason, total=self.invalid_agent_events
+                )
             ]
         return []
 

@@ -75,20 +75,18 @@ class PlayoutLedger:
 
     def audio_sent(self, reply_id: str | None, audio_bytes: int) -> str | None:
         """Count a chunk sent to Twilio; returns a mark name to send after it, when one is due."""
+        if self.count_unmarked(reply_id, audio_bytes):
+            return None
         reply = self._reply(reply_id)
-        before = reply.bytes_sent
         reply.bytes_sent += audio_bytes
         if reply.first_sent_at is None:
-            reply.first_sent_at = self._clock()
-            return self._mark(reply)  # the first mark times the first audio played
-        if reply.bytes_sent // MARK_EVERY_BYTES != before // MARK_EVERY_BYTES:
-            return self._mark(reply)
-        return None
+            reply.first_sent_at = self._clock()  # the first mark times the first audio played
+        return self._mark(reply)
 
     def count_unmarked(self, reply_id: str | None, audio_bytes: int) -> bool:
-        """`audio_sent` for the common chunk, which needs no mark: counts it and returns True;
-        or counts nothing and returns False when a mark is due (or the reply is new), which
-        is `audio_sent`'s to handle."""
+        """Count a chunk that needs no mark after it and return True; or count nothing and
+        return False when a mark is due (the reply's first chunk, or a quarter second
+        crossed). The bridge's fast path calls this alone, `audio_sent` the rest."""
         reply = self._by_id.get(reply_id)
         if reply is None or reply.first_sent_at is None:
             return False
