@@ -2,8 +2,10 @@
 
 It reads frames, feeds them to the bridge, and performs the actions the bridge returns.
 One `asyncio.TaskGroup` per call owns every task of the call (the upstream reader,
-tools, timers); when the bridge says the call is finished, whatever still runs is
-cancelled, so nothing of a call outlives it.
+tools, dialling); when the bridge says the call is finished, whatever still runs is
+cancelled, so nothing of a call outlives it. Timers are the loop's timer handles, not
+tasks (a call re-arms its idle tick every few seconds); the runner owns and cancels them
+too, and a timer whose event makes the bridge raise crashes its call like a failed task.
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ class CallRunner:
         self._agent: AgentSocket | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._timers: dict[str, asyncio.Task[None]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._loop: asyncio.AbstractEventLoop  # set by run(): actions are performed inside it
         self._finished = asyncio.Event()
         self._now: Callable[[], float] = time.monotonic
         self.done = asyncio.Event()  # set once run() has returned
@@ -103,6 +106,7 @@ class CallRunner:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
+                self._loop = asyncio.get_running_loop()
                 self._feed(StreamOpened())
                 await self._read_twilio()
                 with contextlib.suppress(TimeoutError):
@@ -113,6 +117,7 @@ class CallRunner:
                     await self._close_agent_socket()
                 for task in list(self._tasks):
                     task.cancel()
+                self._cancel_timers()
         except Exception as exc:
             # A bug in one call must not take the server (or any other call) down.
             self.log.exception("call.crashed", exc)
@@ -120,6 +125,7 @@ class CallRunner:
             with contextlib.suppress(Exception):
                 await self._twilio.close(aiohttp.WSCloseCode.INTERNAL_ERROR)
         finally:
+            self._cancel_timers()
             self.done.set()
             self.log.info(
                 "call.ended",
@@ -139,11 +145,15 @@ class CallRunner:
     async def _read_twilio(self) -> None:
         twilio_socket = self._twilio
         self._now = asyncio.get_running_loop().time
+        code = aiohttp.WSCloseCode.POLICY_VIOLATION  # we stopped reading: a refused stream
         try:
             await twilio_socket.serve(self._on_twilio_text, self._feed)
+        except asyncio.CancelledError:
+            code = aiohttp.WSCloseCode.INTERNAL_ERROR  # another task of the call failed
+            raise
         finally:
             if not twilio_socket.closed:
-                await twilio_socket.close(aiohttp.WSCloseCode.POLICY_VIOLATION)
+                await twilio_socket.close(code)
             self._feed(TwilioClosed())
 
     def _on_twilio_text(self, data: bytes | str | memoryview) -> bool:
@@ -239,7 +249,7 @@ class CallRunner:
                 self._spawn(self._run_tool(action))
             case StartTimer(name, seconds):
                 self._cancel_timer(name)
-                self._timers[name] = self._spawn(self._timer(name, seconds))
+                self._timers[name] = self._loop.call_later(seconds, self._timer_fired, name)
             case CancelTimer(name):
                 self._cancel_timer(name)
             case Finished(reason):
@@ -284,12 +294,30 @@ class CallRunner:
             )
         self._feed(ToolFinished(action.call_id, outcome.result, outcome.is_error))
 
-    async def _timer(self, name: str, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+    def _timer_fired(self, name: str) -> None:
         self._timers.pop(name, None)
-        self._feed(TimerFired(name))
+        try:
+            self._feed(TimerFired(name))
+        except Exception as exc:
+            # A bug in the bridge: end this call as a failed task would, not the loop's
+            # default handler (which would log it and let the call limp on).
+            reraise = _reraise(exc)
+            try:
+                self._spawn(reraise)
+            except RuntimeError:  # the call is already ending
+                reraise.close()
+                self.log.exception("call.crashed", exc)
 
     def _cancel_timer(self, name: str) -> None:
-        task = self._timers.pop(name, None)
-        if task is not None:
-            task.cancel()
+        handle = self._timers.pop(name, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _cancel_timers(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+
+
+async def _reraise(exc: Exception) -> None:
+    raise exc
