@@ -9,10 +9,14 @@ against the minimal relays' (the same msgspec decode and encode, `bench/relay_co
 picows's transports are replaced by stubs whose `send` does nothing, so neither socket
 syscalls nor picows's own parsing are counted (they are the same for every server).
 
-Two measures:
+Three measures:
 
 * wall-clock nanoseconds per frame (the best of five rounds), in-process: fast, still
   subject to the machine's noise but far less than a whole-server run;
+* Python bytecodes executed per frame (`sys.settrace` opcode events over 1,000 frames),
+  stubs included on both sides: exact, in a second, and what a change to our Python
+  changes first (the whole server runs each bytecode several times slower than this
+  loop does, with caches shared with the kernel's network stack);
 * with `--callgrind`, instructions per frame counted by `valgrind --tool=callgrind`: the
   same figure whatever else the machine is doing. Each (path, direction) runs twice, with
   F and 2F frames, and the difference of the two totals is divided by F, so start-up and
@@ -36,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from picows import WSMsgType
@@ -236,6 +241,28 @@ def _wall_ns_per_frame(path: str, direction: str, frames: int) -> tuple[float, f
     return best / frames, out.sent / (5 * frames)
 
 
+def _bytecodes_per_frame(path: str, direction: str, frames: int = 1000) -> float:
+    step, _ = _step(path, direction)
+    for _ in range(100):  # past anything done once (first-time lookups, a first mark)
+        step()
+    executed = 0
+
+    def trace(frame: FrameType, event: str, arg: object) -> Any:
+        nonlocal executed
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            executed += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        for _ in range(frames):
+            step()
+    finally:
+        sys.settrace(None)
+    return executed / frames
+
+
 def _instructions(path: str, direction: str, frames: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
@@ -316,6 +343,11 @@ def main() -> None:
             ns, sent = _wall_ns_per_frame(path, direction, args.frames)
             figures["wall_ns_per_frame"][f"{path}_{direction}"] = round(ns, 1)
             figures["sent_per_frame"][f"{path}_{direction}"] = round(sent, 3)
+    figures["bytecodes_per_frame"] = {
+        f"{path}_{direction}": round(_bytecodes_per_frame(path, direction), 1)
+        for path in ("callbridge", "relay")
+        for direction in DIRECTIONS
+    }
     if args.callgrind:
         count = max(args.frames // 10, 1000)  # valgrind is ~50x slower
         figures["callgrind_frames"] = count
@@ -334,7 +366,7 @@ def main() -> None:
 
 def _print(figures: dict[str, Any]) -> None:
     print("per relayed frame, in-process (no sockets): callbridge's code vs the relay's")
-    units = [("wall_ns_per_frame", "ns (best of 5)")]
+    units = [("wall_ns_per_frame", "ns (best of 5)"), ("bytecodes_per_frame", "bytecodes")]
     if "instructions_per_frame" in figures:
         units.append(("instructions_per_frame", "instructions"))
     for key, unit in units:

@@ -102,6 +102,11 @@ def test_hot_path_measures_the_bridge_relaying_every_frame(tmp_path: Path) -> No
     # meant to be in); callbridge's replies carry a mark every 2000 bytes (300-byte chunks).
     assert sent["relay_up"] == sent["relay_down"] == sent["callbridge_up"] == 1.0
     assert 1.1 < sent["callbridge_down"] < 1.2, sent
+    # Counted, not timed: the bridge runs more Python than a bare relay, and not absurdly so.
+    bytecodes = figures["bytecodes_per_frame"]
+    assert set(bytecodes) == keys
+    for way in ("up", "down"):
+        assert 20 < bytecodes[f"relay_{way}"] < bytecodes[f"callbridge_{way}"] < 2000, bytecodes
 
 
 def test_server_env_is_parsed_and_a_malformed_one_refused(
