@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime
-import logging
 import os
 import sqlite3
 import uuid
@@ -39,6 +38,7 @@ from callbridge.records.entries import (
     TurnLatency,
 )
 from callbridge.records.store import CallStore, StoreLimits
+from tests.log_events import Events, caught
 
 PG_HOST, PG_PORT, PG_DATABASE = "127.0.0.1", 5432, "test"
 INSTANCE = "test-box"
@@ -240,38 +240,10 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         await admin.close()
 
 
-class Events(logging.Handler):
-    """The records' log events, by name."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-        self._seen: dict[str, asyncio.Event] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        name = record.getMessage()
-        self.names.append(name)
-        self._seen.setdefault(name, asyncio.Event()).set()
-
-    async def wait_for(self, name: str, times: int = 1) -> None:
-        async with asyncio.timeout(10):
-            while self.names.count(name) < times:
-                seen = self._seen.setdefault(name, asyncio.Event())
-                seen.clear()
-                if self.names.count(name) < times:
-                    await seen.wait()
-
-
 @pytest.fixture
 def events() -> Iterator[Events]:
-    handler = Events()
-    logger = logging.getLogger("callbridge.records")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    with caught("callbridge.records") as handler:
+        yield handler
 
 
 StoreFactory = Callable[..., CallStore]

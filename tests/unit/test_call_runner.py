@@ -7,7 +7,6 @@ through the runner is covered end to end in tests/e2e.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
@@ -25,6 +24,7 @@ from callbridge.bridge.inputs import StreamOpened, TimerFired, TwilioClosed
 from callbridge.logs import EventLogger
 from callbridge.server.call_runner import CallRunner
 from callbridge.server.twilio_socket import EventHandler, TextHandler
+from tests.log_events import Events, caught
 
 
 class _TwilioSocket:
@@ -70,27 +70,10 @@ class _ScriptedBridge:
         return [e.name for e in self.fed if isinstance(e, TimerFired)]
 
 
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.events: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.events.append(record.getMessage())
-
-
 @pytest.fixture
-def log_lines() -> Iterator[_Lines]:
-    handler = _Lines()
-    logger = logging.getLogger("callbridge")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+def log_lines() -> Iterator[Events]:
+    with caught() as handler:
         yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 async def _no_agent() -> Any:
@@ -164,7 +147,7 @@ async def test_timers_still_armed_when_the_call_ends_are_cancelled(
     assert armed[0].cancelled()  # "later": nothing of the call outlives it
 
 
-async def test_a_bridge_bug_on_a_timer_crashes_only_that_call(log_lines: _Lines) -> None:
+async def test_a_bridge_bug_on_a_timer_crashes_only_that_call(log_lines: Events) -> None:
     def script(event: object) -> list[Action]:
         if isinstance(event, StreamOpened):
             return [StartTimer("t", 0.01)]
@@ -174,6 +157,6 @@ async def test_a_bridge_bug_on_a_timer_crashes_only_that_call(log_lines: _Lines)
 
     bridge, twilio = await _run(script)
     assert bridge.timers_fired() == ["t"]
-    assert "call.crashed" in log_lines.events
+    assert "call.crashed" in log_lines.names
     assert twilio.close_code == 1011  # internal error: the caller is not left on a dead line
-    assert log_lines.events[-1] == "call.ended"
+    assert log_lines.names[-1] == "call.ended"

@@ -1,0 +1,45 @@
+"""Catching callbridge's log events by name in a test (they are our structured events)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+
+
+class Events(logging.Handler):
+    """The log events seen, by name, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+        self._seen: dict[str, asyncio.Event] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        name = record.getMessage()
+        self.names.append(name)
+        self._seen.setdefault(name, asyncio.Event()).set()
+
+    async def wait_for(self, name: str, times: int = 1) -> None:
+        async with asyncio.timeout(10):
+            while self.names.count(name) < times:
+                seen = self._seen.setdefault(name, asyncio.Event())
+                seen.clear()
+                if self.names.count(name) < times:
+                    await seen.wait()
+
+
+@contextlib.contextmanager
+def caught(logger_name: str = "callbridge") -> Iterator[Events]:
+    """Every event of `logger_name` and below, whatever the levels configured."""
+    handler = Events()
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
