@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +86,13 @@ def _server_env(
     calls: int,
     workdir: Path,
     database_url: str | None = None,
+    source: Path | None = None,
 ) -> dict[str, str]:
+    """`source`: a checkout whose `src/callbridge` the server runs instead of this one's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLBRIDGE_", "TWILIO_"))}
+    first = [str(source / "src")] if source is not None else []
     env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        PYTHONPATH=os.pathsep.join(filter(None, [*first, str(REPO), env.get("PYTHONPATH")])),
         HOST="127.0.0.1",
         PORT=str(port),
         PUBLIC_URL=PUBLIC_URL,
@@ -169,7 +173,15 @@ def run_one(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="callbridge-bench-") as tmp:
         workdir = Path(tmp)
         server_log = workdir / "server.log"
-        env = _server_env(target, server_port, agent_url, calls, workdir, args.database_url)
+        env = _server_env(
+            target,
+            server_port,
+            agent_url,
+            calls,
+            workdir,
+            args.database_url,
+            args.revision_trees.get(target),
+        )
         if target.startswith("callbridge"):
             env.update(args.server_env)
         profile = None
@@ -191,7 +203,7 @@ def run_one(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]
             "-m",
             "bench.harness",
             "--target",
-            target,
+            "callbridge" if target.startswith(report.REVISION_PREFIX) else target,
             "--server-port",
             str(server_port),
             "--server-pid",
@@ -226,6 +238,7 @@ def run_one(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]
             lines = done.stdout.strip().splitlines()
             if done.returncode == 0 and lines:
                 result = json.loads(lines[-1])
+                result["target"] = target
             else:
                 stderr = done.stderr.strip().splitlines() or ["(no output)"]
                 result = {
@@ -298,6 +311,47 @@ def _measure(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any
         for a in attempts
     ]
     return best
+
+
+@contextlib.contextmanager
+def _revision_trees(args: argparse.Namespace) -> Iterator[None]:
+    """With `--against REV`: check REV out in a temporary git worktree and add callbridge as
+    of REV to the servers, right after callbridge, so that each round runs both in turn."""
+    if args.against is None:
+        yield
+        return
+    git = ["git", "-C", str(REPO)]
+    try:
+        short = subprocess.run(
+            [*git, "rev-parse", "--short", "--verify", args.against + "^{commit}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(
+            f"bench: --against {args.against!r}: not a git revision here ({exc})"
+        ) from None
+    target = report.REVISION_PREFIX + short
+    with tempfile.TemporaryDirectory(prefix="callbridge-bench-rev-") as tmp:
+        tree = Path(tmp) / short
+        subprocess.run(
+            [*git, "worktree", "add", "--detach", "--quiet", str(tree), short],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            args.revision_trees[target] = tree
+            at = args.servers.index("callbridge") + 1 if "callbridge" in args.servers else 0
+            args.servers.insert(at, target)
+            yield
+        finally:
+            subprocess.run(
+                [*git, "worktree", "remove", "--force", str(tree)],
+                check=False,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -380,7 +434,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra environment for callbridge (repeatable), e.g. LOG_LEVEL=WARNING to see "
         "what a part of the bridge costs; recorded in the JSON",
     )
+    p.add_argument(
+        "--against",
+        metavar="REV",
+        help="also run callbridge as of this git revision (a temporary worktree), interleaved "
+        "with the others, and print callbridge's ratio to it: what a change did",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every (server, N) this many times, interleaved; the summary takes each "
+        "one's median CPU per frame (default 1)",
+    )
     args = p.parse_args(argv)
+    if not 1 <= args.rounds <= 20:
+        p.error("--rounds must be between 1 and 20")
     bad = [item for item in args.server_env if "=" not in item or item.startswith("=")]
     if bad:
         p.error(f"--server-env takes NAME=VALUE, got {bad[0]!r}")
@@ -388,6 +457,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.servers) - set(TARGETS) - set(EXTRA_TARGETS)
     if unknown:
         p.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    args.revision_trees = {}  # server name -> checkout it runs (--against)
     if args.quick:
         args.calls, args.duration, args.settle = [20], 5.0, 1.0
     # --quick checks the harness, not capacity: no waiting, no retries (it must stay short).
@@ -409,17 +479,19 @@ def main(argv: list[str] | None = None) -> int:
             os.sched_setaffinity(0, {HARNESS_CORE})
     started = datetime.datetime.now(datetime.UTC)
     facts = machine_facts()
-    print(report.header(facts, args), flush=True)
     runs: list[dict[str, Any]] = []
     given_up: set[str] = set()
-    for calls in args.calls:
-        for target in args.servers:
-            if target in given_up:
-                continue
-            result = _measure(target, calls, args)
-            runs.append(result)
-            if not args.keep_going and report.hopeless(result, HOPELESS_P99_MS):
-                given_up.add(target)
+    with _revision_trees(args):
+        print(report.header(facts, args), flush=True)
+        for calls in args.calls:
+            for _ in range(args.rounds):  # rounds interleaved: the machine drifts between them
+                for target in args.servers:
+                    if target in given_up:
+                        continue
+                    result = _measure(target, calls, args)
+                    runs.append(result)
+                    if not args.keep_going and report.hopeless(result, HOPELESS_P99_MS):
+                        given_up.add(target)
     summary = report.summarize(runs, args.servers)
     print(report.footer(runs, summary), flush=True)
     out = args.json_out or Path("bench-results") / f"bench-{started:%Y%m%d-%H%M%S}.json"
@@ -439,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
             "pinned": args.pin,
             "profiled": args.profile is not None,
             "server_env": args.server_env,
+            "rounds": args.rounds,
+            "against": args.against,
             "server_core": SERVER_CORE,
             "harness_core": HARNESS_CORE,
         },

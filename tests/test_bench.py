@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,11 +49,14 @@ def run_bench(folder: Path, module_args: list[str], timeout: float) -> tuple[str
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_quick_bench_reports_sane_figures(tmp_path: Path) -> None:
-    stdout, doc = run_bench(tmp_path, ["bench", "--quick"], timeout=200)
+    # --against: callbridge as of a revision (HEAD here, in a temporary worktree) as well.
+    stdout, doc = run_bench(tmp_path, ["bench", "--quick", "--against", "HEAD"], timeout=200)
     assert "callbridge" in stdout and "noisy" in stdout
     assert doc["machine"]["logical_cpus"] >= 1 and doc["machine"]["python"]
     runs = {r["target"]: r for r in doc["runs"]}
-    assert set(runs) == {"callbridge", "aiohttp", "picows"}
+    (revision,) = set(runs) - {"callbridge", "aiohttp", "picows"}
+    assert revision.startswith("callbridge@"), runs.keys()
+    assert set(runs) == {"callbridge", revision, "aiohttp", "picows"}
 
     for target, run in runs.items():
         assert "error" not in run, (target, run.get("error"))
@@ -74,7 +78,7 @@ def test_quick_bench_reports_sane_figures(tmp_path: Path) -> None:
 
     # The whole bridge ran, not just the relay: barge-ins, tool calls, clean endings; every
     # stream served by picows (one on aiohttp would have logged a warning).
-    for name in ("callbridge",):
+    for name in ("callbridge", revision):
         ours = runs[name]
         assert "stream.on_reused_connection" not in ours["server_log"]["notable"], ours
         events = ours["events"]
@@ -85,11 +89,59 @@ def test_quick_bench_reports_sane_figures(tmp_path: Path) -> None:
         assert ours["server_log"]["lines_by_level"].get("error", 0) == 0, ours["server_log"]
 
     summary = doc["summary"]
-    assert set(summary["capacity"]) == {"callbridge", "aiohttp", "picows"}
+    assert set(summary["capacity"]) == {"callbridge", revision, "aiohttp", "picows"}
     for key in ("ratios_callbridge_to",):
-        for base in ("aiohttp", "picows"):
+        for base in ("aiohttp", "picows", revision):
             ratio = summary[key][base]["cpu_per_frame_ratio"]
             assert ratio is not None and ratio > 0, summary
+    assert f"callbridge / {revision}: CPU per frame x" in stdout
+    worktrees = subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True, check=True
+    )
+    assert "callbridge-bench-rev-" not in worktrees.stdout  # the checkout was removed
+
+
+def _run(target: str, calls: int, us_per_frame: float | None, passed: bool = True) -> Any:
+    return {
+        "target": target,
+        "calls": calls,
+        "server_cpu_us_per_frame": us_per_frame,
+        "passed": passed,
+        "calls_at_80pct_cpu": 100,
+        "server_cpu_percent": 10.0,
+        "harness_limited": False,
+    }
+
+
+def test_rounds_are_summarized_by_their_median_and_a_revision_is_a_baseline() -> None:
+    from bench.report import median_run, summarize
+
+    rounds = [_run("callbridge", 200, us) for us in (14.0, 11.0, 12.0)]
+    assert median_run(rounds)["server_cpu_us_per_frame"] == 12.0
+    # An even count takes the lower middle; a run without the figure counts as the worst.
+    assert median_run([*rounds, _run("callbridge", 200, None)])["server_cpu_us_per_frame"] == 12.0
+
+    runs = [
+        *rounds,
+        *(_run("callbridge@abc1234", 200, us) for us in (16.0, 15.0, 30.0)),
+        *(_run("picows", 200, us) for us in (8.0, 6.0, 7.5)),
+    ]
+    summary = summarize(runs, ["callbridge", "callbridge@abc1234", "picows"])
+    ratios = summary["ratios_callbridge_to"]
+    assert ratios["callbridge@abc1234"]["cpu_per_frame_ratio"] == round(12.0 / 16.0, 2)
+    assert ratios["picows"]["cpu_per_frame_ratio"] == round(12.0 / 7.5, 2)
+    assert "aiohttp" in ratios and ratios["aiohttp"]["cpu_per_frame_ratio"] is None
+
+
+def test_a_revision_server_runs_the_code_of_its_checkout(tmp_path: Path) -> None:
+    from bench.sweep import _server_env, parse_args
+
+    env = _server_env("callbridge@abc1234", 1, "ws://x", 1, tmp_path, source=tmp_path / "rev")
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path / "rev" / "src")
+    assert parse_args(["--against", "HEAD~1", "--rounds", "3"]).rounds == 3
+    for bad in ("0", "21"):
+        with pytest.raises(SystemExit):
+            parse_args(["--rounds", bad])
 
 
 def test_hot_path_measures_the_bridge_relaying_every_frame(tmp_path: Path) -> None:
