@@ -129,7 +129,7 @@ def header(facts: dict[str, Any], args: argparse.Namespace) -> str:
                 else []
             ),
             "",
-            f"{'server':<17} {'calls':>5} {'live':>4}  {'up ms p50/p99/max':>20}  "
+            f"{'server':<18} {'calls':>5} {'live':>4}  {'up ms p50/p99/max':>20}  "
             f"{'down ms p50/p99/max':>20}  {'lost':>4} {'reord':>5} {'cpu%':>5} "
             f"{'us/frame':>8} {'KB/call':>7} {'harn%':>5}  verdict",
         ]
@@ -145,7 +145,7 @@ def _fmt_lat(result: dict[str, Any], direction: str) -> str:
 
 
 def row(result: dict[str, Any]) -> str:
-    name = f"{result['target']:<17} {result['calls']:>5}"
+    name = f"{result['target']:<18} {result['calls']:>5}"
     if "error" in result:
         return f"{name}  ERROR: {result['error'][:150]}"
     lost = result["lost_up"] + result["lost_down"]
@@ -271,7 +271,7 @@ def footer(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
                 f"; from CPU, ~{projected} calls at 80% of the core "
                 f"(measured at {cap['calls_at_80pct_cpu_from_run']})"
             )
-        lines.append(f"  {target:<17} {text}")
+        lines.append(f"  {target:<18} {text}")
     for ours_name in OURS:
         ratios = summary.get("ratios_" + ours_name.replace("-", "_") + "_to", {})
         for base, r in ratios.items():
