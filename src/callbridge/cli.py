@@ -6,20 +6,18 @@ import asyncio
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
-from callbridge.config import ConfigError, Settings, load_settings, security_problem
+from callbridge.command_exit import EXIT_CONFIG, fail, settings_or_exit
+from callbridge.config import ConfigError, load_settings, security_problem
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Put an AssemblyAI voice agent on a Twilio phone number.",
 )
-
-EXIT_CONFIG = 2  # bad configuration or usage
-EXIT_FAILED = 1  # the operation itself failed (Twilio said no, server unreachable...)
 
 
 def _register_record_commands() -> None:
@@ -30,18 +28,6 @@ def _register_record_commands() -> None:
 
 
 _register_record_commands()
-
-
-def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    typer.echo(f"callbridge: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        _fail(f"configuration error: {exc}", EXIT_CONFIG)
 
 
 @app.command()
@@ -64,14 +50,14 @@ def serve(
     try:
         settings = load_settings(**overrides)
     except ConfigError as exc:
-        _fail(f"configuration error: {exc}", EXIT_CONFIG)
+        fail(f"configuration error: {exc}", EXIT_CONFIG)
     problem = security_problem(settings)
     if problem is not None:
-        _fail(f"configuration error: {problem}", EXIT_CONFIG)
+        fail(f"configuration error: {problem}", EXIT_CONFIG)
     try:
         bot = load_bot(settings.callbridge_bot)
     except BotLoadError as exc:
-        _fail(f"configuration error: CALLBRIDGE_BOT: {exc}", EXIT_CONFIG)
+        fail(f"configuration error: CALLBRIDGE_BOT: {exc}", EXIT_CONFIG)
 
     logs.configure(settings.log_level, settings.log_format)
     log = logs.EventLogger("server")
@@ -97,14 +83,14 @@ def serve(
     try:
         application = build_app(settings, bot)
     except ValueError as exc:  # an unusable DATABASE_URL, say
-        _fail(f"configuration error: {exc}", EXIT_CONFIG)
+        fail(f"configuration error: {exc}", EXIT_CONFIG)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(lifecycle.serve(application, settings, log))
     except SpoolError as exc:
-        _fail(f"configuration error: {exc}", EXIT_CONFIG)
+        fail(f"configuration error: {exc}", EXIT_CONFIG)
     except OSError as exc:
-        _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+        fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
 
 
 @app.command()
@@ -120,11 +106,11 @@ def call(
     """Place an outbound call: the agent speaks first with the bot's outbound prompt."""
     from callbridge.twilio.rest import OutboundCallError, place_call
 
-    settings = _settings()
+    settings = settings_or_exit()
     try:
         sid = place_call(settings, to=to, from_=from_)
     except OutboundCallError as exc:
-        _fail(str(exc), exc.exit_code)
+        fail(str(exc), exc.exit_code)
     typer.echo(sid)
 
 
@@ -151,7 +137,7 @@ def simulate(
     """Run one call against a running server, as Twilio would, without a phone."""
     from callbridge.simulate import SimulationError, run_simulation
 
-    settings = _settings()
+    settings = settings_or_exit()
     try:
         summary = asyncio.run(
             run_simulation(
@@ -164,7 +150,7 @@ def simulate(
             )
         )
     except SimulationError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(summary)
 
 
@@ -175,7 +161,7 @@ def show_config(
     """Print the effective configuration, secrets masked."""
     import json
 
-    settings = _settings()
+    settings = settings_or_exit()
     effective = settings.masked()
     if as_json:
         typer.echo(json.dumps(effective, indent=2))

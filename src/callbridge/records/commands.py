@@ -10,19 +10,17 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, TypeVar
 
 import msgspec
 import typer
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from callbridge.config import ConfigError, Settings, load_settings
+from callbridge.command_exit import EXIT_CONFIG, EXIT_FAILED, fail, settings_or_exit
+from callbridge.config import Settings
 from callbridge.records import database, queries
 from callbridge.records.queries import CallDetail, CallQuery, CallSummary
-
-EXIT_USAGE = 2
-EXIT_FAILED = 1
 
 calls_app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Read the records of calls."
@@ -44,25 +42,13 @@ class _Failure(Exception):
         self.code = code
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    typer.echo(f"callbridge: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as exc:
-        _fail(f"configuration error: {exc}", EXIT_USAGE)
-
-
 def _run(settings: Settings, work: Callable[[AsyncEngine], Awaitable[_T]]) -> _T:
     try:
         return asyncio.run(_with_engine(settings.database_url, work))
     except ValueError as exc:  # DATABASE_URL
-        _fail(f"configuration error: {exc}", EXIT_USAGE)
+        fail(f"configuration error: {exc}", EXIT_CONFIG)
     except _Failure as exc:
-        _fail(str(exc), exc.code)
+        fail(str(exc), exc.code)
 
 
 async def _with_engine(url: str, work: Callable[[AsyncEngine], Awaitable[_T]]) -> _T:
@@ -132,8 +118,8 @@ def list_calls(
             limit=queries.parse_limit(limit, maximum=100_000),
         )
     except ValueError as exc:
-        _fail(str(exc), EXIT_USAGE)
-    settings = _settings()
+        fail(str(exc), EXIT_CONFIG)
+    settings = settings_or_exit()
 
     async def work(engine: AsyncEngine) -> list[CallSummary]:
         await _check_schema(engine, settings.database_url)
@@ -192,7 +178,7 @@ def show_call(
     json_output: Annotated[bool, typer.Option("--json", help="JSON: the whole record.")] = False,
 ) -> None:
     """Show one call: the conversation with timings, tool calls, what was interrupted."""
-    settings = _settings()
+    settings = settings_or_exit()
 
     async def work(engine: AsyncEngine) -> CallDetail | None:
         await _check_schema(engine, settings.database_url)
@@ -201,7 +187,7 @@ def show_call(
 
     detail = _run(settings, work)
     if detail is None:
-        _fail(f"no call with id or CallSid {call!r}", EXIT_FAILED)
+        fail(f"no call with id or CallSid {call!r}", EXIT_FAILED)
     if json_output:
         _print_json(detail)
     else:
@@ -331,12 +317,12 @@ def upgrade(
 ) -> None:
     """Create or migrate the call records tables in DATABASE_URL (the server also does this
     when it starts)."""
-    settings = _settings()
+    settings = settings_or_exit()
     if sql:
         try:
             database.upgrade_sql(settings.database_url, sys.stdout)
         except ValueError as exc:
-            _fail(f"configuration error: {exc}", EXIT_USAGE)
+            fail(f"configuration error: {exc}", EXIT_CONFIG)
         return
 
     async def work(engine: AsyncEngine) -> str:
