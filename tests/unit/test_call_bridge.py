@@ -141,9 +141,10 @@ def test_audio_is_gated_on_session_ready_not_session_updated() -> None:
 
 def test_empty_payload_is_dropped_and_counted() -> None:
     bridge = live_bridge()
-    assert bridge.media_to_agent(media(b"")) is None  # the fast path leaves it to handle()
     assert to_agent(bridge.handle(media(b""))) == []
-    assert bridge.dropped["bad-payload"] == 1
+    assert bridge.media_to_agent(media(b"")) == []  # the fast path too: no frame, no line
+    assert bridge.dropped["bad-payload"] == 2
+    assert (bridge.frames_from_twilio, bridge.frames_to_agent) == (2, 0)
 
 
 def test_a_payload_that_is_not_base64_is_a_rejected_frame_not_audio() -> None:
@@ -158,20 +159,23 @@ def test_a_payload_that_is_not_base64_is_a_rejected_frame_not_audio() -> None:
     assert bridge.frames_to_agent == 0
 
 
-def test_fast_paths_relay_what_handle_would_and_decline_the_rest() -> None:
+def test_fast_paths_return_the_frame_or_the_actions_handle_would() -> None:
     bridge = new_bridge()
-    assert bridge.media_to_agent(media()) is None  # before start
+    early = bridge.media_to_agent(media())  # before start: a drop, and its one log line
+    assert isinstance(early, list) and to_agent(early) == [] and len(early) == 1
+    assert bridge.dropped["before-start"] == 1
     bridge = live_bridge()
     frame = bridge.media_to_agent(media())
-    assert frame is not None
+    assert isinstance(frame, bytes)
     assert json.loads(frame) == {"type": "input.audio", "audio": PAYLOAD_B64}
     assert (bridge.frames_from_twilio, bridge.frames_to_agent) == (1, 1)
     bridge.handle(agent.ReplyStarted(reply_id="r1"))
     chunk = agent.ReplyAudio(data=PAYLOAD, reply_id="r1")
-    assert bridge.audio_to_twilio(chunk) is None  # the first chunk of a reply carries a mark
-    assert len(to_twilio(bridge.handle(chunk), marks=True)) == 2
+    first = bridge.audio_to_twilio(chunk)  # the first chunk of a reply carries a mark
+    assert isinstance(first, list)
+    assert [m["event"] for m in to_twilio(first, marks=True)] == ["media", "mark"]
     down = bridge.audio_to_twilio(chunk)
-    assert down is not None
+    assert isinstance(down, bytes)
     assert json.loads(down) == {
         "event": "media",
         "streamSid": STREAM,
@@ -179,8 +183,10 @@ def test_fast_paths_relay_what_handle_would_and_decline_the_rest() -> None:
     }
     assert bridge.frames_to_twilio == 2
     bridge.handle(agent.SpeechStarted())  # barge-in: r1 is fenced
-    assert bridge.audio_to_twilio(chunk) is None
+    assert bridge.audio_to_twilio(chunk) == []
     assert to_twilio(bridge.handle(chunk)) == []
+    assert bridge.dropped["agent-audio-interrupted"] == 2
+    assert bridge.frames_to_twilio == 2
 
 
 def test_reply_audio_goes_to_twilio_unchanged_with_stream_sid() -> None:

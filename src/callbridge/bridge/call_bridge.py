@@ -287,38 +287,17 @@ class CallBridge:
 
     # --- the audio fast path ------------------------------------------------------------
     # Nearly every event of a call is an audio frame, one way or the other. The runner
-    # offers each to these two first: they return the frame to send, or None (changing
-    # nothing) when the frame needs `handle()`: not live, empty audio, a mark due. The
-    # common case so builds no action list; `handle()` tries them first too, so the rules
-    # for relaying audio are written once.
+    # hands each straight to these two (`handle()` does too, through `_on_media` and
+    # `_on_reply_audio`): they return the frame to send in the common case, so it builds
+    # no action list, or else the actions to perform (a mark after the chunk, a drop).
+    # Every frame is so judged once, by one set of rules.
 
-    def media_to_agent(self, msg: twilio.Media) -> bytes | None:
+    def media_to_agent(self, msg: twilio.Media) -> bytes | list[Action]:
+        self.frames_from_twilio += 1
         payload = msg.media.payload
-        if self.state is not _LIVE or not payload:
-            return None
-        self.frames_from_twilio += 1
-        self.frames_to_agent += 1
-        return agent.encode_input_audio(payload)
-
-    def audio_to_twilio(self, msg: agent.ReplyAudio) -> bytes | None:
-        data = msg.data
-        sid = self.stream_sid
-        if (
-            self.state is not _LIVE
-            or sid is None
-            or not data
-            or msg.reply_id in self._fenced_replies
-            or not self._ledger.count_unmarked(msg.reply_id, len(data))
-        ):
-            return None
-        self.frames_to_twilio += 1
-        return twilio.encode_media(sid, data)
-
-    def _on_media(self, msg: twilio.Media) -> list[Action]:
-        frame = self.media_to_agent(msg)
-        if frame is not None:
-            return [SendToAgent(frame)]
-        self.frames_from_twilio += 1
+        if self.state is _LIVE and payload:
+            self.frames_to_agent += 1
+            return agent.encode_input_audio(payload)
         if self.state is _LIVE:
             return self._drop("bad-payload")  # live, so the payload was empty
         if self.state is State.AWAITING_START:
@@ -328,6 +307,30 @@ class CallBridge:
         if self.state in (State.CONNECTING, State.CONFIGURING):
             return self._drop("before-ready")
         return self._drop("ending")
+
+    def audio_to_twilio(self, msg: agent.ReplyAudio) -> bytes | list[Action]:
+        data = msg.data
+        sid = self.stream_sid
+        if self.state is not _LIVE or sid is None:
+            self.dropped["agent-audio-not-live"] += 1
+            return []
+        if msg.reply_id in self._fenced_replies:
+            self.dropped["agent-audio-interrupted"] += 1
+            return []
+        if not data:
+            return self._drop("agent-bad-payload", "to-twilio")
+        self.frames_to_twilio += 1
+        if self._ledger.count_unmarked(msg.reply_id, len(data)):
+            return twilio.encode_media(sid, data)
+        mark = self._ledger.count_marked(msg.reply_id, len(data))
+        return [
+            SendToTwilio(twilio.encode_media(sid, data)),
+            SendToTwilio(twilio.encode_mark(sid, mark)),
+        ]
+
+    def _on_media(self, msg: twilio.Media) -> list[Action]:
+        out = self.media_to_agent(msg)
+        return [SendToAgent(out)] if isinstance(out, bytes) else out
 
     def _drop(self, reason: str, direction: str = "to-agent") -> list[Action]:
         self.dropped[reason] += 1
@@ -589,24 +592,8 @@ class CallBridge:
         return [Log.debug("agent.reply_started", reply_id=msg.reply_id)]
 
     def _on_reply_audio(self, msg: agent.ReplyAudio) -> list[Action]:
-        frame = self.audio_to_twilio(msg)
-        if frame is not None:
-            return [SendToTwilio(frame)]
-        if self.state is not _LIVE or self.stream_sid is None:
-            self.dropped["agent-audio-not-live"] += 1
-            return []
-        if msg.reply_id in self._fenced_replies:
-            self.dropped["agent-audio-interrupted"] += 1
-            return []
-        if not msg.data:
-            return self._drop("agent-bad-payload", "to-twilio")
-        # What is left is a chunk that needs a mark after it.
-        self.frames_to_twilio += 1
-        mark = self._ledger.audio_sent(msg.reply_id, len(msg.data))
-        actions: list[Action] = [SendToTwilio(twilio.encode_media(self.stream_sid, msg.data))]
-        if mark is not None:
-            actions.append(SendToTwilio(twilio.encode_mark(self.stream_sid, mark)))
-        return actions
+        out = self.audio_to_twilio(msg)
+        return [SendToTwilio(out)] if isinstance(out, bytes) else out
 
     def _on_agent_transcript(self, msg: agent.AgentTranscript) -> list[Action]:
         self._ledger.transcript(msg.reply_id, msg.text, msg.interrupted)

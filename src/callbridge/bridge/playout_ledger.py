@@ -77,16 +77,12 @@ class PlayoutLedger:
         """Count a chunk sent to Twilio; returns a mark name to send after it, when one is due."""
         if self.count_unmarked(reply_id, audio_bytes):
             return None
-        reply = self._reply(reply_id)
-        reply.bytes_sent += audio_bytes
-        if reply.first_sent_at is None:
-            reply.first_sent_at = self._clock()  # the first mark times the first audio played
-        return self._mark(reply)
+        return self.count_marked(reply_id, audio_bytes)
 
     def count_unmarked(self, reply_id: str | None, audio_bytes: int) -> bool:
         """Count a chunk that needs no mark after it and return True; or count nothing and
         return False when a mark is due (the reply's first chunk, or a quarter second
-        crossed). The bridge's fast path calls this alone, `audio_sent` the rest."""
+        crossed); then `count_marked` counts it. `audio_sent` is the two in one."""
         reply = self._by_id.get(reply_id)
         if reply is None or reply.first_sent_at is None:
             return False
@@ -96,6 +92,14 @@ class PlayoutLedger:
             return False
         reply.bytes_sent = after
         return True
+
+    def count_marked(self, reply_id: str | None, audio_bytes: int) -> str:
+        """Count a chunk that `count_unmarked` refused; returns the mark to send after it."""
+        reply = self._reply(reply_id)
+        reply.bytes_sent += audio_bytes
+        if reply.first_sent_at is None:
+            reply.first_sent_at = self._clock()  # the first mark times the first audio played
+        return self._mark(reply)
 
     def transcript(self, reply_id: str | None, text: str, interrupted: bool) -> None:
         reply = self._reply(reply_id)

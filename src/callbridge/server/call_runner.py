@@ -178,12 +178,14 @@ class CallRunner:
             self._media_tokens = (
                 tokens if tokens < _MEDIA_BURST_FRAMES else _MEDIA_BURST_FRAMES
             ) - 1.0
-            frame = self.bridge.media_to_agent(message)
-            if frame is not None:
+            out = self.bridge.media_to_agent(message)
+            if isinstance(out, bytes):
                 sock = self._agent
                 if sock is not None:
-                    sock.send(frame)
-                return True
+                    sock.send(out)
+            else:
+                self._perform_all(out)
+            return True
         elif not self._admitted and type(message) is twilio.Start:
             refusal = self._admit(message) if self._admit else None
             if refusal is not None:
@@ -200,10 +202,12 @@ class CallRunner:
 
     def _on_agent_event(self, event: object) -> None:
         if type(event) is agent.ReplyAudio:
-            frame = self.bridge.audio_to_twilio(event)
-            if frame is not None:
-                self._twilio.send(frame)
-                return
+            out = self.bridge.audio_to_twilio(event)
+            if isinstance(out, bytes):
+                self._twilio.send(out)
+            else:
+                self._perform_all(out)
+            return
         self._feed(event)
 
     async def _read_agent(self, sock: AgentSocket) -> None:
@@ -218,9 +222,12 @@ class CallRunner:
 
     def _feed(self, event: object) -> None:
         # Synchronous on purpose: both sockets write without awaiting, so an agent frame
-        # is relayed inside the upstream socket's callback with no task switch. Most audio
-        # frames do not come here: the bridge's fast path (above) relays them.
-        for action in self.bridge.handle(event):
+        # is relayed inside the upstream socket's callback with no task switch. Audio
+        # frames do not come here: the bridge's fast path (above) takes them.
+        self._perform_all(self.bridge.handle(event))
+
+    def _perform_all(self, actions: list[Action]) -> None:
+        for action in actions:
             # The audio path first, without pattern matching: these are nearly every action.
             kind = type(action)
             if kind is SendToAgent:
