@@ -107,6 +107,7 @@ class CallRunner:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 self._loop = asyncio.get_running_loop()
+                self._now = self._loop.time
                 self._feed(StreamOpened())
                 await self._read_twilio()
                 with contextlib.suppress(TimeoutError):
@@ -117,7 +118,7 @@ class CallRunner:
                     await self._close_agent_socket()
                 for task in list(self._tasks):
                     task.cancel()
-                self._cancel_timers()
+                self._cancel_timers()  # now, not in `finally`: none may fire while tasks end
         except Exception as exc:
             # A bug in one call must not take the server (or any other call) down.
             self.log.exception("call.crashed", exc)
@@ -125,7 +126,7 @@ class CallRunner:
             with contextlib.suppress(Exception):
                 await self._twilio.close(aiohttp.WSCloseCode.INTERNAL_ERROR)
         finally:
-            self._cancel_timers()
+            self._cancel_timers()  # after a crash too
             self.done.set()
             self.log.info(
                 "call.ended",
@@ -144,7 +145,6 @@ class CallRunner:
 
     async def _read_twilio(self) -> None:
         twilio_socket = self._twilio
-        self._now = asyncio.get_running_loop().time
         code = aiohttp.WSCloseCode.POLICY_VIOLATION  # we stopped reading: a refused stream
         try:
             await twilio_socket.serve(self._on_twilio_text, self._feed)
