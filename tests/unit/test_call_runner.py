@@ -1,4 +1,5 @@
-"""CallRunner's timers: the loop's timer handles, owned and cancelled by the runner.
+"""CallRunner's timers (the loop's timer handles, owned and cancelled by the runner) and
+its per-frame rate rules for Twilio's messages.
 
 The sockets and the bridge are stand-ins (the runner is the unit here); every real path
 through the runner is covered end to end in tests/e2e.
@@ -7,6 +8,8 @@ through the runner is covered end to end in tests/e2e.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
@@ -20,10 +23,11 @@ from callbridge.bridge.actions import (
     StartTimer,
 )
 from callbridge.bridge.call_bridge import CallBridge
-from callbridge.bridge.inputs import StreamOpened, TimerFired, TwilioClosed
+from callbridge.bridge.inputs import StreamOpened, TimerFired, TwilioClosed, TwilioProtocolError
 from callbridge.logs import EventLogger
 from callbridge.server.call_runner import CallRunner
 from callbridge.server.twilio_socket import EventHandler, TextHandler
+from callbridge.twilio import media_stream as twilio
 from tests.log_events import Events, caught
 
 
@@ -65,6 +69,10 @@ class _ScriptedBridge:
     def handle(self, event: object) -> list[Action]:
         self.fed.append(event)
         return self.script(event)
+
+    def media_to_agent(self, msg: object) -> bytes:
+        self.fed.append(msg)
+        return b"to the agent"
 
     def timers_fired(self) -> list[str]:
         return [e.name for e in self.fed if isinstance(e, TimerFired)]
@@ -165,3 +173,82 @@ async def test_a_bridge_bug_on_a_timer_crashes_only_that_call(log_lines: Events)
     assert other.timers_fired() == ["t"]
     assert other_twilio.close_code == 1000  # its own hang-up, after the other call's crash
     assert log_lines.names[-2:] == ["call.ended", "call.ended"]
+
+
+# --- rate rules ---------------------------------------------------------------------------
+
+_MEDIA_FRAME = json.dumps(
+    {"event": "media", "streamSid": "MZ1", "media": {"payload": base64.b64encode(b"\xff").decode()}}
+).encode()
+_MARK_FRAME = json.dumps({"event": "mark", "streamSid": "MZ1", "mark": {"name": "x"}}).encode()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _runner_at(
+    clock: _Clock, max_messages_per_second: int = 200
+) -> tuple[CallRunner, _ScriptedBridge]:
+    bridge = _ScriptedBridge(lambda event: [])
+    runner = CallRunner(
+        call_id="call-test",
+        twilio_socket=_TwilioSocket(),
+        bridge=cast(CallBridge, bridge),
+        dial_agent=_no_agent,
+        log=EventLogger("test", call_id="call-test"),
+        max_messages_per_second=max_messages_per_second,
+    )
+    runner._now = clock
+    return runner, bridge
+
+
+def _relayed(bridge: _ScriptedBridge) -> int:
+    return sum(isinstance(e, twilio.Media) for e in bridge.fed)
+
+
+def test_caller_audio_may_run_a_second_ahead_of_real_time_and_no_more() -> None:
+    clock = _Clock()
+    runner, bridge = _runner_at(clock)
+    for _ in range(51):  # a stalled network delivers a burst
+        assert runner._on_twilio_text(_MEDIA_FRAME)
+    assert (_relayed(bridge), runner.rate_limited_frames) == (50, 1)
+    clock.now += 0.019
+    runner._on_twilio_text(_MEDIA_FRAME)  # not yet due
+    clock.now += 0.002
+    runner._on_twilio_text(_MEDIA_FRAME)  # the next 20 ms have passed
+    assert (_relayed(bridge), runner.rate_limited_frames) == (51, 2)
+
+
+def test_caller_audio_at_real_time_with_jitter_is_never_dropped() -> None:
+    clock = _Clock()
+    runner, bridge = _runner_at(clock)
+    for i in range(500):
+        # Frames every 20 ms, every tenth held back 200 ms and delivered with the next ones.
+        clock.now = 1000.0 + 0.02 * i + (0.2 if i % 10 == 9 else 0.0)
+        runner._on_twilio_text(_MEDIA_FRAME)
+    assert (_relayed(bridge), runner.rate_limited_frames) == (500, 0)
+
+
+def test_more_messages_than_the_limit_within_a_second_end_the_stream() -> None:
+    clock = _Clock()
+    runner, bridge = _runner_at(clock, max_messages_per_second=20)
+    for _ in range(20):
+        assert runner._on_twilio_text(_MARK_FRAME)
+    clock.now += 0.999
+    assert not runner._on_twilio_text(_MARK_FRAME)
+    assert any(isinstance(e, TwilioProtocolError) for e in bridge.fed)
+
+
+def test_the_message_limit_is_per_second() -> None:
+    clock = _Clock()
+    runner, bridge = _runner_at(clock, max_messages_per_second=20)
+    for _ in range(5):
+        for _ in range(20):
+            assert runner._on_twilio_text(_MARK_FRAME)
+        clock.now += 1.0
+    assert not any(isinstance(e, TwilioProtocolError) for e in bridge.fed)

@@ -125,17 +125,24 @@ _decoder = msgspec.json.Decoder(AgentEvent)
 _generic = msgspec.json.Decoder()
 
 
+# The per-frame path calls the decoder itself (one Python call less a frame) and, when it
+# raises, `undecodable`: together they are `decode`.
+decode_strict = _decoder.decode
+
+
 def decode(frame: str | bytes | memoryview) -> AgentEvent | UnknownEvent | InvalidEvent:
     try:
-        event: AgentEvent = _decoder.decode(frame)
+        event: AgentEvent = decode_strict(frame)
     except msgspec.DecodeError as exc:
-        return _fallback(frame, exc)
+        return undecodable(frame, exc)
     return event
 
 
-def _fallback(
+def undecodable(
     frame: str | bytes | memoryview, exc: msgspec.DecodeError
 ) -> AgentEvent | UnknownEvent | InvalidEvent:
+    """What `decode` returns for a frame `decode_strict` refused: an error the agent sent
+    in an older shape, an event type we do not know, or an invalid frame."""
     try:
         raw = _generic.decode(frame)
     except msgspec.DecodeError:

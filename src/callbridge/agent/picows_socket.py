@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 from picows import (
     WSAutoPingStrategy,
     WSCloseCode,
@@ -35,6 +36,7 @@ from callbridge.picows_sockets import (
 )
 
 _TEXT = WSMsgType.TEXT
+_decode = agent.decode_strict
 
 
 class PicowsAgentSocket(WSListener):
@@ -101,7 +103,20 @@ class PicowsAgentSocket(WSListener):
             return  # given up, or closing: picows delivers the rest of a read regardless
         kind = frame.msg_type
         if kind is _TEXT and frame.fin:
-            self._deliver(agent.decode(frame.get_payload_as_memoryview()))
+            # Nearly every frame: decoded and handed on here, without `_deliver`'s call.
+            data = frame.get_payload_as_memoryview()
+            try:
+                event: object = _decode(data)
+            except msgspec.DecodeError as exc:
+                event = agent.undecodable(data, exc)
+            sink = self._sink
+            if sink is None:
+                self._early.append(event)
+                return
+            try:
+                sink(event)
+            except Exception as exc:
+                self._sink_failed(exc)
         elif kind is WSMsgType.CLOSE:
             self._closed = True
             transport.send_close(frame.get_close_code())
@@ -130,10 +145,13 @@ class PicowsAgentSocket(WSListener):
         try:
             sink(event)
         except Exception as exc:
-            # Not picows's to log: serve() raises it in the task that owns the call.
-            if self._failure is None:
-                self._failure = exc
-            self._give_up("")
+            self._sink_failed(exc)
+
+    def _sink_failed(self, exc: Exception) -> None:
+        # Not picows's to log: serve() raises it in the task that owns the call.
+        if self._failure is None:
+            self._failure = exc
+        self._give_up("")
 
     def _give_up(self, reason: str) -> None:
         self._closed = True

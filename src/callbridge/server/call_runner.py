@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
+import msgspec
 
 from callbridge.agent import events as agent
 from callbridge.agent.connection import (
@@ -58,8 +60,13 @@ from callbridge.twilio import media_stream as twilio
 # If the bridge has not finished this long after the Twilio socket closed, something is
 # wrong: close whatever is left rather than keep a socket (and a bill) open.
 _FINISH_GRACE_SECONDS = 10.0
-_MEDIA_FRAMES_PER_SECOND = 50.0  # Twilio sends one 20 ms frame every 20 ms
-_MEDIA_BURST_FRAMES = 50.0
+_MEDIA_FRAME_SECONDS = 0.02  # Twilio sends one 20 ms frame every 20 ms
+# How far ahead of real time caller audio may run: 50 frames at once (a burst after a
+# stall), then one every 20 ms. The half frame absorbs float rounding in the sums.
+_MEDIA_SLACK_SECONDS = 49.5 * _MEDIA_FRAME_SECONDS
+_MEDIA = twilio.Media
+_REPLY_AUDIO = agent.ReplyAudio
+_decode_twilio = twilio.decode_strict
 
 
 class CallRunner:
@@ -84,12 +91,11 @@ class CallRunner:
         self._record = record
         self._admitted = admit is None
         self._rate_limit = max_messages_per_second
-        self._window_start = 0.0
-        self._window_count = 0
+        self._window_start = -math.inf
+        self._window_left = 0
         # Caller audio may not run ahead of real time (the API drops it and complains):
-        # a token bucket of 20 ms frames, with a second of slack for jitter and our own stalls.
-        self._media_tokens = _MEDIA_BURST_FRAMES
-        self._media_refilled = 0.0
+        # a frame every 20 ms, with a second of slack for jitter and our own stalls.
+        self._media_due = -math.inf
         self.rate_limited_frames = 0
         self._agent: AgentSocket | None = None
         self._tg: asyncio.TaskGroup | None = None
@@ -158,33 +164,36 @@ class CallRunner:
 
     def _on_twilio_text(self, data: bytes | str | memoryview) -> bool:
         """One text frame from Twilio; False ends the stream."""
-        # A fixed one-second window: cheap per frame, and a flood shows within a second.
         now = self._now()
-        if now - self._window_start >= 1.0:
-            self._window_start, self._window_count = now, 0
-        self._window_count += 1
-        if self._window_count > self._rate_limit:
-            self._feed(TwilioProtocolError(f"more than {self._rate_limit} messages per second"))
-            return False
-        message = twilio.decode(data)
-        if type(message) is twilio.Media:
-            # The token bucket, inline: this runs for every frame of every call.
-            tokens = self._media_tokens + (now - self._media_refilled) * _MEDIA_FRAMES_PER_SECOND
-            self._media_refilled = now
-            if tokens < 1.0:
-                self._media_tokens = tokens
+        # Flood check, one-second windows: a budget of messages, and the clock compared
+        # only when a window's budget is spent (cheap per frame, a flood shows at once).
+        self._window_left -= 1
+        if self._window_left < 0:
+            if now - self._window_start < 1.0:
+                self._feed(TwilioProtocolError(f"more than {self._rate_limit} messages per second"))
+                return False
+            self._window_start, self._window_left = now, self._rate_limit - 1
+        try:
+            message: object = _decode_twilio(data)
+        except msgspec.DecodeError as exc:
+            message = twilio.undecodable(data, exc)
+        if type(message) is _MEDIA:
+            # Real-time pace (GCRA): each frame is due 20 ms after the one before; a frame
+            # more than a second ahead of when it is due is refused.
+            due = self._media_due
+            if due < now:
+                due = now
+            elif due - now > _MEDIA_SLACK_SECONDS:
                 self._media_refused()
                 return True
-            self._media_tokens = (
-                tokens if tokens < _MEDIA_BURST_FRAMES else _MEDIA_BURST_FRAMES
-            ) - 1.0
+            self._media_due = due + _MEDIA_FRAME_SECONDS
             out = self.bridge.media_to_agent(message)
-            if isinstance(out, bytes):
+            if type(out) is bytes:
                 sock = self._agent
                 if sock is not None:
                     sock.send(out)
             else:
-                self._perform_all(out)
+                self._perform_all(out)  # type: ignore[arg-type]
             return True
         elif not self._admitted and type(message) is twilio.Start:
             refusal = self._admit(message) if self._admit else None
@@ -201,12 +210,12 @@ class CallRunner:
             self.log.warning("audio.dropped", reason="faster-than-real-time", direction="to-agent")
 
     def _on_agent_event(self, event: object) -> None:
-        if type(event) is agent.ReplyAudio:
+        if type(event) is _REPLY_AUDIO:
             out = self.bridge.audio_to_twilio(event)
-            if isinstance(out, bytes):
+            if type(out) is bytes:
                 self._twilio.send(out)
             else:
-                self._perform_all(out)
+                self._perform_all(out)  # type: ignore[arg-type]
             return
         self._feed(event)
 

@@ -153,7 +153,18 @@ class PicowsTwilioSocket(WSListener):
             return  # picows delivers the rest of a read even after we disconnect
         kind = frame.msg_type
         if kind is _TEXT and frame.fin:
-            self._text(frame.get_payload_as_memoryview())
+            # Nearly every frame: `_text` written out, one Python call less a frame.
+            on_text = self._on_text
+            if on_text is None:
+                self._early.append(bytes(frame.get_payload_as_memoryview()))
+                return
+            try:
+                if on_text(frame.get_payload_as_memoryview()):
+                    return
+            except Exception as exc:
+                self._fail(exc)
+                return
+            self.abort(WSCloseCode.POLICY_VIOLATION)
         elif kind is WSMsgType.CLOSE:
             transport.send_close(frame.get_close_code())
             transport.disconnect()
