@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import sqlalchemy
 
 from callbridge.records import spool
 from callbridge.records.entries import (
@@ -442,6 +443,35 @@ async def test_retention_purges_old_calls_with_everything_about_them(
     assert await keeper.purge_expired(later) == 1
     assert await backend.count("callbridge_transcript_entries") == 0
     assert await backend.count("callbridge_call_statuses") == 0
+
+
+async def test_a_live_calls_row_is_written_once_and_again_after_a_purge(
+    make_store: StoreFactory, backend: Backend
+) -> None:
+    old = datetime.datetime.now(datetime.UTC).timestamp() - 10 * 86400
+    store = make_store(retention_days=7)
+    await store.start()
+    written: list[int] = []
+
+    def count_call_rows(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO CALLBRIDGE_CALLS "):
+            written.append(len(params) if isinstance(params, list) else 1)
+
+    sqlalchemy.event.listen(store.engine.sync_engine, "before_cursor_execute", count_call_rows)
+    store.submit(CallOpened("live", 0, old, "inbound", call_sid=SID))
+    await store.flush()
+    assert sum(written) == 1
+    for seq in range(1, 4):  # the call's entries, after its row is committed: no placeholder
+        store.submit(TranscriptLine("live", seq, old + seq, "caller", "hello"))
+        await store.flush()
+    assert sum(written) == 1
+    # A call longer than the retention (absurd, but possible) loses its row to a purge;
+    # the store must not go on assuming the row is there.
+    assert await store.purge_expired() == 1
+    store.submit(TranscriptLine("live", 4, old + 4, "caller", "still here"))
+    await store.flush()
+    assert sum(written) == 2
+    assert await backend.count("callbridge_calls") == 1
 
 
 async def test_retention_runs_again_on_its_interval(

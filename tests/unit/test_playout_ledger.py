@@ -85,6 +85,33 @@ def test_clear_estimates_what_was_heard_and_flushed_marks_confirm_nothing() -> N
     assert reply.bytes_sent == 6000
 
 
+def test_a_reply_settles_on_whichever_comes_last_its_done_its_clear_or_its_end_mark() -> None:
+    ledger = PlayoutLedger(Clock())
+    ledger.reply_started("done-then-cleared")
+    ledger.audio_sent("done-then-cleared", CHUNK_BYTES)
+    ledger.reply_done("done-then-cleared", interrupted=False)
+    assert ledger.settled() == []  # still playing
+    ledger.cleared()
+    assert [r.reply_id for r in ledger.settled()] == ["done-then-cleared"]
+    assert ledger.settled() == []  # each once
+
+    ledger.reply_started("cleared-then-done")
+    ledger.audio_sent("cleared-then-done", CHUNK_BYTES)
+    ledger.cleared()
+    assert ledger.settled() == []  # the agent is still generating it
+    ledger.reply_done("cleared-then-done", interrupted=True)
+    assert [r.reply_id for r in ledger.settled()] == ["cleared-then-done"]
+
+    ledger.reply_started("played")
+    names = [m for _ in range(10) if (m := ledger.audio_sent("played", CHUNK_BYTES))]
+    names.append(ledger.reply_done("played", interrupted=False) or "")
+    ledger.mark_echoed(names[0])
+    assert ledger.settled() == []  # not all of it played yet
+    for name in names[1:]:
+        ledger.mark_echoed(name)
+    assert [r.reply_id for r in ledger.settled()] == ["played"]
+
+
 def test_bridge_records_heard_and_generated_audio_and_turn_latency() -> None:
     clock = Clock()
     bridge = CallBridge(session_config={}, tools=[], call_id="call-1", clock=clock)

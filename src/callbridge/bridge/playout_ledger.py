@@ -21,6 +21,8 @@ from dataclasses import dataclass
 BYTES_PER_SECOND = 8000  # μ-law, 8 kHz
 MARK_EVERY_BYTES = 2000  # a quarter of a second
 MARK_PREFIX = "cb-"
+_END_SUFFIX = ":end"
+_PREFIX_LEN, _SUFFIX_LEN = len(MARK_PREFIX), len(_END_SUFFIX)
 
 
 @dataclass
@@ -31,6 +33,7 @@ class ReplyPlayout:
     text: str = ""
     interrupted: bool = False
     bytes_sent: int = 0
+    next_mark_at: int = 0  # bytes_sent at which a mark is due (0: the first chunk)
     bytes_played: int = 0
     first_sent_at: float | None = None
     first_played_at: float | None = None
@@ -59,6 +62,7 @@ class PlayoutLedger:
         self._pending: deque[tuple[int, int, int]] = deque()  # (mark, reply index, bytes)
         self._flushed_upto = -1  # marks up to this number were flushed by a clear
         self._turn_ended_at: float | None = None
+        self._maybe_settled = False  # a reply became done or resolved since settled()
 
     # --- what the bridge tells it -----------------------------------------------------
 
@@ -84,11 +88,10 @@ class PlayoutLedger:
         return False when a mark is due (the reply's first chunk, or a quarter second
         crossed); then `count_marked` counts it. `audio_sent` is the two in one."""
         reply = self._by_id.get(reply_id)
-        if reply is None or reply.first_sent_at is None:
+        if reply is None:
             return False
-        before = reply.bytes_sent
-        after = before + audio_bytes
-        if after // MARK_EVERY_BYTES != before // MARK_EVERY_BYTES:
+        after = reply.bytes_sent + audio_bytes
+        if after >= reply.next_mark_at:
             return False
         reply.bytes_sent = after
         return True
@@ -97,6 +100,8 @@ class PlayoutLedger:
         """Count a chunk that `count_unmarked` refused; returns the mark to send after it."""
         reply = self._reply(reply_id)
         reply.bytes_sent += audio_bytes
+        # The next quarter-second boundary of the reply's audio.
+        reply.next_mark_at = (reply.bytes_sent // MARK_EVERY_BYTES + 1) * MARK_EVERY_BYTES
         if reply.first_sent_at is None:
             reply.first_sent_at = self._clock()  # the first mark times the first audio played
         return self._mark(reply)
@@ -110,6 +115,7 @@ class PlayoutLedger:
         """The agent finished (or was cut); returns the end mark to send, if any audio went."""
         reply = self._reply(reply_id)
         reply.done = True
+        self._maybe_settled = True
         reply.interrupted = reply.interrupted or interrupted
         if self._current is reply:
             self._current = None
@@ -132,13 +138,16 @@ class PlayoutLedger:
                 reply.bytes_played = max(reply.bytes_played, min(reply.bytes_sent, estimate))
             reply.interrupted = True
             reply.resolved = True
+            self._maybe_settled = True
 
     def mark_echoed(self, name: str) -> bool:
         """Returns whether the name was one of ours (the bridge has other marks too)."""
         if not name.startswith(MARK_PREFIX):
             return False
+        end = -_SUFFIX_LEN if name.endswith(_END_SUFFIX) else None
+        digits = name[_PREFIX_LEN:end]
         try:
-            number = int(name[len(MARK_PREFIX) :].split(":", 1)[0])
+            number = int(digits)
         except ValueError:
             return False
         while self._pending and self._pending[0][0] <= number:
@@ -153,12 +162,16 @@ class PlayoutLedger:
                 reply.first_played_at = now
             if reply.done and reply.bytes_played >= reply.bytes_sent:
                 reply.resolved = True
+                self._maybe_settled = True
         return True
 
     # --- what the bridge takes out ----------------------------------------------------
 
     def settled(self, *, everything: bool = False) -> list[ReplyPlayout]:
         """Replies whose outcome is final (all of them when the call is over), each once."""
+        if not (everything or self._maybe_settled):
+            return []  # the common case: a mark echoed mid-reply
+        self._maybe_settled = False
         out = []
         for index in sorted(self._replies):
             reply = self._replies[index]
@@ -184,4 +197,4 @@ class PlayoutLedger:
         number = self._next_mark
         self._next_mark += 1
         self._pending.append((number, reply.index, reply.bytes_sent))
-        return f"{MARK_PREFIX}{number}{':end' if end else ''}"
+        return f"{MARK_PREFIX}{number}{_END_SUFFIX if end else ''}"

@@ -121,9 +121,14 @@ def _insert(conn: AsyncConnection, table: Table) -> postgresql.Insert | sqlite.I
 
 
 async def apply(
-    conn: AsyncConnection, entries: Sequence[RecordEntry], *, store_transcripts: bool
+    conn: AsyncConnection,
+    entries: Sequence[RecordEntry],
+    *,
+    store_transcripts: bool,
+    known_calls: Collection[str] = (),
 ) -> None:
-    """Write `entries` within the caller's transaction."""
+    """Write `entries` within the caller's transaction. `known_calls`: calls whose row is
+    known to be in the database already (committed earlier), which need no placeholder."""
     if not store_transcripts:
         entries = [without_words(e) for e in entries]
     opened: dict[str, CallOpened] = {}
@@ -153,7 +158,7 @@ async def apply(
     placeholders = [
         {"call_id": call_id, "started_at": at, "opened": False}
         for call_id, at in first_seen.items()
-        if call_id not in opened
+        if call_id not in opened and call_id not in known_calls
     ]
     if placeholders:
         # Entries before their CallOpened (or without one): the row exists, to be completed.
