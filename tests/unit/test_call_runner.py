@@ -252,3 +252,24 @@ def test_the_message_limit_is_per_second() -> None:
             assert runner._on_twilio_text(_MARK_FRAME)
         clock.now += 1.0
     assert not any(isinstance(e, TwilioProtocolError) for e in bridge.fed)
+
+
+def test_caller_audio_counts_towards_the_message_limit_only_past_real_time() -> None:
+    clock = _Clock()
+    runner, bridge = _runner_at(clock, max_messages_per_second=20)
+    for i in range(150):  # three seconds of audio at Twilio's pace, with marks between
+        clock.now = 1000.0 + 0.02 * i
+        assert runner._on_twilio_text(_MEDIA_FRAME)
+        if i % 10 == 0:
+            assert runner._on_twilio_text(_MARK_FRAME)
+    assert not any(isinstance(e, TwilioProtocolError) for e in bridge.fed)
+
+
+def test_a_flood_of_caller_audio_ends_the_stream() -> None:
+    clock = _Clock()
+    runner, bridge = _runner_at(clock, max_messages_per_second=20)
+    # The second's burst is relayed, then each refused frame counts towards the limit.
+    results = [runner._on_twilio_text(_MEDIA_FRAME) for _ in range(50 + 21)]
+    assert results == [True] * 70 + [False]
+    assert runner.rate_limited_frames == 21
+    assert any(isinstance(e, TwilioProtocolError) for e in bridge.fed)

@@ -209,7 +209,7 @@ class CallBridge:
         self._held_results: list[ToolFinished] = []
         self._seen_tool_calls = RecentIds(256)  # a call_id is answered once
 
-        self.frames_from_twilio = 0
+        self._media_dropped = 0  # media frames not relayed (frames_from_twilio is derived)
         self.frames_to_agent = 0
         self.frames_to_twilio = 0
         self.dropped: Counter[str] = Counter()
@@ -260,6 +260,11 @@ class CallBridge:
         return handler(event)
 
     @property
+    def frames_from_twilio(self) -> int:
+        """Media frames the bridge was given: relayed or dropped (one counter less a frame)."""
+        return self.frames_to_agent + self._media_dropped
+
+    @property
     def stats(self) -> dict[str, Any]:
         return {
             "frames_from_twilio": self.frames_from_twilio,
@@ -293,11 +298,11 @@ class CallBridge:
     # Every frame is so judged once, by one set of rules.
 
     def media_to_agent(self, msg: twilio.Media) -> bytes | list[Action]:
-        self.frames_from_twilio += 1
         payload = msg.media.payload
         if self.state is _LIVE and payload:
             self.frames_to_agent += 1
             return agent.encode_input_audio(payload)
+        self._media_dropped += 1
         if self.state is _LIVE:
             return self._drop("bad-payload")  # live, so the payload was empty
         if self.state is State.AWAITING_START:

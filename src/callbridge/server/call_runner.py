@@ -165,27 +165,19 @@ class CallRunner:
     def _on_twilio_text(self, data: bytes | str | memoryview) -> bool:
         """One text frame from Twilio; False ends the stream."""
         now = self._now()
-        # Flood check, one-second windows: a budget of messages, and the clock compared
-        # only when a window's budget is spent (cheap per frame, a flood shows at once).
-        self._window_left -= 1
-        if self._window_left < 0:
-            if now - self._window_start < 1.0:
-                self._feed(TwilioProtocolError(f"more than {self._rate_limit} messages per second"))
-                return False
-            self._window_start, self._window_left = now, self._rate_limit - 1
         try:
             message: object = _decode_twilio(data)
         except msgspec.DecodeError as exc:
             message = twilio.undecodable(data, exc)
         if type(message) is _MEDIA:
             # Real-time pace (GCRA): each frame is due 20 ms after the one before; a frame
-            # more than a second ahead of when it is due is refused.
+            # more than a second ahead of when it is due is refused, and counts towards
+            # the flood limit below (caller audio at Twilio's pace never does).
             due = self._media_due
             if due < now:
                 due = now
             elif due - now > _MEDIA_SLACK_SECONDS:
-                self._media_refused()
-                return True
+                return self._media_refused(now)
             self._media_due = due + _MEDIA_FRAME_SECONDS
             out = self.bridge.media_to_agent(message)
             if type(out) is bytes:
@@ -195,7 +187,9 @@ class CallRunner:
             else:
                 self._perform_all(out)  # type: ignore[arg-type]
             return True
-        elif not self._admitted and type(message) is twilio.Start:
+        if not self._within_message_limit(now):
+            return False
+        if not self._admitted and type(message) is twilio.Start:
             refusal = self._admit(message) if self._admit else None
             if refusal is not None:
                 self.log.warning("stream.refused", reason=refusal)
@@ -204,10 +198,23 @@ class CallRunner:
         self._feed(message)
         return True
 
-    def _media_refused(self) -> None:
+    def _within_message_limit(self, now: float) -> bool:
+        """Flood check in one-second windows: a budget of messages, with the clock compared
+        only when a window's budget is spent. False (and the bridge told) past the limit."""
+        self._window_left -= 1
+        if self._window_left >= 0:
+            return True
+        if now - self._window_start < 1.0:
+            self._feed(TwilioProtocolError(f"more than {self._rate_limit} messages per second"))
+            return False
+        self._window_start, self._window_left = now, self._rate_limit - 1
+        return True
+
+    def _media_refused(self, now: float) -> bool:
         self.rate_limited_frames += 1
         if self.rate_limited_frames == 1:
             self.log.warning("audio.dropped", reason="faster-than-real-time", direction="to-agent")
+        return self._within_message_limit(now)
 
     def _on_agent_event(self, event: object) -> None:
         if type(event) is _REPLY_AUDIO:
