@@ -169,7 +169,9 @@ async def test_a_peer_that_stops_reading_is_given_up_on(
     serving = asyncio.create_task(sock.serve(Collected()))
     frame = b'{"type":"input.audio","audio":"' + b"A" * 8000 + b'"}'
     # Well past the kernel's buffers:
-    await flood_until_closed(sock.send, lambda: sock.closed, frame, 32 * MAX_UNSENT_BYTES)
+    await flood_until_closed(
+        lambda f: sock.send(f), lambda: sock.closed, frame, 32 * MAX_UNSENT_BYTES
+    )
     assert sock.closed
     _, reason = await asyncio.wait_for(serving, 5)
     assert "stopped reading" in reason

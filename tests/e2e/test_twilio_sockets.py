@@ -97,7 +97,9 @@ async def test_a_twilio_that_stops_reading_is_cut_off(
         frame = b'{"event":"media","media":{"payload":"' + b"A" * 8000 + b'"}}'
         socket = served.socket
         # Well past the kernel's buffers:
-        await flood_until_closed(socket.send, lambda: socket.closed, frame, 64 * MAX_UNSENT_BYTES)
+        await flood_until_closed(
+            lambda f: socket.send(f), lambda: socket.closed, frame, 64 * MAX_UNSENT_BYTES
+        )
         assert served.socket.closed
         await asyncio.wait_for(served.done.wait(), 5)
         reasons = [e.reason for e in served.events if isinstance(e, TwilioProtocolError)]

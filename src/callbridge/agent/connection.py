@@ -38,7 +38,9 @@ class AgentSocket(Protocol):
     def closed(self) -> bool: ...
 
     def send(self, frame: bytes) -> None:
-        """Queue one text frame. Never raises: a frame for a closing socket is dropped."""
+        """Queue one text frame. Never raises: a frame for a closing socket is dropped.
+        Look it up for each frame, never keep it: a socket may rebind it as its state
+        changes (the picows sockets do, so that an open socket's send runs no Python)."""
 
     async def serve(self, sink: EventSink) -> tuple[int | None, str]:
         """Hand every event to `sink` until the socket closes; return (close code, reason)."""

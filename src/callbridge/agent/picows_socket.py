@@ -4,6 +4,8 @@ callback, so relaying a frame costs no task switch, queue or future."""
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 
 import msgspec
 from picows import (
@@ -49,6 +51,11 @@ class PicowsAgentSocket(WSListener):
         self._reason = ""
         self._closed = False
         self._paused = False  # the transport's buffer is past its high-water mark
+        # `send` is rebound as the socket's state changes, so that the common case runs no
+        # Python: picows's own send with the frame type bound while the socket is open and
+        # keeps up; a send that watches the backlog while the transport's buffer is past
+        # its high-water mark; nothing before the socket opens or once it is closing.
+        self.send: Callable[[bytes], None] = _drop
 
     # --- AgentSocket ------------------------------------------------------------------
 
@@ -56,16 +63,26 @@ class PicowsAgentSocket(WSListener):
     def closed(self) -> bool:
         return self._closed
 
-    def send(self, frame: bytes) -> None:
+    def _send_watching(self, frame: bytes) -> None:
         transport = self._transport
         if transport is None or self._closed:
             return
         transport.send(_TEXT, frame)
-        if (
-            self._paused
-            and transport.underlying_transport.get_write_buffer_size() > MAX_UNSENT_BYTES
-        ):
+        if transport.underlying_transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
             self._give_up("the agent stopped reading (send buffer full)")
+
+    def _rebind_send(self) -> None:
+        transport = self._transport
+        if transport is None or self._closed:
+            self.send = _drop
+        elif self._paused:
+            self.send = self._send_watching
+        else:
+            self.send = functools.partial(transport.send, _TEXT)
+
+    def _mark_closed(self) -> None:
+        self._closed = True
+        self.send = _drop
 
     async def serve(self, sink: EventSink) -> tuple[int | None, str]:
         transport = self._transport
@@ -84,19 +101,22 @@ class PicowsAgentSocket(WSListener):
 
     async def close(self) -> None:
         if self._transport is not None:
-            self._closed = True
+            self._mark_closed()
             await close_politely(self._transport, WSCloseCode.OK)
 
     # --- WSListener -------------------------------------------------------------------
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
+        self._rebind_send()
 
     def pause_writing(self) -> None:
         self._paused = True
+        self._rebind_send()
 
     def resume_writing(self) -> None:
         self._paused = False
+        self._rebind_send()
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if self._closed:
@@ -118,7 +138,7 @@ class PicowsAgentSocket(WSListener):
             except Exception as exc:
                 self._sink_failed(exc)
         elif kind is WSMsgType.CLOSE:
-            self._closed = True
+            self._mark_closed()
             transport.send_close(frame.get_close_code())
             transport.disconnect()
         elif kind is _TEXT or kind is WSMsgType.CONTINUATION:
@@ -133,7 +153,7 @@ class PicowsAgentSocket(WSListener):
             self._deliver(agent.InvalidEvent("binary frame"))
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self._closed = True
+        self._mark_closed()
 
     # --- internals --------------------------------------------------------------------
 
@@ -154,11 +174,15 @@ class PicowsAgentSocket(WSListener):
         self._give_up("")
 
     def _give_up(self, reason: str) -> None:
-        self._closed = True
+        self._mark_closed()
         if reason and not self._reason:
             self._reason = reason
         if self._transport is not None:
             self._transport.disconnect(graceful=False)
+
+
+def _drop(frame: bytes) -> None:
+    """`send` while the socket is not open: the frame is dropped."""
 
 
 async def open_picows_socket(url: str, headers: dict[str, str]) -> PicowsAgentSocket:

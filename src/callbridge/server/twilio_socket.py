@@ -10,6 +10,7 @@ and sends pre-encoded frames without awaiting.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import Protocol
 
@@ -36,7 +37,9 @@ class TwilioSocket(Protocol):
     def closed(self) -> bool: ...
 
     def send(self, frame: bytes) -> None:
-        """Queue one text frame. Never raises: a frame for a closing socket is dropped."""
+        """Queue one text frame. Never raises: a frame for a closing socket is dropped.
+        Look it up for each frame, never keep it: a socket may rebind it as its state
+        changes (the picows socket does, so that an open socket's send runs no Python)."""
 
     async def serve(self, on_text: TextHandler, on_event: EventHandler) -> None:
         """Hand each text frame to `on_text` (and anything else, as an event, to `on_event`)
@@ -100,24 +103,37 @@ class PicowsTwilioSocket(WSListener):
         self._gave_up = ""
         self._paused = False  # the transport's buffer is past its high-water mark
         self._stopped = False  # we ended it: frames still in the read buffer are ignored
+        # `send` is rebound as the socket's state changes, so that the common case runs no
+        # Python: picows's own send with the frame type bound (a no-op once closing);
+        # a send that watches the backlog while the transport's buffer is past its
+        # high-water mark; nothing before the upgrade or once we gave up on a stalled peer.
+        self.send: Callable[[bytes], None] = _drop
 
     @property
     def closed(self) -> bool:
         transport = self._transport
         return transport is None or transport.is_disconnected or transport.is_close_frame_sent
 
-    def send(self, frame: bytes) -> None:
+    def _send_watching(self, frame: bytes) -> None:
         transport = self._transport
         if transport is None or self._gave_up:
             return
         transport.send(_TEXT, frame)  # a no-op once closing
-        if not self._paused:
-            return
         unsent = transport.underlying_transport.get_write_buffer_size()
         if unsent > MAX_UNSENT_BYTES:
             self._gave_up = _stalled(unsent)
             self._stopped = True
+            self.send = _drop
             transport.disconnect(graceful=False)
+
+    def _rebind_send(self) -> None:
+        transport = self._transport
+        if transport is None or self._gave_up:
+            self.send = _drop
+        elif self._paused:
+            self.send = self._send_watching
+        else:
+            self.send = functools.partial(transport.send, _TEXT)
 
     async def serve(self, on_text: TextHandler, on_event: EventHandler) -> None:
         transport = self._transport
@@ -140,13 +156,16 @@ class PicowsTwilioSocket(WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
+        self._rebind_send()
         self._on_connected(self)
 
     def pause_writing(self) -> None:
         self._paused = True
+        self._rebind_send()
 
     def resume_writing(self) -> None:
         self._paused = False
+        self._rebind_send()
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if self._stopped:
@@ -215,6 +234,10 @@ class PicowsTwilioSocket(WSListener):
         if self._transport is not None and not self._transport.is_disconnected:
             self._transport.send_close(code)
             self._transport.disconnect()
+
+
+def _drop(frame: bytes) -> None:
+    """`send` while the socket is not open: the frame is dropped."""
 
 
 def _stalled(unsent: int) -> str:
