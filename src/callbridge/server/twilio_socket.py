@@ -172,7 +172,8 @@ class PicowsTwilioSocket(WSListener):
             return  # picows delivers the rest of a read even after we disconnect
         kind = frame.msg_type
         if kind is _TEXT and frame.fin:
-            # Nearly every frame: `_text` written out, one Python call less a frame.
+            # Nearly every frame: `_text` written out (one Python call less a frame; keep
+            # the two alike).
             on_text = self._on_text
             if on_text is None:
                 self._early.append(bytes(frame.get_payload_as_memoryview()))
