@@ -1,10 +1,11 @@
 """What both picows sockets (the agent's, Twilio's) share: whole messages out of fragments,
-the polite close, one logger for picows's own lines, and picows's server protocol for a
-socket we accepted ourselves."""
+the polite close, which `send` a socket has in its state, one logger for picows's own
+lines, and picows's server protocol for a socket we accepted ourselves."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 
@@ -57,6 +58,26 @@ def server_protocol_factory(
         return protocol
 
     return build
+
+
+Send = Callable[[bytes], None]
+
+
+def drop_frame(frame: bytes) -> None:
+    """`send` of a socket that is not open: the frame is dropped."""
+
+
+def send_for(transport: WSTransport | None, *, usable: bool, paused: bool, watching: Send) -> Send:
+    """The `send` a socket should have now. Both sockets rebind theirs as their state
+    changes, so that the common case runs no Python: while the socket is usable and its
+    transport keeps up, picows's own send with the frame type bound; while the transport's
+    buffer is past its high-water mark, `watching` (which checks the backlog); before the
+    socket opens or once it is no longer usable, nothing."""
+    if transport is None or not usable:
+        return drop_frame
+    if paused:
+        return watching
+    return functools.partial(transport.send, WSMsgType.TEXT)
 
 
 async def close_politely(transport: WSTransport, code: WSCloseCode) -> None:

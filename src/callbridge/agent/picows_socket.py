@@ -4,8 +4,6 @@ callback, so relaying a frame costs no task switch, queue or future."""
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Callable
 
 import msgspec
 from picows import (
@@ -34,7 +32,10 @@ from callbridge.picows_sockets import (
     PICOWS_LOG,
     FragmentedMessages,
     MessageTooBig,
+    Send,
     close_politely,
+    drop_frame,
+    send_for,
 )
 
 _TEXT = WSMsgType.TEXT
@@ -51,11 +52,7 @@ class PicowsAgentSocket(WSListener):
         self._reason = ""
         self._closed = False
         self._paused = False  # the transport's buffer is past its high-water mark
-        # `send` is rebound as the socket's state changes, so that the common case runs no
-        # Python: picows's own send with the frame type bound while the socket is open and
-        # keeps up; a send that watches the backlog while the transport's buffer is past
-        # its high-water mark; nothing before the socket opens or once it is closing.
-        self.send: Callable[[bytes], None] = _drop
+        self.send: Send = drop_frame  # rebound with the state: see `send_for`
 
     # --- AgentSocket ------------------------------------------------------------------
 
@@ -72,17 +69,16 @@ class PicowsAgentSocket(WSListener):
             self._give_up("the agent stopped reading (send buffer full)")
 
     def _rebind_send(self) -> None:
-        transport = self._transport
-        if transport is None or self._closed:
-            self.send = _drop
-        elif self._paused:
-            self.send = self._send_watching
-        else:
-            self.send = functools.partial(transport.send, _TEXT)
+        self.send = send_for(
+            self._transport,
+            usable=not self._closed,
+            paused=self._paused,
+            watching=self._send_watching,
+        )
 
     def _mark_closed(self) -> None:
         self._closed = True
-        self.send = _drop
+        self.send = drop_frame
 
     async def serve(self, sink: EventSink) -> tuple[int | None, str]:
         transport = self._transport
@@ -122,43 +118,32 @@ class PicowsAgentSocket(WSListener):
         if self._closed:
             return  # given up, or closing: picows delivers the rest of a read regardless
         kind = frame.msg_type
-        if kind is _TEXT and frame.fin:
-            # Nearly every frame: decoded, then `_deliver` written out (one Python call less
-            # a frame; keep the two alike).
+        event: object
+        if kind is _TEXT and frame.fin:  # nearly every frame
             data = frame.get_payload_as_memoryview()
             try:
-                event: object = _decode(data)
+                event = _decode(data)
             except msgspec.DecodeError as exc:
                 event = agent.undecodable(data, exc)
-            sink = self._sink
-            if sink is None:
-                self._early.append(event)
-                return
-            try:
-                sink(event)
-            except Exception as exc:
-                self._sink_failed(exc)
         elif kind is WSMsgType.CLOSE:
             self._mark_closed()
             transport.send_close(frame.get_close_code())
             transport.disconnect()
+            return
         elif kind is _TEXT or kind is WSMsgType.CONTINUATION:
             try:
                 message = self._fragments.add(frame)
             except MessageTooBig:
                 self._give_up("message larger than the size limit")
                 return
-            if message is not None:
-                self._deliver(agent.decode(message))
+            if message is None:
+                return
+            event = agent.decode(message)
         elif kind is WSMsgType.BINARY:
-            self._deliver(agent.InvalidEvent("binary frame"))
-
-    def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self._mark_closed()
-
-    # --- internals --------------------------------------------------------------------
-
-    def _deliver(self, event: object) -> None:
+            event = agent.InvalidEvent("binary frame")
+        else:
+            return  # ping and pong: picows answers them
+        # Handed on here rather than in a method of its own: one Python call less a frame.
         sink = self._sink
         if sink is None:
             self._early.append(event)
@@ -166,13 +151,15 @@ class PicowsAgentSocket(WSListener):
         try:
             sink(event)
         except Exception as exc:
-            self._sink_failed(exc)
+            # Not picows's to log: serve() raises it in the task that owns the call.
+            if self._failure is None:
+                self._failure = exc
+            self._give_up("")
 
-    def _sink_failed(self, exc: Exception) -> None:
-        # Not picows's to log: serve() raises it in the task that owns the call.
-        if self._failure is None:
-            self._failure = exc
-        self._give_up("")
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self._mark_closed()
+
+    # --- internals --------------------------------------------------------------------
 
     def _give_up(self, reason: str) -> None:
         self._mark_closed()
@@ -180,10 +167,6 @@ class PicowsAgentSocket(WSListener):
             self._reason = reason
         if self._transport is not None:
             self._transport.disconnect(graceful=False)
-
-
-def _drop(frame: bytes) -> None:
-    """`send` while the socket is not open: the frame is dropped."""
 
 
 async def open_picows_socket(url: str, headers: dict[str, str]) -> PicowsAgentSocket:

@@ -180,12 +180,12 @@ class CallRunner:
                 return self._media_refused(now)
             self._media_due = due + _MEDIA_FRAME_SECONDS
             out = self.bridge.media_to_agent(message)
-            if type(out) is bytes:
+            if isinstance(out, bytes):
                 sock = self._agent
                 if sock is not None:
                     sock.send(out)
             else:
-                self._perform_all(out)  # type: ignore[arg-type]
+                self._perform_all(out)
             return True
         if not self._within_message_limit(now):
             return False
@@ -219,10 +219,10 @@ class CallRunner:
     def _on_agent_event(self, event: object) -> None:
         if type(event) is _REPLY_AUDIO:
             out = self.bridge.audio_to_twilio(event)
-            if type(out) is bytes:
+            if isinstance(out, bytes):
                 self._twilio.send(out)
             else:
-                self._perform_all(out)  # type: ignore[arg-type]
+                self._perform_all(out)
             return
         self._feed(event)
 

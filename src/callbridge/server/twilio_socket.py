@@ -10,7 +10,6 @@ and sends pre-encoded frames without awaiting.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable
 from typing import Protocol
 
@@ -21,7 +20,14 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 from callbridge.agent.connection import MAX_UNSENT_BYTES  # the same rule for Twilio
 from callbridge.aiohttp_sockets import describe_error, send_text_bounded
 from callbridge.bridge.inputs import TwilioProtocolError
-from callbridge.picows_sockets import FragmentedMessages, MessageTooBig, close_politely
+from callbridge.picows_sockets import (
+    FragmentedMessages,
+    MessageTooBig,
+    Send,
+    close_politely,
+    drop_frame,
+    send_for,
+)
 from callbridge.twilio import media_stream as twilio
 
 _TEXT = WSMsgType.TEXT
@@ -103,11 +109,9 @@ class PicowsTwilioSocket(WSListener):
         self._gave_up = ""
         self._paused = False  # the transport's buffer is past its high-water mark
         self._stopped = False  # we ended it: frames still in the read buffer are ignored
-        # `send` is rebound as the socket's state changes, so that the common case runs no
-        # Python: picows's own send with the frame type bound (a no-op once closing);
-        # a send that watches the backlog while the transport's buffer is past its
-        # high-water mark; nothing before the upgrade or once we gave up on a stalled peer.
-        self.send: Callable[[bytes], None] = _drop
+        # Rebound with the state (see `send_for`); picows's send is a no-op once closing,
+        # so only giving up on a stalled peer makes the socket unusable for sending.
+        self.send: Send = drop_frame
 
     @property
     def closed(self) -> bool:
@@ -123,17 +127,16 @@ class PicowsTwilioSocket(WSListener):
         if unsent > MAX_UNSENT_BYTES:
             self._gave_up = _stalled(unsent)
             self._stopped = True
-            self.send = _drop
+            self.send = drop_frame
             transport.disconnect(graceful=False)
 
     def _rebind_send(self) -> None:
-        transport = self._transport
-        if transport is None or self._gave_up:
-            self.send = _drop
-        elif self._paused:
-            self.send = self._send_watching
-        else:
-            self.send = functools.partial(transport.send, _TEXT)
+        self.send = send_for(
+            self._transport,
+            usable=not self._gave_up,
+            paused=self._paused,
+            watching=self._send_watching,
+        )
 
     async def serve(self, on_text: TextHandler, on_event: EventHandler) -> None:
         transport = self._transport
@@ -172,8 +175,8 @@ class PicowsTwilioSocket(WSListener):
             return  # picows delivers the rest of a read even after we disconnect
         kind = frame.msg_type
         if kind is _TEXT and frame.fin:
-            # Nearly every frame: `_text` written out (one Python call less a frame; keep
-            # the two alike).
+            # Nearly every frame: `_text` written out, one Python call less a frame (`_text`
+            # serves the rare rest: reassembled fragments, frames from before serve()).
             on_text = self._on_text
             if on_text is None:
                 self._early.append(bytes(frame.get_payload_as_memoryview()))
@@ -235,10 +238,6 @@ class PicowsTwilioSocket(WSListener):
         if self._transport is not None and not self._transport.is_disconnected:
             self._transport.send_close(code)
             self._transport.disconnect()
-
-
-def _drop(frame: bytes) -> None:
-    """`send` while the socket is not open: the frame is dropped."""
 
 
 def _stalled(unsent: int) -> str:
