@@ -141,6 +141,19 @@ async def test_the_key_goes_in_the_authorization_header_and_frames_both_ways(
     assert sock.closed
 
 
+@pytest.mark.parametrize("reason", [b"", b"going away"])
+async def test_the_close_reason_is_always_text(
+    open_socket: Callable[[], asyncio.Future[tuple[AgentSocket, Peer]]], reason: bytes
+) -> None:
+    # picows reports a close frame without a reason as None (its stub says str): the
+    # socket hands the call "" instead, as the aiohttp socket does.
+    sock, peer = await open_socket()
+    serving = asyncio.create_task(sock.serve(Collected()))
+    peer.transport.send_close(WSCloseCode(1008), reason)
+    code, text = await asyncio.wait_for(serving, 5)
+    assert (code, text) == (1008, reason.decode())
+
+
 async def test_a_fragmented_message_is_reassembled_and_a_binary_frame_is_invalid(
     open_socket: Callable[[], asyncio.Future[tuple[AgentSocket, Peer]]],
 ) -> None:

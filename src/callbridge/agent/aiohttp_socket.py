@@ -41,14 +41,20 @@ class AiohttpAgentSocket:
 
     async def serve(self, sink: EventSink) -> tuple[int | None, str]:
         ws, reason = self._ws, ""
-        async for msg in ws:
+        # receive(), not `async for`: iteration stops at the close frame without showing
+        # it, and its reason is what the agent says about why it hung up.
+        while True:
+            msg = await ws.receive()
             if msg.type is aiohttp.WSMsgType.TEXT:
                 sink(agent.decode(msg.data))
             elif msg.type is aiohttp.WSMsgType.BINARY:
                 sink(agent.InvalidEvent("binary frame"))
             elif msg.type is aiohttp.WSMsgType.ERROR:
                 reason = describe_error(msg)
-        return ws.close_code, self._gave_up or reason
+            elif msg.type is aiohttp.WSMsgType.CLOSE:
+                reason = msg.extra or ""
+            elif msg.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                return ws.close_code, self._gave_up or reason
 
     async def close(self) -> None:
         if not self._ws.closed:

@@ -92,7 +92,8 @@ class PicowsAgentSocket(WSListener):
             raise self._failure  # a bug in the sink: the call's owner reports it
         received = transport.close_handshake.recv if transport.close_handshake else None
         code = received.code.value if received is not None else None
-        reason = self._reason or (received.reason if received is not None else "")
+        # picows gives None for a close frame without a reason, whatever its stub says.
+        reason = self._reason or (received.reason if received is not None else None) or ""
         return code, reason
 
     async def close(self) -> None:
