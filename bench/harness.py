@@ -95,6 +95,20 @@ def _second_half_growth(trace: list[tuple[float, int]], rss_end: int) -> int | N
     return rss_end - at_middle
 
 
+async def _callgrind_control(command: str, pid: int) -> None:
+    """Zero or dump the instruction counts of a server running under callgrind."""
+    proc = await asyncio.create_subprocess_exec(
+        "callgrind_control",
+        command,
+        str(pid),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"callgrind_control {command} {pid}: {err.decode()[-300:]}")
+
+
 def _cpu_seconds(proc: psutil.Process) -> tuple[float, float]:
     """(user, system) CPU seconds of a process, all its threads."""
     t = proc.cpu_times()
@@ -161,7 +175,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     server_proc = psutil.Process(args.server_pid)
     me = psutil.Process()
-    await _wait_for_server(args.server_port, server_proc, time.monotonic() + 30)
+    # Under callgrind the server takes a minute or more to import and start.
+    ready_within = 600 if args.callgrind else 30
+    await _wait_for_server(args.server_port, server_proc, time.monotonic() + ready_within)
 
     h.ticker.start()
     simulator = TwilioSimulator(
@@ -210,6 +226,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.sleep(args.settle)
 
     # --- the measurement window ------------------------------------------------------------
+    if args.callgrind:
+        await _callgrind_control("--zero", args.server_pid)
     cpu0 = _cpu_seconds(server_proc)
     me0 = _cpu_seconds(me)
     cores0 = psutil.cpu_times(percpu=True)
@@ -230,6 +248,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     h.recording = False
     window = time.monotonic() - started
     cpu1 = _cpu_seconds(server_proc)
+    if args.callgrind:
+        await _callgrind_control("--dump", args.server_pid)
     me1 = _cpu_seconds(me)
     cores1 = psutil.cpu_times(percpu=True)
     frames_up, frames_down = h.rx_up - rx_up0, h.rx_down - rx_down0
@@ -368,6 +388,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--public-url", default="https://bench.callbridge.invalid")
     p.add_argument("--auth-token", default="bench-auth-token")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="the server runs under callgrind: zero its counts as the window opens, dump "
+        "them as it closes",
+    )
     return p.parse_args(argv)
 
 

@@ -205,6 +205,16 @@ def summarize(runs: list[dict[str, Any]], targets: list[str]) -> dict[str, Any]:
             "tried": tried,
         }
     summary: dict[str, Any] = {"capacity": capacity}
+    counted = {
+        target: {
+            str(n): r["instructions"]["instructions_per_frame"]
+            for n, r in sorted(results.items())
+            if "instructions" in r
+        }
+        for target, results in by_target.items()
+    }
+    if any(counted.values()):
+        summary["instructions_per_frame"] = {t: c for t, c in counted.items() if c}
     # callbridge as of another revision (`--against`): what a change did, measured in this run.
     revisions = tuple(t for t in by_target if t.startswith(REVISION_PREFIX))
     for ours_name in OURS:
@@ -290,6 +300,7 @@ def footer(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
                 f"; max calls {cap_text}"
                 f"; calls at 80% CPU x{r['calls_at_80pct_cpu_ratio'] or '?'}"
             )
+    lines += instruction_table(runs)
     warnings = []
     for r in runs:
         if "error" in r:
@@ -313,3 +324,47 @@ def footer(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         "Timings on a shared machine are noisy; nothing here is a pass/fail test.",
     ]
     return "\n".join(lines)
+
+
+_STARTED = (
+    ("frame_callbacks", "frames"),
+    ("socket_io", "sock I/O"),
+    ("ready_callbacks", "ready cb"),
+    ("timer_callbacks", "timers"),
+    ("other_threads", "threads"),
+    ("greenlets", "greenlets"),
+    ("unplaced", "unplaced"),
+)
+_SPENT = ("libpython", "msgspec", "picows", "uvloop", "libc", "sqlite")
+
+
+def instruction_table(runs: list[dict[str, Any]]) -> list[str]:
+    """With --callgrind: instructions per relayed frame, where they start and where they
+    are spent, and each server's total as a multiple of the picows relay's at the same N."""
+    counted = [r for r in runs if "instructions" in r]
+    if not counted:
+        return []
+    relay = {
+        r["calls"]: r["instructions"]["instructions_per_frame"]
+        for r in counted
+        if r["target"] == "picows"
+    }
+    head = " ".join(f"{label:>9}" for _, label in _STARTED)
+    spent = " ".join(f"{name:>9}" for name in _SPENT)
+    lines = [
+        "",
+        "Instructions per relayed frame (callgrind, user space, exact; where they start | "
+        "where they are spent):",
+        f"  {'server':<18} {'calls':>5} {'total':>8} {'/picows':>7}  {head} | {spent}",
+    ]
+    for r in counted:
+        figures = r["instructions"]
+        total = figures["instructions_per_frame"]
+        base = relay.get(r["calls"])
+        ratio = f"x{total / base:.2f}" if base else "-"
+        started = " ".join(f"{figures['where_started'].get(k, 0):>9}" for k, _ in _STARTED)
+        used = " ".join(f"{figures['where_spent'].get(k, 0):>9}" for k in _SPENT)
+        lines.append(
+            f"  {r['target']:<18} {r['calls']:>5} {total:>8} {ratio:>7}  {started} | {used}"
+        )
+    return lines

@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from bench import report
+from bench import instructions, report
 from bench.machine import machine_facts
 
 REPO = Path(__file__).resolve().parent.parent
@@ -189,6 +189,16 @@ def run_one(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]
             args.profile.mkdir(parents=True, exist_ok=True)
             profile = (args.profile / f"{target}-{calls}.prof").resolve()
         command = _server_command(target, server_port, agent_url, profile)
+        dump_prefix = None
+        if args.callgrind is not None:
+            args.callgrind.mkdir(parents=True, exist_ok=True)
+            dump_prefix = (args.callgrind / f"{target}-{calls}").resolve()
+            command = [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={dump_prefix}.%p",
+                *command,
+            ]
         with server_log.open("wb") as log:
             server = subprocess.Popen(
                 _pinned(SERVER_CORE, command, args.pin),
@@ -222,8 +232,11 @@ def run_one(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]
             PUBLIC_URL,
             "--auth-token",
             AUTH_TOKEN,
+            *(["--callgrind"] if dump_prefix is not None else []),
         ]
         budget = 90 + calls / args.ramp_rate + args.settle + args.duration
+        if dump_prefix is not None:
+            budget += 600  # start-up and the window, some 50x slower
         result: dict[str, Any]
         try:
             done = subprocess.run(
@@ -252,6 +265,8 @@ def run_one(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]
         finally:
             _stop(server)
         result["server_exit_code"] = server.returncode
+        if dump_prefix is not None and "error" not in result:
+            _read_instructions(result, Path(f"{dump_prefix}.{server.pid}.1"))
         result["server_log"] = _log_summary(server_log)
         if "error" in result:
             tail = server_log.read_text(encoding="utf-8", errors="replace").splitlines()[-5:]
@@ -263,6 +278,18 @@ def run_one(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]
             args.keep_logs.mkdir(parents=True, exist_ok=True)
             shutil.copy(server_log, args.keep_logs / f"{target}-{calls}.log")
     return result
+
+
+def _read_instructions(result: dict[str, Any], dump: Path) -> None:
+    """Instructions per relayed frame from the dump the harness asked for at the window's
+    end (callgrind numbers it `.1`; the whole process's, at exit, has no suffix)."""
+    try:
+        result["instructions"] = instructions.per_frame(
+            instructions.Dump(dump), int(result["frames_relayed"])
+        )
+        result["callgrind_dump"] = str(dump)
+    except (OSError, ValueError) as exc:
+        result["error"] = f"callgrind: {exc}"
 
 
 def _wait_for_quiet(limit: float) -> tuple[float, list[float]]:
@@ -383,8 +410,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--calls",
         type=_parse_calls,
-        default=list(DEFAULT_CALLS),
-        help="simultaneous calls per run, comma-separated (default 50,100,200,300,400,600)",
+        default=None,
+        help="simultaneous calls per run, comma-separated (default 50,100,200,300,400,600; "
+        "4 with --callgrind)",
     )
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
     p.add_argument("--settle", type=float, default=2.0, help="seconds between ramp and window")
@@ -420,6 +448,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run each server under cProfile, dumps in this folder (distorts the timings)",
     )
     p.add_argument("--keep-logs", type=Path, help="copy each server's log into this folder")
+    p.add_argument(
+        "--callgrind",
+        type=Path,
+        metavar="DIR",
+        help="run each server under valgrind's callgrind, dumps in DIR, and report "
+        "instructions per relayed frame: exact whatever the machine's load, user space "
+        "only; timings and verdicts of such runs mean nothing",
+    )
     p.add_argument("--json-out", type=Path, help="default bench-results/bench-<timestamp>.json")
     p.add_argument(
         "--database-url",
@@ -458,6 +494,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown servers: {', '.join(sorted(unknown))}")
     args.revision_trees = {}  # server name -> checkout it runs (--against)
+    if args.callgrind is not None:
+        if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+            p.error("--callgrind needs valgrind on PATH (Debian: apt install valgrind)")
+        if args.profile is not None:
+            p.error("--callgrind and --profile do not mix")
+        # Instructions do not depend on a quiet machine or on p99: no waiting, no retries.
+        args.calls = args.calls or [4]
+        args.quiet_wait = 0.0 if args.quiet_wait is None else args.quiet_wait
+        args.retries = 0 if args.retries is None else args.retries
+        args.keep_going = True
+    args.calls = args.calls or list(DEFAULT_CALLS)
     if args.quick:
         args.calls, args.duration, args.settle = [20], 5.0, 1.0
     # --quick checks the harness, not capacity: no waiting, no retries (it must stay short).
@@ -510,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "pinned": args.pin,
             "profiled": args.profile is not None,
+            "callgrind": args.callgrind is not None,
             "server_env": args.server_env,
             "rounds": args.rounds,
             "against": args.against,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -173,3 +174,148 @@ def test_server_env_is_parsed_and_a_malformed_one_refused(
         with pytest.raises(SystemExit):
             parse_args(["--server-env", bad])
         assert "NAME=VALUE" in capsys.readouterr().err
+
+
+# A callgrind dump as valgrind writes it (names compressed after their first use): main ->
+# the loop, which runs one frame callback (into libpython and msgspec) and one ready
+# callback; one thread; one greenlet; and a cost outside all of them.
+_DUMP = """\
+version: 1
+creator: callgrind-3.19.0
+events: Ir
+
+ob=(1) /usr/lib/libc.so.6
+fl=(1) ???
+fn=(1) main
+1 10
+cob=(2) /usr/lib/python3.11/site-packages/uvloop/loop.cpython-311.so
+cfn=(2) __pyx_f_6uvloop_4loop_4Loop__run
+calls=1 0
+1 1000
+
+ob=(2)
+fn=(2)
+1 50
+cfn=(3) __pyx_f_6uvloop_4loop___on_uvpoll_event
+calls=1 0
+1 700
+cfn=(5) __pyx_f_6uvloop_4loop_4Loop__on_idle
+calls=1 0
+1 250
+
+fn=(3)
+1 100
+cob=(3) /site-packages/picows/picows.cpython-311.so
+cfn=(4) __pyx_f_6picows_6picows_10WSProtocol__invoke_on_ws_frame
+calls=1 0
+1 600
+
+ob=(3)
+fn=(4)
+1 20
+cob=(4) /usr/lib/libpython3.11.so.1.0
+cfn=(6) _PyEval_EvalFrameDefault
+calls=1 0
+1 480
+cob=(5) /site-packages/msgspec/_core.cpython-311.so
+cfn=(7) json_decode
+calls=1 0
+1 100
+
+ob=(4)
+fn=(6)
+1 480
+ob=(5)
+fn=(7)
+1 100
+ob=(2)
+fn=(5)
+1 250
+
+ob=(1)
+fn=(8) start_thread
+1 40
+fn=(9) greenlet::UserGreenlet::inner_bootstrap(_greenlet*, _object*)
+1 30
+fn=(10) somewhere_else
++1 20
+"""
+
+
+def test_a_callgrind_dump_is_split_by_where_instructions_start_and_are_spent(
+    tmp_path: Path,
+) -> None:
+    from bench.instructions import Dump, per_frame
+
+    path = tmp_path / "callgrind.out.1"
+    path.write_text(_DUMP)
+    dump = Dump(path)
+    assert dump.total == 10 + 50 + 100 + 20 + 480 + 100 + 250 + 40 + 30 + 20
+    assert dump.inclusive["__pyx_f_6uvloop_4loop_4Loop__run"] == 1000
+    figures = per_frame(dump, frames=10)
+    assert figures["instructions_per_frame"] == round(dump.total / 10)
+    assert figures["where_started"] == {
+        "frame_callbacks": 60,  # 600 / 10 frames
+        "socket_io": 10,  # the poll event's 700, less the frame callbacks' 600
+        "ready_callbacks": 25,
+        "timer_callbacks": 0,
+        "other_threads": 4,
+        "greenlets": 3,
+        "loop_other": 5,  # the loop's 1000, less poll events and ready callbacks
+        "unplaced": 3,  # main's own 10 and somewhere_else's 20
+    }
+    assert figures["where_spent"] == {
+        "libpython": 48,
+        "uvloop": 40,
+        "msgspec": 10,
+        "libc": 10,
+        "picows": 2,
+    }
+    with pytest.raises(ValueError, match="no frames"):
+        per_frame(dump, frames=0)
+
+
+def test_callgrind_runs_take_few_calls_and_no_waiting(tmp_path: Path) -> None:
+    from bench.sweep import parse_args
+
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        with pytest.raises(SystemExit):
+            parse_args(["--callgrind", str(tmp_path)])
+        return
+    args = parse_args(["--callgrind", str(tmp_path)])
+    assert (args.calls, args.quiet_wait, args.retries, args.keep_going) == ([4], 0.0, 0, True)
+    assert parse_args(["--callgrind", str(tmp_path), "--calls", "8"]).calls == [8]
+    assert parse_args([]).calls == [50, 100, 200, 300, 400, 600]
+    with pytest.raises(SystemExit):
+        parse_args(["--callgrind", str(tmp_path), "--profile", str(tmp_path)])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(
+    shutil.which("valgrind") is None, reason="needs valgrind (apt install valgrind)"
+)
+def test_callgrind_counts_the_relay_instructions_per_frame(tmp_path: Path) -> None:
+    stdout, doc = run_bench(
+        tmp_path,
+        [
+            *("bench", "--callgrind", str(tmp_path / "dumps"), "--servers", "picows"),
+            *("--calls", "2", "--duration", "3", "--settle", "0.5"),
+        ],
+        timeout=150,
+    )
+    assert "Instructions per relayed frame" in stdout
+    (run,) = doc["runs"]
+    assert "error" not in run, run.get("error")
+    figures = run["instructions"]
+    assert figures["frames"] == run["frames_relayed"] > 0
+    # The relay does its work in picows's frame callbacks, in Python and msgspec; the
+    # bounds are wide (a relayed frame costs ~18k instructions), a sanity check only.
+    assert 2_000 < figures["instructions_per_frame"] < 500_000, figures
+    started = figures["where_started"]
+    assert started["frame_callbacks"] > started["ready_callbacks"], started
+    assert figures["where_spent"]["libpython"] > 0 and figures["where_spent"]["msgspec"] > 0
+    assert Path(run["callgrind_dump"]).exists()
+    assert (
+        doc["summary"]["instructions_per_frame"]["picows"]["2"] == figures["instructions_per_frame"]
+    )
