@@ -109,10 +109,6 @@ def _name(table: dict[str, str], value: str) -> str:
     return table.get(ident, "?")
 
 
-def where_ready(dump: Dump) -> int:
-    return dump.inclusive.get(_READY_CALLBACKS, 0) + dump.inclusive.get(_TIMER_CALLBACKS, 0)
-
-
 def library(object_path: str) -> str:
     for name, parts in LIBRARIES:
         if any(part in object_path for part in parts):
@@ -128,17 +124,19 @@ def per_frame(dump: Dump, frames: int) -> dict[str, object]:
     loop = dump.inclusive.get(_LOOP_RUN, 0)
     io_events = dump.inclusive.get(_IO_EVENTS, 0)
     frame_callbacks = dump.inclusive.get(_FRAME_CALLBACKS, 0)
+    ready = dump.inclusive.get(_READY_CALLBACKS, 0)
+    timers = dump.inclusive.get(_TIMER_CALLBACKS, 0)
     where = {
         "frame_callbacks": frame_callbacks,
         "socket_io": max(io_events - frame_callbacks, 0),
-        "ready_callbacks": dump.inclusive.get(_READY_CALLBACKS, 0),
-        "timer_callbacks": dump.inclusive.get(_TIMER_CALLBACKS, 0),
+        "ready_callbacks": ready,
+        "timer_callbacks": timers,
         "other_threads": dump.inclusive.get(_THREADS, 0),
         # SQLAlchemy's asyncio layer runs the records' database work in greenlets, whose
         # stacks callgrind sees start afresh, not under the loop that switched to them.
         "greenlets": sum(v for k, v in dump.inclusive.items() if _GREENLET_ROOT in k),
         # The loop's own work between callbacks (polling, its bookkeeping).
-        "loop_other": max(loop - io_events - where_ready(dump), 0),
+        "loop_other": max(loop - io_events - ready - timers, 0),
     }
     # What callgrind could not place: calls in progress when the counts were zeroed or
     # dumped, and the like.

@@ -19,6 +19,8 @@ from callbridge.agent.connection import (
 )
 from callbridge.aiohttp_sockets import describe_error, send_text_bounded
 
+_TEXT = aiohttp.WSMsgType.TEXT
+
 
 class AiohttpAgentSocket:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -43,17 +45,19 @@ class AiohttpAgentSocket:
         ws, reason = self._ws, ""
         # receive(), not `async for`: iteration stops at the close frame without showing
         # it, and its reason is what the agent says about why it hung up.
+        receive = ws.receive
         while True:
-            msg = await ws.receive()
-            if msg.type is aiohttp.WSMsgType.TEXT:
+            msg = await receive()
+            kind = msg.type
+            if kind is _TEXT:
                 sink(agent.decode(msg.data))
-            elif msg.type is aiohttp.WSMsgType.BINARY:
+            elif kind is aiohttp.WSMsgType.BINARY:
                 sink(agent.InvalidEvent("binary frame"))
-            elif msg.type is aiohttp.WSMsgType.ERROR:
+            elif kind is aiohttp.WSMsgType.ERROR:
                 reason = describe_error(msg)
-            elif msg.type is aiohttp.WSMsgType.CLOSE:
+            elif kind is aiohttp.WSMsgType.CLOSE:
                 reason = msg.extra or ""
-            elif msg.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+            elif kind is aiohttp.WSMsgType.CLOSING or kind is aiohttp.WSMsgType.CLOSED:
                 return ws.close_code, self._gave_up or reason
 
     async def close(self) -> None:
