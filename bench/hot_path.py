@@ -8,6 +8,9 @@ process: callbridge's path (picows frame callback -> `PicowsTwilioSocket` -> `Ca
 against the minimal relays' (the same msgspec decode and encode, `bench/relay_common.py`).
 picows's transports are replaced by stubs whose `send` does nothing, so neither socket
 syscalls nor picows's own parsing are counted (they are the same for every server).
+Frames go to the sockets' `_on_frame`: the full path, every frame through the bridge.
+The compiled fast path (`callbridge.fast_path`) needs picows's own transports and frames,
+so only a whole-server run (`python -m bench`, `--callgrind`) measures it.
 
 Three measures:
 
@@ -151,8 +154,8 @@ async def _live_call(
     )
     _calls.append((twilio_socket, agent_socket, asyncio.create_task(runner.run())))
     stub = _StubTransport()
-    twilio_socket.on_ws_frame(stub, _frame({"event": "connected", "protocol": "Call"}))  # type: ignore[arg-type]
-    twilio_socket.on_ws_frame(  # type: ignore[arg-type]
+    twilio_socket._on_frame(stub, _frame({"event": "connected", "protocol": "Call"}))  # type: ignore[arg-type]
+    twilio_socket._on_frame(  # type: ignore[arg-type]
         stub,
         _frame(
             {
@@ -177,7 +180,7 @@ async def _live_call(
         {"type": "session.ready", "session_id": "sess_hot"},
         {"type": "reply.started", "reply_id": "r1"},
     ):
-        agent_socket.on_ws_frame(stub, _frame(event))  # type: ignore[arg-type]
+        agent_socket._on_frame(stub, _frame(event))  # type: ignore[arg-type]
     # The agent socket keeps these until the runner's reader task, already scheduled,
     # starts serving it: one turn of the loop.
     await asyncio.sleep(0)
@@ -198,9 +201,9 @@ def _callbridge_step(direction: str) -> Step:
     stub = _StubTransport()
     if direction == "up":
         frame = _Frame(TWILIO_MEDIA)
-        return lambda: twilio_socket.on_ws_frame(stub, frame), to_agent  # type: ignore[arg-type]
+        return lambda: twilio_socket._on_frame(stub, frame), to_agent  # type: ignore[arg-type]
     frame = _Frame(REPLY_AUDIO)
-    return lambda: agent_socket.on_ws_frame(stub, frame), to_twilio  # type: ignore[arg-type]
+    return lambda: agent_socket._on_frame(stub, frame), to_twilio  # type: ignore[arg-type]
 
 
 def _relay_step(direction: str) -> Step:
@@ -305,8 +308,8 @@ def _end_calls() -> None:
     async def hang_up() -> None:
         stub = _StubTransport()
         for twilio_socket, agent_socket, _ in _calls:
-            twilio_socket.on_ws_frame(stub, _frame({"event": "stop", "streamSid": STREAM_SID}))  # type: ignore[arg-type]
-            agent_socket.on_ws_frame(stub, _frame({"type": "session.ended"}))  # type: ignore[arg-type]
+            twilio_socket._on_frame(stub, _frame({"event": "stop", "streamSid": STREAM_SID}))  # type: ignore[arg-type]
+            agent_socket._on_frame(stub, _frame({"type": "session.ended"}))  # type: ignore[arg-type]
         async with asyncio.timeout(10):
             await asyncio.gather(*(task for _, _, task in _calls))
 

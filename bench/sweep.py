@@ -120,6 +120,7 @@ _BRIDGE_COUNTERS = (
     "frames_to_agent",
     "frames_to_twilio",
     "rate_limited_frames",
+    "fast_path_frames",
     "rejected_frames",
     "resumes",
 )

@@ -74,6 +74,19 @@ def twilio_transport(request: pytest.FixtureRequest) -> str | None:
     return getattr(request, "param", None)
 
 
+@pytest.fixture
+def fast_path(request: pytest.FixtureRequest) -> bool | None:
+    """Whether the compiled audio fast path is used (None: the default, used when built).
+    Tests parametrize it with BOTH_AUDIO_PATHS."""
+    return getattr(request, "param", None)
+
+
+# Runs a test with the audio fast path and without it: every frame through the bridge.
+BOTH_AUDIO_PATHS = pytest.mark.parametrize(
+    "fast_path", [True, False], ids=["fast-path", "full-path"], indirect=True
+)
+
+
 # Runs a test (or a module, as pytestmark) under both stream servers, aiohttp and picows.
 # The `twilio_transport` fixture reads the value from request.param.
 BOTH_STREAM_SERVERS = pytest.mark.parametrize(
@@ -93,6 +106,7 @@ async def start_server(
     tmp_path_factory: pytest.TempPathFactory,
     agent_transport: str | None,
     twilio_transport: str | None,
+    fast_path: bool | None,
 ) -> AsyncIterator[ServerFactory]:
     runners: list[web.AppRunner] = []
 
@@ -101,6 +115,8 @@ async def start_server(
             overrides.setdefault("callbridge_agent_transport", agent_transport)
         if twilio_transport is not None:
             overrides.setdefault("callbridge_media_stream_transport", twilio_transport)
+        if fast_path is not None:
+            overrides.setdefault("callbridge_fast_path", fast_path)
         # Each server keeps its call records in a fresh SQLite file of its own.
         folder = tmp_path_factory.mktemp("records")
         overrides.setdefault("database_url", f"sqlite:///{folder}/calls.db")

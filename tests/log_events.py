@@ -14,12 +14,18 @@ class Events(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
         self.names: list[str] = []
+        self.fields: list[dict[str, object]] = []  # each event's fields, in the same order
         self._seen: dict[str, asyncio.Event] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         name = record.getMessage()
         self.names.append(name)
+        self.fields.append(dict(getattr(record, "fields", {})))
         self._seen.setdefault(name, asyncio.Event()).set()
+
+    def fields_of(self, name: str) -> list[dict[str, object]]:
+        """The fields of every `name` event seen, in order."""
+        return [f for n, f in zip(self.names, self.fields, strict=True) if n == name]
 
     async def wait_for(self, name: str, times: int = 1) -> None:
         async with asyncio.timeout(10):

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # Resilience
     drain_seconds: float = Field(default=30.0, ge=0, le=3600)
     callbridge_agent_retry_seconds: float = Field(default=10.0, ge=0, le=60)
+    # The common audio frame relayed at C level when the compiled module is built (see
+    # callbridge/fast_path); off: every frame takes the full path.
+    callbridge_fast_path: bool = True
     # The upstream socket's library: picows (default, cheapest per frame) or aiohttp.
     callbridge_agent_transport: Literal["picows", "aiohttp"] = "picows"
     # Which library serves Media Streams on the main port: picows (default, a quarter less

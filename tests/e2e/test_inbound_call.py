@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from callbridge import fast_path as fast_path_module
 from callbridge.app import load_apology
 from callbridge.bot import Bot, generate_random_number
 from callbridge.testing.audio import FRAME_BYTES, silence, tone
@@ -17,11 +18,13 @@ from callbridge.testing.twilio_simulator import TwilioSimulator
 from callbridge.tools import ToolError, tool
 from tests.conftest import (
     AUTH_TOKEN,
+    BOTH_AUDIO_PATHS,
     BOTH_STREAM_SERVERS,
     PUBLIC_URL,
     RunningServer,
     ServerFactory,
 )
+from tests.log_events import caught
 
 GREETING = "Hello there."
 
@@ -81,6 +84,7 @@ async def server(start_server: ServerFactory, fake_agent: FakeVoiceAgent) -> Run
 
 
 @BOTH_STREAM_SERVERS
+@BOTH_AUDIO_PATHS
 async def test_greeting_reaches_the_caller_byte_exact(
     simulator: TwilioSimulator, fake_agent: FakeVoiceAgent
 ) -> None:
@@ -103,6 +107,7 @@ async def test_greeting_reaches_the_caller_byte_exact(
     assert call.custom_parameters["from"] == call.from_
 
 
+@BOTH_AUDIO_PATHS
 @BOTH_STREAM_SERVERS
 async def test_caller_audio_reaches_the_agent_in_order_and_only_after_ready(
     simulator: TwilioSimulator, fake_agent: FakeVoiceAgent
@@ -127,6 +132,7 @@ async def test_caller_audio_reaches_the_agent_in_order_and_only_after_ready(
     await call.hangup()
 
 
+@BOTH_AUDIO_PATHS
 @BOTH_STREAM_SERVERS
 async def test_barge_in_clears_twilio_at_once(
     start_server: ServerFactory, fake_agent: FakeVoiceAgent
@@ -152,6 +158,7 @@ async def test_barge_in_clears_twilio_at_once(
         assert call.warnings == []
 
 
+@BOTH_AUDIO_PATHS
 @BOTH_STREAM_SERVERS
 async def test_tool_round_trip_from_a_spoken_turn(
     simulator: TwilioSimulator, fake_agent: FakeVoiceAgent
@@ -315,3 +322,33 @@ async def test_two_calls_stay_independent(
     assert not by_marker[2].ended.is_set()
     await session_1.wait_sent("reply.done")
     await call_b.hangup()
+
+
+@BOTH_AUDIO_PATHS
+async def test_the_fast_path_relays_most_audio_and_counts_it_as_the_bridge_would(
+    simulator: TwilioSimulator, fake_agent: FakeVoiceAgent, fast_path: bool
+) -> None:
+    if fast_path and not fast_path_module.COMPILED:
+        pytest.skip(f"the compiled fast path is {fast_path_module.WHY_NOT_COMPILED}")
+    with caught() as events:
+        call = await simulator.place_inbound_call(caller_audio=indexed_frames(100))
+        session = await fake_agent.wait_for_session()
+        expected = fake_agent.reply_audio_for(GREETING)
+        await call.wait_heard(len(expected))
+        await call.wait_playback_idle()
+        await session.wait_input_audio(50 * FRAME_BYTES)
+        await call.hangup()
+        await events.wait_for("call.ended")
+    assert bytes(call.heard) == expected
+    (ended,) = events.fields_of("call.ended")
+    relayed = ended["fast_path_frames"]
+    assert isinstance(relayed, int)
+    frames = ended["frames_to_agent"]
+    assert isinstance(frames, int)
+    # Counted once, whichever path relayed them: what the agent got, what the caller heard.
+    assert frames == len(session.input_audio) // FRAME_BYTES
+    assert ended["frames_to_twilio"] == sum(m["type"] == "reply.audio" for m in session.sent)
+    if fast_path:
+        assert relayed > frames // 2  # most frames; marks and the first chunk go the full way
+    else:
+        assert relayed == 0

@@ -92,8 +92,8 @@ def new_bridge(**kwargs: Any) -> CallBridge:
     )
 
 
-def live_bridge() -> CallBridge:
-    bridge = new_bridge()
+def live_bridge(**kwargs: Any) -> CallBridge:
+    bridge = new_bridge(**kwargs)
     bridge.handle(start_frame())
     bridge.handle(AgentOpened())
     bridge.handle(agent.SessionUpdated())

@@ -12,12 +12,12 @@ from picows import (
     WSError,
     WSFrame,
     WSInvalidStatusError,
-    WSListener,
     WSMsgType,
     WSTransport,
     ws_connect,
 )
 
+from callbridge import fast_path
 from callbridge.agent import events as agent
 from callbridge.agent.connection import (
     CONNECT_TIMEOUT_SECONDS,
@@ -42,15 +42,18 @@ _TEXT = WSMsgType.TEXT
 _decode = agent.decode_strict
 
 
-class PicowsAgentSocket(WSListener):
+class PicowsAgentSocket(fast_path.AgentAudioSocket):
+    """Frames come to `_on_frame`, through the compiled fast path when there is one (which
+    takes the reply audio the bridge lets it relay, see `callbridge.fast_path`)."""
+
     def __init__(self) -> None:
+        super().__init__()
         self._transport: WSTransport | None = None
         self._sink: EventSink | None = None
         self._early: list[object] = []  # events before serve() starts (none in practice)
         self._fragments = FragmentedMessages(MAX_AGENT_MESSAGE_BYTES)
         self._failure: BaseException | None = None
         self._reason = ""
-        self._closed = False
         self._paused = False  # the transport's buffer is past its high-water mark
         self.send: Send = drop_frame  # rebound with the state: see `send_for`
 
@@ -58,11 +61,11 @@ class PicowsAgentSocket(WSListener):
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self.stopped
 
     def _send_watching(self, frame: bytes) -> None:
         transport = self._transport
-        if transport is None or self._closed:
+        if transport is None or self.stopped:
             return
         transport.send(_TEXT, frame)
         if transport.underlying_transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
@@ -71,14 +74,17 @@ class PicowsAgentSocket(WSListener):
     def _rebind_send(self) -> None:
         self.send = send_for(
             self._transport,
-            usable=not self._closed,
+            usable=not self.stopped,
             paused=self._paused,
             watching=self._send_watching,
         )
+        usable = self._transport is not None and not self.stopped and not self._paused
+        self.direct = self._transport if usable else None
 
     def _mark_closed(self) -> None:
-        self._closed = True
+        self.stopped = True  # and frames still in the read buffer are ignored
         self.send = drop_frame
+        self.direct = None
 
     async def serve(self, sink: EventSink) -> tuple[int | None, str]:
         transport = self._transport
@@ -115,8 +121,8 @@ class PicowsAgentSocket(WSListener):
         self._paused = False
         self._rebind_send()
 
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        if self._closed:
+    def _on_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if self.stopped:
             return  # given up, or closing: picows delivers the rest of a read regardless
         kind = frame.msg_type
         event: object
@@ -156,6 +162,9 @@ class PicowsAgentSocket(WSListener):
             if self._failure is None:
                 self._failure = exc
             self._give_up("")
+
+    if not fast_path.COMPILED:
+        on_ws_frame = _on_frame  # every frame takes the full path: one Python call less
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self._mark_closed()

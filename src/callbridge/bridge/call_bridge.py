@@ -14,7 +14,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from msgspec import UNSET
 
@@ -82,6 +82,18 @@ class State(enum.Enum):
 
 # Looking up an enum member costs ~70 ns on Python 3.11; the audio handlers run per frame.
 _LIVE = State.LIVE
+
+
+class AudioRoute(NamedTuple):
+    """The audio the sockets may relay themselves until the bridge's next event."""
+
+    to_agent: bool = False  # caller audio: each frame with audio, at real-time pace
+    stream_sid: str | None = None  # agent audio to this stream (None: none) ...
+    reply_id: str | None = None  # ... of this reply only ...
+    budget: int = 0  # ... while fewer bytes than this have gone (then a mark is due)
+
+
+_NO_ROUTE = AudioRoute()
 
 
 class EndReason(enum.StrEnum):
@@ -203,6 +215,7 @@ class CallBridge:
         self._current_reply: str | None = None
         # Bounded: an hour-long call has hundreds of replies; only recent ones can still matter.
         self._fenced_replies = RecentIds(16)  # cut-off replies: drop their late audio
+        self._routed_reply: str | None = None  # the reply of the last audio_route
         self._interrupted_replies = RecentIds(16)  # their tool results are discarded
         self._results_may_flow = True  # reference §4.4: only right after reply.done
         self._tool_reply: dict[str, str | None] = {}  # outstanding call_id -> its reply
@@ -296,6 +309,28 @@ class CallBridge:
     # `_on_reply_audio`): they return the frame to send in the common case, so it builds
     # no action list, or else the actions to perform (a mark after the chunk, a drop).
     # Every frame is so judged once, by one set of rules.
+    #
+    # Where the sockets relay audio themselves (`callbridge.fast_path`), they do it only
+    # under the routes `audio_route` gives, which are exactly the cases where these two
+    # would return a frame; `relayed` then counts those frames as if they had come here.
+
+    def audio_route(self) -> AudioRoute:
+        """Which audio may be relayed without coming here, until the next event."""
+        if self.state is not _LIVE:
+            return _NO_ROUTE
+        sid = self.stream_sid
+        reply = self._ledger.unmarked_budget() if sid is not None else None
+        if reply is None or reply[0] in self._fenced_replies:
+            return AudioRoute(to_agent=True)
+        self._routed_reply = reply[0]
+        return AudioRoute(True, sid, reply[0], reply[1])
+
+    def relayed(self, to_agent: int, to_twilio: int, to_twilio_bytes: int) -> None:
+        """Count the frames relayed under the last `audio_route` (before any other event)."""
+        self.frames_to_agent += to_agent
+        if to_twilio:
+            self.frames_to_twilio += to_twilio
+            self._ledger.count_relayed(self._routed_reply, to_twilio_bytes)
 
     def media_to_agent(self, msg: twilio.Media) -> bytes | list[Action]:
         payload = msg.media.payload

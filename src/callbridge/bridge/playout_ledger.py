@@ -96,6 +96,19 @@ class PlayoutLedger:
         reply.bytes_sent = after
         return True
 
+    def unmarked_budget(self) -> tuple[str | None, int] | None:
+        """The current reply and how many more bytes of it `count_unmarked` would take
+        (before a mark is due), if any: what the audio fast path may relay unasked."""
+        reply = self._current
+        if reply is None or self._by_id.get(reply.reply_id) is not reply:
+            return None
+        budget = reply.next_mark_at - reply.bytes_sent
+        return (reply.reply_id, budget) if budget > 0 else None
+
+    def count_relayed(self, reply_id: str | None, audio_bytes: int) -> None:
+        """Count chunks the fast path relayed within `unmarked_budget`."""
+        self._by_id[reply_id].bytes_sent += audio_bytes
+
     def count_marked(self, reply_id: str | None, audio_bytes: int) -> str:
         """Count a chunk that `count_unmarked` refused; returns the mark to send after it."""
         reply = self._reply(reply_id)

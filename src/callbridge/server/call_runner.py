@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from callbridge import fast_path as fast_path_module
 from callbridge.agent import events as agent
 from callbridge.agent.connection import (
     AgentConnectError,
@@ -81,6 +82,7 @@ class CallRunner:
         admit: Callable[[twilio.Start], str | None] | None = None,
         max_messages_per_second: int = 200,
         record: Callable[[RecordEntry], None] | None = None,
+        fast_path: bool = True,
     ) -> None:
         self.call_id = call_id
         self.bridge = bridge
@@ -97,6 +99,7 @@ class CallRunner:
         # a frame every 20 ms, with a second of slack for jitter and our own stalls.
         self._media_due = -math.inf
         self.rate_limited_frames = 0
+        self.fast_path_frames = 0  # audio frames the sockets relayed under the bridge's routes
         self._agent: AgentSocket | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -104,6 +107,11 @@ class CallRunner:
         self._loop: asyncio.AbstractEventLoop  # set by run(): actions are performed inside it
         self._finished = asyncio.Event()
         self._now: Callable[[], float] = time.monotonic
+        # Both sockets relay the audio the bridge routes to them (see `callbridge.fast_path`)
+        # while these are set: asked for, compiled, and both sockets on picows.
+        self._use_fast_path = fast_path and fast_path_module.COMPILED
+        self._fast_twilio: fast_path_module.TwilioAudioSocket | None = None
+        self._fast_agent: fast_path_module.AgentAudioSocket | None = None
         self.done = asyncio.Event()  # set once run() has returned
         self.finished_reason: str | None = None
 
@@ -114,6 +122,7 @@ class CallRunner:
                 self._tg = tg
                 self._loop = asyncio.get_running_loop()
                 self._now = self._loop.time
+                self._configure_fast_twilio()
                 self._feed(StreamOpened())
                 await self._read_twilio()
                 with contextlib.suppress(TimeoutError):
@@ -133,6 +142,9 @@ class CallRunner:
                 await self._twilio.close(aiohttp.WSCloseCode.INTERNAL_ERROR)
         finally:
             self._cancel_timers()  # after a crash too
+            if self._fast_agent is not None:
+                self._take_relayed()  # for the counts logged below
+            self._end_fast_path()
             self.done.set()
             self.log.info(
                 "call.ended",
@@ -140,6 +152,7 @@ class CallRunner:
                 detail=self.bridge.end_detail or None,
                 session_id=self.bridge.session_id,
                 rate_limited_frames=self.rate_limited_frames,
+                fast_path_frames=self.fast_path_frames,
                 **self.bridge.stats,
             )
 
@@ -165,6 +178,8 @@ class CallRunner:
     def _on_twilio_text(self, data: bytes | str | memoryview) -> bool:
         """One text frame from Twilio; False ends the stream."""
         now = self._now()
+        if self._fast_agent is not None:
+            self._take_relayed()  # the frames relayed without us count towards the pace
         try:
             message: object = _decode_twilio(data)
         except msgspec.DecodeError as exc:
@@ -186,6 +201,8 @@ class CallRunner:
                     sock.send(out)
             else:
                 self._perform_all(out)
+            if self._fast_agent is not None:
+                self._route_audio()
             return True
         if not self._within_message_limit(now):
             return False
@@ -218,11 +235,15 @@ class CallRunner:
 
     def _on_agent_event(self, event: object) -> None:
         if type(event) is _REPLY_AUDIO:
+            if self._fast_agent is not None:
+                self._take_relayed()
             out = self.bridge.audio_to_twilio(event)
             if isinstance(out, bytes):
                 self._twilio.send(out)
             else:
                 self._perform_all(out)
+            if self._fast_agent is not None:
+                self._route_audio()
             return
         self._feed(event)
 
@@ -240,7 +261,12 @@ class CallRunner:
         # Synchronous on purpose: both sockets write without awaiting, so an agent frame
         # is relayed inside the upstream socket's callback with no task switch. Audio
         # frames do not come here: the bridge's fast path (above) takes them.
+        if self._fast_agent is None:
+            self._perform_all(self.bridge.handle(event))
+            return
+        self._take_relayed()
         self._perform_all(self.bridge.handle(event))
+        self._route_audio()
 
     def _perform_all(self, actions: list[Action]) -> None:
         for action in actions:
@@ -279,6 +305,61 @@ class CallRunner:
                 self.finished_reason = reason
                 self._finished.set()
 
+    # --- the audio fast path ----------------------------------------------------------
+    # The bridge is told what the sockets relayed before it sees any event, and the
+    # sockets are given its routes after each one: the two never disagree.
+
+    def _configure_fast_twilio(self) -> None:
+        sock = self._twilio
+        if self._use_fast_path and isinstance(sock, fast_path_module.TwilioAudioSocket):
+            sock.configure_fast_path(
+                _decode_twilio,
+                _MEDIA,
+                agent.encode_input_audio,
+                self._now,
+                _MEDIA_FRAME_SECONDS,
+                _MEDIA_SLACK_SECONDS,
+            )
+            self._fast_twilio = sock
+
+    def _configure_fast_agent(self, sock: AgentSocket) -> None:
+        if self._fast_agent is not None:  # a new connection: the old one's route ends
+            self._take_relayed()
+            self._end_fast_path()
+        if self._fast_twilio is not None and isinstance(sock, fast_path_module.AgentAudioSocket):
+            sock.configure_fast_path(agent.decode_strict, _REPLY_AUDIO, twilio.encode_media)
+            self._fast_agent = sock
+
+    def _take_relayed(self) -> None:
+        up_sock, down_sock = self._fast_twilio, self._fast_agent
+        assert up_sock is not None and down_sock is not None
+        up = up_sock.take_relayed()
+        down, down_bytes = down_sock.take_relayed()
+        if up or down:
+            self.bridge.relayed(up, down, down_bytes)
+            self.fast_path_frames += up + down
+        if up_sock.media_due > self._media_due:
+            self._media_due = up_sock.media_due
+
+    def _route_audio(self) -> None:
+        up_sock, down_sock = self._fast_twilio, self._fast_agent
+        assert up_sock is not None and down_sock is not None
+        route = self.bridge.audio_route()
+        up_sock.media_due = self._media_due
+        up_sock.route_to(down_sock if route.to_agent else None)
+        if route.stream_sid is None:
+            down_sock.route_to(None, None, None, 0)
+        else:
+            down_sock.route_to(up_sock, route.stream_sid, route.reply_id, route.budget)
+
+    def _end_fast_path(self) -> None:
+        """No more routes (and no reference from one socket to the other)."""
+        if self._fast_twilio is not None:
+            self._fast_twilio.route_to(None)
+        if self._fast_agent is not None:
+            self._fast_agent.route_to(None, None, None, 0)
+            self._fast_agent = None
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         assert self._tg is not None
         task = self._tg.create_task(coro)
@@ -295,6 +376,7 @@ class CallRunner:
             self._feed(AgentOpenFailed(str(exc)))
             return
         self._agent = sock
+        self._configure_fast_agent(sock)
         self._spawn(self._read_agent(sock))
         self._feed(AgentOpened())
 

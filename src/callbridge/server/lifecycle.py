@@ -14,6 +14,7 @@ import signal
 
 from aiohttp import web
 
+from callbridge import fast_path
 from callbridge.bridge.inputs import ServerShutdown
 from callbridge.config import Settings
 from callbridge.logs import EventLogger
@@ -33,6 +34,12 @@ async def serve(app: web.Application, settings: Settings, log: EventLogger) -> N
         state = app[APP_STATE]
         streams = "picows" if state.picows_streams else "aiohttp"
         log.info("server.listening", host=settings.host, port=settings.port, media_streams=streams)
+        if not settings.callbridge_fast_path:
+            log.info("audio.fast_path", used=False, why="turned off (CALLBRIDGE_FAST_PATH)")
+        elif not fast_path.COMPILED:  # every frame costs more CPU; nothing else changes
+            log.warning("audio.fast_path", used=False, why=fast_path.WHY_NOT_COMPILED)
+        else:
+            log.info("audio.fast_path", used=True)
         _freeze_startup_heap()
         stopping = _Signals()
         await stopping.first.wait()

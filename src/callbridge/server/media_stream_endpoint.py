@@ -93,6 +93,7 @@ def start_call(
         admit=admit,
         record=state.records.submit,
         max_messages_per_second=settings.callbridge_max_messages_per_second,
+        fast_path=settings.callbridge_fast_path,
     )
     state.registry.live[call_id] = runner
     log.info("stream.opened", direction=direction)

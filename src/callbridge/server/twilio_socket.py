@@ -15,8 +15,9 @@ from typing import Protocol
 
 import aiohttp
 from aiohttp import web
-from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+from picows import WSCloseCode, WSFrame, WSMsgType, WSTransport
 
+from callbridge import fast_path
 from callbridge.agent.connection import MAX_UNSENT_BYTES  # the same rule for Twilio
 from callbridge.aiohttp_sockets import describe_error, send_text_bounded
 from callbridge.bridge.inputs import TwilioProtocolError
@@ -95,10 +96,13 @@ class AiohttpTwilioSocket:
             await self._ws.close(code=code)
 
 
-class PicowsTwilioSocket(WSListener):
-    """A picows listener; `on_connected` starts the call once the upgrade is done."""
+class PicowsTwilioSocket(fast_path.TwilioAudioSocket):
+    """A picows listener; `on_connected` starts the call once the upgrade is done. Frames
+    come to `_on_frame`, through the compiled fast path when there is one (which takes
+    the caller audio the bridge lets it relay, see `callbridge.fast_path`)."""
 
     def __init__(self, on_connected: Callable[[PicowsTwilioSocket], None], max_bytes: int):
+        super().__init__()
         self._on_connected = on_connected
         self._transport: WSTransport | None = None
         self._on_text: TextHandler | None = None
@@ -108,7 +112,6 @@ class PicowsTwilioSocket(WSListener):
         self._failure: BaseException | None = None
         self._gave_up = ""
         self._paused = False  # the transport's buffer is past its high-water mark
-        self._stopped = False  # we ended it: frames still in the read buffer are ignored
         # Rebound with the state (see `send_for`); picows's send is a no-op once closing,
         # so only giving up on a stalled peer makes the socket unusable for sending.
         self.send: Send = drop_frame
@@ -126,8 +129,8 @@ class PicowsTwilioSocket(WSListener):
         unsent = transport.underlying_transport.get_write_buffer_size()
         if unsent > MAX_UNSENT_BYTES:
             self._gave_up = _stalled(unsent)
-            self._stopped = True
-            self.send = drop_frame
+            self.stopped = True
+            self._rebind_send()
             transport.disconnect(graceful=False)
 
     def _rebind_send(self) -> None:
@@ -137,6 +140,8 @@ class PicowsTwilioSocket(WSListener):
             paused=self._paused,
             watching=self._send_watching,
         )
+        usable = self._transport is not None and not self._gave_up and not self._paused
+        self.direct = self._transport if usable else None
 
     async def serve(self, on_text: TextHandler, on_event: EventHandler) -> None:
         transport = self._transport
@@ -155,7 +160,7 @@ class PicowsTwilioSocket(WSListener):
         if self._transport is not None:
             await close_politely(self._transport, WSCloseCode(code))
 
-    # --- WSListener -------------------------------------------------------------------
+    # --- picows's WSListener -------------------------------------------------------------------
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
@@ -170,8 +175,8 @@ class PicowsTwilioSocket(WSListener):
         self._paused = False
         self._rebind_send()
 
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        if self._stopped:
+    def _on_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if self.stopped:
             return  # picows delivers the rest of a read even after we disconnect
         kind = frame.msg_type
         if kind is _TEXT and frame.fin:
@@ -203,6 +208,9 @@ class PicowsTwilioSocket(WSListener):
         elif kind is WSMsgType.BINARY:
             self._event(twilio.InvalidFrame("binary frame"))
 
+    if not fast_path.COMPILED:
+        on_ws_frame = _on_frame  # every frame takes the full path: one Python call less
+
     # --- internals --------------------------------------------------------------------
 
     def _text(self, data: bytes | memoryview) -> None:
@@ -228,13 +236,13 @@ class PicowsTwilioSocket(WSListener):
     def _fail(self, exc: Exception) -> None:
         if self._failure is None:
             self._failure = exc
-        self._stopped = True
+        self.stopped = True
         if self._transport is not None:
             self._transport.disconnect(graceful=False)
 
     def abort(self, code: WSCloseCode) -> None:
         """Close at once (a close frame, then the connection), from any callback."""
-        self._stopped = True
+        self.stopped = True
         if self._transport is not None and not self._transport.is_disconnected:
             self._transport.send_close(code)
             self._transport.disconnect()

@@ -1,0 +1,52 @@
+"""The audio fast path: the common audio frame relayed at C level inside picows's frame
+callback, when the compiled module is there (`_compiled.pyx`, built by `make install`
+with Cython against picows's published Cython API).
+
+Both picows sockets inherit from the classes here. The call's bridge still decides
+everything: after each event it handles, the runner asks it for the audio routes (is
+caller audio relayed to the agent now; which reply's audio goes to Twilio, and how many
+bytes before the next mark) and sets them here; before it hands the bridge anything,
+the runner hands back what the fast path relayed. A frame the routes do not cover takes
+the full path (socket -> runner -> bridge), as every frame does without the compiled
+module, or with `CALLBRIDGE_FAST_PATH=false` (then the runner sets no routes).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from callbridge.fast_path._fallback import AgentAudioSocket, AudioSocket, TwilioAudioSocket
+
+    COMPILED: bool
+    WHY_NOT_COMPILED: str
+else:
+    import picows
+
+    WHY_NOT_COMPILED = ""
+    try:
+        from callbridge.fast_path._compiled import (
+            BUILT_AGAINST_PICOWS,
+            AgentAudioSocket,
+            AudioSocket,
+            TwilioAudioSocket,
+        )
+    except ImportError as exc:  # not built (no C compiler at install, say)
+        WHY_NOT_COMPILED = f"not built ({exc})"
+    except ValueError as exc:  # built against another picows: its types' sizes differ
+        WHY_NOT_COMPILED = f"built against another picows ({exc})"
+    else:
+        if picows.__version__ != BUILT_AGAINST_PICOWS:
+            WHY_NOT_COMPILED = (
+                f"built against picows {BUILT_AGAINST_PICOWS}, "
+                f"running with {picows.__version__}: run `make install`"
+            )
+    COMPILED = not WHY_NOT_COMPILED
+    if not COMPILED:
+        from callbridge.fast_path._fallback import (
+            AgentAudioSocket,
+            AudioSocket,
+            TwilioAudioSocket,
+        )
+
+__all__ = ["COMPILED", "WHY_NOT_COMPILED", "AgentAudioSocket", "AudioSocket", "TwilioAudioSocket"]
