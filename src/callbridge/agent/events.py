@@ -198,7 +198,7 @@ def tool_arguments(call: ToolCall) -> dict[str, Any]:
 # --- what we send -------------------------------------------------------------------
 
 
-class _InputAudio(msgspec.Struct, tag_field="type", tag="input.audio", gc=False):
+class InputAudio(msgspec.Struct, tag_field="type", tag="input.audio", gc=False):
     audio: bytes  # encoded as base64
 
 
@@ -223,11 +223,14 @@ class _ReplyCreate(
 
 
 _encoder = msgspec.json.Encoder()
+# For the compiled fast path: encode_struct(InputAudio(payload)) is encode_input_audio
+# without a Python call.
+encode_struct = _encoder.encode
 SESSION_END = b'{"type":"session.end"}'
 
 
 def encode_input_audio(payload: bytes) -> bytes:
-    return _encoder.encode(_InputAudio(payload))
+    return _encoder.encode(InputAudio(payload))
 
 
 def encode_tool_result(call_id: str, result: str, is_error: bool) -> bytes:

@@ -94,6 +94,7 @@ class AudioRoute(NamedTuple):
 
 
 _NO_ROUTE = AudioRoute()
+_CALLER_AUDIO_ONLY = AudioRoute(to_agent=True)
 
 
 class EndReason(enum.StrEnum):
@@ -321,9 +322,10 @@ class CallBridge:
         sid = self.stream_sid
         reply = self._ledger.unmarked_budget() if sid is not None else None
         if reply is None or reply[0] in self._fenced_replies:
-            return AudioRoute(to_agent=True)
+            return _CALLER_AUDIO_ONLY
         self._routed_reply = reply[0]
-        return AudioRoute(True, sid, reply[0], reply[1])
+        # tuple.__new__: a NamedTuple's own constructor is a Python call, once an event.
+        return tuple.__new__(AudioRoute, (True, sid, *reply))
 
     def relayed(self, to_agent: int, to_twilio: int, to_twilio_bytes: int) -> None:
         """Count the frames relayed under the last `audio_route` (before any other event)."""

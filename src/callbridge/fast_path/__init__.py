@@ -16,7 +16,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from callbridge.fast_path._fallback import AgentAudioSocket, AudioSocket, TwilioAudioSocket
+    from callbridge.fast_path._fallback import (
+        AgentAudioSocket,
+        AudioSocket,
+        TwilioAudioSocket,
+        end_routes,
+        set_routes,
+        take_relayed,
+    )
 
     COMPILED: bool
     WHY_NOT_COMPILED: str
@@ -30,6 +37,9 @@ else:
             AgentAudioSocket,
             AudioSocket,
             TwilioAudioSocket,
+            end_routes,
+            set_routes,
+            take_relayed,
         )
     except ImportError as exc:  # not built (no C compiler at install, say)
         WHY_NOT_COMPILED = f"not built ({exc})"
@@ -47,6 +57,18 @@ else:
             AgentAudioSocket,
             AudioSocket,
             TwilioAudioSocket,
+            end_routes,
+            set_routes,
+            take_relayed,
         )
 
-__all__ = ["COMPILED", "WHY_NOT_COMPILED", "AgentAudioSocket", "AudioSocket", "TwilioAudioSocket"]
+__all__ = [
+    "COMPILED",
+    "WHY_NOT_COMPILED",
+    "AgentAudioSocket",
+    "AudioSocket",
+    "TwilioAudioSocket",
+    "end_routes",
+    "set_routes",
+    "take_relayed",
+]

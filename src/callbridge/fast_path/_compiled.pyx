@@ -40,9 +40,10 @@ cdef class TwilioAudioSocket(AudioSocket):
 
     cdef AudioSocket _agent  # where caller audio goes while the route is open; else None
     cdef public double media_due
-    cdef public long long relayed_frames
+    cdef long long relayed_frames
     cdef object _decode
     cdef object _media_type
+    cdef object _input_audio
     cdef object _encode
     cdef object _clock
     cdef double _frame_seconds
@@ -54,25 +55,18 @@ cdef class TwilioAudioSocket(AudioSocket):
         self.media_due = float("-inf")
         self.relayed_frames = 0
 
-    def configure_fast_path(self, decode, media_type, encode, clock,
+    def configure_fast_path(self, decode, media_type, input_audio, encode, clock,
                             double frame_seconds, double slack_seconds):
-        """The runner's decoder, encoder and pacing (its GCRA: see `CallRunner`)."""
+        """How to read Twilio's frames (`decode` to `media_type`), write the agent's
+        (`encode(input_audio(payload))`), and pace them (the runner's GCRA, its clock)."""
         self._decode = decode
         self._media_type = media_type
+        self._input_audio = input_audio
         self._encode = encode
         self._clock = clock
         self._frame_seconds = frame_seconds
         self._slack_seconds = slack_seconds
 
-    def take_relayed(self):
-        """The frames relayed here since the last call."""
-        cdef long long frames = self.relayed_frames
-        self.relayed_frames = 0
-        return frames
-
-    def route_to(self, AudioSocket agent):
-        """Relay caller audio to this socket from now on; None: not here, the full path."""
-        self._agent = agent
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
         cdef AudioSocket agent = self._agent
@@ -96,7 +90,7 @@ cdef class TwilioAudioSocket(AudioSocket):
                         if due - now <= self._slack_seconds:
                             self.media_due = due + self._frame_seconds
                             self.relayed_frames += 1
-                            out.send(WSMsgType.TEXT, self._encode(payload))
+                            out.send(WSMsgType.TEXT, self._encode(self._input_audio(payload)))
                             return
         self._on_frame(transport, frame)
 
@@ -108,10 +102,12 @@ cdef class AgentAudioSocket(AudioSocket):
     cdef object _reply_id
     cdef object _stream_sid
     cdef Py_ssize_t _budget  # bytes that may go before a mark is due
-    cdef public long long relayed_frames
-    cdef public long long relayed_bytes
+    cdef long long relayed_frames
+    cdef long long relayed_bytes
     cdef object _decode
     cdef object _audio_type
+    cdef object _media
+    cdef object _payload
     cdef object _encode
 
     def __init__(self):
@@ -120,25 +116,15 @@ cdef class AgentAudioSocket(AudioSocket):
         self.relayed_frames = 0
         self.relayed_bytes = 0
 
-    def configure_fast_path(self, decode, audio_type, encode):
+    def configure_fast_path(self, decode, audio_type, media, payload, encode):
+        """How to read the agent's frames (`decode` to `audio_type`) and write Twilio's
+        (`encode(media(stream_sid, payload(audio)))`)."""
         self._decode = decode
         self._audio_type = audio_type
+        self._media = media
+        self._payload = payload
         self._encode = encode
 
-    def take_relayed(self):
-        """(frames, bytes) relayed here since the last call."""
-        out = (self.relayed_frames, self.relayed_bytes)
-        self.relayed_frames = 0
-        self.relayed_bytes = 0
-        return out
-
-    def route_to(self, AudioSocket twilio, stream_sid, reply_id, Py_ssize_t budget):
-        """Relay the audio of reply `reply_id` to this socket, up to `budget` bytes; a
-        `twilio` of None closes the route."""
-        self._twilio = twilio
-        self._stream_sid = stream_sid
-        self._reply_id = reply_id
-        self._budget = budget
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
         cdef AudioSocket twilio = self._twilio
@@ -158,6 +144,38 @@ cdef class AgentAudioSocket(AudioSocket):
                         self._budget -= size
                         self.relayed_frames += 1
                         self.relayed_bytes += size
-                        out.send(WSMsgType.TEXT, self._encode(self._stream_sid, data))
+                        out.send(WSMsgType.TEXT, self._encode(self._media(self._stream_sid, self._payload(data))))
                         return
         self._on_frame(transport, frame)
+
+
+# --- what the runner does with a call's two sockets (one call each, not one a socket) ---
+
+def take_relayed(TwilioAudioSocket twilio, AgentAudioSocket agent):
+    """(caller frames, agent frames, agent bytes) relayed since the last call; None if
+    nothing was."""
+    if twilio.relayed_frames == 0 and agent.relayed_frames == 0:
+        return None
+    out = (twilio.relayed_frames, agent.relayed_frames, agent.relayed_bytes)
+    twilio.relayed_frames = agent.relayed_frames = agent.relayed_bytes = 0
+    return out
+
+
+def set_routes(TwilioAudioSocket twilio, AgentAudioSocket agent, route):
+    """Set the bridge's `AudioRoute`: (caller audio to the agent?, stream sid or None,
+    reply id, bytes before the next mark)."""
+    to_agent, stream_sid, reply_id, budget = route
+    twilio._agent = agent if to_agent else None
+    if stream_sid is None:
+        agent._twilio = None
+    else:
+        agent._twilio = twilio
+        agent._stream_sid = stream_sid
+        agent._reply_id = reply_id
+        agent._budget = budget
+
+
+def end_routes(TwilioAudioSocket twilio, AgentAudioSocket agent):
+    """No route either way (and no reference from one socket to the other)."""
+    twilio._agent = None
+    agent._twilio = None

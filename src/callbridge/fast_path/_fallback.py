@@ -29,17 +29,12 @@ class TwilioAudioSocket(AudioSocket):
         self,
         decode: Callable[[memoryview], object],
         media_type: type,
-        encode: Callable[[bytes], bytes],
+        input_audio: Callable[[bytes], object],
+        encode: Callable[[object], bytes],
         clock: Callable[[], float],
         frame_seconds: float,
         slack_seconds: float,
     ) -> None:
-        pass
-
-    def take_relayed(self) -> int:
-        return 0
-
-    def route_to(self, agent: AudioSocket | None) -> None:
         pass
 
 
@@ -48,14 +43,22 @@ class AgentAudioSocket(AudioSocket):
         self,
         decode: Callable[[memoryview], object],
         audio_type: type,
-        encode: Callable[[str, bytes], bytes],
+        media: Callable[..., object],
+        payload: Callable[[bytes], object],
+        encode: Callable[[object], bytes],
     ) -> None:
         pass
 
-    def take_relayed(self) -> tuple[int, int]:
-        return 0, 0
 
-    def route_to(
-        self, twilio: AudioSocket | None, stream_sid: Any, reply_id: Any, budget: int
-    ) -> None:
-        pass
+def take_relayed(twilio: TwilioAudioSocket, agent: AgentAudioSocket) -> tuple[int, int, int] | None:
+    return None
+
+
+def set_routes(
+    twilio: TwilioAudioSocket, agent: AgentAudioSocket, route: tuple[bool, Any, Any, int]
+) -> None:
+    pass
+
+
+def end_routes(twilio: TwilioAudioSocket, agent: AgentAudioSocket) -> None:
+    pass

@@ -15,7 +15,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import msgspec
@@ -68,6 +68,9 @@ _MEDIA_SLACK_SECONDS = 49.5 * _MEDIA_FRAME_SECONDS
 _MEDIA = twilio.Media
 _REPLY_AUDIO = agent.ReplyAudio
 _decode_twilio = twilio.decode_strict
+_take_relayed = fast_path_module.take_relayed
+_set_routes = fast_path_module.set_routes
+_end_routes = fast_path_module.end_routes
 
 
 class CallRunner:
@@ -96,8 +99,11 @@ class CallRunner:
         self._window_start = -math.inf
         self._window_left = 0
         # Caller audio may not run ahead of real time (the API drops it and complains):
-        # a frame every 20 ms, with a second of slack for jitter and our own stalls.
-        self._media_due = -math.inf
+        # a frame every 20 ms, with a second of slack for jitter and our own stalls. The
+        # due time is kept here, or on the Twilio socket when its fast path relays audio
+        # (so both keep one pace): `_pace` is whichever holds it.
+        self.media_due = -math.inf
+        self._pace: _Paced = self
         self.rate_limited_frames = 0
         self.fast_path_frames = 0  # audio frames the sockets relayed under the bridge's routes
         self._agent: AgentSocket | None = None
@@ -178,8 +184,6 @@ class CallRunner:
     def _on_twilio_text(self, data: bytes | str | memoryview) -> bool:
         """One text frame from Twilio; False ends the stream."""
         now = self._now()
-        if self._fast_agent is not None:
-            self._take_relayed()  # the frames relayed without us count towards the pace
         try:
             message: object = _decode_twilio(data)
         except msgspec.DecodeError as exc:
@@ -188,12 +192,14 @@ class CallRunner:
             # Real-time pace (GCRA): each frame is due 20 ms after the one before; a frame
             # more than a second ahead of when it is due is refused, and counts towards
             # the flood limit below (caller audio at Twilio's pace never does).
-            due = self._media_due
+            pace = self._pace
+            due = pace.media_due
             if due < now:
                 due = now
             elif due - now > _MEDIA_SLACK_SECONDS:
                 return self._media_refused(now)
-            self._media_due = due + _MEDIA_FRAME_SECONDS
+            pace.media_due = due + _MEDIA_FRAME_SECONDS
+            # No audio route changes here (media_to_agent only counts), so none is taken.
             out = self.bridge.media_to_agent(message)
             if isinstance(out, bytes):
                 sock = self._agent
@@ -201,8 +207,6 @@ class CallRunner:
                     sock.send(out)
             else:
                 self._perform_all(out)
-            if self._fast_agent is not None:
-                self._route_audio()
             return True
         if not self._within_message_limit(now):
             return False
@@ -315,50 +319,45 @@ class CallRunner:
             sock.configure_fast_path(
                 _decode_twilio,
                 _MEDIA,
-                agent.encode_input_audio,
+                agent.InputAudio,
+                agent.encode_struct,
                 self._now,
                 _MEDIA_FRAME_SECONDS,
                 _MEDIA_SLACK_SECONDS,
             )
-            self._fast_twilio = sock
+            sock.media_due = self.media_due
+            self._fast_twilio = self._pace = sock
 
     def _configure_fast_agent(self, sock: AgentSocket) -> None:
         if self._fast_agent is not None:  # a new connection: the old one's route ends
             self._take_relayed()
             self._end_fast_path()
         if self._fast_twilio is not None and isinstance(sock, fast_path_module.AgentAudioSocket):
-            sock.configure_fast_path(agent.decode_strict, _REPLY_AUDIO, twilio.encode_media)
+            sock.configure_fast_path(
+                agent.decode_strict,
+                _REPLY_AUDIO,
+                twilio.OutboundMedia,
+                twilio.OutboundPayload,
+                twilio.encode_struct,
+            )
             self._fast_agent = sock
 
     def _take_relayed(self) -> None:
-        up_sock, down_sock = self._fast_twilio, self._fast_agent
-        assert up_sock is not None and down_sock is not None
-        up = up_sock.take_relayed()
-        down, down_bytes = down_sock.take_relayed()
-        if up or down:
-            self.bridge.relayed(up, down, down_bytes)
-            self.fast_path_frames += up + down
-        if up_sock.media_due > self._media_due:
-            self._media_due = up_sock.media_due
+        assert self._fast_twilio is not None and self._fast_agent is not None
+        relayed = _take_relayed(self._fast_twilio, self._fast_agent)
+        if relayed is not None:
+            self.bridge.relayed(*relayed)
+            self.fast_path_frames += relayed[0] + relayed[1]
 
     def _route_audio(self) -> None:
-        up_sock, down_sock = self._fast_twilio, self._fast_agent
-        assert up_sock is not None and down_sock is not None
-        route = self.bridge.audio_route()
-        up_sock.media_due = self._media_due
-        up_sock.route_to(down_sock if route.to_agent else None)
-        if route.stream_sid is None:
-            down_sock.route_to(None, None, None, 0)
-        else:
-            down_sock.route_to(up_sock, route.stream_sid, route.reply_id, route.budget)
+        assert self._fast_twilio is not None and self._fast_agent is not None
+        _set_routes(self._fast_twilio, self._fast_agent, self.bridge.audio_route())
 
     def _end_fast_path(self) -> None:
         """No more routes (and no reference from one socket to the other)."""
-        if self._fast_twilio is not None:
-            self._fast_twilio.route_to(None)
-        if self._fast_agent is not None:
-            self._fast_agent.route_to(None, None, None, 0)
-            self._fast_agent = None
+        if self._fast_twilio is not None and self._fast_agent is not None:
+            _end_routes(self._fast_twilio, self._fast_agent)
+        self._fast_agent = None
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         assert self._tg is not None
@@ -422,6 +421,10 @@ class CallRunner:
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+
+
+class _Paced(Protocol):
+    media_due: float
 
 
 async def _reraise(exc: Exception) -> None:
