@@ -369,6 +369,7 @@ def _revision_trees(args: argparse.Namespace) -> Iterator[None]:
             stdout=subprocess.DEVNULL,
         )
         try:
+            _build_fast_path(tree)
             args.revision_trees[target] = tree
             at = args.servers.index("callbridge") + 1 if "callbridge" in args.servers else 0
             args.servers.insert(at, target)
@@ -380,6 +381,26 @@ def _revision_trees(args: argparse.Namespace) -> Iterator[None]:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
+
+
+def _build_fast_path(tree: Path) -> None:
+    """A worktree has the sources only: build its compiled fast path, if it has one, as
+    `make install` does for this checkout (else that revision would run without it)."""
+    if not (tree / "src" / "callbridge" / "fast_path" / "_compiled.pyx").exists():
+        return
+    done = subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--inplace"],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0 or not list((tree / "src").rglob("_compiled*.so")):
+        print(
+            f"bench: could not build {tree.name}'s compiled fast path; it runs without it\n"
+            + done.stderr[-2000:],
+            file=sys.stderr,
+        )
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from callbridge import fast_path
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -76,6 +78,13 @@ def test_quick_bench_reports_sane_figures(tmp_path: Path) -> None:
             assert lat["p50_ms"] < 1000.0, (target, direction, lat)  # sanity, not a target
         assert run["server_cpu_us_per_frame"] > 0, target
         assert run["server_rss_idle_bytes"] > 0 and run["server_rss_bytes"] > 0, target
+
+    # Both callbridges relayed most audio on the compiled fast path: the revision's module
+    # was built in its worktree.
+    if fast_path.COMPILED:
+        for target in ("callbridge", revision):
+            counters = runs[target]["server_log"]["bridge_counters"]
+            assert counters["fast_path_frames"] > counters["frames_to_agent"] // 2, target
 
     # The whole bridge ran, not just the relay: barge-ins, tool calls, clean endings; every
     # stream served by picows (one on aiohttp would have logged a warning).

@@ -15,52 +15,36 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from callbridge.fast_path._fallback import (
-        AgentAudioSocket,
-        AudioSocket,
-        TwilioAudioSocket,
-        end_routes,
-        set_routes,
-        take_relayed,
-    )
+WHY_NOT_COMPILED = ""  # why the compiled module is not used, when it is not
 
-    COMPILED: bool
-    WHY_NOT_COMPILED: str
+if TYPE_CHECKING:  # both modules have one interface; the plain-Python one is typed
+    from callbridge.fast_path import _fallback as _module
 else:
     import picows
 
-    WHY_NOT_COMPILED = ""
     try:
-        from callbridge.fast_path._compiled import (
-            BUILT_AGAINST_PICOWS,
-            AgentAudioSocket,
-            AudioSocket,
-            TwilioAudioSocket,
-            end_routes,
-            set_routes,
-            take_relayed,
-        )
+        from callbridge.fast_path import _compiled as _module
     except ImportError as exc:  # not built (no C compiler at install, say)
         WHY_NOT_COMPILED = f"not built ({exc})"
     except ValueError as exc:  # built against another picows: its types' sizes differ
         WHY_NOT_COMPILED = f"built against another picows ({exc})"
     else:
-        if picows.__version__ != BUILT_AGAINST_PICOWS:
+        if picows.__version__ != _module.BUILT_AGAINST_PICOWS:
             WHY_NOT_COMPILED = (
-                f"built against picows {BUILT_AGAINST_PICOWS}, "
+                f"built against picows {_module.BUILT_AGAINST_PICOWS}, "
                 f"running with {picows.__version__}: run `make install`"
             )
-    COMPILED = not WHY_NOT_COMPILED
-    if not COMPILED:
-        from callbridge.fast_path._fallback import (
-            AgentAudioSocket,
-            AudioSocket,
-            TwilioAudioSocket,
-            end_routes,
-            set_routes,
-            take_relayed,
-        )
+    if WHY_NOT_COMPILED:
+        from callbridge.fast_path import _fallback as _module
+
+COMPILED = not WHY_NOT_COMPILED
+
+AudioSocket = _module.AudioSocket
+TwilioAudioSocket = _module.TwilioAudioSocket
+AgentAudioSocket = _module.AgentAudioSocket
+take_relayed = _module.take_relayed
+set_routes = _module.set_routes
+end_routes = _module.end_routes
 
 __all__ = [
     "COMPILED",

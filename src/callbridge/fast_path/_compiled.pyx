@@ -26,6 +26,8 @@ cdef class AudioSocket(WSListener):
     cdef public object direct
     # We ended the socket: frames still in the read buffer are ignored (by `_on_frame`).
     cdef public bint stopped
+    cdef object _decode  # a whole text frame to a message (raises if it is not one)
+    cdef object _encode  # a message struct to the other side's frame
 
     def __init__(self):
         self.direct = None
@@ -34,6 +36,18 @@ cdef class AudioSocket(WSListener):
     def _on_frame(self, transport, frame):
         raise NotImplementedError
 
+    cdef inline object _message(self, AudioSocket peer, WSFrame frame):
+        """The decoded message of a whole text frame while `peer` (the other side) may be
+        sent to at once; else None, and the frame takes the full path."""
+        if peer is None or self.stopped or frame.msg_type != WSMsgType.TEXT or not frame.fin:
+            return None
+        if not isinstance(peer.direct, WSTransport):
+            return None
+        try:
+            return self._decode(frame.get_payload_as_memoryview())
+        except Exception:  # the full path decodes it again and says what is wrong
+            return None
+
 
 cdef class TwilioAudioSocket(AudioSocket):
     """Caller audio (Twilio `media`) to the agent (`input.audio`)."""
@@ -41,10 +55,8 @@ cdef class TwilioAudioSocket(AudioSocket):
     cdef AudioSocket _agent  # where caller audio goes while the route is open; else None
     cdef public double media_due
     cdef long long relayed_frames
-    cdef object _decode
     cdef object _media_type
     cdef object _input_audio
-    cdef object _encode
     cdef object _clock
     cdef double _frame_seconds
     cdef double _slack_seconds
@@ -67,31 +79,25 @@ cdef class TwilioAudioSocket(AudioSocket):
         self._frame_seconds = frame_seconds
         self._slack_seconds = slack_seconds
 
-
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
         cdef AudioSocket agent = self._agent
-        cdef WSTransport out
         cdef double now, due
-        if agent is not None and not self.stopped and frame.msg_type == WSMsgType.TEXT and frame.fin:
-            if isinstance(agent.direct, WSTransport):
-                out = <WSTransport>agent.direct
-                try:
-                    message = self._decode(frame.get_payload_as_memoryview())
-                except Exception:
-                    message = None
-                if type(message) is self._media_type:
-                    payload = message.media.payload
-                    if payload:
-                        now = self._clock()
-                        due = self.media_due
-                        if due < now:
-                            due = now
-                        # Too far ahead of real time: the full path refuses, counts, logs.
-                        if due - now <= self._slack_seconds:
-                            self.media_due = due + self._frame_seconds
-                            self.relayed_frames += 1
-                            out.send(WSMsgType.TEXT, self._encode(self._input_audio(payload)))
-                            return
+        message = self._message(agent, frame)
+        if type(message) is self._media_type:
+            payload = message.media.payload
+            if payload:
+                now = self._clock()
+                due = self.media_due
+                if due < now:
+                    due = now
+                # Too far ahead of real time: the full path refuses, counts, logs.
+                if due - now <= self._slack_seconds:
+                    self.media_due = due + self._frame_seconds
+                    self.relayed_frames += 1
+                    (<WSTransport>agent.direct).send(
+                        WSMsgType.TEXT, self._encode(self._input_audio(payload))
+                    )
+                    return
         self._on_frame(transport, frame)
 
 
@@ -104,11 +110,9 @@ cdef class AgentAudioSocket(AudioSocket):
     cdef Py_ssize_t _budget  # bytes that may go before a mark is due
     cdef long long relayed_frames
     cdef long long relayed_bytes
-    cdef object _decode
     cdef object _audio_type
     cdef object _media
     cdef object _payload
-    cdef object _encode
 
     def __init__(self):
         AudioSocket.__init__(self)
@@ -125,27 +129,20 @@ cdef class AgentAudioSocket(AudioSocket):
         self._payload = payload
         self._encode = encode
 
-
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
         cdef AudioSocket twilio = self._twilio
-        cdef WSTransport out
         cdef Py_ssize_t size
-        if twilio is not None and not self.stopped and frame.msg_type == WSMsgType.TEXT and frame.fin:
-            if isinstance(twilio.direct, WSTransport):
-                out = <WSTransport>twilio.direct
-                try:
-                    event = self._decode(frame.get_payload_as_memoryview())
-                except Exception:
-                    event = None
-                if type(event) is self._audio_type and event.reply_id == self._reply_id:
-                    data = event.data
-                    size = len(data)
-                    if 0 < size < self._budget:
-                        self._budget -= size
-                        self.relayed_frames += 1
-                        self.relayed_bytes += size
-                        out.send(WSMsgType.TEXT, self._encode(self._media(self._stream_sid, self._payload(data))))
-                        return
+        event = self._message(twilio, frame)
+        if type(event) is self._audio_type and event.reply_id == self._reply_id:
+            data = event.data
+            size = len(data)
+            if 0 < size < self._budget:
+                self._budget -= size
+                self.relayed_frames += 1
+                self.relayed_bytes += size
+                media = self._media(self._stream_sid, self._payload(data))
+                (<WSTransport>twilio.direct).send(WSMsgType.TEXT, self._encode(media))
+                return
         self._on_frame(transport, frame)
 
 
