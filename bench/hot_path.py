@@ -155,24 +155,22 @@ async def _live_call(
     _calls.append((twilio_socket, agent_socket, asyncio.create_task(runner.run())))
     stub = _StubTransport()
     twilio_socket._on_frame(stub, _frame({"event": "connected", "protocol": "Call"}))  # type: ignore[arg-type]
-    twilio_socket._on_frame(  # type: ignore[arg-type]
-        stub,
-        _frame(
-            {
-                "event": "start",
-                "sequenceNumber": "1",
+    start = _frame(
+        {
+            "event": "start",
+            "sequenceNumber": "1",
+            "streamSid": STREAM_SID,
+            "start": {
                 "streamSid": STREAM_SID,
-                "start": {
-                    "streamSid": STREAM_SID,
-                    "callSid": "CA" + "0" * 32,
-                    "accountSid": "AC" + "0" * 32,
-                    "tracks": ["inbound"],
-                    "customParameters": {},
-                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                },
-            }
-        ),
+                "callSid": "CA" + "0" * 32,
+                "accountSid": "AC" + "0" * 32,
+                "tracks": ["inbound"],
+                "customParameters": {},
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+        }
     )
+    twilio_socket._on_frame(stub, start)  # type: ignore[arg-type]
     async with asyncio.timeout(5):  # the runner dials the agent in a task of its own
         await dialled.wait()
     for event in (
