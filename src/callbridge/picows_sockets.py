@@ -67,17 +67,20 @@ def drop_frame(frame: bytes) -> None:
     """`send` of a socket that is not open: the frame is dropped."""
 
 
-def send_for(transport: WSTransport | None, *, usable: bool, paused: bool, watching: Send) -> Send:
-    """The `send` a socket should have now. Both sockets rebind theirs as their state
-    changes, so that the common case runs no Python: while the socket is usable and its
-    transport keeps up, picows's own send with the frame type bound; while the transport's
-    buffer is past its high-water mark, `watching` (which checks the backlog); before the
-    socket opens or once it is no longer usable, nothing."""
+def send_for(
+    transport: WSTransport | None, *, usable: bool, paused: bool, watching: Send
+) -> tuple[Send, WSTransport | None]:
+    """The `send` a socket should have now, and the transport the compiled fast path may
+    send to directly (None but in the common case). Both sockets rebind theirs as their
+    state changes, so that the common case runs no Python: while the socket is usable and
+    its transport keeps up, picows's own send with the frame type bound; while the
+    transport's buffer is past its high-water mark, `watching` (which checks the backlog);
+    before the socket opens or once it is no longer usable, nothing."""
     if transport is None or not usable:
-        return drop_frame
+        return drop_frame, None
     if paused:
-        return watching
-    return functools.partial(transport.send, WSMsgType.TEXT)
+        return watching, None
+    return functools.partial(transport.send, WSMsgType.TEXT), transport
 
 
 async def close_politely(transport: WSTransport, code: WSCloseCode) -> None:

@@ -72,19 +72,16 @@ class PicowsAgentSocket(fast_path.AgentAudioSocket):
             self._give_up("the agent stopped reading (send buffer full)")
 
     def _rebind_send(self) -> None:
-        self.send = send_for(
+        self.send, self.direct = send_for(
             self._transport,
             usable=not self.stopped,
             paused=self._paused,
             watching=self._send_watching,
         )
-        usable = self._transport is not None and not self.stopped and not self._paused
-        self.direct = self._transport if usable else None
 
     def _mark_closed(self) -> None:
         self.stopped = True  # and frames still in the read buffer are ignored
-        self.send = drop_frame
-        self.direct = None
+        self._rebind_send()
 
     async def serve(self, sink: EventSink) -> tuple[int | None, str]:
         transport = self._transport
@@ -150,7 +147,11 @@ class PicowsAgentSocket(fast_path.AgentAudioSocket):
             event = agent.InvalidEvent("binary frame")
         else:
             return  # ping and pong: picows answers them
-        # Handed on here rather than in a method of its own: one Python call less a frame.
+        self._deliver(event)
+
+    def _deliver(self, event: object) -> None:
+        """Hand an event on (the compiled fast path calls this for the frames it decoded
+        but did not relay, so that none is decoded twice)."""
         sink = self._sink
         if sink is None:
             self._early.append(event)

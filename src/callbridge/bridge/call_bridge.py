@@ -216,7 +216,6 @@ class CallBridge:
         self._current_reply: str | None = None
         # Bounded: an hour-long call has hundreds of replies; only recent ones can still matter.
         self._fenced_replies = RecentIds(16)  # cut-off replies: drop their late audio
-        self._routed_reply: str | None = None  # the reply of the last audio_route
         self._interrupted_replies = RecentIds(16)  # their tool results are discarded
         self._results_may_flow = True  # reference §4.4: only right after reply.done
         self._tool_reply: dict[str, str | None] = {}  # outstanding call_id -> its reply
@@ -323,7 +322,6 @@ class CallBridge:
         reply = self._ledger.unmarked_budget() if sid is not None else None
         if reply is None or reply[0] in self._fenced_replies:
             return _CALLER_AUDIO_ONLY
-        self._routed_reply = reply[0]
         # tuple.__new__: a NamedTuple's own constructor is a Python call, once an event.
         return tuple.__new__(AudioRoute, (True, sid, *reply))
 
@@ -332,7 +330,7 @@ class CallBridge:
         self.frames_to_agent += to_agent
         if to_twilio:
             self.frames_to_twilio += to_twilio
-            self._ledger.count_relayed(self._routed_reply, to_twilio_bytes)
+            self._ledger.count_relayed(to_twilio_bytes)
 
     def media_to_agent(self, msg: twilio.Media) -> bytes | list[Action]:
         payload = msg.media.payload

@@ -105,9 +105,11 @@ class PlayoutLedger:
         budget = reply.next_mark_at - reply.bytes_sent
         return (reply.reply_id, budget) if budget > 0 else None
 
-    def count_relayed(self, reply_id: str | None, audio_bytes: int) -> None:
-        """Count chunks the fast path relayed within `unmarked_budget`."""
-        self._by_id[reply_id].bytes_sent += audio_bytes
+    def count_relayed(self, audio_bytes: int) -> None:
+        """Count chunks the fast path relayed within `unmarked_budget` (the current reply's:
+        nothing else reaches the ledger in between)."""
+        assert self._current is not None, "relayed audio without an unmarked budget"
+        self._current.bytes_sent += audio_bytes
 
     def count_marked(self, reply_id: str | None, audio_bytes: int) -> str:
         """Count a chunk that `count_unmarked` refused; returns the mark to send after it."""

@@ -3,10 +3,12 @@
 frame callbacks at C level, while the call's bridge says they may be.
 
 Only the common frame is taken here (a whole text frame that decodes to audio the route
-covers); anything else goes to the socket's `_on_frame`, the full path, which decodes it
-again. The bridge decides every route (see `CallBridge.audio_route`); this only counts
-what it relayed, and the runner hands the counts back to the bridge before the bridge
-handles anything. `__init__.py` explains when this module is used.
+covers); anything else takes the socket's full path: the agent's events as decoded here
+(`_deliver`), Twilio's frames as received (`_on_frame`; the runner decodes them, so a
+mark echo is decoded twice, the one cost of keeping the Twilio socket's interface text).
+The bridge decides every route (see `CallBridge.audio_route`); this only counts what it
+relayed, and the runner hands the counts back to the bridge before the bridge handles
+anything. `__init__.py` explains when this module is used.
 """
 
 from picows.picows cimport WSFrame, WSListener, WSMsgType, WSTransport
@@ -133,6 +135,9 @@ cdef class AgentAudioSocket(AudioSocket):
         cdef AudioSocket twilio = self._twilio
         cdef Py_ssize_t size
         event = self._message(twilio, frame)
+        if event is None:
+            self._on_frame(transport, frame)
+            return
         if type(event) is self._audio_type and event.reply_id == self._reply_id:
             data = event.data
             size = len(data)
@@ -143,7 +148,10 @@ cdef class AgentAudioSocket(AudioSocket):
                 media = self._media(self._stream_sid, self._payload(data))
                 (<WSTransport>twilio.direct).send(WSMsgType.TEXT, self._encode(media))
                 return
-        self._on_frame(transport, frame)
+        self._deliver(event)  # decoded already: the full path from there on
+
+    def _deliver(self, event):
+        raise NotImplementedError
 
 
 # --- what the runner does with a call's two sockets (one call each, not one a socket) ---

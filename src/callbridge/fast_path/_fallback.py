@@ -39,6 +39,9 @@ class TwilioAudioSocket(AudioSocket):
 
 
 class AgentAudioSocket(AudioSocket):
+    def _deliver(self, event: object) -> None:
+        raise NotImplementedError
+
     def configure_fast_path(
         self,
         decode: Callable[[memoryview], object],

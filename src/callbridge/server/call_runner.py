@@ -265,12 +265,12 @@ class CallRunner:
         # Synchronous on purpose: both sockets write without awaiting, so an agent frame
         # is relayed inside the upstream socket's callback with no task switch. Audio
         # frames do not come here: the bridge's fast path (above) takes them.
-        if self._fast_agent is None:
-            self._perform_all(self.bridge.handle(event))
-            return
-        self._take_relayed()
+        fast = self._fast_agent is not None
+        if fast:
+            self._take_relayed()
         self._perform_all(self.bridge.handle(event))
-        self._route_audio()
+        if fast:
+            self._route_audio()
 
     def _perform_all(self, actions: list[Action]) -> None:
         for action in actions:

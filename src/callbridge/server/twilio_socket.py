@@ -134,14 +134,12 @@ class PicowsTwilioSocket(fast_path.TwilioAudioSocket):
             transport.disconnect(graceful=False)
 
     def _rebind_send(self) -> None:
-        self.send = send_for(
+        self.send, self.direct = send_for(
             self._transport,
             usable=not self._gave_up,
             paused=self._paused,
             watching=self._send_watching,
         )
-        usable = self._transport is not None and not self._gave_up and not self._paused
-        self.direct = self._transport if usable else None
 
     async def serve(self, on_text: TextHandler, on_event: EventHandler) -> None:
         transport = self._transport
@@ -160,7 +158,7 @@ class PicowsTwilioSocket(fast_path.TwilioAudioSocket):
         if self._transport is not None:
             await close_politely(self._transport, WSCloseCode(code))
 
-    # --- picows's WSListener -------------------------------------------------------------------
+    # --- picows's WSListener ------------------------------------------------------------
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
