@@ -352,3 +352,29 @@ async def test_the_fast_path_relays_most_audio_and_counts_it_as_the_bridge_would
         assert relayed > frames // 2  # most frames; marks and the first chunk go the full way
     else:
         assert relayed == 0
+
+
+@BOTH_AUDIO_PATHS
+async def test_caller_audio_in_unusual_base64_reaches_the_agent_decoded(
+    simulator: TwilioSimulator, fake_agent: FakeVoiceAgent
+) -> None:
+    """The fast path relays only canonical base64 as it arrived; other valid forms (escaped
+    slashes, stray bits under the padding) take the full path and arrive re-encoded."""
+    call = await simulator.place_inbound_call(caller_audio=indexed_frames(5))
+    session = await fake_agent.wait_for_session()
+    await session.wait_input_audio(5 * FRAME_BYTES)
+    stream_sid = call.stream_sid
+    slashes = bytes([0xFF]) * FRAME_BYTES  # base64 "////...", sent as "\/\/\/\/..."
+    escaped = base64.b64encode(slashes).decode().replace("/", "\\/")
+    odd = bytes([0xEE]) * (FRAME_BYTES - 2)  # one "=" of padding, the bits before it set
+    canonical = base64.b64encode(odd).decode()
+    stray = canonical[:-2] + chr(ord(canonical[-2]) + 1) + "="
+    assert base64.b64decode(stray) == odd and stray != canonical
+    for payload in (escaped, stray):
+        # Written out: a JSON encoder would escape the backslashes.
+        media = '"media":{"payload":"' + payload + '"}'
+        await call.send_raw('{"event":"media","streamSid":"' + str(stream_sid) + '",' + media + "}")
+    await session.wait_for(lambda m: m.get("audio") == canonical)
+    audio = [m["audio"] for m in session.received if m.get("type") == "input.audio"]
+    assert audio.index(base64.b64encode(slashes).decode()) < audio.index(canonical)
+    await call.hangup()

@@ -1,18 +1,26 @@
-"""The compiled audio fast path is built where it can be, and callbridge works without it."""
+"""The compiled audio fast path is built where it can be, callbridge works without it, and
+the audio it relays as base64 text is what the full path would send."""
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
 import textwrap
+import typing
 from pathlib import Path
 
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from callbridge import fast_path
+from callbridge.agent import events as agent
 from callbridge.agent.picows_socket import PicowsAgentSocket
 from callbridge.server.twilio_socket import PicowsTwilioSocket
+from callbridge.twilio import media_stream as twilio
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,3 +66,117 @@ def test_without_the_compiled_module_calls_work_through_the_full_path() -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert " passed" in done.stdout and "skipped" in done.stdout  # the fast-path-only one
+
+
+# --- audio relayed as the base64 text it arrived in ----------------------------------------
+
+compiled_only = pytest.mark.skipif(
+    not fast_path.COMPILED, reason=f"the compiled fast path is {fast_path.WHY_NOT_COMPILED}"
+)
+
+
+class _Text(msgspec.Struct):
+    text: msgspec.Raw
+
+
+class _Bytes(msgspec.Struct):
+    text: bytes
+
+
+def _raw(json_string: bytes) -> msgspec.Raw:
+    """A JSON string value (quotes included) as the fast path's decoders give it."""
+    return msgspec.json.decode(b'{"text":' + json_string + b"}", type=_Text).text
+
+
+def _base64_size(json_string: bytes) -> int:
+    from callbridge.fast_path import _compiled
+
+    size = _compiled.base64_size(_raw(json_string))
+    assert isinstance(size, int)
+    return size
+
+
+@compiled_only
+@given(st.binary(min_size=1, max_size=400))
+def test_canonical_base64_is_relayed_with_its_size(audio: bytes) -> None:
+    assert _base64_size(b'"' + base64.b64encode(audio) + b'"') == len(audio)
+
+
+@compiled_only
+@settings(max_examples=300)
+@given(
+    st.text(alphabet="ABCDQRSTYZabcxyz0189+/=\n\\ ", min_size=0, max_size=16)
+    | st.binary(min_size=1, max_size=8).map(lambda b: base64.b64encode(b).decode())
+    | st.binary(min_size=1, max_size=8).map(lambda b: base64.b64encode(b).decode()[:-1] + "R")
+)
+def test_text_is_relayed_only_if_the_full_path_would_send_it_unchanged(body: str) -> None:
+    """What the fast path relays as is, the full path (msgspec's base64 decode, then its
+    encode) turns into the very same text: the two paths send the same bytes."""
+    json_string = msgspec.json.encode(body)  # a newline or backslash escaped, say
+    size = _base64_size(json_string)
+    if size < 0:
+        return  # the full path takes it: it decodes what it can, or reports the frame
+    audio = msgspec.json.decode(b'{"text":' + json_string + b"}", type=_Bytes).text
+    assert len(audio) == size > 0
+    assert base64.b64encode(audio).decode() == body
+
+
+@compiled_only
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ("", "no audio"),
+        ("QR==", "stray bits under the padding"),
+        ("QUJ=", "stray bits under the padding"),
+        ("QUJ", "no padding"),
+        ("QUJDQQ", "no padding"),
+        ("QUJD\\n", "an escape"),
+        ("\\/\\/\\/\\/", "escaped slashes"),
+        ("QU JD", "a space"),
+        ("====", "padding only"),
+        ("QQ=A", "padding inside"),
+        ("QUJD-_==", "the URL-safe alphabet"),
+    ],
+)
+def test_anything_but_canonical_base64_takes_the_full_path(body: str, why: str) -> None:
+    assert _base64_size(b'"' + body.encode() + b'"') == -1, why
+
+
+@given(st.binary(min_size=1, max_size=400), st.text(min_size=1, max_size=40))
+def test_relay_encoders_write_what_the_full_paths_do(audio: bytes, stream_sid: str) -> None:
+    text = _raw(b'"' + base64.b64encode(audio) + b'"')
+    assert agent.encode_struct(agent.RelayInputAudio(text)) == agent.encode_input_audio(audio)
+    relayed = twilio.RelayOutboundMedia(stream_sid, twilio.RelayOutboundPayload(text))
+    assert twilio.encode_struct(relayed) == twilio.encode_media(stream_sid, audio)
+
+
+def _fields(kind: type) -> list[tuple[str, str, object]]:
+    return [(f.name, f.encode_name, f.default) for f in msgspec.structs.fields(kind)]
+
+
+def test_relay_messages_read_the_same_fields_as_the_full_paths() -> None:
+    """The fast path's decoders differ from the full path's in one thing only: the audio
+    stays text. Same tags, same fields and defaults, so they accept the same frames."""
+    assert _fields(twilio.RelayMedia) == _fields(twilio.Media)
+    assert _fields(twilio.RelayMediaInfo) == _fields(twilio.MediaInfo)
+    assert _fields(agent.RelayReplyAudio) == _fields(agent.ReplyAudio)
+    assert _fields(twilio.RelayOutboundMedia) == _fields(twilio.OutboundMedia)
+    assert _fields(twilio.RelayOutboundPayload) == _fields(twilio.OutboundPayload)
+    assert _fields(agent.RelayInputAudio) == _fields(agent.InputAudio)
+    for relay, full in [
+        (twilio.RelayMedia, twilio.Media),
+        (agent.RelayReplyAudio, agent.ReplyAudio),
+        (twilio.RelayOutboundMedia, twilio.OutboundMedia),
+        (agent.RelayInputAudio, agent.InputAudio),
+    ]:
+        assert msgspec.inspect.type_info(relay).tag == msgspec.inspect.type_info(full).tag  # type: ignore[attr-defined]
+    relay_events = [
+        agent.ReplyAudio if kind is agent.RelayReplyAudio else kind
+        for kind in typing.get_args(agent.AgentRelayEvent)
+    ]
+    assert relay_events == list(typing.get_args(agent.AgentEvent))
+    relay_messages = [
+        twilio.Media if kind is twilio.RelayMedia else kind
+        for kind in typing.get_args(twilio.MediaStreamRelayMessage)
+    ]
+    assert relay_messages == list(typing.get_args(twilio.MediaStreamMessage))

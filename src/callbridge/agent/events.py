@@ -7,7 +7,7 @@ tool arguments under `args`) become values the bridge can act on, never exceptio
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args
 
 import msgspec
 
@@ -61,6 +61,14 @@ class ReplyStarted(_Event, tag="reply.started"):
 
 class ReplyAudio(_Event, tag="reply.audio"):
     data: bytes  # decoded from base64 (which checks it); an event that is not is invalid
+    reply_id: str | None = None
+
+
+class RelayReplyAudio(_Event, tag="reply.audio"):
+    """`ReplyAudio` as the compiled fast path reads it: `data` left as the base64 text it
+    arrived in (see `RelayMedia` in `callbridge.twilio.media_stream`)."""
+
+    data: msgspec.Raw
     reply_id: str | None = None
 
 
@@ -128,6 +136,12 @@ _generic = msgspec.json.Decoder()
 # The per-frame path calls the decoder itself (one Python call less a frame) and, when it
 # raises, `undecodable`: together they are `decode`.
 decode_strict = _decoder.decode
+# The fast path's: every event as `decode_strict` gives it, but `reply.audio` as a
+# `RelayReplyAudio` (one that is not relayed takes the full path and is decoded again).
+AgentRelayEvent: Any = Union[  # noqa: UP007 (built from AgentEvent, not written out)
+    tuple(RelayReplyAudio if kind is ReplyAudio else kind for kind in get_args(AgentEvent))
+]
+decode_relay = msgspec.json.Decoder(AgentRelayEvent).decode
 
 
 def decode(frame: str | bytes | memoryview) -> AgentEvent | UnknownEvent | InvalidEvent:
@@ -200,6 +214,12 @@ def tool_arguments(call: ToolCall) -> dict[str, Any]:
 
 class InputAudio(msgspec.Struct, tag_field="type", tag="input.audio", gc=False):
     audio: bytes  # encoded as base64
+
+
+class RelayInputAudio(msgspec.Struct, tag_field="type", tag="input.audio", gc=False):
+    """`InputAudio` with the caller's base64 text relayed as is (the fast path's)."""
+
+    audio: msgspec.Raw
 
 
 class _ToolResult(msgspec.Struct, tag_field="type", tag="tool.result", gc=False):

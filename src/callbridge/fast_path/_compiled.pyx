@@ -4,19 +4,80 @@ frame callbacks at C level, while the call's bridge says they may be.
 
 Only the common frame is taken here (a whole text frame that decodes to audio the route
 covers); anything else takes the socket's full path: the agent's events as decoded here
-(`_deliver`), Twilio's frames as received (`_on_frame`; the runner decodes them, so a
-mark echo is decoded twice, the one cost of keeping the Twilio socket's interface text).
+(`_deliver`), Twilio's frames and unrelayed agent audio as received (`_on_frame`, which
+decodes them again: a mark echo, say, or a reply's chunk before a mark).
 The bridge decides every route (see `CallBridge.audio_route`); this only counts what it
 relayed, and the runner hands the counts back to the bridge before the bridge handles
 anything. `__init__.py` explains when this module is used.
 """
 
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from picows.picows cimport WSFrame, WSListener, WSMsgType, WSTransport
 
 cdef extern from *:
     const char* CALLBRIDGE_PICOWS_VERSION  # set by setup.py
 
 BUILT_AGAINST_PICOWS = CALLBRIDGE_PICOWS_VERSION.decode()
+
+
+# --- base64 audio, relayed as the text it arrived in ----------------------------------
+# Audio is relayed without decoding its base64 and encoding it again (that was a third of
+# the fast path's instructions): the text is checked here and copied out as is. Only
+# canonical base64 passes, text that decoding and encoding again gives back unchanged,
+# so a relayed frame is byte for byte the one the full path would send; anything else
+# (other padding, stray bits, escapes, whitespace) takes the full path, which decodes it.
+
+cdef unsigned char _SEXTET[256]  # the value of each base64 character; 64: not one
+
+
+cdef void _fill_sextets():
+    cdef bytes alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    cdef int i
+    for i in range(256):
+        _SEXTET[i] = 64
+    for i in range(64):
+        _SEXTET[<unsigned char>alphabet[i]] = i
+
+
+_fill_sextets()
+
+
+cdef Py_ssize_t _base64_size(const unsigned char* text, Py_ssize_t n) noexcept nogil:
+    """The bytes a JSON string (`text[:n]`, quotes included) decodes to, if it is
+    canonical, padded base64 of at least one byte; else -1."""
+    cdef Py_ssize_t size = n - 2, i
+    cdef unsigned char seen = 0
+    if size <= 0 or size & 3 or text[0] != 34 or text[n - 1] != 34:  # 34: '"'
+        return -1
+    text += 1
+    for i in range(size - 2):
+        seen |= _SEXTET[text[i]]
+    if seen & 64:
+        return -1
+    if text[size - 1] != 61:  # 61: '='
+        if (_SEXTET[text[size - 2]] | _SEXTET[text[size - 1]]) & 64:
+            return -1
+        return size // 4 * 3
+    if text[size - 2] == 61:  # two of padding: the last character's low 4 bits unused
+        return -1 if _SEXTET[text[size - 3]] & 15 else size // 4 * 3 - 2
+    if _SEXTET[text[size - 2]] & (64 | 3):  # one: its low 2 bits unused
+        return -1
+    return size // 4 * 3 - 1
+
+
+cdef Py_ssize_t _raw_base64_size(object raw) except -2:
+    """`_base64_size` of a `msgspec.Raw` (the JSON of one value, as received)."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(raw, &view, PyBUF_SIMPLE)
+    try:
+        return _base64_size(<const unsigned char*>view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)
+
+
+def base64_size(raw):
+    """`_raw_base64_size`, for the tests: -1 for text the fast path does not relay."""
+    return _raw_base64_size(raw)
 
 
 cdef class AudioSocket(WSListener):
@@ -71,8 +132,9 @@ cdef class TwilioAudioSocket(AudioSocket):
 
     def configure_fast_path(self, decode, media_type, input_audio, encode, clock,
                             double frame_seconds, double slack_seconds):
-        """How to read Twilio's frames (`decode` to `media_type`), write the agent's
-        (`encode(input_audio(payload))`), and pace them (the runner's GCRA, its clock)."""
+        """How to read Twilio's frames (`decode` to `media_type`, its payload a
+        `msgspec.Raw`), write the agent's (`encode(input_audio(payload))`), and pace
+        them (the runner's GCRA, its clock)."""
         self._decode = decode
         self._media_type = media_type
         self._input_audio = input_audio
@@ -87,7 +149,7 @@ cdef class TwilioAudioSocket(AudioSocket):
         message = self._message(agent, frame)
         if type(message) is self._media_type:
             payload = message.media.payload
-            if payload:
+            if _raw_base64_size(payload) > 0:
                 now = self._clock()
                 due = self.media_due
                 if due < now:
@@ -123,8 +185,8 @@ cdef class AgentAudioSocket(AudioSocket):
         self.relayed_bytes = 0
 
     def configure_fast_path(self, decode, audio_type, media, payload, encode):
-        """How to read the agent's frames (`decode` to `audio_type`) and write Twilio's
-        (`encode(media(stream_sid, payload(audio)))`)."""
+        """How to read the agent's frames (`decode`; audio to `audio_type`, its data a
+        `msgspec.Raw`) and write Twilio's (`encode(media(stream_sid, payload(data)))`)."""
         self._decode = decode
         self._audio_type = audio_type
         self._media = media
@@ -138,16 +200,19 @@ cdef class AgentAudioSocket(AudioSocket):
         if event is None:
             self._on_frame(transport, frame)
             return
-        if type(event) is self._audio_type and event.reply_id == self._reply_id:
-            data = event.data
-            size = len(data)
-            if 0 < size < self._budget:
-                self._budget -= size
-                self.relayed_frames += 1
-                self.relayed_bytes += size
-                media = self._media(self._stream_sid, self._payload(data))
-                (<WSTransport>twilio.direct).send(WSMsgType.TEXT, self._encode(media))
-                return
+        if type(event) is self._audio_type:
+            if event.reply_id == self._reply_id:
+                data = event.data
+                size = _raw_base64_size(data)
+                if 0 < size < self._budget:
+                    self._budget -= size
+                    self.relayed_frames += 1
+                    self.relayed_bytes += size
+                    media = self._media(self._stream_sid, self._payload(data))
+                    (<WSTransport>twilio.direct).send(WSMsgType.TEXT, self._encode(media))
+                    return
+            self._on_frame(transport, frame)  # its audio is still text: decoded there
+            return
         self._deliver(event)  # decoded already: the full path from there on
 
     def _deliver(self, event):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from picows import WSFrame, WSListener, WSTransport
 
 
@@ -29,7 +30,7 @@ class TwilioAudioSocket(AudioSocket):
         self,
         decode: Callable[[memoryview], object],
         media_type: type,
-        input_audio: Callable[[bytes], object],
+        input_audio: Callable[[msgspec.Raw], object],
         encode: Callable[[object], bytes],
         clock: Callable[[], float],
         frame_seconds: float,
@@ -47,7 +48,7 @@ class AgentAudioSocket(AudioSocket):
         decode: Callable[[memoryview], object],
         audio_type: type,
         media: Callable[..., object],
-        payload: Callable[[bytes], object],
+        payload: Callable[[msgspec.Raw], object],
         encode: Callable[[object], bytes],
     ) -> None:
         pass

@@ -317,9 +317,9 @@ class CallRunner:
         sock = self._twilio
         if self._use_fast_path and isinstance(sock, fast_path_module.TwilioAudioSocket):
             sock.configure_fast_path(
-                _decode_twilio,
-                _MEDIA,
-                agent.InputAudio,
+                twilio.decode_relay,
+                twilio.RelayMedia,
+                agent.RelayInputAudio,
                 agent.encode_struct,
                 self._now,
                 _MEDIA_FRAME_SECONDS,
@@ -334,10 +334,10 @@ class CallRunner:
             self._end_fast_path()
         if self._fast_twilio is not None and isinstance(sock, fast_path_module.AgentAudioSocket):
             sock.configure_fast_path(
-                agent.decode_strict,
-                _REPLY_AUDIO,
-                twilio.OutboundMedia,
-                twilio.OutboundPayload,
+                agent.decode_relay,
+                agent.RelayReplyAudio,
+                twilio.RelayOutboundMedia,
+                twilio.RelayOutboundPayload,
                 twilio.encode_struct,
             )
             self._fast_agent = sock

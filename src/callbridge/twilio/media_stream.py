@@ -7,7 +7,7 @@ an `InvalidFrame` that says why, so one bad frame is a log line, not a dead call
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union, get_args
 
 import msgspec
 
@@ -46,6 +46,20 @@ class MediaInfo(msgspec.Struct, gc=False):
 
 class Media(_Inbound, tag="media"):
     media: MediaInfo
+    stream_sid: str | None = None
+
+
+class RelayMediaInfo(msgspec.Struct, gc=False):
+    payload: msgspec.Raw  # the JSON string as it arrived, quotes and all
+
+
+class RelayMedia(_Inbound, tag="media"):
+    """`Media` as the compiled fast path reads it: the same fields, the payload left as the
+    base64 text it arrived in. The fast path checks that text itself (canonical base64:
+    what decoding and encoding it again would give) and relays it as is, which saves a
+    base64 decode and encode a frame; anything else takes the full path, `Media`."""
+
+    media: RelayMediaInfo
     stream_sid: str | None = None
 
 
@@ -97,6 +111,12 @@ _generic = msgspec.json.Decoder()
 # The per-frame path calls the decoder itself (one Python call less a frame) and, when it
 # raises, `undecodable`: together they are `decode`.
 decode_strict = _decoder.decode
+# The fast path's: every message as `decode_strict` gives it, but `media` as a
+# `RelayMedia` (only those are relayed; the full path decodes the rest again from text).
+MediaStreamRelayMessage: Any = Union[  # noqa: UP007 (built from MediaStreamMessage)
+    tuple(RelayMedia if kind is Media else kind for kind in get_args(MediaStreamMessage))
+]
+decode_relay = msgspec.json.Decoder(MediaStreamRelayMessage).decode
 
 
 def decode(frame: str | bytes | memoryview) -> MediaStreamMessage | InvalidFrame:
@@ -145,6 +165,16 @@ class _Name(msgspec.Struct, gc=False):
 
 class OutboundMedia(_Outbound, tag="media"):
     media: OutboundPayload
+
+
+class RelayOutboundPayload(msgspec.Struct, gc=False):
+    payload: msgspec.Raw  # base64 text checked by the fast path, with its quotes
+
+
+class RelayOutboundMedia(_Outbound, tag="media"):
+    """`OutboundMedia` with the agent's base64 text relayed as is (the fast path's)."""
+
+    media: RelayOutboundPayload
 
 
 class _OutMark(_Outbound, tag="mark"):
