@@ -243,8 +243,8 @@ class _ReplyCreate(
 
 
 _encoder = msgspec.json.Encoder()
-# For the compiled fast path: encode_struct(InputAudio(payload)) is encode_input_audio
-# without a Python call.
+# For the compiled fast path: encode_struct(RelayInputAudio(text)) writes what
+# encode_input_audio writes for the audio that text encodes, without a Python call.
 encode_struct = _encoder.encode
 SESSION_END = b'{"type":"session.end"}'
 

@@ -150,8 +150,9 @@ class PicowsAgentSocket(fast_path.AgentAudioSocket):
         self._deliver(event)
 
     def _deliver(self, event: object) -> None:
-        """Hand an event on (the compiled fast path calls this for the frames it decoded
-        but did not relay, so that none is decoded twice)."""
+        """Hand an event on. The compiled fast path calls this for the events it decoded
+        but did not relay, so they are not decoded twice; reply audio it did not relay
+        is still base64 text there, and goes to `_on_frame` to be decoded in full."""
         sink = self._sink
         if sink is None:
             self._early.append(event)

@@ -186,8 +186,8 @@ class _OutClear(_Outbound, tag="clear"):
 
 
 _encoder = msgspec.json.Encoder()
-# For the compiled fast path: encode_struct(OutboundMedia(sid, OutboundPayload(audio))) is
-# encode_media without a Python call.
+# For the compiled fast path: encode_struct(RelayOutboundMedia(sid, RelayOutboundPayload(text)))
+# writes what encode_media writes for the audio that text encodes, without a Python call.
 encode_struct = _encoder.encode
 
 
