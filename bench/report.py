@@ -353,9 +353,10 @@ def instruction_table(runs: list[dict[str, Any]]) -> list[str]:
     spent = " ".join(f"{name:>9}" for name in _SPENT)
     lines = [
         "",
-        "Instructions per relayed frame (callgrind, user space, exact; where they start | "
-        "where they are spent):",
-        f"  {'server':<18} {'calls':>5} {'total':>8} {'/picows':>7}  {head} | {spent}",
+        "Instructions per relayed frame (callgrind, user space, exact): executed, and split "
+        "by where they start | where they are spent, over the dump's cost lines (which add "
+        "up to more, `lines`: see bench/instructions.py):",
+        f"  {'server':<18} {'calls':>5} {'total':>8} {'/picows':>7} {'lines':>8}  {head} | {spent}",
     ]
     for r in counted:
         figures = r["instructions"]
@@ -364,7 +365,9 @@ def instruction_table(runs: list[dict[str, Any]]) -> list[str]:
         ratio = f"x{total / base:.2f}" if base else "-"
         started = " ".join(f"{figures['where_started'].get(k, 0):>9}" for k, _ in _STARTED)
         used = " ".join(f"{figures['where_spent'].get(k, 0):>9}" for k in _SPENT)
+        in_lines = figures.get("cost_lines_per_frame", total)
         lines.append(
-            f"  {r['target']:<18} {r['calls']:>5} {total:>8} {ratio:>7}  {started} | {used}"
+            f"  {r['target']:<18} {r['calls']:>5} {total:>8} {ratio:>7} {in_lines:>8}  "
+            f"{started} | {used}"
         )
     return lines

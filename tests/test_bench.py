@@ -192,6 +192,7 @@ _DUMP = """\
 version: 1
 creator: callgrind-3.19.0
 events: Ir
+summary: 900
 
 ob=(1) /usr/lib/libc.so.6
 fl=(1) ???
@@ -261,8 +262,10 @@ def test_a_callgrind_dump_is_split_by_where_instructions_start_and_are_spent(
     dump = Dump(path)
     assert dump.total == 10 + 50 + 100 + 20 + 480 + 100 + 250 + 40 + 30 + 20
     assert dump.inclusive["__pyx_f_6uvloop_4loop_4Loop__run"] == 1000
+    assert dump.summary == 900  # what callgrind counted; the lines add up to more
     figures = per_frame(dump, frames=10)
-    assert figures["instructions_per_frame"] == round(dump.total / 10)
+    assert figures["instructions_per_frame"] == 90
+    assert figures["cost_lines_per_frame"] == round(dump.total / 10) == 110
     assert figures["where_started"] == {
         "frame_callbacks": 60,  # 600 / 10 frames
         "socket_io": 10,  # the poll event's 700, less the frame callbacks' 600
@@ -282,6 +285,9 @@ def test_a_callgrind_dump_is_split_by_where_instructions_start_and_are_spent(
     }
     with pytest.raises(ValueError, match="no frames"):
         per_frame(dump, frames=0)
+    # A dump without a summary line: the sum of its cost lines is all there is.
+    path.write_text(_DUMP.replace("summary: 900\n", ""))
+    assert per_frame(Dump(path), frames=10)["instructions_per_frame"] == 110
 
 
 def test_callgrind_runs_take_few_calls_and_no_waiting(tmp_path: Path) -> None:
