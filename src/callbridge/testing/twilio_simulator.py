@@ -417,6 +417,12 @@ class SimulatedCall:
     async def wait_heard(self, nbytes: int, timeout: float = 5.0) -> None:
         await self._wait(lambda: len(self.heard) >= nbytes, timeout, f"{nbytes} bytes heard")
 
+    async def wait_heard_ending(self, audio: bytes, timeout: float = 5.0) -> None:
+        """Until the last thing the caller heard is `audio` (a whole reply, say)."""
+        await self._wait(
+            lambda: self.heard.endswith(audio), timeout, f"{len(audio)} bytes heard last"
+        )
+
     async def wait_received(
         self, predicate: Callable[[dict[str, Any]], bool] | str, timeout: float = 5.0
     ) -> dict[str, Any]:
