@@ -12,6 +12,7 @@ import pytest
 from callbridge import fast_path as fast_path_module
 from callbridge.app import load_apology
 from callbridge.bot import Bot, generate_random_number
+from callbridge.bridge.playout_ledger import MARK_EVERY_BYTES
 from callbridge.testing.audio import FRAME_BYTES, silence, tone
 from callbridge.testing.fake_agent import FakeVoiceAgent, ScriptedTurn
 from callbridge.testing.twilio_simulator import TwilioSimulator
@@ -348,10 +349,20 @@ async def test_the_fast_path_relays_most_audio_and_counts_it_as_the_bridge_would
     # Counted once, whichever path relayed them: what the agent got, what the caller heard.
     assert frames == len(session.input_audio) // FRAME_BYTES
     assert ended["frames_to_twilio"] == sum(m["type"] == "reply.audio" for m in session.sent)
+    # The same marks either way: with the first chunk, each quarter second, at the end;
+    # each echoed as played, whichever path sent it and took its echo.
+    names = [name for name, _ in call.marks]
+    count = 1 + len(expected) // MARK_EVERY_BYTES + 1
+    assert names == [f"cb-{n}" for n in range(count - 1)] + [f"cb-{count - 1}:end"]
+    assert all(played for _, played in call.marks)
     if fast_path:
-        assert relayed > frames // 2  # most frames; marks and the first chunk go the full way
+        assert relayed > frames // 2  # most frames; the first chunk goes the full way
+        # The quarter-second marks, sent by the fast path and their echoes held for the
+        # bridge (all of them unless a full-path event came between; the route is reset).
+        assert 0 < ended["fast_path_marks"] <= count - 2
+        assert 0 < ended["fast_path_echoes"] <= count - 1
     else:
-        assert relayed == 0
+        assert relayed == ended["fast_path_marks"] == ended["fast_path_echoes"] == 0
 
 
 @BOTH_AUDIO_PATHS

@@ -180,3 +180,27 @@ def test_relay_messages_read_the_same_fields_as_the_full_paths() -> None:
         for kind in typing.get_args(twilio.MediaStreamRelayMessage)
     ]
     assert relay_messages == list(typing.get_args(twilio.MediaStreamMessage))
+
+
+# --- marks: the numbers of the echoes the fast path holds back ------------------------------
+
+
+@compiled_only
+@settings(max_examples=300)
+@given(
+    st.text(alphabet="cb-0123456789:end+_ x\u0661", max_size=24)
+    | st.integers(0, 10**16).map(lambda n: f"cb-{n}")
+    | st.integers(0, 10**6).map(lambda n: f"cb-{n}:end")
+)
+def test_an_echo_is_held_back_only_for_a_mid_reply_mark_the_ledger_reads_alike(name: str) -> None:
+    """A name the fast path reads a number from, the ledger reads the same number from
+    (`PlayoutLedger.mark_echoed`); anything else (end marks, other marks, names `int()`
+    reads more loosely) takes the full path."""
+    from callbridge.bridge.playout_ledger import MARK_PREFIX
+    from callbridge.fast_path import _compiled
+
+    number = _compiled.mark_number(name, MARK_PREFIX)
+    digits = name.removeprefix(MARK_PREFIX)
+    plain = digits != name and digits.isascii() and digits.isdigit() and len(digits) <= 15
+    assert number == (int(digits) if plain else -1)
+    assert _compiled.mark_number(b"cb-1", MARK_PREFIX) == -1  # not text: the full path's

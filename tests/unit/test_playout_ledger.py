@@ -85,6 +85,24 @@ def test_clear_estimates_what_was_heard_and_flushed_marks_confirm_nothing() -> N
     assert reply.bytes_sent == 6000
 
 
+def test_a_clear_after_every_mark_echoed_still_cuts_the_reply_where_the_caller_was() -> None:
+    # Audio at real-time pace: each mark echoes at once, so at a barge-in often none is
+    # pending; the audio sent since the last one was still queued, and is cut too.
+    clock = Clock()
+    ledger = PlayoutLedger(clock)
+    ledger.reply_started("r1")
+    names = [m for _ in range(8) if (m := ledger.audio_sent("r1", CHUNK_BYTES))]
+    assert len(names) == 2  # after 300 and 2100 of the 2400 bytes
+    for name in names:
+        ledger.mark_echoed(name)
+    clock.now += 0.02  # 160 more bytes play before the caller barges in
+    ledger.cleared()
+    assert ledger.reply_done("r1", interrupted=True) is None  # cut: no end mark to wait for
+    [reply] = ledger.settled()
+    assert reply.interrupted
+    assert (reply.bytes_played, reply.bytes_sent) == (2100 + 160, 2400)
+
+
 def test_a_reply_settles_on_whichever_comes_last_its_done_its_clear_or_its_end_mark() -> None:
     ledger = PlayoutLedger(Clock())
     ledger.reply_started("done-then-cleared")

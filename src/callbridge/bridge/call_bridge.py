@@ -90,11 +90,15 @@ class AudioRoute(NamedTuple):
     to_agent: bool = False  # caller audio: each frame with audio, at real-time pace
     stream_sid: str | None = None  # agent audio to this stream (None: none) ...
     reply_id: str | None = None  # ... of this reply only ...
-    budget: int = 0  # ... while fewer bytes than this have gone (then a mark is due)
+    budget: int = 0  # ... with a mark after the chunk that makes this many bytes go
+    # Marks (to_agent only): those the fast path sends take the numbers from next_mark on;
+    # Twilio's echo of any from marks_from up to the last sent may be held back and
+    # handed over with the counts (what the caller heard, and when, is all an echo says).
+    marks_from: int = 0
+    next_mark: int = 0
 
 
 _NO_ROUTE = AudioRoute()
-_CALLER_AUDIO_ONLY = AudioRoute(to_agent=True)
 
 
 class EndReason(enum.StrEnum):
@@ -273,6 +277,11 @@ class CallBridge:
         return handler(event)
 
     @property
+    def clock(self) -> Callable[[], float]:
+        """The clock the bridge times things by (echoes held back by the fast path too)."""
+        return self._clock
+
+    @property
     def frames_from_twilio(self) -> int:
         """Media frames the bridge was given: relayed or dropped (one counter less a frame)."""
         return self.frames_to_agent + self._media_dropped
@@ -318,19 +327,31 @@ class CallBridge:
         """Which audio may be relayed without coming here, until the next event."""
         if self.state is not _LIVE:
             return _NO_ROUTE
+        ledger = self._ledger
         sid = self.stream_sid
-        reply = self._ledger.unmarked_budget() if sid is not None else None
-        if reply is None or reply[0] in self._fenced_replies:
-            return _CALLER_AUDIO_ONLY
+        reply = ledger.unmarked_budget() if sid is not None else None
         # tuple.__new__: a NamedTuple's own constructor is a Python call, once an event.
-        return tuple.__new__(AudioRoute, (True, sid, *reply))
+        if reply is None or reply[0] in self._fenced_replies:
+            return tuple.__new__(AudioRoute, (True, None, None, 0, *ledger.mark_window()))
+        return tuple.__new__(AudioRoute, (True, sid, *reply, *ledger.mark_window()))
 
-    def relayed(self, to_agent: int, to_twilio: int, to_twilio_bytes: int) -> None:
-        """Count the frames relayed under the last `audio_route` (before any other event)."""
+    def relayed(
+        self,
+        to_agent: int,
+        to_twilio: int,
+        to_twilio_bytes: int,
+        marks: Sequence[int] | None = None,
+        echoes: Sequence[tuple[int, float]] | None = None,
+    ) -> None:
+        """Count what was relayed under the last `audio_route` (before any other event):
+        frames each way, the reply's bytes, the marks sent after them (each as the bytes
+        relayed up to it), and Twilio's echoes held back (mark number, when it came)."""
         self.frames_to_agent += to_agent
         if to_twilio:
             self.frames_to_twilio += to_twilio
-            self._ledger.count_relayed(to_twilio_bytes)
+            self._ledger.count_relayed(to_twilio_bytes, marks or ())
+        if echoes:
+            self._ledger.marks_echoed(echoes)
 
     def media_to_agent(self, msg: twilio.Media) -> bytes | list[Action]:
         payload = msg.media.payload

@@ -15,7 +15,7 @@ No I/O: the bridge feeds it and passes a clock.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 BYTES_PER_SECOND = 8000  # μ-law, 8 kHz
@@ -105,18 +105,33 @@ class PlayoutLedger:
         budget = reply.next_mark_at - reply.bytes_sent
         return (reply.reply_id, budget) if budget > 0 else None
 
-    def count_relayed(self, audio_bytes: int) -> None:
-        """Count chunks the fast path relayed within `unmarked_budget` (the current reply's:
-        nothing else reaches the ledger in between)."""
-        assert self._current is not None, "relayed audio without an unmarked budget"
-        self._current.bytes_sent += audio_bytes
+    def mark_window(self) -> tuple[int, int]:
+        """The numbers of the marks sent and not yet echoed: (first, next to send). The
+        fast path numbers the marks it sends from `next`, and may hold back the echo of
+        any mark in the window for `marks_echoed` (see `count_relayed`)."""
+        first = self._pending[0][0] if self._pending else self._next_mark
+        return first, self._next_mark
+
+    def count_relayed(self, audio_bytes: int, marks: Sequence[int] = ()) -> None:
+        """Count chunks the fast path relayed for the current reply since `unmarked_budget`
+        (nothing else reaches the ledger in between), with the marks it sent after the
+        chunks that crossed a mark, as `count_marked` would have: each given as the bytes
+        relayed up to it, numbered on from `mark_window`'s next."""
+        reply = self._current
+        assert reply is not None, "relayed audio without an unmarked budget"
+        start = reply.bytes_sent
+        for relayed in marks:
+            reply.bytes_sent = start + relayed
+            self._mark(reply)
+        if marks:
+            reply.next_mark_at = _mark_after(reply.bytes_sent)
+        reply.bytes_sent = start + audio_bytes
 
     def count_marked(self, reply_id: str | None, audio_bytes: int) -> str:
         """Count a chunk that `count_unmarked` refused; returns the mark to send after it."""
         reply = self._reply(reply_id)
         reply.bytes_sent += audio_bytes
-        # The next quarter-second boundary of the reply's audio.
-        reply.next_mark_at = (reply.bytes_sent // MARK_EVERY_BYTES + 1) * MARK_EVERY_BYTES
+        reply.next_mark_at = _mark_after(reply.bytes_sent)
         if reply.first_sent_at is None:
             reply.first_sent_at = self._clock()  # the first mark times the first audio played
         return self._mark(reply)
@@ -142,10 +157,12 @@ class PlayoutLedger:
     def cleared(self) -> None:
         """We sent Twilio `clear`: whatever was queued is gone; estimate what got played."""
         now = self._clock()
-        for mark, index, _ in self._pending:
-            self._flushed_upto = max(self._flushed_upto, mark)
-            reply = self._replies.get(index)
-            if reply is None or reply.resolved:
+        if self._pending:
+            self._flushed_upto = max(self._flushed_upto, self._pending[-1][0])
+        # Every reply with audio out, marks pending or not: all its marks may have been
+        # echoed with audio sent since (up to a quarter second of it, the next mark not due).
+        for reply in self._replies.values():
+            if reply.resolved or reply.bytes_sent == 0:
                 continue
             since = reply.confirmed_at if reply.confirmed_at is not None else reply.first_sent_at
             if since is not None:
@@ -165,12 +182,21 @@ class PlayoutLedger:
             number = int(digits)
         except ValueError:
             return False
+        self._echoed(number, self._clock())
+        return True
+
+    def marks_echoed(self, echoes: Sequence[tuple[int, float]]) -> None:
+        """Echoes the fast path held back (their numbers, and when each came), as if
+        `mark_echoed` had been given each then: see `mark_window`."""
+        for number, at in echoes:
+            self._echoed(number, at)
+
+    def _echoed(self, number: int, now: float) -> None:
         while self._pending and self._pending[0][0] <= number:
             mark, index, confirmed = self._pending.popleft()
             reply = self._replies.get(index)
             if mark <= self._flushed_upto or reply is None:
                 continue
-            now = self._clock()
             reply.bytes_played = max(reply.bytes_played, confirmed)
             reply.confirmed_at = now
             if reply.first_played_at is None:
@@ -178,7 +204,6 @@ class PlayoutLedger:
             if reply.done and reply.bytes_played >= reply.bytes_sent:
                 reply.resolved = True
                 self._maybe_settled = True
-        return True
 
     # --- what the bridge takes out ----------------------------------------------------
 
@@ -213,3 +238,8 @@ class PlayoutLedger:
         self._next_mark += 1
         self._pending.append((number, reply.index, reply.bytes_sent))
         return f"{MARK_PREFIX}{number}{_END_SUFFIX if end else ''}"
+
+
+def _mark_after(bytes_sent: int) -> int:
+    """The reply's next quarter-second boundary: where the next mark is due."""
+    return (bytes_sent // MARK_EVERY_BYTES + 1) * MARK_EVERY_BYTES

@@ -2,13 +2,13 @@
 """The audio fast path, compiled: caller audio and agent audio relayed inside picows's
 frame callbacks at C level, while the call's bridge says they may be.
 
-Only the common frame is taken here (a whole text frame that decodes to audio the route
-covers); anything else takes the socket's full path: the agent's events as decoded here
-(`_deliver`), Twilio's frames and unrelayed agent audio as received (`_on_frame`, which
-decodes them again: a mark echo, say, or a reply's chunk before a mark).
+Only the common frames are taken here (a whole text frame that decodes to audio the route
+covers, with the mark due after it; Twilio's echo of a mark sent mid-reply); anything else
+takes the socket's full path: the agent's events as decoded here (`_deliver`), Twilio's
+frames and unrelayed agent audio as received (`_on_frame`, which decodes them again).
 The bridge decides every route (see `CallBridge.audio_route`); this only counts what it
-relayed, and the runner hands the counts back to the bridge before the bridge handles
-anything. `__init__.py` explains when this module is used.
+relayed and holds back the echoes, and the runner hands both to the bridge before the
+bridge handles anything. `__init__.py` explains when this module is used.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -80,6 +80,33 @@ def base64_size(raw):
     return _raw_base64_size(raw)
 
 
+# --- marks -------------------------------------------------------------------------------
+
+cdef long long _mark_number(object name, str prefix) except -2:
+    """The number in a mark's name if it is the prefix and decimal digits only (a mark
+    sent mid-reply: the ledger's other marks have a suffix); else -1."""
+    cdef str text
+    cdef Py_ssize_t i, n, start = len(prefix)
+    cdef long long number = 0, digit
+    if type(name) is not str:
+        return -1
+    text = <str>name
+    n = len(text)
+    if n <= start or n - start > 15 or not text.startswith(prefix):
+        return -1
+    for i in range(start, n):
+        digit = <long long>(<Py_UCS4>text[i]) - 48  # 48: '0'
+        if digit < 0 or digit > 9:
+            return -1
+        number = number * 10 + digit
+    return number
+
+
+def mark_number(name, str prefix):
+    """`_mark_number`, for the tests."""
+    return _mark_number(name, prefix)
+
+
 cdef class AudioSocket(WSListener):
     """What both audio sockets share: a transport that sends may go straight to."""
 
@@ -123,18 +150,30 @@ cdef class TwilioAudioSocket(AudioSocket):
     cdef object _clock
     cdef double _frame_seconds
     cdef double _slack_seconds
+    # Marks: those sent and not yet echoed are numbered _marks_from to _next_mark - 1
+    # (the agent's socket numbers the marks it sends from _next_mark); their echoes are
+    # held back in _echoes, (number, when), for the bridge.
+    cdef object _mark_type
+    cdef str _mark_prefix
+    cdef object _echo_clock
+    cdef long long _marks_from
+    cdef long long _next_mark
+    cdef list _echoes
 
     def __init__(self):
         AudioSocket.__init__(self)
         self._agent = None
         self.media_due = float("-inf")
         self.relayed_frames = 0
+        self._echoes = None
 
     def configure_fast_path(self, decode, media_type, input_audio, encode, clock,
-                            double frame_seconds, double slack_seconds):
+                            double frame_seconds, double slack_seconds,
+                            mark_type, str mark_prefix, echo_clock):
         """How to read Twilio's frames (`decode` to `media_type`, its payload a
         `msgspec.Raw`), write the agent's (`encode(input_audio(payload))`), and pace
-        them (the runner's GCRA, its clock)."""
+        them (the runner's GCRA, its clock); which echoes of our marks to hold back
+        (`mark_type`, named `mark_prefix` and a number) and what to time them by."""
         self._decode = decode
         self._media_type = media_type
         self._input_audio = input_audio
@@ -142,12 +181,24 @@ cdef class TwilioAudioSocket(AudioSocket):
         self._clock = clock
         self._frame_seconds = frame_seconds
         self._slack_seconds = slack_seconds
+        self._mark_type = mark_type
+        self._mark_prefix = mark_prefix
+        self._echo_clock = echo_clock
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
         cdef AudioSocket agent = self._agent
         cdef double now, due
+        cdef long long number
         message = self._message(agent, frame)
-        if type(message) is self._media_type:
+        if type(message) is self._mark_type:
+            number = _mark_number(message.mark.name, self._mark_prefix)
+            if self._marks_from <= number < self._next_mark:
+                if self._echoes is None:
+                    self._echoes = []
+                self._echoes.append((number, self._echo_clock()))
+                self._marks_from = number + 1  # Twilio echoes in order
+                return
+        elif type(message) is self._media_type:
             payload = message.media.payload
             if _raw_base64_size(payload) > 0:
                 now = self._clock()
@@ -168,33 +219,46 @@ cdef class TwilioAudioSocket(AudioSocket):
 cdef class AgentAudioSocket(AudioSocket):
     """Agent audio (`reply.audio`) to the caller (Twilio `media`), between two marks."""
 
-    cdef AudioSocket _twilio  # where the reply's audio goes while the route is open
+    cdef TwilioAudioSocket _twilio  # where the reply's audio goes while the route is open
     cdef object _reply_id
     cdef object _stream_sid
-    cdef Py_ssize_t _budget  # bytes that may go before a mark is due
+    cdef Py_ssize_t _budget  # a mark goes after the chunk that makes this many bytes go
     cdef long long relayed_frames
     cdef long long relayed_bytes
+    cdef list _marks  # the marks sent, each as relayed_bytes up to it; None: none
     cdef object _audio_type
     cdef object _media
     cdef object _payload
+    cdef object _encode_mark
+    cdef str _mark_prefix
+    cdef Py_ssize_t _mark_every
 
     def __init__(self):
         AudioSocket.__init__(self)
         self._twilio = None
         self.relayed_frames = 0
         self.relayed_bytes = 0
+        self._marks = None
 
-    def configure_fast_path(self, decode, audio_type, media, payload, encode):
+    def configure_fast_path(self, decode, audio_type, media, payload, encode,
+                            encode_mark, str mark_prefix, Py_ssize_t mark_every):
         """How to read the agent's frames (`decode`; audio to `audio_type`, its data a
-        `msgspec.Raw`) and write Twilio's (`encode(media(stream_sid, payload(data)))`)."""
+        `msgspec.Raw`) and write Twilio's (`encode(media(stream_sid, payload(data)))`),
+        and the marks due every `mark_every` bytes of a reply
+        (`encode_mark(stream_sid, mark_prefix + number)`)."""
+        if mark_every <= 0:
+            raise ValueError(f"mark_every must be positive, not {mark_every}")
         self._decode = decode
         self._audio_type = audio_type
         self._media = media
         self._payload = payload
         self._encode = encode
+        self._encode_mark = encode_mark
+        self._mark_prefix = mark_prefix
+        self._mark_every = mark_every
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
-        cdef AudioSocket twilio = self._twilio
+        cdef TwilioAudioSocket twilio = self._twilio
         cdef Py_ssize_t size
         event = self._message(twilio, frame)
         if event is None:
@@ -204,16 +268,33 @@ cdef class AgentAudioSocket(AudioSocket):
             if event.reply_id == self._reply_id:
                 data = event.data
                 size = _raw_base64_size(data)
-                if 0 < size < self._budget:
-                    self._budget -= size
+                if size > 0:
                     self.relayed_frames += 1
                     self.relayed_bytes += size
                     media = self._media(self._stream_sid, self._payload(data))
                     (<WSTransport>twilio.direct).send(WSMsgType.TEXT, self._encode(media))
+                    if size < self._budget:
+                        self._budget -= size
+                    else:
+                        self._send_mark(twilio, size - self._budget)
                     return
             self._on_frame(transport, frame)  # its audio is still text: decoded there
             return
         self._deliver(event)  # decoded already: the full path from there on
+
+    cdef _send_mark(self, TwilioAudioSocket twilio, Py_ssize_t over):
+        """The mark after a chunk that went `over` bytes past where one was due, as the
+        ledger's `count_marked` would make it; the next is due on the next boundary."""
+        number = twilio._next_mark
+        twilio._next_mark += 1
+        if self._marks is None:
+            self._marks = []
+        self._marks.append(self.relayed_bytes)
+        self._budget = self._mark_every - over % self._mark_every
+        frame = self._encode_mark(self._stream_sid, self._mark_prefix + str(number))
+        # Still open: a send does not close or pause the transport at once (a pause comes
+        # from the loop, later, and unsets `direct`).
+        (<WSTransport>twilio.direct).send(WSMsgType.TEXT, frame)
 
     def _deliver(self, event):
         raise NotImplementedError
@@ -222,20 +303,25 @@ cdef class AgentAudioSocket(AudioSocket):
 # --- what the runner does with a call's two sockets (one call each, not one a socket) ---
 
 def take_relayed(TwilioAudioSocket twilio, AgentAudioSocket agent):
-    """(caller frames, agent frames, agent bytes) relayed since the last call; None if
-    nothing was."""
-    if twilio.relayed_frames == 0 and agent.relayed_frames == 0:
+    """(caller frames, agent frames, agent bytes, marks sent or None, echoes held back or
+    None) since the last call, as `CallBridge.relayed` takes them; None if nothing."""
+    if (twilio.relayed_frames == 0 and agent.relayed_frames == 0
+            and twilio._echoes is None):
         return None
-    out = (twilio.relayed_frames, agent.relayed_frames, agent.relayed_bytes)
+    out = (twilio.relayed_frames, agent.relayed_frames, agent.relayed_bytes,
+           agent._marks, twilio._echoes)
     twilio.relayed_frames = agent.relayed_frames = agent.relayed_bytes = 0
+    agent._marks = twilio._echoes = None
     return out
 
 
 def set_routes(TwilioAudioSocket twilio, AgentAudioSocket agent, route):
     """Set the bridge's `AudioRoute`: (caller audio to the agent?, stream sid or None,
-    reply id, bytes before the next mark)."""
-    to_agent, stream_sid, reply_id, budget = route
+    reply id, bytes before the next mark, first mark not echoed, next mark)."""
+    to_agent, stream_sid, reply_id, budget, marks_from, next_mark = route
     twilio._agent = agent if to_agent else None
+    twilio._marks_from = marks_from
+    twilio._next_mark = next_mark
     if stream_sid is None:
         agent._twilio = None
     else:

@@ -35,6 +35,9 @@ class TwilioAudioSocket(AudioSocket):
         clock: Callable[[], float],
         frame_seconds: float,
         slack_seconds: float,
+        mark_type: type,
+        mark_prefix: str,
+        echo_clock: Callable[[], float],
     ) -> None:
         pass
 
@@ -50,16 +53,24 @@ class AgentAudioSocket(AudioSocket):
         media: Callable[..., object],
         payload: Callable[[msgspec.Raw], object],
         encode: Callable[[object], bytes],
+        encode_mark: Callable[[str, str], bytes],
+        mark_prefix: str,
+        mark_every: int,
     ) -> None:
         pass
 
 
-def take_relayed(twilio: TwilioAudioSocket, agent: AgentAudioSocket) -> tuple[int, int, int] | None:
+Relayed = tuple[int, int, int, list[int] | None, list[tuple[int, float]] | None]
+
+
+def take_relayed(twilio: TwilioAudioSocket, agent: AgentAudioSocket) -> Relayed | None:
     return None
 
 
 def set_routes(
-    twilio: TwilioAudioSocket, agent: AgentAudioSocket, route: tuple[bool, Any, Any, int]
+    twilio: TwilioAudioSocket,
+    agent: AgentAudioSocket,
+    route: tuple[bool, Any, Any, int, int, int],
 ) -> None:
     pass
 

@@ -52,6 +52,7 @@ from callbridge.bridge.inputs import (
     TwilioClosed,
     TwilioProtocolError,
 )
+from callbridge.bridge.playout_ledger import MARK_EVERY_BYTES, MARK_PREFIX
 from callbridge.logs import EventLogger
 from callbridge.records.entries import RecordEntry
 from callbridge.server.twilio_socket import TwilioSocket
@@ -106,6 +107,8 @@ class CallRunner:
         self._pace: _Paced = self
         self.rate_limited_frames = 0
         self.fast_path_frames = 0  # audio frames the sockets relayed under the bridge's routes
+        self.fast_path_marks = 0  # marks they sent after those frames
+        self.fast_path_echoes = 0  # and Twilio's echoes of marks they held for the bridge
         self._agent: AgentSocket | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -159,6 +162,8 @@ class CallRunner:
                 session_id=self.bridge.session_id,
                 rate_limited_frames=self.rate_limited_frames,
                 fast_path_frames=self.fast_path_frames,
+                fast_path_marks=self.fast_path_marks,
+                fast_path_echoes=self.fast_path_echoes,
                 **self.bridge.stats,
             )
 
@@ -324,6 +329,9 @@ class CallRunner:
                 self._now,
                 _MEDIA_FRAME_SECONDS,
                 _MEDIA_SLACK_SECONDS,
+                twilio.Mark,
+                MARK_PREFIX,
+                self.bridge.clock,
             )
             sock.media_due = self.media_due
             self._fast_twilio = self._pace = sock
@@ -339,6 +347,9 @@ class CallRunner:
                 twilio.RelayOutboundMedia,
                 twilio.RelayOutboundPayload,
                 twilio.encode_struct,
+                twilio.encode_mark,
+                MARK_PREFIX,
+                MARK_EVERY_BYTES,
             )
             self._fast_agent = sock
 
@@ -348,6 +359,11 @@ class CallRunner:
         if relayed is not None:
             self.bridge.relayed(*relayed)
             self.fast_path_frames += relayed[0] + relayed[1]
+            marks, echoes = relayed[3], relayed[4]
+            if marks is not None:
+                self.fast_path_marks += len(marks)
+            if echoes is not None:
+                self.fast_path_echoes += len(echoes)
 
     def _route_audio(self) -> None:
         assert self._fast_twilio is not None and self._fast_agent is not None
