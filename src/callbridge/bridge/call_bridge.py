@@ -342,16 +342,19 @@ class CallBridge:
         to_twilio_bytes: int,
         marks: Sequence[int] | None = None,
         echoes: Sequence[tuple[int, float]] | None = None,
-    ) -> None:
+    ) -> list[Action]:
         """Count what was relayed under the last `audio_route` (before any other event):
         frames each way, the reply's bytes, the marks sent after them (each as the bytes
-        relayed up to it), and Twilio's echoes held back (mark number, when it came)."""
+        relayed up to it), and Twilio's echoes held back (mark number, when it came).
+        Returns the records of the replies those echoes settled, as `_on_mark` would."""
         self.frames_to_agent += to_agent
         if to_twilio:
             self.frames_to_twilio += to_twilio
             self._ledger.count_relayed(to_twilio_bytes, marks or ())
         if echoes:
             self._ledger.marks_echoed(echoes)
+            return self._settled_replies()
+        return []
 
     def media_to_agent(self, msg: twilio.Media) -> bytes | list[Action]:
         payload = msg.media.payload

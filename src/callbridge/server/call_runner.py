@@ -357,13 +357,15 @@ class CallRunner:
         assert self._fast_twilio is not None and self._fast_agent is not None
         relayed = _take_relayed(self._fast_twilio, self._fast_agent)
         if relayed is not None:
-            self.bridge.relayed(*relayed)
+            settled = self.bridge.relayed(*relayed)
             self.fast_path_frames += relayed[0] + relayed[1]
             marks, echoes = relayed[3], relayed[4]
             if marks is not None:
                 self.fast_path_marks += len(marks)
             if echoes is not None:
                 self.fast_path_echoes += len(echoes)
+            if settled:
+                self._perform_all(settled)  # records only: no route changes
 
     def _route_audio(self) -> None:
         assert self._fast_twilio is not None and self._fast_agent is not None
