@@ -3,8 +3,11 @@ the audio it relays as base64 text is what the full path would send."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -15,6 +18,7 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect, ws_create_server
 
 from callbridge import fast_path
 from callbridge.agent import events as agent
@@ -204,3 +208,91 @@ def test_an_echo_is_held_back_only_for_a_mid_reply_mark_the_ledger_reads_alike(n
     plain = digits != name and digits.isascii() and digits.isdigit() and len(digits) <= 15
     assert number == (int(digits) if plain else -1)
     assert _compiled.mark_number(b"cb-1", MARK_PREFIX) == -1  # not text: the full path's
+
+
+class _UnderlyingStub:
+    """What picows's WSTransport reads of the transport under it, for a stub."""
+
+    def __init__(self) -> None:
+        self._socket = socket.socket()
+
+    def get_extra_info(self, name: str) -> object:
+        return self._socket if name == "socket" else None
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> None:
+        pass
+
+
+class _PausingTransport(WSTransport):
+    """Twilio's transport, whose buffer passes its high-water mark on the first send: the
+    socket's `direct` is unset from inside that send, as picows's `pause_writing` does."""
+
+    def __init__(self, twilio_socket: _TwilioSide) -> None:
+        loop = asyncio.get_running_loop()
+        super().__init__(False, _UnderlyingStub(), logging.getLogger("test"), loop)
+        self.twilio_socket = twilio_socket
+        self.frames: list[bytes] = []
+
+    def send(self, msg_type: object, message: bytes, *args: object) -> None:
+        self.frames.append(bytes(message))
+        self.twilio_socket.direct = None  # paused: the socket's own `send` from now on
+
+
+class _TwilioSide(fast_path.TwilioAudioSocket):
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_own_send: list[bytes] = []
+        self.sent = asyncio.Event()
+
+    def send(self, frame: bytes) -> None:
+        self.by_own_send.append(frame)
+        self.sent.set()
+
+
+class _AgentSide(fast_path.AgentAudioSocket):
+    def _on_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        raise AssertionError("the chunk was routed: it should not take the full path")
+
+
+@compiled_only
+async def test_a_mark_due_after_a_chunk_whose_send_paused_the_transport_still_goes() -> None:
+    """The chunk that crosses a mark is sent straight to Twilio's transport; if that send
+    pushes the transport past its high-water mark (picows then pauses the socket, which
+    unsets `direct` at once), the mark after it goes by the socket's own send."""
+    from callbridge.bridge.playout_ledger import MARK_EVERY_BYTES, MARK_PREFIX
+
+    twilio_side = _TwilioSide()
+    twilio_side.direct = pausing = _PausingTransport(twilio_side)
+    agent_side = _AgentSide()
+    agent_side.configure_fast_path(
+        agent.decode_relay,
+        agent.RelayReplyAudio,
+        twilio.RelayOutboundMedia,
+        twilio.RelayOutboundPayload,
+        twilio.encode_struct,
+        twilio.encode_mark,
+        MARK_PREFIX,
+        MARK_EVERY_BYTES,
+    )
+    # Reply r1 may go until a mark is due after 2000 bytes; marks are numbered from 7.
+    fast_path.set_routes(twilio_side, agent_side, (True, "MZ1", "r1", 2000, 5, 7))
+    server = await ws_create_server(lambda _: agent_side, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client, _ = await ws_connect(WSListener, f"ws://127.0.0.1:{port}/")
+        chunk = bytes(range(256)) * 8 + bytes(52)  # 2100 bytes: past the mark
+        data = base64.b64encode(chunk).decode()
+        frame = {"type": "reply.audio", "reply_id": "r1", "data": data}
+        client.send(WSMsgType.TEXT, msgspec.json.encode(frame))
+        await asyncio.wait_for(twilio_side.sent.wait(), 5)
+        client.disconnect()
+    finally:
+        server.close()
+    (media,) = pausing.frames
+    assert media == twilio.encode_media("MZ1", chunk)
+    assert twilio_side.direct is None
+    assert twilio_side.by_own_send == [twilio.encode_mark("MZ1", f"{MARK_PREFIX}7")]
+    assert fast_path.take_relayed(twilio_side, agent_side) == (0, 1, 2100, [2100], None)

@@ -292,9 +292,11 @@ cdef class AgentAudioSocket(AudioSocket):
         self._marks.append(self.relayed_bytes)
         self._budget = self._mark_every - over % self._mark_every
         frame = self._encode_mark(self._stream_sid, self._mark_prefix + str(number))
-        # Still open: a send does not close or pause the transport at once (a pause comes
-        # from the loop, later, and unsets `direct`).
-        (<WSTransport>twilio.direct).send(WSMsgType.TEXT, frame)
+        direct = twilio.direct
+        if isinstance(direct, WSTransport):
+            (<WSTransport>direct).send(WSMsgType.TEXT, frame)
+        else:  # the chunk's send paused (or ended) the transport: the socket's own send
+            twilio.send(frame)
 
     def _deliver(self, event):
         raise NotImplementedError
