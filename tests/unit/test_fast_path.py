@@ -262,21 +262,13 @@ async def test_a_mark_due_after_a_chunk_whose_send_paused_the_transport_still_go
     """The chunk that crosses a mark is sent straight to Twilio's transport; if that send
     pushes the transport past its high-water mark (picows then pauses the socket, which
     unsets `direct` at once), the mark after it goes by the socket's own send."""
-    from callbridge.bridge.playout_ledger import MARK_EVERY_BYTES, MARK_PREFIX
+    from callbridge.bridge.playout_ledger import MARK_PREFIX
+    from callbridge.server.call_runner import configure_agent_fast_path
 
     twilio_side = _TwilioSide()
     twilio_side.direct = pausing = _PausingTransport(twilio_side)
     agent_side = _AgentSide()
-    agent_side.configure_fast_path(
-        agent.decode_relay,
-        agent.RelayReplyAudio,
-        twilio.RelayOutboundMedia,
-        twilio.RelayOutboundPayload,
-        twilio.encode_struct,
-        twilio.encode_mark,
-        MARK_PREFIX,
-        MARK_EVERY_BYTES,
-    )
+    configure_agent_fast_path(agent_side)  # as a call does
     # Reply r1 may go until a mark is due after 2000 bytes; marks are numbered from 7.
     fast_path.set_routes(twilio_side, agent_side, (True, "MZ1", "r1", 2000, 5, 7))
     server = await ws_create_server(lambda _: agent_side, "127.0.0.1", 0)

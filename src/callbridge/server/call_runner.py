@@ -341,16 +341,7 @@ class CallRunner:
             self._take_relayed()
             self._end_fast_path()
         if self._fast_twilio is not None and isinstance(sock, fast_path_module.AgentAudioSocket):
-            sock.configure_fast_path(
-                agent.decode_relay,
-                agent.RelayReplyAudio,
-                twilio.RelayOutboundMedia,
-                twilio.RelayOutboundPayload,
-                twilio.encode_struct,
-                twilio.encode_mark,
-                MARK_PREFIX,
-                MARK_EVERY_BYTES,
-            )
+            configure_agent_fast_path(sock)
             self._fast_agent = sock
 
     def _take_relayed(self) -> None:
@@ -439,6 +430,21 @@ class CallRunner:
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+
+
+def configure_agent_fast_path(sock: fast_path_module.AgentAudioSocket) -> None:
+    """What the agent socket's fast path reads and writes: reply audio as Twilio media, with
+    the playout ledger's marks."""
+    sock.configure_fast_path(
+        agent.decode_relay,
+        agent.RelayReplyAudio,
+        twilio.RelayOutboundMedia,
+        twilio.RelayOutboundPayload,
+        twilio.encode_struct,
+        twilio.encode_mark,
+        MARK_PREFIX,
+        MARK_EVERY_BYTES,
+    )
 
 
 class _Paced(Protocol):
