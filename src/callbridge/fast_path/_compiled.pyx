@@ -190,15 +190,7 @@ cdef class TwilioAudioSocket(AudioSocket):
         cdef double now, due
         cdef long long number
         message = self._message(agent, frame)
-        if type(message) is self._mark_type:
-            number = _mark_number(message.mark.name, self._mark_prefix)
-            if self._marks_from <= number < self._next_mark:
-                if self._echoes is None:
-                    self._echoes = []
-                self._echoes.append((number, self._echo_clock()))
-                self._marks_from = number + 1  # Twilio echoes in order
-                return
-        elif type(message) is self._media_type:
+        if type(message) is self._media_type:  # first: nearly every frame
             payload = message.media.payload
             if _raw_base64_size(payload) > 0:
                 now = self._clock()
@@ -213,6 +205,14 @@ cdef class TwilioAudioSocket(AudioSocket):
                         WSMsgType.TEXT, self._encode(self._input_audio(payload))
                     )
                     return
+        elif type(message) is self._mark_type:
+            number = _mark_number(message.mark.name, self._mark_prefix)
+            if self._marks_from <= number < self._next_mark:
+                if self._echoes is None:
+                    self._echoes = []
+                self._echoes.append((number, self._echo_clock()))
+                self._marks_from = number + 1  # Twilio echoes in order
+                return
         self._on_frame(transport, frame)
 
 
