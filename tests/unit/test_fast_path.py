@@ -218,10 +218,13 @@ def test_a_mark_name_that_is_not_text_takes_the_full_path() -> None:
 
 
 class _UnderlyingStub:
-    """What picows's WSTransport reads of the transport under it, for a stub."""
+    """What picows's WSTransport reads of the transport under it, for a stub. Its socket is
+    not connected, so picows's own `send()` to it fails and what it writes comes here."""
 
     def __init__(self) -> None:
         self._socket = socket.socket()
+        self.writes: list[bytes] = []
+        self.written = asyncio.Event()
 
     def get_extra_info(self, name: str) -> object:
         return self._socket if name == "socket" else None
@@ -230,7 +233,27 @@ class _UnderlyingStub:
         return 0
 
     def write(self, data: bytes) -> None:
-        pass
+        self.writes.append(bytes(data))
+        self.written.set()
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+def _server_frames(data: bytes) -> list[bytes]:
+    """The payloads of the unmasked, whole text frames in `data` (RFC 6455, 5.2)."""
+    frames = []
+    while data:
+        assert data[0] == 0x81  # FIN, text
+        size, at = data[1], 2
+        assert size < 0x80  # not masked
+        if size == 126:
+            size, at = int.from_bytes(data[2:4], "big"), 4
+        elif size == 127:
+            size, at = int.from_bytes(data[2:10], "big"), 10
+        frames.append(data[at : at + size])
+        data = data[at + size :]
+    return frames
 
 
 class _PausingTransport(WSTransport):
@@ -264,35 +287,86 @@ class _AgentSide(fast_path.AgentAudioSocket):
         raise AssertionError("the chunk was routed: it should not take the full path")
 
 
-@compiled_only
-async def test_a_mark_due_after_a_chunk_whose_send_paused_the_transport_still_goes() -> None:
-    """The chunk that crosses a mark is sent straight to Twilio's transport; if that send
-    pushes the transport past its high-water mark (picows then pauses the socket, which
-    unsets `direct` at once), the mark after it goes by the socket's own send."""
-    from callbridge.bridge.playout_ledger import MARK_PREFIX
-    from callbridge.server.call_runner import configure_agent_fast_path
+_CHUNK = bytes(range(256)) * 8 + bytes(52)  # 2100 bytes: past a mark due at 2000
 
-    twilio_side = _TwilioSide()
-    twilio_side.direct = pausing = _PausingTransport(twilio_side)
-    agent_side = _AgentSide()
-    configure_agent_fast_path(agent_side)  # as a call does
-    # Reply r1 may go until a mark is due after 2000 bytes; marks are numbered from 7.
+
+async def _send_a_chunk_past_a_mark(
+    twilio_side: _TwilioSide, agent_side: _AgentSide, sent: asyncio.Event
+) -> None:
+    """Reply r1's chunk of 2100 bytes, from a real picows client to the agent socket, while
+    the route lets r1 go until a mark is due after 2000 bytes (marks numbered from 7)."""
     fast_path.set_routes(twilio_side, agent_side, (True, "MZ1", "r1", 2000, 5, 7))
     server = await ws_create_server(lambda _: agent_side, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         client, _ = await ws_connect(WSListener, f"ws://127.0.0.1:{port}/")
-        chunk = bytes(range(256)) * 8 + bytes(52)  # 2100 bytes: past the mark
-        data = base64.b64encode(chunk).decode()
+        data = base64.b64encode(_CHUNK).decode()
         frame = {"type": "reply.audio", "reply_id": "r1", "data": data}
         client.send(WSMsgType.TEXT, msgspec.json.encode(frame))
-        await asyncio.wait_for(twilio_side.sent.wait(), 5)
+        await asyncio.wait_for(sent.wait(), 5)
         client.disconnect()
     finally:
         server.close()
-    pausing.underlying_transport.get_extra_info("socket").close()
+
+
+@compiled_only
+async def test_a_chunk_that_crosses_a_mark_leaves_with_the_mark_in_one_write() -> None:
+    """The chunk after which a mark is due and that mark are written to Twilio's socket
+    together: one system call (and on loopback one packet) where two sends made two."""
+    from callbridge.bridge.playout_ledger import MARK_PREFIX
+    from callbridge.server.call_runner import configure_agent_fast_path
+
+    twilio_side = _TwilioSide()
+    underlying = _UnderlyingStub()
+    loop = asyncio.get_running_loop()
+    twilio_side.direct = WSTransport(False, underlying, logging.getLogger("test"), loop)
+    agent_side = _AgentSide()
+    configure_agent_fast_path(agent_side)  # as a call does
+    try:
+        await _send_a_chunk_past_a_mark(twilio_side, agent_side, underlying.written)
+    finally:
+        underlying.close()
+    (written,) = underlying.writes
+    assert _server_frames(written) == [
+        twilio.encode_media("MZ1", _CHUNK),
+        twilio.encode_mark("MZ1", f"{MARK_PREFIX}7"),
+    ]
+    assert twilio_side.by_own_send == []
+    assert fast_path.take_relayed(twilio_side, agent_side) == (0, 1, 2100, [2100], None)
+
+
+@compiled_only
+async def test_a_mark_due_after_a_chunk_whose_send_paused_the_transport_still_goes() -> None:
+    """Where a mark's JSON is not made at C level (an encoder whose output does not split
+    around the number: here it escapes the name), the chunk and the mark are two sends;
+    if the chunk's send pushes the transport past its high-water mark (picows then pauses
+    the socket, which unsets `direct` at once), the mark goes by the socket's own send."""
+    from callbridge.bridge.playout_ledger import MARK_EVERY_BYTES, MARK_PREFIX
+
+    def escaped_mark(stream_sid: str, name: str) -> bytes:
+        return twilio.encode_mark(stream_sid, name).replace(b'"cb-', b'"\\u0063b-')
+
+    twilio_side = _TwilioSide()
+    twilio_side.direct = pausing = _PausingTransport(twilio_side)
+    agent_side = _AgentSide()
+    agent_side.configure_fast_path(
+        agent.decode_relay,
+        agent.RelayReplyAudio,
+        twilio.RelayOutboundMedia,
+        twilio.RelayOutboundPayload,
+        twilio.encode_struct,
+        escaped_mark,
+        MARK_PREFIX,
+        MARK_EVERY_BYTES,
+    )
+    try:
+        await _send_a_chunk_past_a_mark(twilio_side, agent_side, twilio_side.sent)
+    finally:
+        pausing.underlying_transport.close()
     (media,) = pausing.frames
-    assert media == twilio.encode_media("MZ1", chunk)
+    assert media == twilio.encode_media("MZ1", _CHUNK)
     assert twilio_side.direct is None
-    assert twilio_side.by_own_send == [twilio.encode_mark("MZ1", f"{MARK_PREFIX}7")]
+    mark = escaped_mark("MZ1", f"{MARK_PREFIX}7")
+    assert twilio_side.by_own_send == [mark]
+    assert msgspec.json.decode(mark)["mark"]["name"] == f"{MARK_PREFIX}7"  # valid JSON
     assert fast_path.take_relayed(twilio_side, agent_side) == (0, 1, 2100, [2100], None)
