@@ -19,6 +19,7 @@ from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import TwilioSimulator
 from tests.conftest import (
     AUTH_TOKEN,
+    BOTH_AUDIO_PATHS,
     BOTH_STREAM_SERVERS,
     PUBLIC_URL,
     RunningServer,
@@ -192,6 +193,36 @@ async def test_idle_stream_is_ended_with_its_session(
         session = await fake_agent.wait_for_session()
         # Then silence: not even Twilio's usual stream of silent frames.
         await session.wait_for("session.end", timeout=5)
+        while not ws.closed:
+            await asyncio.wait_for(ws.receive(), 5)
+
+
+@BOTH_AUDIO_PATHS
+async def test_a_stream_is_ended_one_idle_period_after_its_audio_stops_not_while_it_flows(
+    start_server: ServerFactory, fake_agent: FakeVoiceAgent
+) -> None:
+    """Audio for twice the idle period keeps the call (the idle check knows when audio
+    last came, on either path); once it stops, the call ends about one period later."""
+    server = await start_server(assemblyai_agent_url=fake_agent.url, callbridge_idle_seconds=1)
+    loop = asyncio.get_running_loop()
+    async with twilio_session() as http:
+        call = await announce(http, server)
+        ws = await connect_stream(http, server, call)
+        await ws.send_str(start_frame(call.token))
+        session = await fake_agent.wait_for_session()
+        await session.wait_for("session.update")
+        payload = base64.b64encode(b"\xff" * FRAME_BYTES).decode()
+        started = loop.time()
+        seq = 2
+        while loop.time() - started < 2.0:  # Twilio's pace: a frame every 20 ms
+            await ws.send_str(media_frame(payload, seq=seq))
+            seq += 1
+            await asyncio.sleep(0.02)
+        assert not any(m.get("type") == "session.end" for m in session.received)
+        stopped = loop.time()
+        await session.wait_for("session.end", timeout=5)
+        quiet = loop.time() - stopped
+        assert 0.9 <= quiet <= 2.5, quiet
         while not ws.closed:
             await asyncio.wait_for(ws.receive(), 5)
 

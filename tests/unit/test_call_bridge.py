@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from typing import Any
+
+import pytest
 
 from callbridge.agent import events as agent
 from callbridge.bridge.actions import (
@@ -465,27 +468,99 @@ def test_invalid_frames_are_logged_and_the_call_goes_on() -> None:
     assert len(to_agent(bridge.handle(media()))) == 1
 
 
-def test_idle_stream_ends_the_call_after_the_idle_period() -> None:
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _live_idle_bridge(clock: _Clock) -> CallBridge:
     bridge = CallBridge(
-        session_config={}, tools=[], apology_payloads=(b"\x00\x00\x00",), idle_seconds=8.0
+        session_config={},
+        tools=[],
+        apology_payloads=(b"\x00\x00\x00",),
+        idle_seconds=8.0,
+        clock=clock,
     )
     assert bridge.handle(StreamOpened()) == [StartTimer(IDLE_TIMER, 2.0)]
     bridge.handle(start_frame())
     bridge.handle(AgentOpened())
     bridge.handle(agent.SessionReady(session_id="s"))
+    return bridge
+
+
+def test_idle_stream_ends_the_call_after_the_idle_period() -> None:
+    """Without the time of the last audio (a bridge fed directly), a check every quarter
+    period: four in a row that see no new audio end the call."""
+    clock = _Clock()
+    bridge = _live_idle_bridge(clock)
     bridge.handle(media())
+    clock.now += 2.0
     assert StartTimer(IDLE_TIMER, 2.0) in bridge.handle(TimerFired(IDLE_TIMER))  # activity seen
     for _ in range(3):
+        clock.now += 2.0
         assert bridge.end_reason is None
         bridge.handle(TimerFired(IDLE_TIMER))
     bridge.handle(media())  # activity resets the count
+    clock.now += 2.0
     bridge.handle(TimerFired(IDLE_TIMER))
     for _ in range(3):
+        clock.now += 2.0
         bridge.handle(TimerFired(IDLE_TIMER))
     assert bridge.end_reason is None
+    clock.now += 2.0
     actions = bridge.handle(TimerFired(IDLE_TIMER))
     assert bridge.end_reason is EndReason.TWILIO_IDLE
     assert to_agent(actions) == [{"type": "session.end"}]
+
+
+def test_idle_check_with_the_time_of_the_last_audio_checks_once_a_period() -> None:
+    """The runner says when caller audio last came: while it flows the next check is a
+    whole period on (not a quarter), and a stream that stops is ended exactly one idle
+    period after its last audio."""
+    clock = _Clock()
+    bridge = _live_idle_bridge(clock)
+    bridge.handle(media())
+    clock.now += 2.0
+    # Audio up to 20 ms ago: the period runs out 7.98 s from now.
+    assert bridge.handle(TimerFired(IDLE_TIMER, clock.now - 0.02)) == [
+        StartTimer(IDLE_TIMER, pytest.approx(7.98))
+    ]
+    bridge.handle(media())
+    last = clock.now + 3.0  # the stream's last frame
+    clock.now += 7.98
+    assert bridge.handle(TimerFired(IDLE_TIMER, last)) == [
+        StartTimer(IDLE_TIMER, pytest.approx(3.02))
+    ]
+    clock.now += 3.01  # a check that comes a little early (a coarser clock) waits a little
+    assert bridge.handle(TimerFired(IDLE_TIMER, last)) == [
+        StartTimer(IDLE_TIMER, pytest.approx(0.05))
+    ]
+    assert bridge.end_reason is None
+    clock.now += 0.06
+    actions = bridge.handle(TimerFired(IDLE_TIMER, last))
+    assert bridge.end_reason is EndReason.TWILIO_IDLE
+    assert to_agent(actions) == [{"type": "session.end"}]
+
+
+def test_idle_check_takes_no_audio_time_from_the_future_and_none_for_no_audio() -> None:
+    """A pace ahead of the bridge's clock (a burst of early frames) counts as audio now;
+    a stream that never sent audio is idle one period after it opened."""
+    clock = _Clock()
+    bridge = _live_idle_bridge(clock)
+    bridge.handle(media())
+    clock.now += 2.0
+    assert bridge.handle(TimerFired(IDLE_TIMER, clock.now + 0.9)) == [StartTimer(IDLE_TIMER, 8.0)]
+
+    silent = _Clock()
+    quiet = _live_idle_bridge(silent)
+    silent.now += 2.0
+    assert quiet.handle(TimerFired(IDLE_TIMER, -math.inf)) == [StartTimer(IDLE_TIMER, 6.0)]
+    silent.now += 6.0
+    quiet.handle(TimerFired(IDLE_TIMER, -math.inf))
+    assert quiet.end_reason is EndReason.TWILIO_IDLE
 
 
 def test_maximum_length_asks_for_a_goodbye_then_hangs_up_once_it_played() -> None:

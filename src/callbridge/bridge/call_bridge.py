@@ -61,7 +61,10 @@ _RETRY_BASE_DELAY = 0.25
 _RETRY_MAX_DELAY = 4.0
 LOST_YOU_GREETING = "Sorry, I lost you for a moment. Could you say that again?"
 GOODBYE_MARK = "callbridge-goodbye-played"
-_IDLE_TICKS = 4  # idle checks per idle period: detection within 1.25x the period
+# Idle checks per idle period when the time of the last caller audio is not known (see
+# TimerFired.media_at): detection within 1.25x the period. When it is, one check per period.
+_IDLE_TICKS = 4
+_IDLE_RECHECK_MIN_SECONDS = 0.05  # never re-check sooner (a clock that disagrees a little)
 WRAP_UP_INSTRUCTIONS = (
     "The time for this call is up. Tell the caller, in one short friendly sentence, that "
     "you have to end the call now, and say goodbye. Do not ask any question."
@@ -190,8 +193,8 @@ class CallBridge:
         self._idle_seconds = idle_seconds
         self._max_call_seconds = max_call_seconds
         self._wrap_up_seconds = wrap_up_seconds
-        self._idle_ticks = 0
-        self._media_at_last_tick = 0
+        self._media_at_last_tick = 0  # frames_from_twilio at the last idle check
+        self._last_media_at = clock()  # when caller audio last came (or the stream opened)
         self._wrapping_up = False
         self._wrap_up_reason = EndReason.MAX_DURATION
         # Reconnecting: the API keeps a dropped session 30 s, so give up before that.
@@ -304,6 +307,7 @@ class CallBridge:
     def _on_stream_opened(self, _: StreamOpened) -> list[Action]:
         actions: list[Action] = []
         if self._idle_seconds:
+            self._last_media_at = self._clock()  # the idle period starts with the stream
             actions.append(StartTimer(IDLE_TIMER, self._idle_seconds / _IDLE_TICKS))
         if self._max_call_seconds:
             # Short limits still leave most of the call for talking.
@@ -798,7 +802,7 @@ class CallBridge:
                 return self._fail(reason, "gave up reconnecting to the agent")
             return []
         if msg.name == IDLE_TIMER:
-            return self._idle_check()
+            return self._idle_check(msg.media_at)
         if msg.name == MAX_CALL_TIMER and self.end_reason is None:
             return self._wrap_up()
         if msg.name == WRAP_UP_TIMER and self.end_reason is None:
@@ -812,21 +816,29 @@ class CallBridge:
             return self._hang_up()
         return []
 
-    def _idle_check(self) -> list[Action]:
+    def _idle_check(self, media_at: float | None) -> list[Action]:
+        """Ends a stream that sent no audio for the idle period. Audio counted since the
+        last check came at `media_at` if the runner says (its pace), else (a frame count
+        alone tells no time) by now; the next check is due when the period would run out,
+        or a quarter period on, when the time of the audio is not known."""
         if self.end_reason is not None or not self._idle_seconds:
             return []
+        now = self._clock()
         if self.frames_from_twilio != self._media_at_last_tick:
             self._media_at_last_tick = self.frames_from_twilio
-            self._idle_ticks = 0
-        else:
-            self._idle_ticks += 1
-            if self._idle_ticks >= _IDLE_TICKS:
-                detail = f"no media for {self._idle_seconds:g} s"
-                return [
-                    Log.warning("twilio.idle", detail=detail),
-                    *self._end(EndReason.TWILIO_IDLE, detail),
-                ]
-        return [StartTimer(IDLE_TIMER, self._idle_seconds / _IDLE_TICKS)]
+            seen = now if media_at is None else max(media_at, self._last_media_at)
+            self._last_media_at = min(seen, now)  # not in the future, whatever the clocks
+        quiet = now - self._last_media_at
+        if quiet >= self._idle_seconds:
+            detail = f"no media for {self._idle_seconds:g} s"
+            return [
+                Log.warning("twilio.idle", detail=detail),
+                *self._end(EndReason.TWILIO_IDLE, detail),
+            ]
+        if media_at is None:
+            return [StartTimer(IDLE_TIMER, self._idle_seconds / _IDLE_TICKS)]
+        wait = max(self._idle_seconds - quiet, _IDLE_RECHECK_MIN_SECONDS)
+        return [StartTimer(IDLE_TIMER, wait)]
 
     def _wrap_up(self, reason: EndReason = EndReason.MAX_DURATION) -> list[Action]:
         """The agent says goodbye, then we hang up (maximum length reached, or shutting down)."""

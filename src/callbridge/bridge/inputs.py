@@ -54,6 +54,10 @@ class ToolFinished:
 @dataclass(frozen=True, slots=True)
 class TimerFired:
     name: str
+    # When caller audio last arrived, by the clock the runner paces it with (-inf: none
+    # yet), if the runner knows: the idle check then waits out exactly the idle period
+    # instead of checking four times a period. None: judged by the frame count alone.
+    media_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

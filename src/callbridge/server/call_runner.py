@@ -410,7 +410,9 @@ class CallRunner:
     def _timer_fired(self, name: str) -> None:
         self._timers.pop(name, None)
         try:
-            self._feed(TimerFired(name))
+            # Every timer says when caller audio last came (the pace's due time is 20 ms
+            # after the latest frame): the idle check needs no tick of its own for that.
+            self._feed(TimerFired(name, self._pace.media_due - _MEDIA_FRAME_SECONDS))
         except Exception as exc:
             # A bug in the bridge: end this call as a failed task would, not the loop's
             # default handler (which would log it and let the call limp on).
