@@ -537,6 +537,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def round_order(servers: list[str], round_index: int) -> list[str]:
+    """The servers in the order round `round_index` runs them: every other round reversed,
+    so that a drift within a round (a neighbour arriving) weighs on each server alike, not
+    always on whichever goes first."""
+    return list(servers) if round_index % 2 == 0 else servers[::-1]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.pin and (os.cpu_count() or 1) < 2:
@@ -553,8 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     with _revision_trees(args):
         print(report.header(facts, args), flush=True)
         for calls in args.calls:
-            for _ in range(args.rounds):  # rounds interleaved: the machine drifts between them
-                for target in args.servers:
+            for round_index in range(args.rounds):  # interleaved: the machine drifts
+                for target in round_order(args.servers, round_index):
                     if target in given_up:
                         continue
                     result = _measure(target, calls, args)

@@ -334,3 +334,12 @@ def test_callgrind_counts_the_relay_instructions_per_frame(tmp_path: Path) -> No
     assert (
         doc["summary"]["instructions_per_frame"]["picows"]["2"] == figures["instructions_per_frame"]
     )
+
+
+def test_rounds_alternate_the_order_of_the_servers() -> None:
+    from bench.sweep import round_order
+
+    servers = ["callbridge", "callbridge@abc", "picows"]
+    orders = [round_order(servers, i) for i in range(4)]
+    assert orders == [servers, servers[::-1], servers, servers[::-1]]
+    assert servers == ["callbridge", "callbridge@abc", "picows"]  # not reversed in place
