@@ -256,57 +256,69 @@ def _server_frames(data: bytes) -> list[bytes]:
     return frames
 
 
-class _PausingTransport(WSTransport):
-    """Twilio's transport, whose buffer passes its high-water mark on the first send: the
-    socket's `direct` is unset from inside that send, as picows's `pause_writing` does."""
-
-    def __init__(self, twilio_socket: _TwilioSide) -> None:
-        loop = asyncio.get_running_loop()
-        super().__init__(False, _UnderlyingStub(), logging.getLogger("test"), loop)
-        self.twilio_socket = twilio_socket
-        self.frames: list[bytes] = []
-
-    def send(self, msg_type: object, message: bytes, *args: object) -> None:
-        self.frames.append(bytes(message))
-        self.twilio_socket.direct = None  # paused: the socket's own `send` from now on
-
-
 class _TwilioSide(fast_path.TwilioAudioSocket):
+    """Twilio's socket; what goes by its own `send` (not the fast path's write) is kept."""
+
     def __init__(self) -> None:
         super().__init__()
         self.by_own_send: list[bytes] = []
-        self.sent = asyncio.Event()
 
     def send(self, frame: bytes) -> None:
         self.by_own_send.append(frame)
-        self.sent.set()
 
 
 class _AgentSide(fast_path.AgentAudioSocket):
+    """The agent's socket; the frames that take the full path are kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full_path: list[bytes] = []
+        self.took_full_path = asyncio.Event()
+
     def _on_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        raise AssertionError("the chunk was routed: it should not take the full path")
+        self.full_path.append(frame.get_payload_as_bytes())
+        self.took_full_path.set()
 
 
 _CHUNK = bytes(range(256)) * 8 + bytes(52)  # 2100 bytes: past a mark due at 2000
 
 
-async def _send_a_chunk_past_a_mark(
-    twilio_side: _TwilioSide, agent_side: _AgentSide, sent: asyncio.Event
-) -> None:
+def _reply_audio(reply_id: str) -> bytes:
+    data = base64.b64encode(_CHUNK).decode()
+    return msgspec.json.encode({"type": "reply.audio", "reply_id": reply_id, "data": data})
+
+
+async def _twilio_transport_after_a_chunk_past_a_mark(
+    *, closing: bool
+) -> tuple[_TwilioSide, _AgentSide, _UnderlyingStub]:
     """Reply r1's chunk of 2100 bytes, from a real picows client to the agent socket, while
-    the route lets r1 go until a mark is due after 2000 bytes (marks numbered from 7)."""
+    the route lets r1 go until a mark is due after 2000 bytes (marks numbered from 7); then
+    a chunk of another reply, which the route does not cover: once it has taken the full
+    path, the first has been dealt with. Twilio's transport writes to a stub; `closing`:
+    it has sent its close frame first."""
+    from callbridge.server.call_runner import configure_agent_fast_path
+
+    twilio_side, agent_side, underlying = _TwilioSide(), _AgentSide(), _UnderlyingStub()
+    loop = asyncio.get_running_loop()
+    twilio_side.direct = transport = WSTransport(False, underlying, logging.getLogger("test"), loop)
+    if closing:
+        transport.send_close()
+    configure_agent_fast_path(agent_side)  # as a call does
     fast_path.set_routes(twilio_side, agent_side, (True, "MZ1", "r1", 2000, 5, 7))
     server = await ws_create_server(lambda _: agent_side, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         client, _ = await ws_connect(WSListener, f"ws://127.0.0.1:{port}/")
-        data = base64.b64encode(_CHUNK).decode()
-        frame = {"type": "reply.audio", "reply_id": "r1", "data": data}
-        client.send(WSMsgType.TEXT, msgspec.json.encode(frame))
-        await asyncio.wait_for(sent.wait(), 5)
+        client.send(WSMsgType.TEXT, _reply_audio("r1"))
+        client.send(WSMsgType.TEXT, _reply_audio("r2"))
+        await asyncio.wait_for(agent_side.took_full_path.wait(), 5)
         client.disconnect()
     finally:
         server.close()
+        underlying.close()
+    assert agent_side.full_path == [_reply_audio("r2")]
+    assert twilio_side.by_own_send == []
+    return twilio_side, agent_side, underlying
 
 
 @compiled_only
@@ -314,59 +326,25 @@ async def test_a_chunk_that_crosses_a_mark_leaves_with_the_mark_in_one_write() -
     """The chunk after which a mark is due and that mark are written to Twilio's socket
     together: one system call (and on loopback one packet) where two sends made two."""
     from callbridge.bridge.playout_ledger import MARK_PREFIX
-    from callbridge.server.call_runner import configure_agent_fast_path
 
-    twilio_side = _TwilioSide()
-    underlying = _UnderlyingStub()
-    loop = asyncio.get_running_loop()
-    twilio_side.direct = WSTransport(False, underlying, logging.getLogger("test"), loop)
-    agent_side = _AgentSide()
-    configure_agent_fast_path(agent_side)  # as a call does
-    try:
-        await _send_a_chunk_past_a_mark(twilio_side, agent_side, underlying.written)
-    finally:
-        underlying.close()
+    twilio_side, agent_side, underlying = await _twilio_transport_after_a_chunk_past_a_mark(
+        closing=False
+    )
     (written,) = underlying.writes
     assert _server_frames(written) == [
         twilio.encode_media("MZ1", _CHUNK),
         twilio.encode_mark("MZ1", f"{MARK_PREFIX}7"),
     ]
-    assert twilio_side.by_own_send == []
     assert fast_path.take_relayed(twilio_side, agent_side) == (0, 1, 2100, [2100], None)
 
 
 @compiled_only
-async def test_a_mark_due_after_a_chunk_whose_send_paused_the_transport_still_goes() -> None:
-    """Where a mark's JSON is not made at C level (an encoder whose output does not split
-    around the number: here it escapes the name), the chunk and the mark are two sends;
-    if the chunk's send pushes the transport past its high-water mark (picows then pauses
-    the socket, which unsets `direct` at once), the mark goes by the socket's own send."""
-    from callbridge.bridge.playout_ledger import MARK_EVERY_BYTES, MARK_PREFIX
-
-    def escaped_mark(stream_sid: str, name: str) -> bytes:
-        return twilio.encode_mark(stream_sid, name).replace(b'"cb-', b'"\\u0063b-')
-
-    twilio_side = _TwilioSide()
-    twilio_side.direct = pausing = _PausingTransport(twilio_side)
-    agent_side = _AgentSide()
-    agent_side.configure_fast_path(
-        agent.decode_relay,
-        agent.RelayReplyAudio,
-        twilio.RelayOutboundMedia,
-        twilio.RelayOutboundPayload,
-        twilio.encode_struct,
-        escaped_mark,
-        MARK_PREFIX,
-        MARK_EVERY_BYTES,
+async def test_a_chunk_and_its_mark_are_not_written_after_the_close_frame() -> None:
+    """Once Twilio's transport has sent its close frame, the write leaves nothing after it,
+    as picows's own send would; the bridge still counts what the route let through."""
+    twilio_side, agent_side, underlying = await _twilio_transport_after_a_chunk_past_a_mark(
+        closing=True
     )
-    try:
-        await _send_a_chunk_past_a_mark(twilio_side, agent_side, twilio_side.sent)
-    finally:
-        pausing.underlying_transport.close()
-    (media,) = pausing.frames
-    assert media == twilio.encode_media("MZ1", _CHUNK)
-    assert twilio_side.direct is None
-    mark = escaped_mark("MZ1", f"{MARK_PREFIX}7")
-    assert twilio_side.by_own_send == [mark]
-    assert msgspec.json.decode(mark)["mark"]["name"] == f"{MARK_PREFIX}7"  # valid JSON
+    (close_frame,) = underlying.writes
+    assert close_frame[0] == 0x88  # FIN, close: the only frame written
     assert fast_path.take_relayed(twilio_side, agent_side) == (0, 1, 2100, [2100], None)

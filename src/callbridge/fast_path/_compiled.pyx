@@ -15,7 +15,6 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.stdint cimport uint8_t
-from libc.stdio cimport snprintf
 from libc.string cimport memcpy
 from picows.picows cimport WSFrame, WSListener, WSMsgType, WSTransport
 
@@ -237,12 +236,8 @@ cdef class AgentAudioSocket(AudioSocket):
     cdef object _encode_mark
     cdef str _mark_prefix
     cdef Py_ssize_t _mark_every
-    # A mark's JSON for this stream is `_mark_head + number + _mark_tail` (None: not known
-    # to be; `_encode_mark` makes each), so a chunk and the mark after it are written at
-    # C level into `_out` and leave in one write: one system call and one packet, not two.
-    cdef bytes _mark_head
-    cdef bytes _mark_tail
-    cdef object _mark_stream  # the stream sid they were made for
+    # A chunk and the mark due after it are framed here, into this buffer, and leave in
+    # one write: one system call and one packet, not two.
     cdef char* _out
     cdef Py_ssize_t _out_size
 
@@ -252,7 +247,6 @@ cdef class AgentAudioSocket(AudioSocket):
         self.relayed_frames = 0
         self.relayed_bytes = 0
         self._marks = None
-        self._mark_head = self._mark_tail = self._mark_stream = None
         self._out = NULL
         self._out_size = 0
 
@@ -303,29 +297,23 @@ cdef class AgentAudioSocket(AudioSocket):
 
     cdef _send_with_mark(self, TwilioAudioSocket twilio, bytes media, Py_ssize_t over):
         """A chunk that went `over` bytes past where a mark was due, and that mark, as the
-        ledger's `count_marked` would make it; the next is due on the next boundary."""
+        ledger's `count_marked` would make it, in one write; the next mark is due on the
+        next boundary."""
         cdef WSTransport direct = <WSTransport>twilio.direct
-        cdef long long number = twilio._next_mark
-        cdef char digits[24]
-        cdef int n_digits
+        cdef bytes mark
         cdef Py_ssize_t media_size, mark_size, media_header, mark_header, total
         cdef char* out
+        number = twilio._next_mark
         twilio._next_mark += 1
         if self._marks is None:
             self._marks = []
         self._marks.append(self.relayed_bytes)
         self._budget = self._mark_every - over % self._mark_every
-        if self._mark_head is None or direct.is_close_frame_sent or direct.is_disconnected:
-            # Two sends (picows's own checks): a stream whose marks are not made here, or
-            # a transport that is closing (which then sends neither).
-            direct.send(WSMsgType.TEXT, media)
-            self._send_later(twilio, self._encode_mark(
-                self._stream_sid, self._mark_prefix + str(number)))
-            return
-        n_digits = snprintf(digits, sizeof(digits), "%lld", number)
+        if direct.is_close_frame_sent or direct.is_disconnected:
+            return  # closing: picows's own send would drop both as well
+        mark = self._encode_mark(self._stream_sid, self._mark_prefix + str(number))
         media_size = PyBytes_GET_SIZE(media)
-        mark_size = PyBytes_GET_SIZE(self._mark_head) + n_digits + PyBytes_GET_SIZE(
-            self._mark_tail)
+        mark_size = PyBytes_GET_SIZE(mark)
         media_header = direct._get_header_size(media_size)
         mark_header = direct._get_header_size(mark_size)
         total = media_header + media_size + mark_header + mark_size
@@ -334,43 +322,16 @@ cdef class AgentAudioSocket(AudioSocket):
             if out == NULL:
                 raise MemoryError()
             self._out, self._out_size = out, total
+        # Frames from a server are not masked: a header in front of each is all it takes.
         out = self._out
-        # Server frames are not masked: each header is all there is to prepare.
         direct._prepare_header(<uint8_t*>out, WSMsgType.TEXT, media_size, True, False, False,
                                False)
-        out += media_header
-        memcpy(out, PyBytes_AS_STRING(media), media_size)
-        out += media_size
+        memcpy(out + media_header, PyBytes_AS_STRING(media), media_size)
+        out += media_header + media_size
         direct._prepare_header(<uint8_t*>out, WSMsgType.TEXT, mark_size, True, False, False,
                                False)
-        out += mark_header
-        memcpy(out, PyBytes_AS_STRING(self._mark_head), PyBytes_GET_SIZE(self._mark_head))
-        out += PyBytes_GET_SIZE(self._mark_head)
-        memcpy(out, digits, n_digits)
-        out += n_digits
-        memcpy(out, PyBytes_AS_STRING(self._mark_tail), PyBytes_GET_SIZE(self._mark_tail))
+        memcpy(out + mark_header, PyBytes_AS_STRING(mark), mark_size)
         direct._fast_write(self._out, total)
-
-    cdef _send_later(self, TwilioAudioSocket twilio, bytes frame):
-        direct = twilio.direct
-        if isinstance(direct, WSTransport):
-            (<WSTransport>direct).send(WSMsgType.TEXT, frame)
-        else:  # the chunk's send paused (or ended) the transport: the socket's own send
-            twilio.send(frame)
-
-    cdef _know_marks(self, str stream_sid):
-        """Split a mark's JSON for `stream_sid` around its number, if it splits so."""
-        self._mark_stream = stream_sid
-        self._mark_head = self._mark_tail = None
-        probe = self._encode_mark(stream_sid, self._mark_prefix + "0")
-        name = ('"' + self._mark_prefix).encode()
-        at = probe.rfind(name + b'0"')
-        if at < 0:
-            return
-        head, tail = probe[:at + len(name)], probe[at + len(name) + 1:]
-        if self._encode_mark(stream_sid, self._mark_prefix + "9081726354") == (
-                head + b"9081726354" + tail):
-            self._mark_head, self._mark_tail = head, tail
 
     def _deliver(self, event):
         raise NotImplementedError
@@ -405,8 +366,6 @@ def set_routes(TwilioAudioSocket twilio, AgentAudioSocket agent, route):
         agent._stream_sid = stream_sid
         agent._reply_id = reply_id
         agent._budget = budget
-        if stream_sid != agent._mark_stream:
-            agent._know_marks(stream_sid)
 
 
 def end_routes(TwilioAudioSocket twilio, AgentAudioSocket agent):
