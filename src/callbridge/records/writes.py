@@ -135,7 +135,7 @@ async def apply(
     closed: dict[str, CallClosed] = {}
     statuses: list[CallStatusChanged] = []
     first_seen: dict[str, datetime.datetime] = {}
-    rows: dict[Table, list[dict[str, Any]]] = {}
+    rows: dict[Table, list[tuple[Any, ...]]] = {}
     for entry in entries:
         if isinstance(entry, CallStatusChanged):
             statuses.append(entry)
@@ -164,7 +164,7 @@ async def apply(
         # Entries before their CallOpened (or without one): the row exists, to be completed.
         await conn.execute(_insert(conn, calls).on_conflict_do_nothing(), placeholders)
     for table, table_rows in rows.items():
-        await conn.execute(_insert(conn, table).on_conflict_do_nothing(), table_rows)
+        await _insert_rows(conn, table, table_rows)
     if closed:
         await _close_calls(conn, list(closed.values()))
     if statuses:
@@ -175,59 +175,112 @@ async def apply(
 
 def _entry_row(
     entry: RecordEntry, at: datetime.datetime, store_transcripts: bool
-) -> tuple[Table, dict[str, Any]]:
+) -> tuple[Table, tuple[Any, ...]]:
+    """The entry's row of its table, in the table's column order."""
     if isinstance(entry, TranscriptLine):
-        return transcript_entries, {
-            "call_id": entry.call_id,
-            "seq": entry.seq,
-            "at": at,
-            "role": entry.role,
-            "text": _text(entry.text) if store_transcripts else None,
-            "reply_id": entry.reply_id,
-            "interrupted": entry.interrupted,
-            "generated_seconds": entry.generated_seconds,
-            "heard_seconds": entry.heard_seconds,
-        }
+        return transcript_entries, (
+            entry.call_id,
+            entry.seq,
+            at,
+            entry.role,
+            _text(entry.text) if store_transcripts else None,
+            entry.reply_id,
+            entry.interrupted,
+            entry.generated_seconds,
+            entry.heard_seconds,
+        )
     if isinstance(entry, ToolInvocation):
-        return tool_calls, {
-            "call_id": entry.call_id,
-            "seq": entry.seq,
-            "at": at,
-            "tool_call_id": entry.tool_call_id,
-            "name": _text(entry.name),
-            "arguments": _json(entry.arguments) if store_transcripts else None,
-            "result": _text(entry.result) if store_transcripts else None,
-            "is_error": entry.is_error,
-            "duration_ms": entry.duration_ms,
-            "discarded": entry.discarded,
-        }
+        return tool_calls, (
+            entry.call_id,
+            entry.seq,
+            at,
+            entry.tool_call_id,
+            _text(entry.name),
+            _json(entry.arguments) if store_transcripts else None,
+            _text(entry.result) if store_transcripts else None,
+            entry.is_error,
+            entry.duration_ms,
+            entry.discarded,
+        )
     if isinstance(entry, AgentSessionStarted):
-        return agent_sessions, {
-            "call_id": entry.call_id,
-            "seq": entry.seq,
-            "at": at,
-            "session_id": entry.session_id,
-            "resumed": entry.resumed,
-        }
+        return agent_sessions, (entry.call_id, entry.seq, at, entry.session_id, entry.resumed)
     if isinstance(entry, TurnLatency):
-        return turn_latencies, {
-            "call_id": entry.call_id,
-            "seq": entry.seq,
-            "at": at,
-            "reply_id": entry.reply_id,
-            "to_first_audio_sent_ms": entry.to_first_audio_sent_ms,
-            "to_first_audio_played_ms": entry.to_first_audio_played_ms,
-        }
+        return turn_latencies, (
+            entry.call_id,
+            entry.seq,
+            at,
+            entry.reply_id,
+            entry.to_first_audio_sent_ms,
+            entry.to_first_audio_played_ms,
+        )
     if isinstance(entry, CallError):
-        return call_errors, {
-            "call_id": entry.call_id,
-            "seq": entry.seq,
-            "at": at,
-            "source": entry.source,
-            "code": _text(entry.code),
-            "message": _text(entry.message),
-        }
+        return call_errors, (
+            entry.call_id,
+            entry.seq,
+            at,
+            entry.source,
+            _text(entry.code),
+            _text(entry.message),
+        )
     raise TypeError(f"not a record entry: {type(entry).__name__}")
+
+
+class _RowInsert:
+    """`INSERT ... ON CONFLICT DO NOTHING` of whole rows of one table, compiled once per
+    dialect and run with the driver's executemany.
+
+    Through `conn.execute`, SQLAlchemy builds a dict of parameters for every row and passes
+    each value through its column's type: the largest part of a commit, which the server
+    does once a second for every entry of every call. Here a row is a tuple in the table's
+    column order, and only the columns whose type converts values (times, booleans, JSON)
+    go through that type's bind processor, the same one SQLAlchemy would use.
+    """
+
+    def __init__(self, conn: AsyncConnection, table: Table) -> None:
+        dialect = conn.dialect
+        keys = [column.key for column in table.columns]
+        compiled = (
+            _insert(conn, table).on_conflict_do_nothing().compile(dialect=dialect, column_keys=keys)
+        )
+        self._table = table
+        self._keys = keys
+        # Positional parameters in column order (SQLite's ?, asyncpg's $n) is what the
+        # tuples fit; any other paramstyle takes SQLAlchemy's own path.
+        positional = compiled.positiontup is not None and list(compiled.positiontup) == keys
+        self._sql = compiled.string if positional else None
+        self._processors = [
+            (i, processor)
+            for i, column in enumerate(table.columns)
+            if (processor := column.type.dialect_impl(dialect).bind_processor(dialect))
+        ]
+
+    async def run(self, conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> None:
+        if self._sql is None:
+            await conn.execute(
+                _insert(conn, self._table).on_conflict_do_nothing(),
+                [dict(zip(self._keys, row, strict=True)) for row in rows],
+            )
+            return
+        if self._processors:
+            converted = []
+            for row in rows:
+                values = list(row)
+                for i, processor in self._processors:
+                    values[i] = processor(values[i])
+                converted.append(tuple(values))
+            rows = converted
+        await conn.exec_driver_sql(self._sql, rows)
+
+
+_ROW_INSERTS: dict[tuple[str, Table], _RowInsert] = {}
+
+
+async def _insert_rows(conn: AsyncConnection, table: Table, rows: list[tuple[Any, ...]]) -> None:
+    key = (conn.dialect.name, table)
+    prepared = _ROW_INSERTS.get(key)
+    if prepared is None:
+        prepared = _ROW_INSERTS[key] = _RowInsert(conn, table)
+    await prepared.run(conn, rows)
 
 
 async def _insert_statuses(conn: AsyncConnection, statuses: Sequence[CallStatusChanged]) -> None:
