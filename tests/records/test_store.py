@@ -424,10 +424,10 @@ async def test_retention_purges_old_calls_with_everything_about_them(
     writer = make_store()
     await writer.start()
     for entry in full_call("old-call", "CA" + "0" * 32):
-        writer.submit(dataclasses.replace(entry, at=entry.at - T0 + old))
+        writer.submit(msgspec.structs.replace(entry, at=entry.at - T0 + old))
     writer.submit(CallStatusChanged("CA" + "5" * 32, "busy", old, sequence=1))  # stub only
     for entry in full_call("new-call", "CA" + "3" * 32):
-        writer.submit(dataclasses.replace(entry, at=entry.at - T0 + recent))
+        writer.submit(msgspec.structs.replace(entry, at=entry.at - T0 + recent))
     await writer.flush()
     await writer.close()
     assert await backend.count("callbridge_calls") == 3

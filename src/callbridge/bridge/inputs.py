@@ -6,53 +6,45 @@ event (Voice Agent API) as they come off the decoders.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 
-@dataclass(frozen=True, slots=True)
-class StreamOpened:
+class StreamOpened(msgspec.Struct, frozen=True):
     """Twilio's socket is open; the call's clocks (idle, maximum length) start now."""
 
 
-@dataclass(frozen=True, slots=True)
-class AgentOpened:
+class AgentOpened(msgspec.Struct, frozen=True):
     """The upstream WebSocket is open; nothing has been sent on it yet."""
 
 
-@dataclass(frozen=True, slots=True)
-class AgentOpenFailed:
+class AgentOpenFailed(msgspec.Struct, frozen=True):
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class AgentClosed:
+class AgentClosed(msgspec.Struct, frozen=True):
     """The upstream socket closed, for whatever reason (code None: no close frame)."""
 
     code: int | None
     reason: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class TwilioClosed:
+class TwilioClosed(msgspec.Struct, frozen=True):
     """The Twilio socket is gone (closed by Twilio, by us, or broken)."""
 
 
-@dataclass(frozen=True, slots=True)
-class TwilioProtocolError:
+class TwilioProtocolError(msgspec.Struct, frozen=True):
     """The Twilio socket broke a hard limit (oversize frame...); the stream must end."""
 
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class ToolFinished:
+class ToolFinished(msgspec.Struct, frozen=True):
     call_id: str
     result: str
     is_error: bool
 
 
-@dataclass(frozen=True, slots=True)
-class TimerFired:
+class TimerFired(msgspec.Struct, frozen=True):
     name: str
     # When caller audio last arrived, by the clock the runner paces it with (-inf: none
     # yet), if the runner knows: the idle check then waits out exactly the idle period
@@ -60,8 +52,7 @@ class TimerFired:
     media_at: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ServerShutdown:
+class ServerShutdown(msgspec.Struct, frozen=True):
     """The process is stopping: end the call in order.
 
     Polite: the agent says goodbye first. Otherwise at once (session.end, hang up).

@@ -7,15 +7,15 @@ entry twice, after a replay of the spool say, changes nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import msgspec
 
 Role = Literal["caller", "agent"]
 EndedBy = Literal["caller", "agent", "bridge", "server", "restart"]
 
 
-@dataclass(frozen=True, slots=True)
-class CallOpened:
+class CallOpened(msgspec.Struct, frozen=True):
     call_id: str
     seq: int
     at: float  # epoch seconds
@@ -27,8 +27,7 @@ class CallOpened:
     instance_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class CallStatusChanged:
+class CallStatusChanged(msgspec.Struct, frozen=True):
     """A Twilio status callback. Arrives by CallSid, possibly before or after the stream."""
 
     call_sid: str
@@ -44,8 +43,7 @@ class CallStatusChanged:
     to_number: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class AgentSessionStarted:
+class AgentSessionStarted(msgspec.Struct, frozen=True):
     call_id: str
     seq: int
     at: float
@@ -53,8 +51,7 @@ class AgentSessionStarted:
     resumed: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class TranscriptLine:
+class TranscriptLine(msgspec.Struct, frozen=True):
     call_id: str
     seq: int
     at: float
@@ -66,22 +63,20 @@ class TranscriptLine:
     heard_seconds: float | None = None  # agent: audio Twilio confirmed as played
 
 
-@dataclass(frozen=True, slots=True)
-class ToolInvocation:
+class ToolInvocation(msgspec.Struct, frozen=True):
     call_id: str
     seq: int
     at: float
     tool_call_id: str
     name: str
-    arguments: dict[str, Any] = field(default_factory=dict)
+    arguments: dict[str, Any] = msgspec.field(default_factory=dict)
     result: str | None = None
     is_error: bool = False
     duration_ms: float | None = None
     discarded: bool = False  # its reply was interrupted, so the result was not sent
 
 
-@dataclass(frozen=True, slots=True)
-class TurnLatency:
+class TurnLatency(msgspec.Struct, frozen=True):
     """From the end of the caller's speech (input.speech.stopped) to the reply's audio."""
 
     call_id: str
@@ -92,8 +87,7 @@ class TurnLatency:
     to_first_audio_played_ms: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class CallError:
+class CallError(msgspec.Struct, frozen=True):
     call_id: str
     seq: int
     at: float
@@ -102,8 +96,7 @@ class CallError:
     message: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class CallClosed:
+class CallClosed(msgspec.Struct, frozen=True):
     call_id: str
     seq: int
     at: float
@@ -112,7 +105,7 @@ class CallClosed:
     frames_from_twilio: int = 0
     frames_to_agent: int = 0
     frames_to_twilio: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = msgspec.field(default_factory=dict)
     resumes: int = 0
 
 

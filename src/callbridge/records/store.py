@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime
 import itertools
 import logging
@@ -58,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import msgspec
 from sqlalchemy.exc import (
     DBAPIError,
     DisconnectionError,
@@ -490,7 +490,7 @@ class CallStore:
         if not self.store_transcripts:
             entry = writes.without_words(entry)  # no words on disk, the spool included
         if isinstance(entry, CallOpened) and entry.instance_id is None:
-            entry = dataclasses.replace(entry, instance_id=self.instance_id)
+            entry = msgspec.structs.replace(entry, instance_id=self.instance_id)
         return entry
 
     def _encoded(self, entries: list[RecordEntry]) -> tuple[list[RecordEntry], bytes]:

@@ -17,12 +17,12 @@ call's CallOpened replaces it, so a call is listed once.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import math
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
+import msgspec
 from sqlalchemy import (
     Table,
     and_,
@@ -72,9 +72,9 @@ def without_words(entry: RecordEntry) -> RecordEntry:
     """The entry as stored with STORE_TRANSCRIPTS=false: no transcript text, no tool
     arguments or results."""
     if isinstance(entry, TranscriptLine) and entry.text:
-        return dataclasses.replace(entry, text="")
+        return msgspec.structs.replace(entry, text="")
     if isinstance(entry, ToolInvocation) and (entry.arguments or entry.result is not None):
-        return dataclasses.replace(entry, arguments={}, result=None)
+        return msgspec.structs.replace(entry, arguments={}, result=None)
     return entry
 
 
