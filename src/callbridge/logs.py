@@ -15,7 +15,8 @@ from typing import Any
 import msgspec
 
 _ROOT = "callbridge"
-_encoder = msgspec.json.Encoder()
+# Fields of any other type (exceptions, paths, enums...) are written as their str().
+_encoder = msgspec.json.Encoder(enc_hook=str)
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,7 +32,10 @@ class JsonFormatter(logging.Formatter):
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return _encoder.encode(_jsonable(line)).decode()
+        try:
+            return _encoder.encode(line).decode()
+        except Exception:  # a field whose str() raises, a dict that holds itself...
+            return _encoder.encode({k: _text(v) for k, v in line.items()}).decode()
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -46,14 +50,13 @@ class ConsoleFormatter(logging.Formatter):
         return text
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, str | int | float | bool):
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
         return value
-    return str(value)
+    try:
+        return str(value)
+    except Exception:
+        return f"<{type(value).__name__} that cannot be shown>"
 
 
 def configure(level: str = "INFO", fmt: str = "auto") -> None:

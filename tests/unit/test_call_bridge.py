@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 from typing import Any
 
@@ -15,6 +16,7 @@ from callbridge.bridge.actions import (
     CloseAgent,
     Finished,
     HangUp,
+    Log,
     OpenAgent,
     RunTool,
     SendToAgent,
@@ -231,6 +233,41 @@ def test_tool_call_runs_and_result_waits_for_reply_done() -> None:
     assert to_agent(bridge.handle(ToolFinished("c1", '"7"', False))) == []
     flushed = to_agent(bridge.handle(agent.ReplyDone(reply_id="r1", status="completed")))
     assert flushed == [{"type": "tool.result", "call_id": "c1", "result": '"7"', "is_error": False}]
+
+
+def _logs(actions: list[Any]) -> list[tuple[int, str, dict[str, Any]]]:
+    return [(a.level, a.event, a.fields) for a in actions if isinstance(a, Log)]
+
+
+def test_a_tool_call_has_one_info_line_when_it_is_over() -> None:
+    bridge = live_bridge()
+    bridge.handle(agent.ReplyStarted(reply_id="r1"))
+    called = _logs(bridge.handle(agent.ToolCall(call_id="c1", name="lookup", arguments={})))
+    assert [(level, event) for level, event, _ in called] == [(logging.DEBUG, "tool.called")]
+    finished = _logs(bridge.handle(ToolFinished("c1", '"7"', False)))
+    assert [(level, event) for level, event, _ in finished] == [(logging.INFO, "tool.finished")]
+    fields = finished[0][2]
+    assert fields["name"] == "lookup" and fields["is_error"] is False
+    assert fields["duration_ms"] >= 0
+
+
+def test_an_interruption_is_one_info_line_after_a_barge_in_and_one_without() -> None:
+    bridge = live_bridge()
+    bridge.handle(agent.ReplyStarted(reply_id="r1"))
+    bridge.handle(agent.ReplyAudio(data=PAYLOAD, reply_id="r1"))
+    barge_in = _logs(bridge.handle(agent.SpeechStarted()))
+    done = _logs(bridge.handle(agent.ReplyDone(reply_id="r1", status="interrupted")))
+    assert [(level, event) for level, event, _ in barge_in + done] == [
+        (logging.INFO, "caller.barged_in"),
+        (logging.DEBUG, "agent.reply_interrupted"),
+    ]
+    # Cut without the caller speaking (the agent's own doing): the only news of it.
+    bridge.handle(agent.ReplyStarted(reply_id="r2"))
+    bridge.handle(agent.ReplyAudio(data=PAYLOAD, reply_id="r2"))
+    done = _logs(bridge.handle(agent.ReplyDone(reply_id="r2", status="interrupted")))
+    assert [(level, event) for level, event, _ in done] == [
+        (logging.INFO, "agent.reply_interrupted")
+    ]
 
 
 def test_tool_result_after_reply_done_goes_at_once() -> None:

@@ -670,7 +670,9 @@ class CallBridge:
     def _on_reply_done(self, msg: agent.ReplyDone) -> list[Action]:
         self._current_reply = None
         if msg.status == "interrupted":
-            actions: list[Action] = [Log.info("agent.reply_interrupted", reply_id=msg.reply_id)]
+            # After a barge-in (its own INFO line) this is the same news: DEBUG then.
+            log = Log.debug if msg.reply_id in self._fenced_replies else Log.info
+            actions: list[Action] = [log("agent.reply_interrupted", reply_id=msg.reply_id)]
             if self.stream_sid is not None and self.state is State.LIVE:
                 actions.append(SendToTwilio(twilio.encode_clear(self.stream_sid)))
                 self._ledger.cleared()
@@ -717,7 +719,7 @@ class CallBridge:
         raw = msg.arguments if msg.arguments is not UNSET else msg.args
         recorded = raw if isinstance(raw, dict) else {"raw": str(raw)[:2000]}
         self._tool_started[msg.call_id] = (msg.name, recorded, self._clock())
-        log = Log.info("tool.called", call_id=msg.call_id, name=msg.name)
+        log = Log.debug("tool.called", call_id=msg.call_id, name=msg.name)
         tool = self._tools.get(msg.name)
         if tool is None:
             return [
@@ -742,18 +744,19 @@ class CallBridge:
             held.call_id == msg.call_id for held in self._held_results
         ):
             return [Log.warning("tool.result_for_unknown_call", call_id=msg.call_id)]
-        log = Log.info("tool.finished", call_id=msg.call_id, is_error=msg.is_error)
         if self._tool_reply[msg.call_id] in self._interrupted_replies:
             del self._tool_reply[msg.call_id]
+            log, record = self._tool_done(msg, discarded=True)
             return [
                 log,
                 Log.info("tool.result_discarded", call_id=msg.call_id, why="reply interrupted"),
-                self._tool_record(msg, discarded=True),
+                record,
             ]
         self._held_results.append(msg)
+        log, record = self._tool_done(msg)
         if self._results_may_flow:
-            return [log, self._tool_record(msg), *self._flush_results()]
-        return [log, self._tool_record(msg)]
+            return [log, record, *self._flush_results()]
+        return [log, record]
 
     def _flush_results(self) -> list[Action]:
         if self.state is not State.LIVE or self._agent != "open" or not self._held_results:
@@ -958,22 +961,31 @@ class CallBridge:
         )
         return Record(entry)
 
-    def _tool_record(self, msg: ToolFinished, *, discarded: bool = False) -> Record:
+    def _tool_done(self, msg: ToolFinished, *, discarded: bool = False) -> tuple[Log, Record]:
+        """The tool call's one INFO line (`tool.called` is DEBUG: a call is worth one line,
+        once its outcome is known) and its record."""
         name, arguments, started = self._tool_started.pop(msg.call_id, ("?", {}, self._clock()))
-        return Record(
-            records.ToolInvocation(
-                self.call_id,
-                self._next_seq(),
-                self._wall(),
-                tool_call_id=msg.call_id,
-                name=name,
-                arguments=arguments,
-                result=msg.result,
-                is_error=msg.is_error,
-                duration_ms=round((self._clock() - started) * 1000, 1),
-                discarded=discarded,
-            )
+        duration_ms = round((self._clock() - started) * 1000, 1)
+        log = Log.info(
+            "tool.finished",
+            call_id=msg.call_id,
+            name=name,
+            is_error=msg.is_error,
+            duration_ms=duration_ms,
         )
+        entry = records.ToolInvocation(
+            self.call_id,
+            self._next_seq(),
+            self._wall(),
+            tool_call_id=msg.call_id,
+            name=name,
+            arguments=arguments,
+            result=msg.result,
+            is_error=msg.is_error,
+            duration_ms=duration_ms,
+            discarded=discarded,
+        )
+        return log, Record(entry)
 
     def _settled_replies(self, *, everything: bool = False) -> list[Action]:
         actions: list[Action] = []

@@ -1,0 +1,55 @@
+"""JSON log lines: one object per line, whatever a field holds."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+from callbridge.logs import JsonFormatter
+
+
+def _line(**fields: object) -> dict[str, object]:
+    record = logging.LogRecord("callbridge.call", logging.INFO, "", 0, "call.ended", (), None)
+    record.fields = {"call_id": "c1", **fields}
+    text = JsonFormatter().format(record)
+    assert "\n" not in text
+    parsed: dict[str, object] = json.loads(text)
+    return parsed
+
+
+def test_plain_fields_are_written_as_json_values() -> None:
+    line = _line(frames=3, ratio=0.5, ok=True, none=None, counts={"a": 1}, ids=("x", "y"))
+    assert line["event"] == "call.ended" and line["level"] == "info"
+    assert line["call_id"] == "c1" and line["frames"] == 3 and line["ratio"] == 0.5
+    assert line["ok"] is True and line["none"] is None
+    assert line["counts"] == {"a": 1} and line["ids"] == ["x", "y"]
+
+
+def test_other_values_are_written_as_text_and_odd_keys_do_not_lose_the_line() -> None:
+    line = _line(
+        path=Path("/tmp/spool"),
+        error=ValueError("boom"),
+        nan=math.nan,
+        by_pair={("a", 1): 2},
+        nested={"inner": {3: Path("/x")}},
+    )
+    assert line["path"] == "/tmp/spool" and line["error"] == "boom"
+    assert line["nan"] is None
+    assert line["by_pair"] == {"('a', 1)": 2}
+    assert line["nested"] == {"inner": {"3": "/x"}}
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no")
+
+
+def test_a_field_that_cannot_be_written_still_leaves_the_line() -> None:
+    loop: dict[str, object] = {}
+    loop["self"] = loop
+    line = _line(bad=_Unprintable(), frames=3)
+    assert line["event"] == "call.ended" and line["frames"] == "3"
+    assert line["bad"] == "<_Unprintable that cannot be shown>"
+    assert _line(loop=loop)["event"] == "call.ended"
