@@ -442,9 +442,13 @@ class CallStore:
         delay = self._first_queued_at + self._limits.spool_window - time.monotonic()
         if delay <= 0:
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await self._spool_hurry.wait()
+        # A timer that sets the event rather than asyncio.timeout: under load nearly every
+        # window runs out, and then costs no cancellation and no exception.
+        timer = asyncio.get_running_loop().call_later(delay, self._spool_hurry.set)
+        try:
+            await self._spool_hurry.wait()
+        finally:
+            timer.cancel()
 
     async def _spool_queue(self) -> None:
         taken = list(self._queue)
@@ -479,12 +483,16 @@ class CallStore:
             for entries, data, first, last_n in chunks:
                 new.append(_Chunk(entries, start, start + len(data), last_n, first))
                 start += len(data)
+        was_empty = not self._pending
         self._pending.extend(new)
         self._spooled_n = self._durable_upto()
         self._in_memory += sum(len(c.entries or ()) for c in new)
         self._bound_memory()
         self._notify()
-        self._commit_wake.set()
+        # A committer asleep with something pending already wakes for its next commit;
+        # waking it for every spool write (ten a second) would only put it back to sleep.
+        if was_empty or self._commit_delay() <= 0:
+            self._commit_wake.set()
 
     def _prepared(self, entry: RecordEntry) -> RecordEntry:
         if not self.store_transcripts:
