@@ -69,6 +69,21 @@ def test_marks_the_fast_path_sent_and_echoes_it_held_back_count_as_the_bridges()
     assert reply.bytes_played == 2100 + round(0.05 * 8000)  # confirmed, then estimated
 
 
+def test_a_clear_goes_only_when_audio_went_since_the_last_one() -> None:
+    bridge = live_bridge()
+    assert _clears(bridge.handle(agent.SpeechStarted())) == 0  # nothing sent yet
+    bridge.handle(agent.ReplyStarted(reply_id="r1"))
+    bridge.audio_to_twilio(agent.ReplyAudio(data=bytes(300), reply_id="r1"))  # mark 0
+    bridge.relayed(to_agent=0, to_twilio=3, to_twilio_bytes=900)  # and the sockets' own
+    bridge.handle(agent.ReplyDone(reply_id="r1"))
+    assert _clears(bridge.handle(agent.SpeechStarted())) == 1  # it may still be playing
+    assert _clears(bridge.handle(agent.SpeechStarted())) == 0
+
+
+def _clears(actions: list[Action]) -> int:
+    return sum(1 for a in actions if isinstance(a, SendToTwilio) and b'"clear"' in a.frame)
+
+
 # --- relaying under the routes changes nothing -------------------------------------------
 
 Step = tuple[str, Any]

@@ -210,17 +210,37 @@ def test_barge_in_clears_at_once_and_fences_the_reply() -> None:
     ]
     # Late audio of the interrupted reply must not reach the caller.
     assert to_twilio(bridge.handle(agent.ReplyAudio(data=PAYLOAD, reply_id="r1"))) == []
+    # Nothing went to Twilio since that clear: a second one would change nothing.
     done = bridge.handle(agent.ReplyDone(reply_id="r1", status="interrupted"))
-    assert to_twilio(done) == [{"event": "clear", "streamSid": STREAM}]
+    assert to_twilio(done) == []
     bridge.handle(agent.ReplyStarted(reply_id="r2"))
     assert len(to_twilio(bridge.handle(agent.ReplyAudio(data=PAYLOAD, reply_id="r2")))) == 1
 
 
-def test_speech_started_with_no_reply_still_clears() -> None:
+def test_an_interruption_without_a_barge_in_clears() -> None:
     bridge = live_bridge()
+    bridge.handle(agent.ReplyStarted(reply_id="r1"))
+    bridge.handle(agent.ReplyAudio(data=PAYLOAD, reply_id="r1"))
+    done = bridge.handle(agent.ReplyDone(reply_id="r1", status="interrupted"))
+    assert to_twilio(done) == [{"event": "clear", "streamSid": STREAM}]
+
+
+def test_speech_started_after_a_finished_reply_still_clears() -> None:
+    # The agent is done sending, but Twilio may still be playing the end of it.
+    bridge = live_bridge()
+    bridge.handle(agent.ReplyStarted(reply_id="r1"))
+    bridge.handle(agent.ReplyAudio(data=PAYLOAD, reply_id="r1"))
+    bridge.handle(agent.ReplyDone(reply_id="r1", status="completed"))
     assert to_twilio(bridge.handle(agent.SpeechStarted())) == [
         {"event": "clear", "streamSid": STREAM}
     ]
+    # Once cleared, the next turn's speech has nothing to clear until audio goes again.
+    assert to_twilio(bridge.handle(agent.SpeechStarted())) == []
+
+
+def test_speech_started_before_any_audio_sends_no_clear() -> None:
+    bridge = live_bridge()
+    assert to_twilio(bridge.handle(agent.SpeechStarted())) == []
 
 
 def test_tool_call_runs_and_result_waits_for_reply_done() -> None:

@@ -164,3 +164,20 @@ def mark_names(actions: list[Action]) -> list[str]:
 
 def recorded(actions: list[Action]) -> list[Any]:
     return [a.entry for a in actions if isinstance(a, Record)]
+
+
+def test_the_ledger_knows_whether_audio_went_since_the_last_clear() -> None:
+    ledger = PlayoutLedger(lambda: 0.0)
+    assert not ledger.sent_since_clear()
+    ledger.reply_started("r1")
+    ledger.audio_sent("r1", CHUNK_BYTES)  # through the bridge, with a mark
+    assert ledger.sent_since_clear()
+    ledger.cleared()
+    assert not ledger.sent_since_clear()
+    ledger.count_relayed(0)  # the sockets relayed nothing
+    assert not ledger.sent_since_clear()
+    ledger.count_relayed(CHUNK_BYTES)  # relayed by the sockets alone
+    assert ledger.sent_since_clear()
+    ledger.cleared()
+    assert ledger.count_unmarked("r1", 1)  # under the mark: no mark after it
+    assert ledger.sent_since_clear()

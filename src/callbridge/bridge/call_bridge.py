@@ -636,10 +636,18 @@ class CallBridge:
         cut = self._current_reply
         if cut is not None:
             self._fenced_replies.add(cut)
-        self._ledger.cleared()
         # Every turn starts so: INFO only for the turns that cut the agent off.
         log = Log.debug("caller.speech_started") if cut is None else Log.info("caller.barged_in")
-        return [SendToTwilio(twilio.encode_clear(self.stream_sid)), log]
+        return [*self._clear(), log]
+
+    def _clear(self) -> list[Action]:
+        """Empty Twilio's buffer of our audio: a `clear`, unless no audio went since the
+        last one (a barge-in's `reply.done` comes right after its `speech.started`)."""
+        if not self._ledger.sent_since_clear():
+            return []
+        assert self.stream_sid is not None
+        self._ledger.cleared()
+        return [SendToTwilio(twilio.encode_clear(self.stream_sid))]
 
     def _on_speech_stopped(self, _: agent.SpeechStopped) -> list[Action]:
         self._ledger.turn_ended()
@@ -674,8 +682,7 @@ class CallBridge:
             log = Log.debug if msg.reply_id in self._fenced_replies else Log.info
             actions: list[Action] = [log("agent.reply_interrupted", reply_id=msg.reply_id)]
             if self.stream_sid is not None and self.state is State.LIVE:
-                actions.append(SendToTwilio(twilio.encode_clear(self.stream_sid)))
-                self._ledger.cleared()
+                actions += self._clear()
             self._ledger.reply_done(msg.reply_id, interrupted=True)
             actions.extend(self._discard_results_of(msg.reply_id))
             return actions + self._settled_replies()

@@ -63,6 +63,7 @@ class PlayoutLedger:
         self._flushed_upto = -1  # marks up to this number were flushed by a clear
         self._turn_ended_at: float | None = None
         self._maybe_settled = False  # a reply became done or resolved since settled()
+        self._sent_since_clear = False  # audio went to Twilio after the last clear
 
     # --- what the bridge tells it -----------------------------------------------------
 
@@ -94,6 +95,7 @@ class PlayoutLedger:
         if after >= reply.next_mark_at:
             return False
         reply.bytes_sent = after
+        self._sent_since_clear = True
         return True
 
     def unmarked_budget(self) -> tuple[str | None, int] | None:
@@ -126,11 +128,14 @@ class PlayoutLedger:
         if marks:
             reply.next_mark_at = _mark_after(reply.bytes_sent)
         reply.bytes_sent = start + audio_bytes
+        if audio_bytes:
+            self._sent_since_clear = True
 
     def count_marked(self, reply_id: str | None, audio_bytes: int) -> str:
         """Count a chunk that `count_unmarked` refused; returns the mark to send after it."""
         reply = self._reply(reply_id)
         reply.bytes_sent += audio_bytes
+        self._sent_since_clear = True
         reply.next_mark_at = _mark_after(reply.bytes_sent)
         if reply.first_sent_at is None:
             reply.first_sent_at = self._clock()  # the first mark times the first audio played
@@ -154,8 +159,14 @@ class PlayoutLedger:
             return None
         return self._mark(reply, end=True)
 
+    def sent_since_clear(self) -> bool:
+        """Whether any audio went to Twilio after the last `clear`. If none did, Twilio
+        holds none of ours, and another `clear` would change nothing."""
+        return self._sent_since_clear
+
     def cleared(self) -> None:
         """We sent Twilio `clear`: whatever was queued is gone; estimate what got played."""
+        self._sent_since_clear = False
         now = self._clock()
         if self._pending:
             self._flushed_upto = max(self._flushed_upto, self._pending[-1][0])
