@@ -63,6 +63,9 @@ class Dump:
 
     def __init__(self, path: Path) -> None:
         self.summary: int | None = None  # instructions executed, as callgrind counted them
+        # Every event of the summary line by name: with `--cache-sim=yes`, the simulated
+        # cache misses too (I1mr, D1mr, D1mw: first level; ILmr, DLmr, DLmw: last level).
+        self.summary_events: dict[str, int] = {}
         self.self_cost: Counter[str] = Counter()
         self.inclusive: Counter[str] = Counter()
         self.by_object: Counter[str] = Counter()
@@ -79,6 +82,7 @@ class Dump:
         tables: dict[str, dict[str, str]] = {"ob": {}, "fn": {}, "fl": {}}
         fn = ob = "?"
         after_calls = False
+        names: list[str] = []
         with path.open(encoding="utf-8", errors="replace") as lines:
             for line in lines:
                 head = line[:1]
@@ -92,8 +96,13 @@ class Dump:
                             self.by_object[ob] += cost
                     after_calls = False
                     continue
+                if line.startswith("events:"):
+                    names = line.split()[1:]
+                    continue
                 if line.startswith("summary:"):
-                    self.summary = int(line.split()[1])
+                    counts = [int(v) for v in line.split()[1:]]
+                    self.summary = counts[0]
+                    self.summary_events = dict(zip(names, counts, strict=False))
                     continue
                 key, _, value = line.rstrip("\n").partition("=")
                 if key == "calls":
@@ -156,10 +165,19 @@ def per_frame(dump: Dump, frames: int) -> dict[str, object]:
     for obj, cost in dump.by_object.items():
         libraries[library(obj)] += cost
     executed = dump.summary if dump.summary is not None else total
-    return {
+    figures: dict[str, object] = {
         "instructions_per_frame": round(executed / frames),
         "cost_lines_per_frame": round(total / frames),
         "frames": frames,
         "where_started": {k: round(v / frames) for k, v in where.items()},
         "where_spent": {k: round(v / frames) for k, v in libraries.most_common()},
     }
+    misses = {k: v for k, v in dump.summary_events.items() if k in CACHE_EVENTS}
+    if misses:  # a --cache-sim run
+        figures["cache_misses_per_frame"] = {k: round(v / frames, 1) for k, v in misses.items()}
+    return figures
+
+
+# callgrind's simulated cache misses (`--cache-sim=yes`): instruction fetch, data read,
+# data write, at the first level and the last.
+CACHE_EVENTS = ("I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw")

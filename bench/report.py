@@ -370,4 +370,11 @@ def instruction_table(runs: list[dict[str, Any]]) -> list[str]:
             f"  {r['target']:<18} {r['calls']:>5} {total:>8} {ratio:>7} {in_lines:>8}  "
             f"{started} | {used}"
         )
+    simulated = [r for r in counted if r["instructions"].get("cache_misses_per_frame")]
+    if simulated:
+        lines += ["", "Simulated cache misses per relayed frame (callgrind --cache-sim=yes):"]
+        for r in simulated:
+            misses = r["instructions"]["cache_misses_per_frame"]
+            shown = "  ".join(f"{name} {count:g}" for name, count in misses.items())
+            lines.append(f"  {r['target']:<18} {r['calls']:>5}  {shown}")
     return lines

@@ -197,6 +197,7 @@ def run_one(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]
             command = [
                 "valgrind",
                 "--tool=callgrind",
+                *(["--cache-sim=yes"] if args.cache_sim else []),
                 f"--callgrind-out-file={dump_prefix}.%p",
                 *command,
             ]
@@ -478,6 +479,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "instructions per relayed frame: exact whatever the machine's load, user space "
         "only; timings and verdicts of such runs mean nothing",
     )
+    p.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="with --callgrind: also simulate the caches and report misses per relayed "
+        "frame (this VM has no hardware counters); slower",
+    )
     p.add_argument("--json-out", type=Path, help="default bench-results/bench-<timestamp>.json")
     p.add_argument(
         "--database-url",
@@ -516,6 +523,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown servers: {', '.join(sorted(unknown))}")
     args.revision_trees = {}  # server name -> checkout it runs (--against)
+    if args.cache_sim and args.callgrind is None:
+        p.error("--cache-sim goes with --callgrind DIR")
     if args.callgrind is not None:
         if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
             p.error("--callgrind needs valgrind on PATH (Debian: apt install valgrind)")
