@@ -63,8 +63,8 @@ class Dump:
 
     def __init__(self, path: Path) -> None:
         self.summary: int | None = None  # instructions executed, as callgrind counted them
-        # Every event of the summary line by name: with `--cache-sim=yes`, the simulated
-        # cache misses too (I1mr, D1mr, D1mw: first level; ILmr, DLmr, DLmw: last level).
+        # Every event of the summary line by name: under `--cache-sim=yes` and
+        # `--branch-sim=yes`, the simulated cache misses and branch mispredictions too.
         self.summary_events: dict[str, int] = {}
         self.self_cost: Counter[str] = Counter()
         self.inclusive: Counter[str] = Counter()
@@ -172,12 +172,13 @@ def per_frame(dump: Dump, frames: int) -> dict[str, object]:
         "where_started": {k: round(v / frames) for k, v in where.items()},
         "where_spent": {k: round(v / frames) for k, v in libraries.most_common()},
     }
-    misses = {k: v for k, v in dump.summary_events.items() if k in CACHE_EVENTS}
-    if misses:  # a --cache-sim run
-        figures["cache_misses_per_frame"] = {k: round(v / frames, 1) for k, v in misses.items()}
+    simulated = {k: v for k, v in dump.summary_events.items() if k in SIMULATED_EVENTS}
+    if simulated:  # a --simulate-cpu run
+        figures["simulated_per_frame"] = {k: round(v / frames, 1) for k, v in simulated.items()}
     return figures
 
 
-# callgrind's simulated cache misses (`--cache-sim=yes`): instruction fetch, data read,
-# data write, at the first level and the last.
-CACHE_EVENTS = ("I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw")
+# callgrind's simulated events: cache misses (`--cache-sim=yes`) of instruction fetches,
+# data reads and data writes at the first level and the last; branches (`--branch-sim=yes`),
+# conditional and indirect, and how many of each were mispredicted.
+SIMULATED_EVENTS = ("I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw", "Bc", "Bcm", "Bi", "Bim")

@@ -370,11 +370,16 @@ def instruction_table(runs: list[dict[str, Any]]) -> list[str]:
             f"  {r['target']:<18} {r['calls']:>5} {total:>8} {ratio:>7} {in_lines:>8}  "
             f"{started} | {used}"
         )
-    simulated = [r for r in counted if r["instructions"].get("cache_misses_per_frame")]
+    simulated = [r for r in counted if r["instructions"].get("simulated_per_frame")]
     if simulated:
-        lines += ["", "Simulated cache misses per relayed frame (callgrind --cache-sim=yes):"]
+        lines += [
+            "",
+            "Simulated per relayed frame (callgrind --cache-sim --branch-sim): cache misses "
+            "(I1mr D1mr D1mw first level, ILmr DLmr DLmw last), branches (Bc conditional, "
+            "Bi indirect) and mispredictions (Bcm, Bim):",
+        ]
         for r in simulated:
-            misses = r["instructions"]["cache_misses_per_frame"]
-            shown = "  ".join(f"{name} {count:g}" for name, count in misses.items())
+            events = r["instructions"]["simulated_per_frame"]
+            shown = "  ".join(f"{name} {count:g}" for name, count in events.items())
             lines.append(f"  {r['target']:<18} {r['calls']:>5}  {shown}")
     return lines

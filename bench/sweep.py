@@ -197,7 +197,7 @@ def run_one(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]
             command = [
                 "valgrind",
                 "--tool=callgrind",
-                *(["--cache-sim=yes"] if args.cache_sim else []),
+                *(["--cache-sim=yes", "--branch-sim=yes"] if args.simulate_cpu else []),
                 f"--callgrind-out-file={dump_prefix}.%p",
                 *command,
             ]
@@ -480,10 +480,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "only; timings and verdicts of such runs mean nothing",
     )
     p.add_argument(
-        "--cache-sim",
+        "--simulate-cpu",
         action="store_true",
-        help="with --callgrind: also simulate the caches and report misses per relayed "
-        "frame (this VM has no hardware counters); slower",
+        help="with --callgrind: also simulate the caches and the branch predictor, and "
+        "report misses and mispredictions per relayed frame (this VM has no hardware "
+        "counters); slower",
     )
     p.add_argument("--json-out", type=Path, help="default bench-results/bench-<timestamp>.json")
     p.add_argument(
@@ -523,8 +524,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown servers: {', '.join(sorted(unknown))}")
     args.revision_trees = {}  # server name -> checkout it runs (--against)
-    if args.cache_sim and args.callgrind is None:
-        p.error("--cache-sim goes with --callgrind DIR")
+    if args.simulate_cpu and args.callgrind is None:
+        p.error("--simulate-cpu goes with --callgrind DIR")
     if args.callgrind is not None:
         if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
             p.error("--callgrind needs valgrind on PATH (Debian: apt install valgrind)")

@@ -290,21 +290,27 @@ def test_a_callgrind_dump_is_split_by_where_instructions_start_and_are_spent(
     assert per_frame(Dump(path), frames=10)["instructions_per_frame"] == 110
 
 
-def test_a_cache_simulation_dump_gives_misses_per_frame(tmp_path: Path) -> None:
+def test_a_simulated_cpu_dump_gives_misses_and_mispredictions_per_frame(tmp_path: Path) -> None:
     from bench.instructions import Dump, per_frame
 
     path = tmp_path / "callgrind.out.1"
     path.write_text(
-        _DUMP.replace("events: Ir\n", "events: Ir Dr I1mr D1mr DLmr\n").replace(
-            "summary: 900\n", "summary: 900 300 40 25 3\n"
+        _DUMP.replace("events: Ir\n", "events: Ir Dr I1mr D1mr DLmr Bc Bcm\n").replace(
+            "summary: 900\n", "summary: 900 300 40 25 3 120 7\n"
         )
     )
     figures = per_frame(Dump(path), frames=10)
     assert figures["instructions_per_frame"] == 90
-    assert figures["cache_misses_per_frame"] == {"I1mr": 4.0, "D1mr": 2.5, "DLmr": 0.3}
+    assert figures["simulated_per_frame"] == {
+        "I1mr": 4.0,
+        "D1mr": 2.5,
+        "DLmr": 0.3,
+        "Bc": 12.0,
+        "Bcm": 0.7,
+    }
     # Without the simulation: no such figures.
     path.write_text(_DUMP)
-    assert "cache_misses_per_frame" not in per_frame(Dump(path), frames=10)
+    assert "simulated_per_frame" not in per_frame(Dump(path), frames=10)
 
 
 def test_callgrind_runs_take_few_calls_and_no_waiting(tmp_path: Path) -> None:
