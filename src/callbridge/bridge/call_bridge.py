@@ -331,13 +331,12 @@ class CallBridge:
         """Which audio may be relayed without coming here, until the next event."""
         if self.state is not _LIVE:
             return _NO_ROUTE
-        ledger = self._ledger
+        reply_id, budget, marks_from, next_mark = self._ledger.relay_window(self._fenced_replies)
         sid = self.stream_sid
-        reply = ledger.unmarked_budget() if sid is not None else None
         # tuple.__new__: a NamedTuple's own constructor is a Python call, once an event.
-        if reply is None or reply[0] in self._fenced_replies:
-            return tuple.__new__(AudioRoute, (True, None, None, 0, *ledger.mark_window()))
-        return tuple.__new__(AudioRoute, (True, sid, *reply, *ledger.mark_window()))
+        if budget and sid is not None:
+            return tuple.__new__(AudioRoute, (True, sid, reply_id, budget, marks_from, next_mark))
+        return tuple.__new__(AudioRoute, (True, None, None, 0, marks_from, next_mark))
 
     def relayed(
         self,

@@ -15,7 +15,7 @@ No I/O: the bridge feeds it and passes a clock.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 
 BYTES_PER_SECOND = 8000  # μ-law, 8 kHz
@@ -98,14 +98,21 @@ class PlayoutLedger:
         self._sent_since_clear = True
         return True
 
-    def unmarked_budget(self) -> tuple[str | None, int] | None:
-        """The current reply and how many more bytes of it `count_unmarked` would take
-        (before a mark is due), if any: what the audio fast path may relay unasked."""
+    def relay_window(self, fenced: Container[str | None]) -> tuple[str | None, int, int, int]:
+        """What the audio fast path may do until the next event, in one call (the bridge
+        asks after every event): relay the current reply's audio, unless it is `fenced`,
+        up to as many bytes as `count_unmarked` would take before a mark is due (the
+        reply's id and that budget; 0: none), and send marks as `mark_window` says (the
+        last two)."""
+        pending = self._pending
+        next_mark = self._next_mark
+        first = pending[0][0] if pending else next_mark
         reply = self._current
-        if reply is None or self._by_id.get(reply.reply_id) is not reply:
-            return None
-        budget = reply.next_mark_at - reply.bytes_sent
-        return (reply.reply_id, budget) if budget > 0 else None
+        if reply is not None and self._by_id.get(reply.reply_id) is reply:
+            budget = reply.next_mark_at - reply.bytes_sent
+            if budget > 0 and reply.reply_id not in fenced:
+                return reply.reply_id, budget, first, next_mark
+        return None, 0, first, next_mark
 
     def mark_window(self) -> tuple[int, int]:
         """The numbers of the marks sent and not yet echoed: (first, next to send). The
@@ -115,7 +122,7 @@ class PlayoutLedger:
         return first, self._next_mark
 
     def count_relayed(self, audio_bytes: int, marks: Sequence[int] = ()) -> None:
-        """Count chunks the fast path relayed for the current reply since `unmarked_budget`
+        """Count chunks the fast path relayed for the current reply since `relay_window`
         (nothing else reaches the ledger in between), with the marks it sent after the
         chunks that crossed a mark, as `count_marked` would have: each given as the bytes
         relayed up to it, numbered on from `mark_window`'s next."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from callbridge.fast_path._fallback import Relayed  # what take_relayed returns, either module
+
 WHY_NOT_COMPILED = ""  # why the compiled module is not used, when it is not
 
 if TYPE_CHECKING:  # both modules have one interface; the plain-Python one is typed
@@ -51,6 +53,7 @@ __all__ = [
     "WHY_NOT_COMPILED",
     "AgentAudioSocket",
     "AudioSocket",
+    "Relayed",
     "TwilioAudioSocket",
     "end_routes",
     "set_routes",

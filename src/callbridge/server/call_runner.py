@@ -53,6 +53,7 @@ from callbridge.bridge.inputs import (
     TwilioProtocolError,
 )
 from callbridge.bridge.playout_ledger import MARK_EVERY_BYTES, MARK_PREFIX
+from callbridge.fast_path import Relayed
 from callbridge.logs import EventLogger
 from callbridge.records.entries import RecordEntry
 from callbridge.server.twilio_socket import TwilioSocket
@@ -270,12 +271,18 @@ class CallRunner:
         # Synchronous on purpose: both sockets write without awaiting, so an agent frame
         # is relayed inside the upstream socket's callback with no task switch. Audio
         # frames do not come here: the bridge's fast path (above) takes them.
-        fast = self._fast_agent is not None
-        if fast:
-            self._take_relayed()
+        agent_socket = self._fast_agent
+        if agent_socket is None:
+            self._perform_all(self.bridge.handle(event))
+            return
+        # `_take_relayed` and `_route_audio`, inline: this runs for every event.
+        twilio_socket = self._fast_twilio
+        assert twilio_socket is not None  # set whenever the agent's is
+        relayed = _take_relayed(twilio_socket, agent_socket)
+        if relayed is not None:
+            self._count_relayed(relayed)
         self._perform_all(self.bridge.handle(event))
-        if fast:
-            self._route_audio()
+        _set_routes(twilio_socket, agent_socket, self.bridge.audio_route())
 
     def _perform_all(self, actions: list[Action]) -> None:
         for action in actions:
@@ -348,15 +355,18 @@ class CallRunner:
         assert self._fast_twilio is not None and self._fast_agent is not None
         relayed = _take_relayed(self._fast_twilio, self._fast_agent)
         if relayed is not None:
-            settled = self.bridge.relayed(*relayed)
-            self.fast_path_frames += relayed[0] + relayed[1]
-            marks, echoes = relayed[3], relayed[4]
-            if marks is not None:
-                self.fast_path_marks += len(marks)
-            if echoes is not None:
-                self.fast_path_echoes += len(echoes)
-            if settled:
-                self._perform_all(settled)  # records only: no route changes
+            self._count_relayed(relayed)
+
+    def _count_relayed(self, relayed: Relayed) -> None:
+        settled = self.bridge.relayed(*relayed)
+        self.fast_path_frames += relayed[0] + relayed[1]
+        marks, echoes = relayed[3], relayed[4]
+        if marks is not None:
+            self.fast_path_marks += len(marks)
+        if echoes is not None:
+            self.fast_path_echoes += len(echoes)
+        if settled:
+            self._perform_all(settled)  # records only: no route changes
 
     def _route_audio(self) -> None:
         assert self._fast_twilio is not None and self._fast_agent is not None
