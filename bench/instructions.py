@@ -102,6 +102,7 @@ class Dump:
                 if line.startswith("summary:"):
                     counts = [int(v) for v in line.split()[1:]]
                     self.summary = counts[0]
+                    # Callgrind leaves out trailing zeros (no last-level misses, say).
                     self.summary_events = dict(zip(names, counts, strict=False))
                     continue
                 key, _, value = line.rstrip("\n").partition("=")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Table, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callbridge.records import writes
 from callbridge.records.database import upgrade
@@ -23,6 +24,17 @@ async def _child_rows(backend: Backend, call_id: str) -> dict[str, list[tuple[An
     return rows
 
 
+async def _through_sqlalchemy(
+    conn: AsyncConnection, table: Table, rows: list[tuple[Any, ...]]
+) -> None:
+    """The usual way: a dict a row, each value through its column's type by SQLAlchemy."""
+    keys = [column.key for column in table.columns]
+    await conn.execute(
+        writes._insert(conn, table).on_conflict_do_nothing(),
+        [dict(zip(keys, row, strict=True)) for row in rows],
+    )
+
+
 async def test_rows_inserted_as_tuples_read_back_as_sqlalchemys_own_inserts_do(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -30,23 +42,13 @@ async def test_rows_inserted_as_tuples_read_back_as_sqlalchemys_own_inserts_do(
     await upgrade(engine)
     async with engine.begin() as conn:
         await writes.apply(conn, full_call("fast", "CA" + "1" * 32), store_transcripts=True)
-
-    # The same entries through SQLAlchemy's parameter handling (what a dialect without
-    # positional parameters would take).
-    original = writes._RowInsert.__init__
-
-    def without_driver_sql(self: Any, conn: Any, table: Any) -> None:
-        original(self, conn, table)
-        self._sql = None
-
-    monkeypatch.setattr(writes, "_ROW_INSERTS", {})
-    monkeypatch.setattr(writes._RowInsert, "__init__", without_driver_sql)
+    monkeypatch.setattr(writes, "_insert_rows", _through_sqlalchemy)
     async with engine.begin() as conn:
-        await writes.apply(conn, full_call("generic", "CA" + "2" * 32), store_transcripts=True)
+        await writes.apply(conn, full_call("usual", "CA" + "2" * 32), store_transcripts=True)
 
-    fast, generic = await _child_rows(backend, "fast"), await _child_rows(backend, "generic")
+    fast, usual = await _child_rows(backend, "fast"), await _child_rows(backend, "usual")
     assert all(fast.values()), "every child table has rows of the call"
-    assert fast == generic
+    assert fast == usual
     # Times come back as the same aware UTC datetimes, whichever path wrote them.
     (first_line, *_) = fast["callbridge_transcript_entries"]
     assert first_line[1].utcoffset() is not None

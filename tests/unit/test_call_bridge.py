@@ -430,6 +430,18 @@ def test_no_session_ready_in_time_means_a_new_socket() -> None:
     assert any(isinstance(a, OpenAgent) for a in bridge.handle(AgentClosed(1000)))
 
 
+def test_a_drop_right_after_a_barge_in_sends_no_second_clear() -> None:
+    bridge = live_bridge()
+    bridge.handle(agent.ReplyStarted(reply_id="r1"))
+    bridge.handle(agent.ReplyAudio(data=PAYLOAD, reply_id="r1"))
+    assert to_twilio(bridge.handle(agent.SpeechStarted())) == [
+        {"event": "clear", "streamSid": STREAM}
+    ]
+    dropped = bridge.handle(AgentClosed(1006))
+    assert to_twilio(dropped) == []  # nothing went since that clear
+    assert any(isinstance(a, OpenAgent) for a in dropped)
+
+
 def test_dropped_session_is_resumed_and_held_results_delivered() -> None:
     bridge = live_bridge()
     bridge.handle(agent.ReplyStarted(reply_id="r1"))

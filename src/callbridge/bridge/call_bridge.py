@@ -539,8 +539,7 @@ class CallBridge:
             actions.append(Log.warning("agent.dropped", detail=detail, session_id=self.session_id))
             if self.stream_sid is not None:
                 # Whatever half of a reply Twilio still buffers would end mid-word anyway.
-                actions.append(SendToTwilio(twilio.encode_clear(self.stream_sid)))
-                self._ledger.cleared()
+                actions += self._clear()
             if self._current_reply is not None:
                 self._fenced_replies.add(self._current_reply)
             self._current_reply = None

@@ -242,12 +242,11 @@ class _RowInsert:
         compiled = (
             _insert(conn, table).on_conflict_do_nothing().compile(dialect=dialect, column_keys=keys)
         )
-        self._table = table
-        self._keys = keys
-        # Positional parameters in column order (SQLite's ?, asyncpg's $n) is what the
-        # tuples fit; any other paramstyle takes SQLAlchemy's own path.
-        positional = compiled.positiontup is not None and list(compiled.positiontup) == keys
-        self._sql = compiled.string if positional else None
+        # Both drivers `database.async_url` allows (aiosqlite's ?, asyncpg's $n) take
+        # positional parameters, here in column order: what the tuples fit.
+        if compiled.positiontup is None or list(compiled.positiontup) != keys:
+            raise RuntimeError(f"{dialect.name}: rows need positional parameters in column order")
+        self._sql = compiled.string
         self._processors = [
             (i, processor)
             for i, column in enumerate(table.columns)
@@ -255,12 +254,6 @@ class _RowInsert:
         ]
 
     async def run(self, conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> None:
-        if self._sql is None:
-            await conn.execute(
-                _insert(conn, self._table).on_conflict_do_nothing(),
-                [dict(zip(self._keys, row, strict=True)) for row in rows],
-            )
-            return
         if self._processors:
             converted = []
             for row in rows:
@@ -272,6 +265,8 @@ class _RowInsert:
         await conn.exec_driver_sql(self._sql, rows)
 
 
+# By dialect name: the processors depend on nothing else here (no engine sets its own
+# JSON serializer).
 _ROW_INSERTS: dict[tuple[str, Table], _RowInsert] = {}
 
 
