@@ -23,6 +23,7 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect, ws_c
 from callbridge import fast_path
 from callbridge.agent import events as agent
 from callbridge.agent.picows_socket import PicowsAgentSocket
+from callbridge.fast_path import frames
 from callbridge.server.twilio_socket import PicowsTwilioSocket
 from callbridge.twilio import media_stream as twilio
 
@@ -146,12 +147,30 @@ def test_anything_but_canonical_base64_takes_the_full_path(body: str, why: str) 
     assert _base64_size(b'"' + body.encode() + b'"') == -1, why
 
 
-@given(st.binary(min_size=1, max_size=400), st.text(min_size=1, max_size=40))
-def test_relay_encoders_write_what_the_full_paths_do(audio: bytes, stream_sid: str) -> None:
-    text = _raw(b'"' + base64.b64encode(audio) + b'"')
-    assert agent.encode_struct(agent.RelayInputAudio(text)) == agent.encode_input_audio(audio)
-    relayed = twilio.RelayOutboundMedia(stream_sid, twilio.RelayOutboundPayload(text))
-    assert twilio.encode_struct(relayed) == twilio.encode_media(stream_sid, audio)
+@given(
+    st.binary(min_size=1, max_size=400),
+    st.text(min_size=1, max_size=40),
+    st.integers(0, 10**15),
+)
+def test_relayed_frames_are_what_the_full_paths_write(
+    audio: bytes, stream_sid: str, mark: int
+) -> None:
+    """The fast path writes the bytes around the relayed text and the text: the full
+    path's frames, byte for byte, whatever the stream's sid holds (quotes, escapes)."""
+    from callbridge.bridge.playout_ledger import MARK_PREFIX
+
+    text = b'"' + base64.b64encode(audio) + b'"'
+    head, tail = frames.input_audio_parts()
+    assert head + text + tail == agent.encode_input_audio(audio)
+    media_head, media_tail, mark_head, mark_tail = frames.twilio_parts(stream_sid, MARK_PREFIX)
+    assert media_head + text + media_tail == twilio.encode_media(stream_sid, audio)
+    name = f"{MARK_PREFIX}{mark}"
+    assert mark_head + str(mark).encode() + mark_tail == twilio.encode_mark(stream_sid, name)
+
+
+def test_a_mark_prefix_that_json_would_escape_is_refused() -> None:
+    with pytest.raises(ValueError, match="not plain JSON"):
+        frames.twilio_parts("MZ1", 'cb"')
 
 
 def _fields(kind: type) -> list[tuple[str, str, object]]:
@@ -167,10 +186,13 @@ def test_relay_messages_read_the_same_fields_as_the_full_paths() -> None:
     assert _fields(twilio.RelayOutboundMedia) == _fields(twilio.OutboundMedia)
     assert _fields(twilio.RelayOutboundPayload) == _fields(twilio.OutboundPayload)
     assert _fields(agent.RelayInputAudio) == _fields(agent.InputAudio)
+    assert _fields(twilio.RelayOutboundMark) == _fields(twilio._OutMark)
+    assert _fields(twilio.RelayMarkName) == _fields(twilio._Name)
     for relay, full in [
         (twilio.RelayMedia, twilio.Media),
         (agent.RelayReplyAudio, agent.ReplyAudio),
         (twilio.RelayOutboundMedia, twilio.OutboundMedia),
+        (twilio.RelayOutboundMark, twilio._OutMark),
         (agent.RelayInputAudio, agent.InputAudio),
     ]:
         assert msgspec.inspect.type_info(relay).tag == msgspec.inspect.type_info(full).tag  # type: ignore[attr-defined]

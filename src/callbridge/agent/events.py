@@ -243,8 +243,8 @@ class _ReplyCreate(
 
 
 _encoder = msgspec.json.Encoder()
-# For the compiled fast path: encode_struct(RelayInputAudio(text)) writes what
-# encode_input_audio writes for the audio that text encodes, without a Python call.
+# For the compiled fast path's frames (`fast_path/frames.py`): encode_struct(RelayInputAudio(
+# text)) writes what encode_input_audio writes for the audio that text encodes.
 encode_struct = _encoder.encode
 SESSION_END = b'{"type":"session.end"}'
 

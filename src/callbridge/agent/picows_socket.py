@@ -46,6 +46,18 @@ class PicowsAgentSocket(fast_path.AgentAudioSocket):
     """Frames come to `_on_frame`, through the compiled fast path when there is one (which
     takes the reply audio the bridge lets it relay, see `callbridge.fast_path`)."""
 
+    # No instance dict: see `PicowsTwilioSocket.__slots__`.
+    __slots__ = (
+        "_early",
+        "_failure",
+        "_fragments",
+        "_paused",
+        "_reason",
+        "_sink",
+        "_transport",
+        "send",
+    )
+
     def __init__(self) -> None:
         super().__init__()
         self._transport: WSTransport | None = None

@@ -12,7 +12,7 @@ bridge handles anything. `__init__.py` explains when this module is used.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.stdint cimport uint8_t
 from libc.string cimport memcpy
@@ -84,6 +84,39 @@ def base64_size(raw):
     return _raw_base64_size(raw)
 
 
+# --- frames written around the text relayed ---------------------------------------------
+# The frames the fast path writes are the full path's encoders' output with a hole where
+# the base64 text (or a mark's number) goes: the bytes around it are made once (see
+# `frames.py`), and a frame is those bytes and the text copied together, with no message
+# struct built, encoded and freed a frame.
+
+cdef inline char* _put(char* out, bytes part) noexcept:
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(part)
+    memcpy(out, PyBytes_AS_STRING(part), n)
+    return out + n
+
+
+cdef bytes _joined(bytes head, const char* text, Py_ssize_t n, bytes tail):
+    cdef bytes out = PyBytes_FromStringAndSize(
+        NULL, PyBytes_GET_SIZE(head) + n + PyBytes_GET_SIZE(tail)
+    )
+    cdef char* at = _put(PyBytes_AS_STRING(out), head)
+    memcpy(at, text, n)
+    _put(at + n, tail)
+    return out
+
+
+cdef Py_ssize_t _decimal(long long number, char* end) noexcept:
+    """Writes `number` (not negative) in decimal just before `end`; returns its length."""
+    cdef Py_ssize_t n = 0
+    while True:
+        n += 1
+        end[-n] = <char>(48 + number % 10)  # 48: '0'
+        number //= 10
+        if number == 0:
+            return n
+
+
 # --- marks -------------------------------------------------------------------------------
 
 cdef long long _mark_number(object name, str prefix) except -2:
@@ -121,7 +154,6 @@ cdef class AudioSocket(WSListener):
     # We ended the socket: frames still in the read buffer are ignored (by `_on_frame`).
     cdef public bint stopped
     cdef object _decode  # a whole text frame to a message (raises if it is not one)
-    cdef object _encode  # a message struct to the other side's frame
 
     def __init__(self):
         self.direct = None
@@ -150,7 +182,8 @@ cdef class TwilioAudioSocket(AudioSocket):
     cdef public double media_due
     cdef long long relayed_frames
     cdef object _media_type
-    cdef object _input_audio
+    cdef bytes _input_head  # an `input.audio` message is these around the text
+    cdef bytes _input_tail
     cdef object _clock
     cdef double _frame_seconds
     cdef double _slack_seconds
@@ -171,17 +204,16 @@ cdef class TwilioAudioSocket(AudioSocket):
         self.relayed_frames = 0
         self._echoes = None
 
-    def configure_fast_path(self, decode, media_type, input_audio, encode, clock,
+    def configure_fast_path(self, decode, media_type, input_audio_parts, clock,
                             double frame_seconds, double slack_seconds,
                             mark_type, str mark_prefix, echo_clock):
         """How to read Twilio's frames (`decode` to `media_type`, its payload a
-        `msgspec.Raw`), write the agent's (`encode(input_audio(payload))`), and pace
-        them (the runner's GCRA, its clock); which echoes of our marks to hold back
-        (`mark_type`, named `mark_prefix` and a number) and what to time them by."""
+        `msgspec.Raw`), write the agent's (the payload between `input_audio_parts`, two
+        bytes), and pace them (the runner's GCRA, its clock); which echoes of our marks to
+        hold back (`mark_type`, named `mark_prefix` and a number) and what to time them by."""
         self._decode = decode
         self._media_type = media_type
-        self._input_audio = input_audio
-        self._encode = encode
+        self._input_head, self._input_tail = input_audio_parts
         self._clock = clock
         self._frame_seconds = frame_seconds
         self._slack_seconds = slack_seconds
@@ -193,22 +225,28 @@ cdef class TwilioAudioSocket(AudioSocket):
         cdef AudioSocket agent = self._agent
         cdef double now, due
         cdef long long number
+        cdef Py_buffer text
         message = self._message(agent, frame)
         if type(message) is self._media_type:  # first: nearly every frame
-            payload = message.media.payload
-            if _raw_base64_size(payload) > 0:
-                now = self._clock()
-                due = self.media_due
-                if due < now:
-                    due = now
-                # Too far ahead of real time: the full path refuses, counts, logs.
-                if due - now <= self._slack_seconds:
-                    self.media_due = due + self._frame_seconds
-                    self.relayed_frames += 1
-                    (<WSTransport>agent.direct).send(
-                        WSMsgType.TEXT, self._encode(self._input_audio(payload))
-                    )
-                    return
+            PyObject_GetBuffer(message.media.payload, &text, PyBUF_SIMPLE)
+            try:
+                if _base64_size(<const unsigned char*>text.buf, text.len) > 0:
+                    now = self._clock()
+                    due = self.media_due
+                    if due < now:
+                        due = now
+                    # Too far ahead of real time: the full path refuses, counts, logs.
+                    if due - now <= self._slack_seconds:
+                        self.media_due = due + self._frame_seconds
+                        self.relayed_frames += 1
+                        (<WSTransport>agent.direct).send(
+                            WSMsgType.TEXT,
+                            _joined(self._input_head, <const char*>text.buf, text.len,
+                                    self._input_tail),
+                        )
+                        return
+            finally:
+                PyBuffer_Release(&text)
         elif type(message) is self._mark_type:
             number = _mark_number(message.mark.name, self._mark_prefix)
             if self._marks_from <= number < self._next_mark:
@@ -225,19 +263,20 @@ cdef class AgentAudioSocket(AudioSocket):
 
     cdef TwilioAudioSocket _twilio  # where the reply's audio goes while the route is open
     cdef object _reply_id
-    cdef object _stream_sid
+    cdef object _stream_sid  # the stream the four parts below are for
     cdef Py_ssize_t _budget  # a mark goes after the chunk that makes this many bytes go
     cdef long long relayed_frames
     cdef long long relayed_bytes
     cdef list _marks  # the marks sent, each as relayed_bytes up to it; None: none
     cdef object _audio_type
-    cdef object _media
-    cdef object _payload
-    cdef object _encode_mark
-    cdef str _mark_prefix
+    cdef object _frame_parts
+    cdef bytes _media_head  # a `media` message is these around the text
+    cdef bytes _media_tail
+    cdef bytes _mark_head  # a `mark` message these around the mark's number
+    cdef bytes _mark_tail
     cdef Py_ssize_t _mark_every
-    # A chunk and the mark due after it are framed here, into this buffer, and leave in
-    # one write: one system call and one packet, not two.
+    # Frames are framed here and leave in one write (a chunk and the mark due after it
+    # too: one system call and one packet, not two).
     cdef char* _out
     cdef Py_ssize_t _out_size
 
@@ -253,84 +292,102 @@ cdef class AgentAudioSocket(AudioSocket):
     def __dealloc__(self):
         PyMem_Free(self._out)
 
-    def configure_fast_path(self, decode, audio_type, media, payload, encode,
-                            encode_mark, str mark_prefix, Py_ssize_t mark_every):
+    def configure_fast_path(self, decode, audio_type, frame_parts, Py_ssize_t mark_every):
         """How to read the agent's frames (`decode`; audio to `audio_type`, its data a
-        `msgspec.Raw`) and write Twilio's (`encode(media(stream_sid, payload(data)))`),
-        and the marks due every `mark_every` bytes of a reply
-        (`encode_mark(stream_sid, mark_prefix + number)`)."""
+        `msgspec.Raw`) and write Twilio's (`frame_parts(stream_sid)`: the bytes around
+        a media message's text and around a mark's number), and the marks due every
+        `mark_every` bytes of a reply."""
         if mark_every <= 0:
             raise ValueError(f"mark_every must be positive, not {mark_every}")
         self._decode = decode
         self._audio_type = audio_type
-        self._media = media
-        self._payload = payload
-        self._encode = encode
-        self._encode_mark = encode_mark
-        self._mark_prefix = mark_prefix
+        self._frame_parts = frame_parts
         self._mark_every = mark_every
+
+    cdef _for_stream(self, stream_sid):
+        if stream_sid is not self._stream_sid:  # once a call: the bridge keeps its sid
+            self._media_head, self._media_tail, self._mark_head, self._mark_tail = (
+                self._frame_parts(stream_sid)
+            )
+            self._stream_sid = stream_sid
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
         cdef TwilioAudioSocket twilio = self._twilio
-        cdef Py_ssize_t size
+        cdef Py_ssize_t size, over
+        cdef long long mark
+        cdef Py_buffer text
         event = self._message(twilio, frame)
         if event is None:
             self._on_frame(transport, frame)
             return
         if type(event) is self._audio_type:
             if event.reply_id == self._reply_id:
-                data = event.data
-                size = _raw_base64_size(data)
-                if size > 0:
-                    self.relayed_frames += 1
-                    self.relayed_bytes += size
-                    media = self._encode(self._media(self._stream_sid, self._payload(data)))
-                    if size < self._budget:
-                        self._budget -= size
-                        (<WSTransport>twilio.direct).send(WSMsgType.TEXT, media)
-                    else:
-                        self._send_with_mark(twilio, media, size - self._budget)
-                    return
+                PyObject_GetBuffer(event.data, &text, PyBUF_SIMPLE)
+                try:
+                    size = _base64_size(<const unsigned char*>text.buf, text.len)
+                    if size > 0:
+                        self.relayed_frames += 1
+                        self.relayed_bytes += size
+                        if size < self._budget:
+                            self._budget -= size
+                            mark = -1
+                        else:
+                            # The mark `count_marked` would make; the next one is due on
+                            # the next boundary.
+                            mark = twilio._next_mark
+                            twilio._next_mark += 1
+                            if self._marks is None:
+                                self._marks = []
+                            self._marks.append(self.relayed_bytes)
+                            over = size - self._budget
+                            self._budget = self._mark_every - over % self._mark_every
+                        self._write(<WSTransport>twilio.direct, <const char*>text.buf,
+                                    text.len, mark)
+                        return
+                finally:
+                    PyBuffer_Release(&text)
             self._on_frame(transport, frame)  # its audio is still text: decoded there
             return
         self._deliver(event)  # decoded already: the full path from there on
 
-    cdef _send_with_mark(self, TwilioAudioSocket twilio, bytes media, Py_ssize_t over):
-        """A chunk that went `over` bytes past where a mark was due, and that mark, as the
-        ledger's `count_marked` would make it, in one write; the next mark is due on the
-        next boundary."""
-        cdef WSTransport direct = <WSTransport>twilio.direct
-        cdef bytes mark
-        cdef Py_ssize_t media_size, mark_size, media_header, mark_header, total
+    cdef _write(self, WSTransport direct, const char* text, Py_ssize_t n, long long mark):
+        """The media message of base64 `text` (a JSON string, `n` bytes), and the mark
+        numbered `mark` if it is not negative, in one write to Twilio's transport."""
+        cdef char digits[24]
+        cdef char* end = digits + 24
+        cdef Py_ssize_t media_size, media_header, total, mark_size = 0, mark_header = 0
+        cdef Py_ssize_t number_size = 0
         cdef char* out
-        number = twilio._next_mark
-        twilio._next_mark += 1
-        if self._marks is None:
-            self._marks = []
-        self._marks.append(self.relayed_bytes)
-        self._budget = self._mark_every - over % self._mark_every
         if direct.is_close_frame_sent or direct.is_disconnected:
-            return  # closing: picows's own send would drop both as well
-        mark = self._encode_mark(self._stream_sid, self._mark_prefix + str(number))
-        media_size = PyBytes_GET_SIZE(media)
-        mark_size = PyBytes_GET_SIZE(mark)
+            return  # closing: picows's own send would drop them as well
+        media_size = PyBytes_GET_SIZE(self._media_head) + n + PyBytes_GET_SIZE(self._media_tail)
         media_header = direct._get_header_size(media_size)
-        mark_header = direct._get_header_size(mark_size)
-        total = media_header + media_size + mark_header + mark_size
+        total = media_header + media_size
+        if mark >= 0:
+            number_size = _decimal(mark, end)
+            mark_size = (PyBytes_GET_SIZE(self._mark_head) + number_size
+                         + PyBytes_GET_SIZE(self._mark_tail))
+            mark_header = direct._get_header_size(mark_size)
+            total += mark_header + mark_size
         if total > self._out_size:
             out = <char*>PyMem_Realloc(self._out, total)
             if out == NULL:
                 raise MemoryError()
             self._out, self._out_size = out, total
-        # Frames from a server are not masked: a header in front of each is all it takes.
+        # Twilio's socket is one we accepted: a server's frames are not masked, a header
+        # in front of each is all it takes.
         out = self._out
         direct._prepare_header(<uint8_t*>out, WSMsgType.TEXT, media_size, True, False, False,
                                False)
-        memcpy(out + media_header, PyBytes_AS_STRING(media), media_size)
-        out += media_header + media_size
-        direct._prepare_header(<uint8_t*>out, WSMsgType.TEXT, mark_size, True, False, False,
-                               False)
-        memcpy(out + mark_header, PyBytes_AS_STRING(mark), mark_size)
+        out = _put(out + media_header, self._media_head)
+        memcpy(out, text, n)
+        out = _put(out + n, self._media_tail)
+        if mark >= 0:
+            direct._prepare_header(<uint8_t*>out, WSMsgType.TEXT, mark_size, True, False,
+                                   False, False)
+            out = _put(out + mark_header, self._mark_head)
+            memcpy(out, end - number_size, number_size)
+            _put(out + number_size, self._mark_tail)
         direct._fast_write(self._out, total)
 
     def _deliver(self, event):
@@ -362,8 +419,8 @@ def set_routes(TwilioAudioSocket twilio, AgentAudioSocket agent, route):
     if stream_sid is None:
         agent._twilio = None
     else:
+        agent._for_stream(stream_sid)
         agent._twilio = twilio
-        agent._stream_sid = stream_sid
         agent._reply_id = reply_id
         agent._budget = budget
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
 from picows import WSFrame, WSListener, WSTransport
 
 
@@ -30,8 +29,7 @@ class TwilioAudioSocket(AudioSocket):
         self,
         decode: Callable[[memoryview], object],
         media_type: type,
-        input_audio: Callable[[msgspec.Raw], object],
-        encode: Callable[[object], bytes],
+        input_audio_parts: tuple[bytes, bytes],
         clock: Callable[[], float],
         frame_seconds: float,
         slack_seconds: float,
@@ -50,11 +48,7 @@ class AgentAudioSocket(AudioSocket):
         self,
         decode: Callable[[memoryview], object],
         audio_type: type,
-        media: Callable[..., object],
-        payload: Callable[[msgspec.Raw], object],
-        encode: Callable[[object], bytes],
-        encode_mark: Callable[[str, str], bytes],
-        mark_prefix: str,
+        frame_parts: Callable[[str], tuple[bytes, bytes, bytes, bytes]],
         mark_every: int,
     ) -> None:
         pass

@@ -53,7 +53,7 @@ from callbridge.bridge.inputs import (
     TwilioProtocolError,
 )
 from callbridge.bridge.playout_ledger import MARK_EVERY_BYTES, MARK_PREFIX
-from callbridge.fast_path import Relayed
+from callbridge.fast_path import Relayed, frames
 from callbridge.logs import EventLogger
 from callbridge.records.entries import RecordEntry
 from callbridge.server.twilio_socket import TwilioSocket
@@ -70,6 +70,7 @@ _MEDIA_SLACK_SECONDS = 49.5 * _MEDIA_FRAME_SECONDS
 _MEDIA = twilio.Media
 _REPLY_AUDIO = agent.ReplyAudio
 _decode_twilio = twilio.decode_strict
+_INPUT_AUDIO_PARTS = frames.input_audio_parts()
 _take_relayed = fast_path_module.take_relayed
 _set_routes = fast_path_module.set_routes
 _end_routes = fast_path_module.end_routes
@@ -116,6 +117,8 @@ class CallRunner:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._loop: asyncio.AbstractEventLoop  # set by run(): actions are performed inside it
         self._finished = asyncio.Event()
+        # The pace's clock: one function for every call (the fast path calls it a frame, and
+        # a bound method a call would be one more object a frame to fetch from memory).
         self._now: Callable[[], float] = time.monotonic
         # Both sockets relay the audio the bridge routes to them (see `callbridge.fast_path`)
         # while these are set: asked for, compiled, and both sockets on picows.
@@ -131,7 +134,6 @@ class CallRunner:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 self._loop = asyncio.get_running_loop()
-                self._now = self._loop.time
                 self._configure_fast_twilio()
                 self._feed(StreamOpened())
                 await self._read_twilio()
@@ -331,8 +333,7 @@ class CallRunner:
             sock.configure_fast_path(
                 twilio.decode_relay,
                 twilio.RelayMedia,
-                agent.RelayInputAudio,
-                agent.encode_struct,
+                _INPUT_AUDIO_PARTS,
                 self._now,
                 _MEDIA_FRAME_SECONDS,
                 _MEDIA_SLACK_SECONDS,
@@ -448,15 +449,12 @@ def configure_agent_fast_path(sock: fast_path_module.AgentAudioSocket) -> None:
     """What the agent socket's fast path reads and writes: reply audio as Twilio media, with
     the playout ledger's marks."""
     sock.configure_fast_path(
-        agent.decode_relay,
-        agent.RelayReplyAudio,
-        twilio.RelayOutboundMedia,
-        twilio.RelayOutboundPayload,
-        twilio.encode_struct,
-        twilio.encode_mark,
-        MARK_PREFIX,
-        MARK_EVERY_BYTES,
+        agent.decode_relay, agent.RelayReplyAudio, _twilio_frame_parts, MARK_EVERY_BYTES
     )
+
+
+def _twilio_frame_parts(stream_sid: str) -> tuple[bytes, bytes, bytes, bytes]:
+    return frames.twilio_parts(stream_sid, MARK_PREFIX)
 
 
 class _Paced(Protocol):

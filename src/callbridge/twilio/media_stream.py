@@ -181,13 +181,23 @@ class _OutMark(_Outbound, tag="mark"):
     mark: _Name
 
 
+class RelayMarkName(msgspec.Struct, gc=False):
+    name: msgspec.Raw  # a JSON string written by the fast path
+
+
+class RelayOutboundMark(_Outbound, tag="mark"):
+    """`_OutMark` with the name written by the fast path (see `fast_path/frames.py`)."""
+
+    mark: RelayMarkName
+
+
 class _OutClear(_Outbound, tag="clear"):
     pass
 
 
 _encoder = msgspec.json.Encoder()
-# For the compiled fast path: encode_struct(RelayOutboundMedia(sid, RelayOutboundPayload(text)))
-# writes what encode_media writes for the audio that text encodes, without a Python call.
+# For the compiled fast path's frames (`fast_path/frames.py`): encode_struct of a Relay
+# message writes what the full path's encoder writes for the same message.
 encode_struct = _encoder.encode
 
 
