@@ -361,6 +361,27 @@ async def test_a_chunk_that_crosses_a_mark_leaves_with_the_mark_in_one_write() -
 
 
 @compiled_only
+async def test_a_socket_off_the_event_loops_thread_writes_the_same_frames() -> None:
+    """Frames are put together in one buffer of the module's, the first thread's to write
+    (this one); a socket on another thread (its own event loop) puts them in its own."""
+
+    async def written() -> list[bytes]:
+        _, _, underlying = await _twilio_transport_after_a_chunk_past_a_mark(closing=False)
+        return _server_frames(b"".join(underlying.writes))
+
+    here = await written()
+    elsewhere = await asyncio.to_thread(asyncio.run, written())
+    assert (
+        here
+        == elsewhere
+        == [
+            twilio.encode_media("MZ1", _CHUNK),
+            twilio.encode_mark("MZ1", "cb-7"),
+        ]
+    )
+
+
+@compiled_only
 async def test_a_chunk_and_its_mark_are_not_written_after_the_close_frame() -> None:
     """Once Twilio's transport has sent its close frame, the write leaves nothing after it,
     as picows's own send would; the bridge still counts what the route let through."""

@@ -14,6 +14,7 @@ bridge handles anything. `__init__.py` explains when this module is used.
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.pythread cimport PyThread_get_thread_ident
 from libc.stdint cimport uint8_t
 from libc.string cimport memcpy
 from picows.picows cimport WSFrame, WSListener, WSMsgType, WSTransport
@@ -96,14 +97,25 @@ cdef inline char* _put(char* out, bytes part) noexcept:
     return out + n
 
 
-cdef bytes _joined(bytes head, const char* text, Py_ssize_t n, bytes tail):
-    cdef bytes out = PyBytes_FromStringAndSize(
-        NULL, PyBytes_GET_SIZE(head) + n + PyBytes_GET_SIZE(tail)
-    )
-    cdef char* at = _put(PyBytes_AS_STRING(out), head)
-    memcpy(at, text, n)
-    _put(at + n, tail)
-    return out
+# Frames are put together in one buffer for the whole module, then written (or copied, when
+# the socket cannot take them at once) before anything else runs: one buffer that stays in
+# the cache, where a buffer a socket (picows's own, or ours) was cold at each frame. It is
+# the event loop's thread's, the first to ask; a socket on any other thread uses its own.
+cdef char* _scratch = NULL
+cdef Py_ssize_t _scratch_size = 0
+cdef unsigned long _scratch_thread = 0
+cdef enum:
+    HEADROOM = 14  # picows writes a frame's header (at most 14 bytes) before its payload
+
+
+cdef char* _grown(char* buffer, Py_ssize_t* size, Py_ssize_t needed) except NULL:
+    if needed <= size[0]:
+        return buffer
+    buffer = <char*>PyMem_Realloc(buffer, needed)
+    if buffer == NULL:
+        raise MemoryError()
+    size[0] = needed
+    return buffer
 
 
 cdef Py_ssize_t _decimal(long long number, char* end) noexcept:
@@ -154,10 +166,27 @@ cdef class AudioSocket(WSListener):
     # We ended the socket: frames still in the read buffer are ignored (by `_on_frame`).
     cdef public bint stopped
     cdef object _decode  # a whole text frame to a message (raises if it is not one)
+    cdef char* _own  # where frames are put together off the event loop's thread
+    cdef Py_ssize_t _own_size
 
     def __init__(self):
         self.direct = None
         self.stopped = False
+
+    def __dealloc__(self):
+        PyMem_Free(self._own)
+
+    cdef char* _room(self, Py_ssize_t size) except NULL:
+        """A buffer of at least `size` bytes to put a write together in (see `_scratch`)."""
+        global _scratch, _scratch_size, _scratch_thread
+        cdef unsigned long thread = PyThread_get_thread_ident()
+        if _scratch_thread == 0:
+            _scratch_thread = thread
+        if thread == _scratch_thread:
+            _scratch = _grown(_scratch, &_scratch_size, size)
+            return _scratch
+        self._own = _grown(self._own, &self._own_size, size)
+        return self._own
 
     def _on_frame(self, transport, frame):
         raise NotImplementedError
@@ -239,11 +268,8 @@ cdef class TwilioAudioSocket(AudioSocket):
                     if due - now <= self._slack_seconds:
                         self.media_due = due + self._frame_seconds
                         self.relayed_frames += 1
-                        (<WSTransport>agent.direct).send(
-                            WSMsgType.TEXT,
-                            _joined(self._input_head, <const char*>text.buf, text.len,
-                                    self._input_tail),
-                        )
+                        self._send_input_audio(<WSTransport>agent.direct,
+                                               <const char*>text.buf, text.len)
                         return
             finally:
                 PyBuffer_Release(&text)
@@ -256,6 +282,17 @@ cdef class TwilioAudioSocket(AudioSocket):
                 self._marks_from = number + 1  # Twilio echoes in order
                 return
         self._on_frame(transport, frame)
+
+    cdef _send_input_audio(self, WSTransport direct, const char* text, Py_ssize_t n):
+        """The `input.audio` message of base64 `text` (a JSON string, `n` bytes), put
+        together where picows masks and frames it in place."""
+        cdef Py_ssize_t size = (PyBytes_GET_SIZE(self._input_head) + n
+                                + PyBytes_GET_SIZE(self._input_tail))
+        cdef char* message = self._room(HEADROOM + size) + HEADROOM
+        cdef char* at = _put(message, self._input_head)
+        memcpy(at, text, n)
+        _put(at + n, self._input_tail)
+        direct.send_reuse_external_buffer(WSMsgType.TEXT, message, size)
 
 
 cdef class AgentAudioSocket(AudioSocket):
@@ -275,10 +312,6 @@ cdef class AgentAudioSocket(AudioSocket):
     cdef bytes _mark_head  # a `mark` message these around the mark's number
     cdef bytes _mark_tail
     cdef Py_ssize_t _mark_every
-    # Frames are framed here and leave in one write (a chunk and the mark due after it
-    # too: one system call and one packet, not two).
-    cdef char* _out
-    cdef Py_ssize_t _out_size
 
     def __init__(self):
         AudioSocket.__init__(self)
@@ -286,11 +319,6 @@ cdef class AgentAudioSocket(AudioSocket):
         self.relayed_frames = 0
         self.relayed_bytes = 0
         self._marks = None
-        self._out = NULL
-        self._out_size = 0
-
-    def __dealloc__(self):
-        PyMem_Free(self._out)
 
     def configure_fast_path(self, decode, audio_type, frame_parts, Py_ssize_t mark_every):
         """How to read the agent's frames (`decode`; audio to `audio_type`, its data a
@@ -358,6 +386,7 @@ cdef class AgentAudioSocket(AudioSocket):
         cdef Py_ssize_t media_size, media_header, total, mark_size = 0, mark_header = 0
         cdef Py_ssize_t number_size = 0
         cdef char* out
+        cdef char* start
         if direct.is_close_frame_sent or direct.is_disconnected:
             return  # closing: picows's own send would drop them as well
         media_size = PyBytes_GET_SIZE(self._media_head) + n + PyBytes_GET_SIZE(self._media_tail)
@@ -369,14 +398,10 @@ cdef class AgentAudioSocket(AudioSocket):
                          + PyBytes_GET_SIZE(self._mark_tail))
             mark_header = direct._get_header_size(mark_size)
             total += mark_header + mark_size
-        if total > self._out_size:
-            out = <char*>PyMem_Realloc(self._out, total)
-            if out == NULL:
-                raise MemoryError()
-            self._out, self._out_size = out, total
         # Twilio's socket is one we accepted: a server's frames are not masked, a header
-        # in front of each is all it takes.
-        out = self._out
+        # in front of each is all it takes. Both leave in one write: one system call and
+        # one packet, not two.
+        start = out = self._room(total)
         direct._prepare_header(<uint8_t*>out, WSMsgType.TEXT, media_size, True, False, False,
                                False)
         out = _put(out + media_header, self._media_head)
@@ -388,7 +413,7 @@ cdef class AgentAudioSocket(AudioSocket):
             out = _put(out + mark_header, self._mark_head)
             memcpy(out, end - number_size, number_size)
             _put(out + number_size, self._mark_tail)
-        direct._fast_write(self._out, total)
+        direct._fast_write(start, total)
 
     def _deliver(self, event):
         raise NotImplementedError
