@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 from typing import Any
 
 P99_TARGET_MS = 20.0
@@ -222,7 +223,42 @@ def summarize(runs: list[dict[str, Any]], targets: list[str]) -> dict[str, Any]:
             key = "ratios_" + ours_name.replace("-", "_") + "_to"
             bases = ("aiohttp", "picows", *(revisions if ours_name == "callbridge" else ()))
             summary[key] = _ratios(ours_name, by_target, capacity, bases)
+            for base, pairs in _ratios_by_round(ours_name, rounds, bases).items():
+                summary[key][base].update(pairs)
     return summary
+
+
+def _ratios_by_round(
+    ours_name: str, rounds: dict[tuple[str, int], list[dict[str, Any]]], bases: tuple[str, ...]
+) -> dict[str, dict[str, Any]]:
+    """With --rounds, the ratio within each round: the two servers ran minutes apart, so a
+    drift of the machine (which moves a server's figure by ±20% between rounds) falls on
+    both alike, where the ratio of each server's median run does not cancel it. Their
+    median (of an even count, the mean of the middle two) is the steadier figure."""
+    out: dict[str, dict[str, Any]] = {}
+    for base in bases:
+        by_round: dict[str, list[float]] = {}
+        for (target, calls), ours in sorted(rounds.items()):
+            if target != ours_name:
+                continue
+            theirs = {r.get("round"): r for r in rounds.get((base, calls), [])}
+            ratios = []
+            for r in sorted(ours, key=lambda r: r.get("round", 0)):
+                other = theirs.get(r.get("round"))
+                a = r.get("server_cpu_us_per_frame")
+                b = other.get("server_cpu_us_per_frame") if other else None
+                if a and b:
+                    ratios.append(round(a / b, 3))
+            if len(ratios) > 1:
+                by_round[str(calls)] = ratios
+        if by_round:
+            out[base] = {
+                "cpu_per_frame_ratio_by_round": by_round,
+                "cpu_per_frame_ratio_round_median": {
+                    n: round(statistics.median(r), 3) for n, r in by_round.items()
+                },
+            }
+    return out
 
 
 def _ratios(
@@ -300,6 +336,10 @@ def footer(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
                 f"; max calls {cap_text}"
                 f"; calls at 80% CPU x{r['calls_at_80pct_cpu_ratio'] or '?'}"
             )
+            for n, each in r.get("cpu_per_frame_ratio_by_round", {}).items():
+                rounds = " ".join(f"x{x:.2f}" for x in each)
+                median = r["cpu_per_frame_ratio_round_median"][n]
+                lines.append(f"  within each round at {n} calls: {rounds}; median x{median:.2f}")
     lines += instruction_table(runs)
     warnings = []
     for r in runs:

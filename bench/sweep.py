@@ -575,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
                     if target in given_up:
                         continue
                     result = _measure(target, calls, args)
+                    result["round"] = round_index
                     runs.append(result)
                     if not args.keep_going and report.hopeless(result, HOPELESS_P99_MS):
                         given_up.add(target)

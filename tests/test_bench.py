@@ -143,6 +143,28 @@ def test_rounds_are_summarized_by_their_median_and_a_revision_is_a_baseline() ->
     assert "aiohttp" in ratios and ratios["aiohttp"]["cpu_per_frame_ratio"] is None
 
 
+def test_rounds_also_give_the_ratio_within_each_round_and_its_median() -> None:
+    from bench.report import footer, summarize
+
+    def run(target: str, us: float, round_index: int) -> Any:
+        return {**_run(target, 200, us), "round": round_index}
+
+    # The machine drifts: each server's median run comes from a different round, and the
+    # ratio of those (12 / 7.5) is not the one any round measured.
+    ours = [run("callbridge", us, i) for i, us in enumerate((14.0, 11.0, 12.0, 9.0))]
+    theirs = [run("picows", us, i) for i, us in enumerate((10.0, 10.0, 7.5, 9.0))]
+    summary = summarize([*ours, *theirs], ["callbridge", "picows"])
+    ratio = summary["ratios_callbridge_to"]["picows"]
+    assert ratio["cpu_per_frame_ratio_by_round"] == {"200": [1.4, 1.1, 1.6, 1.0]}
+    assert ratio["cpu_per_frame_ratio_round_median"] == {"200": 1.25}
+    assert ratio["cpu_per_frame_ratio"] == round(11.0 / 9.0, 2)  # the medians' ratio, as before
+    text = footer([*ours, *theirs], summary)
+    assert "within each round at 200 calls: x1.40 x1.10 x1.60 x1.00; median x1.25" in text
+    # One round: no such line.
+    single = summarize([ours[0], theirs[0]], ["callbridge", "picows"])
+    assert "cpu_per_frame_ratio_by_round" not in single["ratios_callbridge_to"]["picows"]
+
+
 def test_a_revision_server_runs_the_code_of_its_checkout(tmp_path: Path) -> None:
     from bench.sweep import _server_env, parse_args
 
