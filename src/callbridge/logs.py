@@ -91,6 +91,14 @@ class EventLogger:
         child._bound = {**self._bound, **fields}
         return child
 
+    @property
+    def level(self) -> int:
+        """The lowest of our levels a line is written at now (lines below it are dropped)."""
+        for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR):
+            if self._logger.isEnabledFor(level):
+                return level
+        return logging.CRITICAL
+
     def log(self, level: int, event: str, exc_info: Any = None, **fields: Any) -> None:
         if self._logger.isEnabledFor(level):
             self._logger.log(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
@@ -20,6 +21,7 @@ from callbridge.bridge.actions import (
     CancelTimer,
     Finished,
     HangUp,
+    Log,
     StartTimer,
 )
 from callbridge.bridge.call_bridge import CallBridge
@@ -189,6 +191,50 @@ class _Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "INFO", "WARNING"])
+async def test_log_lines_below_the_loggers_level_when_the_call_starts_are_dropped(
+    level: str,
+) -> None:
+    """The runner hands the logger only the lines at or above its level, as it stood when
+    the call started: the bridge's DEBUG lines (about one an event) cost nothing more."""
+    logger = logging.getLogger("callbridge.test")
+    events = Events()
+    logger.addHandler(events)
+    logger.setLevel(level)
+
+    def script(event: object) -> list[Action]:
+        if isinstance(event, StreamOpened):
+            return [Log.debug("a.debug", n=1), Log.info("a.info"), Log.warning("a.warning")]
+        if isinstance(event, TwilioClosed):
+            return [Finished("test")]
+        return []
+
+    try:
+        bridge = _ScriptedBridge(script)
+        twilio = _TwilioSocket()
+        runner = CallRunner(
+            call_id="call-test",
+            twilio_socket=twilio,
+            bridge=cast(CallBridge, bridge),
+            dial_agent=_no_agent,
+            log=EventLogger("test", call_id="call-test"),
+        )
+        await twilio.close(1000)  # the runner feeds StreamOpened first, then finds it closed
+        async with asyncio.timeout(5):
+            await runner.run()
+    finally:
+        logger.removeHandler(events)
+        logger.setLevel(logging.NOTSET)
+    expected = {
+        "DEBUG": ["a.debug", "a.info", "a.warning"],
+        "INFO": ["a.info", "a.warning"],
+        "WARNING": ["a.warning"],
+    }[level]
+    assert [n for n in events.names if n.startswith("a.")] == expected
+    if level == "DEBUG":
+        assert events.fields_of("a.debug") == [{"call_id": "call-test", "n": 1}]
 
 
 def _runner_at(

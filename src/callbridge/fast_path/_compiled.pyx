@@ -194,9 +194,13 @@ cdef class AudioSocket(WSListener):
     cdef inline object _message(self, AudioSocket peer, WSFrame frame):
         """The decoded message of a whole text frame while `peer` (the other side) may be
         sent to at once; else None, and the frame takes the full path."""
-        if peer is None or self.stopped or frame.msg_type != WSMsgType.TEXT or not frame.fin:
+        if peer is None or not isinstance(peer.direct, WSTransport):
             return None
-        if not isinstance(peer.direct, WSTransport):
+        return self._decoded(frame)
+
+    cdef inline object _decoded(self, WSFrame frame):
+        """The decoded message of a whole text frame; else None (the full path's)."""
+        if self.stopped or frame.msg_type != WSMsgType.TEXT or not frame.fin:
             return None
         try:
             return self._decode(frame.get_payload_as_memoryview())
@@ -344,12 +348,15 @@ cdef class AgentAudioSocket(AudioSocket):
         cdef Py_ssize_t size, over
         cdef long long mark
         cdef Py_buffer text
-        event = self._message(twilio, frame)
+        # Decoded here with or without a route: the agent's other events are delivered
+        # from here too, not decoded again in Python.
+        event = self._decoded(frame)
         if event is None:
             self._on_frame(transport, frame)
             return
         if type(event) is self._audio_type:
-            if event.reply_id == self._reply_id:
+            if (twilio is not None and isinstance(twilio.direct, WSTransport)
+                    and event.reply_id == self._reply_id):
                 PyObject_GetBuffer(event.data, &text, PyBUF_SIMPLE)
                 try:
                     size = _base64_size(<const unsigned char*>text.buf, text.len)

@@ -95,6 +95,9 @@ class CallRunner:
         self._twilio = twilio_socket
         self._dial_agent = dial_agent
         self.log = log
+        # The logger's level when the call starts: a line below it is not even handed to
+        # the logger (the level is set once, from LOG_LEVEL, at start-up).
+        self._log_level = log.level
         self._admit = admit
         self._record = record
         self._admitted = admit is None
@@ -288,7 +291,8 @@ class CallRunner:
 
     def _perform_all(self, actions: list[Action]) -> None:
         for action in actions:
-            # The audio path first, without pattern matching: these are nearly every action.
+            # The common actions first, without pattern matching: the audio sends, and log
+            # lines (about one an event), most of them below the logger's level.
             kind = type(action)
             if kind is SendToAgent:
                 sock = self._agent
@@ -296,13 +300,14 @@ class CallRunner:
                     sock.send(action.frame)  # type: ignore[union-attr]
             elif kind is SendToTwilio:
                 self._twilio.send(action.frame)  # type: ignore[union-attr]
+            elif kind is Log:
+                if action.level >= self._log_level:  # type: ignore[union-attr]
+                    self.log.log(action.level, action.event, **action.fields)  # type: ignore[union-attr]
             else:
                 self._perform(action)
 
     def _perform(self, action: Action) -> None:
-        match action:  # the audio sends are done in _feed
-            case Log(level, event, fields):
-                self.log.log(level, event, **fields)
+        match action:  # the audio sends and log lines are done in _perform_all
             case Record(entry):
                 if self._record is not None:
                     self._record(entry)
