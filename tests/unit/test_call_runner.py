@@ -105,6 +105,15 @@ async def _run(script: Callable[[object], list[Action]]) -> tuple[_ScriptedBridg
     return bridge, twilio
 
 
+def _hang_up_on_start(first: list[Action]) -> Callable[[object], list[Action]]:
+    def script(event: object) -> list[Action]:
+        if isinstance(event, StreamOpened):
+            return [*first, HangUp(1000)]
+        return [Finished("test")] if isinstance(event, TwilioClosed) else []
+
+    return script
+
+
 def _hang_up_on(name: str, first: list[Action]) -> Callable[[object], list[Action]]:
     def script(event: object) -> list[Action]:
         if isinstance(event, StreamOpened):
@@ -204,26 +213,9 @@ async def test_log_lines_below_the_loggers_level_when_the_call_starts_are_droppe
     logger.addHandler(events)
     logger.setLevel(level)
 
-    def script(event: object) -> list[Action]:
-        if isinstance(event, StreamOpened):
-            return [Log.debug("a.debug", n=1), Log.info("a.info"), Log.warning("a.warning")]
-        if isinstance(event, TwilioClosed):
-            return [Finished("test")]
-        return []
-
+    lines = [Log.debug("a.debug", n=1), Log.info("a.info"), Log.warning("a.warning")]
     try:
-        bridge = _ScriptedBridge(script)
-        twilio = _TwilioSocket()
-        runner = CallRunner(
-            call_id="call-test",
-            twilio_socket=twilio,
-            bridge=cast(CallBridge, bridge),
-            dial_agent=_no_agent,
-            log=EventLogger("test", call_id="call-test"),
-        )
-        await twilio.close(1000)  # the runner feeds StreamOpened first, then finds it closed
-        async with asyncio.timeout(5):
-            await runner.run()
+        await _run(_hang_up_on_start(lines))
     finally:
         logger.removeHandler(events)
         logger.setLevel(logging.NOTSET)
