@@ -126,7 +126,7 @@ def _events(step: Step, reference: CallBridge) -> list[object]:
     if kind == "barge-in":
         return [agent.SpeechStarted()]
     if kind == "echo":  # as Twilio does: in order, once the audio before them played
-        first, end = reference._ledger.mark_window()
+        first, end = reference._ledger.relay_window(())[2:]
         arg = min(first + arg, end - 1)
         if arg < 0:
             return []

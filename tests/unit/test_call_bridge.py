@@ -107,6 +107,14 @@ def live_bridge(**kwargs: Any) -> CallBridge:
     return bridge
 
 
+def playing_bridge() -> CallBridge:
+    """A live call with reply r1 started and one chunk of it sent to Twilio."""
+    bridge = live_bridge()
+    bridge.handle(agent.ReplyStarted(reply_id="r1"))
+    bridge.handle(agent.ReplyAudio(data=PAYLOAD, reply_id="r1"))
+    return bridge
+
+
 def to_agent(actions: list[Action]) -> list[dict[str, Any]]:
     return [json.loads(a.frame) for a in actions if isinstance(a, SendToAgent)]
 
@@ -202,9 +210,7 @@ def test_reply_audio_goes_to_twilio_unchanged_with_stream_sid() -> None:
 
 
 def test_barge_in_clears_at_once_and_fences_the_reply() -> None:
-    bridge = live_bridge()
-    bridge.handle(agent.ReplyStarted(reply_id="r1"))
-    bridge.handle(agent.ReplyAudio(data=PAYLOAD, reply_id="r1"))
+    bridge = playing_bridge()
     assert to_twilio(bridge.handle(agent.SpeechStarted())) == [
         {"event": "clear", "streamSid": STREAM}
     ]
@@ -218,18 +224,14 @@ def test_barge_in_clears_at_once_and_fences_the_reply() -> None:
 
 
 def test_an_interruption_without_a_barge_in_clears() -> None:
-    bridge = live_bridge()
-    bridge.handle(agent.ReplyStarted(reply_id="r1"))
-    bridge.handle(agent.ReplyAudio(data=PAYLOAD, reply_id="r1"))
+    bridge = playing_bridge()
     done = bridge.handle(agent.ReplyDone(reply_id="r1", status="interrupted"))
     assert to_twilio(done) == [{"event": "clear", "streamSid": STREAM}]
 
 
 def test_speech_started_after_a_finished_reply_still_clears() -> None:
     # The agent is done sending, but Twilio may still be playing the end of it.
-    bridge = live_bridge()
-    bridge.handle(agent.ReplyStarted(reply_id="r1"))
-    bridge.handle(agent.ReplyAudio(data=PAYLOAD, reply_id="r1"))
+    bridge = playing_bridge()
     bridge.handle(agent.ReplyDone(reply_id="r1", status="completed"))
     assert to_twilio(bridge.handle(agent.SpeechStarted())) == [
         {"event": "clear", "streamSid": STREAM}
@@ -272,9 +274,7 @@ def test_a_tool_call_has_one_info_line_when_it_is_over() -> None:
 
 
 def test_an_interruption_is_one_info_line_after_a_barge_in_and_one_without() -> None:
-    bridge = live_bridge()
-    bridge.handle(agent.ReplyStarted(reply_id="r1"))
-    bridge.handle(agent.ReplyAudio(data=PAYLOAD, reply_id="r1"))
+    bridge = playing_bridge()
     barge_in = _logs(bridge.handle(agent.SpeechStarted()))
     done = _logs(bridge.handle(agent.ReplyDone(reply_id="r1", status="interrupted")))
     assert [(level, event) for level, event, _ in barge_in + done] == [
@@ -431,9 +431,7 @@ def test_no_session_ready_in_time_means_a_new_socket() -> None:
 
 
 def test_a_drop_right_after_a_barge_in_sends_no_second_clear() -> None:
-    bridge = live_bridge()
-    bridge.handle(agent.ReplyStarted(reply_id="r1"))
-    bridge.handle(agent.ReplyAudio(data=PAYLOAD, reply_id="r1"))
+    bridge = playing_bridge()
     assert to_twilio(bridge.handle(agent.SpeechStarted())) == [
         {"event": "clear", "streamSid": STREAM}
     ]
@@ -443,9 +441,7 @@ def test_a_drop_right_after_a_barge_in_sends_no_second_clear() -> None:
 
 
 def test_dropped_session_is_resumed_and_held_results_delivered() -> None:
-    bridge = live_bridge()
-    bridge.handle(agent.ReplyStarted(reply_id="r1"))
-    bridge.handle(agent.ReplyAudio(data=PAYLOAD, reply_id="r1"))
+    bridge = playing_bridge()
     bridge.handle(agent.ToolCall(call_id="c1", name="lookup", arguments={"order": "1"}))
     bridge.handle(agent.ReplyDone(reply_id="r1"))
     dropped = bridge.handle(AgentClosed(1006))

@@ -102,8 +102,10 @@ class PlayoutLedger:
         """What the audio fast path may do until the next event, in one call (the bridge
         asks after every event): relay the current reply's audio, unless it is `fenced`,
         up to as many bytes as `count_unmarked` would take before a mark is due (the
-        reply's id and that budget; 0: none), and send marks as `mark_window` says (the
-        last two)."""
+        reply's id and that budget; 0: none); and the numbers of the marks sent and not
+        yet echoed (the last two: the first, and the next to send). The fast path numbers
+        the marks it sends from that next one, and may hold back the echo of any mark in
+        that window for `marks_echoed` (see `count_relayed`)."""
         pending = self._pending
         next_mark = self._next_mark
         first = pending[0][0] if pending else next_mark
@@ -114,18 +116,11 @@ class PlayoutLedger:
                 return reply.reply_id, budget, first, next_mark
         return None, 0, first, next_mark
 
-    def mark_window(self) -> tuple[int, int]:
-        """The numbers of the marks sent and not yet echoed: (first, next to send). The
-        fast path numbers the marks it sends from `next`, and may hold back the echo of
-        any mark in the window for `marks_echoed` (see `count_relayed`)."""
-        first = self._pending[0][0] if self._pending else self._next_mark
-        return first, self._next_mark
-
     def count_relayed(self, audio_bytes: int, marks: Sequence[int] = ()) -> None:
         """Count chunks the fast path relayed for the current reply since `relay_window`
         (nothing else reaches the ledger in between), with the marks it sent after the
         chunks that crossed a mark, as `count_marked` would have: each given as the bytes
-        relayed up to it, numbered on from `mark_window`'s next."""
+        relayed up to it, numbered on from `relay_window`'s next mark."""
         reply = self._current
         assert reply is not None, "relayed audio without an unmarked budget"
         start = reply.bytes_sent
@@ -205,7 +200,7 @@ class PlayoutLedger:
 
     def marks_echoed(self, echoes: Sequence[tuple[int, float]]) -> None:
         """Echoes the fast path held back (their numbers, and when each came), as if
-        `mark_echoed` had been given each then: see `mark_window`."""
+        `mark_echoed` had been given each then: see `relay_window`."""
         for number, at in echoes:
             self._echoed(number, at)
 

@@ -12,7 +12,7 @@ bridge handles anything. `__init__.py` explains when this module is used.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.pythread cimport PyThread_get_thread_ident
 from libc.stdint cimport uint8_t
@@ -70,19 +70,15 @@ cdef Py_ssize_t _base64_size(const unsigned char* text, Py_ssize_t n) noexcept n
     return size // 4 * 3 - 1
 
 
-cdef Py_ssize_t _raw_base64_size(object raw) except -2:
-    """`_base64_size` of a `msgspec.Raw` (the JSON of one value, as received)."""
+def base64_size(raw):
+    """`_base64_size` of a `msgspec.Raw` (the JSON of one value, as received), for the
+    tests: -1 for text the fast path does not relay."""
     cdef Py_buffer view
     PyObject_GetBuffer(raw, &view, PyBUF_SIMPLE)
     try:
         return _base64_size(<const unsigned char*>view.buf, view.len)
     finally:
         PyBuffer_Release(&view)
-
-
-def base64_size(raw):
-    """`_raw_base64_size`, for the tests: -1 for text the fast path does not relay."""
-    return _raw_base64_size(raw)
 
 
 # --- frames written around the text relayed ---------------------------------------------
