@@ -86,7 +86,7 @@ def _summary(call: SimulatedCall, record: Path | None) -> str:
         f"call {call.call_sid}: webhook HTTP {call.webhook_status}, "
         f"ended: {call.end_reason or 'still live'}",
         f"caller sent {call.media_sent} frames; heard {len(call.heard) / SAMPLE_RATE:.1f} s "
-        f"of agent audio; {call.clears} barge-in clear(s)",
+        f"of agent audio; Twilio told to clear it {call.clears} time(s)",
     ]
     lines += [f"Twilio said: {text}" for text in call.said]
     if call.warnings:

@@ -70,7 +70,7 @@ async def test_simulate_streams_a_wav_and_records_what_was_heard(
     # The caller spoke over the greeting (a barge-in), then heard the answer to the turn.
     assert recorded[:4000] == fake_agent.reply_audio_for(bot.greeting or "")[:4000]
     assert fake_agent.reply_audio_for("I heard you.") in recorded
-    assert "1 barge-in clear" in summary or "2 barge-in clear" in summary
+    assert "clear it 1 time(s)" in summary or "clear it 2 time(s)" in summary
     assert session.end_reason == "session.end"
 
 

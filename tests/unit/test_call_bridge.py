@@ -379,13 +379,24 @@ def test_fatal_error_plays_apology_then_hangs_up_on_its_mark() -> None:
     bridge.handle(AgentOpened())
     actions = bridge.handle(agent.SessionError(code="invalid_value", param="output.voice"))
     sent = to_twilio(actions)
-    assert sent[0] == {"event": "clear", "streamSid": STREAM}
-    assert [m["media"]["payload"] for m in sent[1:3]] == ["AAAA", "BBBB"]  # base64
-    assert sent[3] == {"event": "mark", "streamSid": STREAM, "mark": {"name": APOLOGY_MARK}}
+    # No agent audio went out, so there is nothing to clear before the apology.
+    assert [m["media"]["payload"] for m in sent[0:2]] == ["AAAA", "BBBB"]  # base64
+    assert sent[2] == {"event": "mark", "streamSid": STREAM, "mark": {"name": APOLOGY_MARK}}
+    assert len(sent) == 3
     assert not any(isinstance(a, HangUp) for a in actions)
     assert bridge.state is State.APOLOGIZING
     hang = bridge.handle(twilio.Mark(mark=twilio.MarkInfo(name=APOLOGY_MARK), stream_sid=STREAM))
     assert any(isinstance(a, HangUp) for a in hang)
+
+
+def test_fatal_error_mid_reply_clears_the_reply_before_the_apology() -> None:
+    bridge = playing_bridge()
+    actions = bridge.handle(agent.SessionError(code="forbidden", message="no agent access"))
+    sent = to_twilio(actions)
+    assert sent[0] == {"event": "clear", "streamSid": STREAM}
+    assert [m["media"]["payload"] for m in sent[1:3]] == ["AAAA", "BBBB"]
+    assert sent[3] == {"event": "mark", "streamSid": STREAM, "mark": {"name": APOLOGY_MARK}}
+    assert bridge.state is State.APOLOGIZING
 
 
 def test_mid_session_config_error_is_not_fatal() -> None:
@@ -406,7 +417,8 @@ def test_unreachable_agent_is_retried_with_backoff_then_apologised_for() -> None
     assert bridge.end_reason is None
     actions = bridge.handle(TimerFired(RETRY_BUDGET_TIMER))
     assert bridge.end_reason is EndReason.AGENT_UNAVAILABLE
-    assert len(to_twilio(actions)) == 4  # clear, the two apology payloads, the mark
+    assert len(to_twilio(actions)) == 3  # the two apology payloads, the mark (no clear:
+    # no agent audio ever went out)
 
 
 def test_at_capacity_is_retried_and_then_the_call_goes_on() -> None:

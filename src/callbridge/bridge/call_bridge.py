@@ -900,8 +900,7 @@ class CallBridge:
         if self._twilio_open and self.stream_sid is not None and self._apology:
             self.state = State.APOLOGIZING
             sid = self.stream_sid
-            actions.append(SendToTwilio(twilio.encode_clear(sid)))
-            self._ledger.cleared()
+            actions += self._clear()  # whatever the agent was saying stops first
             actions += [SendToTwilio(twilio.encode_media(sid, p)) for p in self._apology]
             actions += [
                 SendToTwilio(twilio.encode_mark(sid, APOLOGY_MARK)),
