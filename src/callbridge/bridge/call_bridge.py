@@ -69,6 +69,12 @@ WRAP_UP_INSTRUCTIONS = (
     "The time for this call is up. Tell the caller, in one short friendly sentence, that "
     "you have to end the call now, and say goodbye. Do not ask any question."
 )
+# A restart or scale-down: the caller can ring again at once (another instance answers).
+SHUTDOWN_INSTRUCTIONS = (
+    "This phone line has to close now. Tell the caller, in one short friendly sentence, "
+    "that you have to end the call and that they are welcome to call back right away, and "
+    "say goodbye. Do not ask any question."
+)
 
 
 class State(enum.Enum):
@@ -856,9 +862,11 @@ class CallBridge:
             return self._end(reason)
         self._wrapping_up = True
         self._wrap_up_reason = reason
+        shutdown = reason is EndReason.SERVER_SHUTDOWN
+        instructions = SHUTDOWN_INSTRUCTIONS if shutdown else WRAP_UP_INSTRUCTIONS
         return [
-            Log.info("call.wrapping_up", max_seconds=self._max_call_seconds),
-            SendToAgent(agent.encode_reply_create(WRAP_UP_INSTRUCTIONS)),
+            Log.info("call.wrapping_up", reason=reason.value, within_seconds=self._wrap_up_seconds),
+            SendToAgent(agent.encode_reply_create(instructions)),
             StartTimer(WRAP_UP_TIMER, self._wrap_up_seconds),
         ]
 
