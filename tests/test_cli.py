@@ -63,6 +63,25 @@ def test_invalid_configuration_exits_2_naming_the_variable(
     assert variable in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"CALLBRIDGE_SPOOL_PATH": "no-such-folder/spool.jsonl"}, "CALLBRIDGE_SPOOL_PATH"),
+        ({"DATABASE_URL": "sqlite:///no-such-folder/calls.db"}, "DATABASE_URL"),
+    ],
+)
+def test_unusable_record_paths_stop_start_up_cleanly(
+    tmp_path: Path, env: dict[str, str], variable: str
+) -> None:
+    result = run_cli(tmp_path, "serve", PORT=str(free_port()), **env)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"callbridge: configuration error: {variable}:"), result.stderr
+    assert "no-such-folder" in last
+    # What had started before the failure was closed: no warnings from the interpreter.
+    assert "Unclosed" not in result.stderr and "Traceback" not in result.stderr
+
+
 def test_server_refuses_to_start_without_auth_token(tmp_path: Path) -> None:
     result = run_cli(tmp_path, "serve", TWILIO_AUTH_TOKEN="")
     assert result.returncode == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from importlib import resources
 
 import aiohttp
@@ -53,49 +54,40 @@ def build_app(settings: Settings, bot: Bot) -> web.Application:
     app[RECORDS_STORE] = state.records
     if settings.callbridge_media_stream_transport == "picows":
         app[PICOWS_STREAMS] = PicowsStreams(state)  # the main port hands it stream sockets
-    app.on_startup.append(_open_http_client)
-    app.on_startup.append(_start_records)
-    app.on_startup.append(_start_picows_streams)
+    # Each a context: if one fails to start (a spool it cannot open, say), the ones already
+    # started are closed, in reverse order, and nothing else is. Streams stop first (that
+    # waits for their calls), then the records (the calls' last entries), then the client.
+    app.cleanup_ctx.append(_http_client)
+    app.cleanup_ctx.append(_records)
+    app.cleanup_ctx.append(_picows_streams)
     app.on_shutdown.append(_end_live_calls)
-    app.on_cleanup.append(_stop_picows_streams)  # waits for its calls: before what they use
-    app.on_cleanup.append(_close_http_client)
-    app.on_cleanup.append(_close_records)
     return app
 
 
-async def _start_picows_streams(app: web.Application) -> None:
+async def _picows_streams(app: web.Application) -> AsyncIterator[None]:
     streams = app.get(PICOWS_STREAMS)
     if streams is not None:
         await streams.start()
-
-
-async def _stop_picows_streams(app: web.Application) -> None:
-    streams = app.get(PICOWS_STREAMS)
+    yield
     if streams is not None:
         await streams.stop()
 
 
-async def _start_records(app: web.Application) -> None:
+async def _records(app: web.Application) -> AsyncIterator[None]:
     await app[APP_STATE].records.start()
-
-
-async def _close_records(app: web.Application) -> None:
+    yield
     # After the calls: their last entries (CallClosed) are flushed with the rest.
     await app[APP_STATE].records.close()
 
 
-async def _open_http_client(app: web.Application) -> None:
+async def _http_client(app: web.Application) -> AsyncIterator[None]:
     # aiohttp's default pool caps a session at 100 connections: the 101st call would
     # wait for an upstream socket. Calls are the limit here, not the pool.
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
-    app[APP_STATE].http = aiohttp.ClientSession(connector=connector)
+    http = app[APP_STATE].http = aiohttp.ClientSession(connector=connector)
+    yield
+    await http.close()
 
 
 async def _end_live_calls(app: web.Application) -> None:
     await end_calls_now(app[APP_STATE])
-
-
-async def _close_http_client(app: web.Application) -> None:
-    state = app[APP_STATE]
-    if state.http is not None:
-        await state.http.close()

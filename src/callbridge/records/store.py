@@ -219,9 +219,18 @@ class CallStore:
         limits: StoreLimits | None = None,
     ) -> CallStore:
         """A store as configured; ValueError naming DATABASE_URL if it cannot be used."""
+        engine = database.create_engine(settings.database_url)
+        path = database.sqlite_path(settings.database_url)
+        # SQLite creates its file but not the folder: without it no record could ever be
+        # written, which is a typo to report now, not an outage to wait out.
+        if path is not None and not path.parent.is_dir():
+            raise ValueError(
+                f"DATABASE_URL: the folder {path.parent} does not exist (SQLite creates the "
+                "database file, not its folder)"
+            )
         token = settings.callbridge_api_token
         return cls(
-            database.create_engine(settings.database_url),
+            engine,
             settings.callbridge_spool_path,
             instance_id=settings.callbridge_instance_id or socket.gethostname(),
             store_transcripts=settings.store_transcripts,

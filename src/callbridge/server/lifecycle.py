@@ -27,8 +27,9 @@ _FORCED_WAIT_SECONDS = 5.0  # session.end, session.ended, sockets closed
 
 async def serve(app: web.Application, settings: Settings, log: EventLogger) -> None:
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
-    await runner.setup()
     try:
+        # Inside: if start-up fails part way (the spool, the port), what did start is closed.
+        await runner.setup()
         site = main_port_site(runner, settings.host, settings.port)
         await site.start()
         state = app[APP_STATE]
