@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import psutil
 import uvloop
 from picows import ws_create_server
@@ -85,6 +86,43 @@ async def _wait_for_server(port: int, proc: psutil.Process, deadline: float) -> 
 
 
 _RSS_TRACE_SECONDS = 30.0
+# callbridge runs with its metrics on: scraped as often as Prometheus does by default.
+_SCRAPE_SECONDS = 15.0
+
+
+class _Scraper:
+    """GET /metrics every `_SCRAPE_SECONDS` of the window (callbridge only). A server that
+    has no /metrics (an older revision, `--against`) is noted, not a failure."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self._url = f"{base}/metrics"
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._next = 0.0
+        self.scrapes = 0
+        self.failures: list[str] = []
+        self.bytes = 0
+
+    async def maybe(self, elapsed: float) -> None:
+        if elapsed < self._next:
+            return
+        self._next = elapsed + _SCRAPE_SECONDS
+        try:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(self._url, headers=self._headers, timeout=_SCRAPE_TIMEOUT) as response,
+            ):
+                body = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.failures.append(type(exc).__name__)
+            return
+        if response.status != 200:
+            self.failures.append(f"HTTP {response.status}")
+            return
+        self.scrapes += 1
+        self.bytes = len(body)
+
+
+_SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 
 
 def _second_half_growth(trace: list[tuple[float, int]], rss_end: int) -> int | None:
@@ -238,8 +276,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     rss_max = 0
     rss_trace: list[tuple[float, int]] = []  # (seconds into the window, RSS): a soak's record
+    scraper = None
+    if args.target.startswith("callbridge") and args.api_token:
+        scraper = _Scraper(f"http://127.0.0.1:{args.server_port}", args.api_token)
     while (left := args.duration - (time.monotonic() - started)) > 0:
-        await asyncio.sleep(min(1.0, left))
+        if scraper is not None:
+            await scraper.maybe(time.monotonic() - started)
+            left = args.duration - (time.monotonic() - started)
+        await asyncio.sleep(max(0.0, min(1.0, left)))
         rss = server_proc.memory_info().rss
         rss_max = max(rss_max, rss)
         elapsed = time.monotonic() - started
@@ -360,6 +404,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "harness_late_ticks": late_ticks,
         "cores": [_core_breakdown(a, b) for a, b in zip(cores0, cores1, strict=True)],
         "events": {**totals, "clears": clears, "marks_echoed": marks, "session_ends": session_ends},
+        "metrics_scrapes": scraper.scrapes if scraper is not None else None,
+        "metrics_scrape_failures": sorted(set(scraper.failures)) if scraper is not None else [],
+        "metrics_bytes": scraper.bytes if scraper is not None else None,
         "harness_errors": len(h.errors),
         "harness_error_samples": sorted(set(h.errors))[:5],
     }
@@ -387,6 +434,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ramp-rate", type=float, default=100.0, help="calls opened per second")
     p.add_argument("--public-url", default="https://bench.callbridge.invalid")
     p.add_argument("--auth-token", default="bench-auth-token")
+    p.add_argument("--api-token", default="", help="callbridge's API token: scrape /metrics")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
         "--callgrind",

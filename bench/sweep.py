@@ -40,6 +40,7 @@ EXTRA_TARGETS = ("callbridge-aiohttp-streams", "callbridge-aiohttp")
 DEFAULT_CALLS = (50, 100, 200, 300, 400, 600)
 AUTH_TOKEN = "bench-auth-token-0123456789abcdef"
 PUBLIC_URL = "https://bench.callbridge.invalid"  # never resolved: only signed over
+API_TOKEN = "bench-api-token-0123456789abcdef"  # the harness scrapes /metrics with it
 SERVER_CORE, HARNESS_CORE = 0, 1
 # A run this far past the targets says nothing new at a larger N: skip the rest.
 HOPELESS_P99_MS = 200.0
@@ -106,6 +107,7 @@ def _server_env(
         DATABASE_URL=database_url or f"sqlite:///{workdir / 'bench.db'}",
         CALLBRIDGE_SPOOL_PATH=str(workdir / "spool.jsonl"),
         DRAIN_SECONDS="5",  # every call is hung up before the stop: nothing to drain
+        CALLBRIDGE_API_TOKEN=API_TOKEN,  # /metrics on, scraped as Prometheus would
     )
     if target in ("callbridge-aiohttp-streams", "callbridge-aiohttp"):
         env["CALLBRIDGE_MEDIA_STREAM_TRANSPORT"] = "aiohttp"
@@ -234,6 +236,8 @@ def run_one(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]
             PUBLIC_URL,
             "--auth-token",
             AUTH_TOKEN,
+            "--api-token",
+            API_TOKEN,
             *(["--callgrind"] if dump_prefix is not None else []),
         ]
         budget = 90 + calls / args.ramp_rate + args.settle + args.duration

@@ -86,6 +86,12 @@ def test_quick_bench_reports_sane_figures(tmp_path: Path) -> None:
             counters = runs[target]["server_log"]["bridge_counters"]
             assert counters["fast_path_frames"] > counters["frames_to_agent"] // 2, target
 
+    # callbridge ran with its metrics on, scraped in the window as Prometheus would.
+    ours = runs["callbridge"]
+    assert ours["metrics_scrapes"] >= 1 and ours["metrics_scrape_failures"] == [], ours
+    assert ours["metrics_bytes"] > 0
+    assert runs["picows"]["metrics_scrapes"] is None  # the relays have none
+
     # The whole bridge ran, not just the relay: barge-ins, tool calls, clean endings; every
     # stream served by picows (one on aiohttp would have logged a warning).
     for name in ("callbridge", revision):

@@ -13,6 +13,7 @@ from callbridge.config import Settings
 from callbridge.records.store import CallStore
 from callbridge.server import media_stream_endpoint, records_api, webhooks
 from callbridge.server.lifecycle import end_calls_now
+from callbridge.server.metrics import METRICS, CallMetrics, metrics_endpoint
 from callbridge.server.picows_streams import PICOWS_STREAMS, PicowsStreams
 from callbridge.server.records_api import RECORDS_STORE
 from callbridge.server.state import APP_STATE, AppState
@@ -52,6 +53,14 @@ def build_app(settings: Settings, bot: Bot) -> web.Application:
     app.router.add_get("/readyz", webhooks.readyz)
     records_api.add_routes(app)
     app[RECORDS_STORE] = state.records
+    metrics = CallMetrics(
+        lambda: _live_by_direction(state),
+        state.records.stats,
+        tool_names=(t.name for t in bot.tools),
+    )
+    state.observe = metrics.observe
+    app[METRICS] = metrics
+    app.router.add_get("/metrics", metrics_endpoint)
     if settings.callbridge_media_stream_transport == "picows":
         app[PICOWS_STREAMS] = PicowsStreams(state)  # the main port hands it stream sockets
     # Each a context: if one fails to start (a spool it cannot open, say), the ones already
@@ -87,6 +96,14 @@ async def _http_client(app: web.Application) -> AsyncIterator[None]:
     http = app[APP_STATE].http = aiohttp.ClientSession(connector=connector)
     yield
     await http.close()
+
+
+def _live_by_direction(state: AppState) -> dict[str, int]:
+    counts = {"inbound": 0, "outbound": 0}
+    for runner in state.registry.live.values():
+        direction = runner.bridge.direction
+        counts[direction] = counts.get(direction, 0) + 1
+    return counts
 
 
 async def _end_live_calls(app: web.Application) -> None:

@@ -286,6 +286,11 @@ class CallBridge:
         return handler(event)
 
     @property
+    def direction(self) -> str:
+        """ "inbound" or "outbound"."""
+        return self._direction
+
+    @property
     def clock(self) -> Callable[[], float]:
         """The clock the bridge times things by (echoes held back by the fast path too)."""
         return self._clock

@@ -91,7 +91,7 @@ def start_call(
         ),
         log=log,
         admit=admit,
-        record=state.records.submit,
+        record=state.record,
         max_messages_per_second=settings.callbridge_max_messages_per_second,
         fast_path=settings.callbridge_fast_path,
     )

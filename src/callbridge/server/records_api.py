@@ -49,13 +49,12 @@ def _error(
     return _json(status, {"error": code, "message": message}, headers)
 
 
-def _authorize(request: web.Request) -> web.Response | None:
-    """None if the request may read records, else the response refusing it."""
+def authorize(request: web.Request, what: str = "the call records API") -> web.Response | None:
+    """None if the request may read records (or metrics: `what`), else the response
+    refusing it. CALLBRIDGE_API_TOKEN guards both."""
     store = request.app[RECORDS_STORE]
     if store.api_token is None:
-        return _error(
-            404, "api_disabled", "the call records API is off: set CALLBRIDGE_API_TOKEN to use it"
-        )
+        return _error(404, "api_disabled", f"{what} is off: set CALLBRIDGE_API_TOKEN to use it")
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         return _error(
@@ -103,7 +102,7 @@ def _list_query(params: MultiMapping[str]) -> CallQuery:
 
 
 async def list_calls(request: web.Request) -> web.Response:
-    denied = _authorize(request)
+    denied = authorize(request)
     if denied is not None:
         return denied
     try:
@@ -117,7 +116,7 @@ async def list_calls(request: web.Request) -> web.Response:
 
 
 async def get_call(request: web.Request) -> web.Response:
-    denied = _authorize(request)
+    denied = authorize(request)
     if denied is not None:
         return denied
     key = request.match_info["call"]

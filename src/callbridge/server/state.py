@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -10,6 +11,7 @@ from aiohttp import web
 from callbridge.bot import Bot
 from callbridge.config import Settings
 from callbridge.logs import EventLogger
+from callbridge.records.entries import RecordEntry
 from callbridge.records.store import CallStore
 from callbridge.server.call_registry import CallRegistry
 from callbridge.server.twilio_auth import TwilioAuthenticator
@@ -30,6 +32,14 @@ class AppState:
     warned_public_url: bool = False
     picows_streams: bool = False  # the main port hands stream sockets to picows
     warned_stream_on_aiohttp: bool = False
+    # Counts what the records say before they are stored (`server/metrics.py`).
+    observe: Callable[[RecordEntry], None] | None = None
+
+    def record(self, entry: RecordEntry) -> None:
+        """A call's record entry: counted for the metrics, then queued for the database."""
+        if self.observe is not None:
+            self.observe(entry)
+        self.records.submit(entry)
 
     def not_ready_reasons(self) -> list[str]:
         reasons = []
