@@ -47,10 +47,21 @@ HOPELESS_P99_MS = 200.0
 QUIET_PERCENT = 15.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """Ports free just now, all different: each socket is held until all are chosen (two
+    picked one after the other can be the same port). Another process may still take one
+    before the server binds it: see `_port_taken`."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+
+
+def _port_taken(result: dict[str, Any]) -> bool:
+    """The server could not listen: its port was taken between our choice and its bind."""
+    samples = result.get("server_log", {}).get("non_json_samples", [])
+    return any("Address already in use" in line for line in samples)
 
 
 def _pinned(core: int, cmd: list[str], pin: bool) -> list[str]:
@@ -171,7 +182,7 @@ def _log_summary(path: Path) -> dict[str, Any]:
 
 
 def run_one(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]:
-    server_port, agent_port = _free_port(), _free_port()
+    server_port, agent_port = _free_ports(2)
     agent_url = f"ws://127.0.0.1:{agent_port}/v1/ws"
     with tempfile.TemporaryDirectory(prefix="callbridge-bench-") as tmp:
         workdir = Path(tmp)
@@ -311,6 +322,9 @@ def _wait_for_quiet(limit: float) -> tuple[float, list[float]]:
             return time.monotonic() - began, busy
 
 
+_PORT_RETRIES = 3
+
+
 def _measure(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]:
     """One run, repeated (up to --retries times) while it fails in a noisy window."""
     attempts: list[dict[str, Any]] = []
@@ -318,6 +332,11 @@ def _measure(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any
         waited, busy = _wait_for_quiet(args.quiet_wait) if args.quiet_wait > 0 else (0.0, [])
         began = time.monotonic()
         result = run_one(target, calls, args)
+        for _ in range(_PORT_RETRIES):  # not a measurement at all: run it again, at once
+            if not _port_taken(result):
+                break
+            print(f"{target:<18} {calls:>5}: its port was taken; once more", flush=True)
+            result = run_one(target, calls, args)
         result["wall_seconds"] = round(time.monotonic() - began, 1)
         result["waited_for_quiet_seconds"] = round(waited, 1)
         result["cores_busy_before_percent"] = busy

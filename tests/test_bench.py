@@ -394,3 +394,19 @@ def test_rounds_alternate_the_order_of_the_servers() -> None:
     orders = [round_order(servers, i) for i in range(4)]
     assert orders == [servers, servers[::-1], servers, servers[::-1]]
     assert servers == ["callbridge", "callbridge@abc", "picows"]  # not reversed in place
+
+
+def test_ports_are_distinct_and_a_taken_port_is_recognised() -> None:
+    from bench.sweep import _free_ports, _port_taken
+
+    for _ in range(20):
+        ports = _free_ports(2)
+        assert len(set(ports)) == 2 and all(p > 0 for p in ports)
+    clash = {
+        "server_log": {
+            "non_json_samples": ["callbridge: cannot listen on 127.0.0.1:5: Address already in use"]
+        }
+    }
+    assert _port_taken(clash)
+    assert not _port_taken({"server_log": {"non_json_samples": []}})
+    assert not _port_taken({"error": "the harness crashed"})
