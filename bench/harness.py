@@ -88,6 +88,7 @@ async def _wait_for_server(port: int, proc: psutil.Process, deadline: float) -> 
 _RSS_TRACE_SECONDS = 30.0
 # callbridge runs with its metrics on: scraped as often as Prometheus does by default.
 _SCRAPE_SECONDS = 15.0
+_SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 
 
 class _Scraper:
@@ -120,9 +121,6 @@ class _Scraper:
             return
         self.scrapes += 1
         self.bytes = len(body)
-
-
-_SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 
 
 def _second_half_growth(trace: list[tuple[float, int]], rss_end: int) -> int | None:

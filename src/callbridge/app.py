@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 from importlib import resources
 
@@ -99,11 +100,7 @@ async def _http_client(app: web.Application) -> AsyncIterator[None]:
 
 
 def _live_by_direction(state: AppState) -> dict[str, int]:
-    counts = {"inbound": 0, "outbound": 0}
-    for runner in state.registry.live.values():
-        direction = runner.bridge.direction
-        counts[direction] = counts.get(direction, 0) + 1
-    return counts
+    return Counter(runner.bridge.direction for runner in state.registry.live.values())
 
 
 async def _end_live_calls(app: web.Application) -> None:

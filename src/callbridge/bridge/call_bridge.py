@@ -287,7 +287,7 @@ class CallBridge:
 
     @property
     def direction(self) -> str:
-        """ "inbound" or "outbound"."""
+        """The call's direction: inbound or outbound."""
         return self._direction
 
     @property

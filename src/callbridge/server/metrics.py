@@ -129,44 +129,37 @@ class CallMetrics:
             buckets=_TOOL_BUCKETS,
             registry=r,
         )
+        # From the agent: bounded. End and drop reasons are the bridge's own, a fixed set.
         self._error_code = BoundedLabel()
         self._tool_name = BoundedLabel(tool_names)
-        self._end_reason = BoundedLabel()
-        self._drop_reason = BoundedLabel()
 
     def observe(self, entry: RecordEntry) -> None:
         """Count what a call record entry says (called for every entry, before it is stored)."""
-        kind = type(entry)
-        if kind is TurnLatency:
-            assert isinstance(entry, TurnLatency)
+        if isinstance(entry, TurnLatency):
             if entry.to_first_audio_sent_ms is not None:
                 self.turn_latency.labels("sent").observe(entry.to_first_audio_sent_ms / 1000)
             if entry.to_first_audio_played_ms is not None:
                 self.turn_latency.labels("played").observe(entry.to_first_audio_played_ms / 1000)
-        elif kind is ToolInvocation:
-            assert isinstance(entry, ToolInvocation)
+        elif isinstance(entry, ToolInvocation):
             tool = self._tool_name(entry.name)
             outcome = "discarded" if entry.discarded else "error" if entry.is_error else "ok"
             self.tool_calls.labels(tool, outcome).inc()
             if entry.duration_ms is not None:
                 self.tool_seconds.labels(tool).observe(entry.duration_ms / 1000)
-        elif kind is CallError:
-            assert isinstance(entry, CallError)
+        elif isinstance(entry, CallError):
             self.errors.labels(entry.source, self._error_code(entry.code)).inc()
-        elif kind is CallOpened:
-            assert isinstance(entry, CallOpened)
+        elif isinstance(entry, CallOpened):
             self.calls_started.labels(entry.direction).inc()
-        elif kind is CallClosed:
-            assert isinstance(entry, CallClosed)
+        elif isinstance(entry, CallClosed):
             self._call_closed(entry)
 
     def _call_closed(self, entry: CallClosed) -> None:
-        self.calls_ended.labels(entry.ended_by, self._end_reason(entry.reason)).inc()
+        self.calls_ended.labels(entry.ended_by, entry.reason).inc()
         self.frames.labels("from-twilio").inc(entry.frames_from_twilio)
         self.frames.labels("to-agent").inc(entry.frames_to_agent)
         self.frames.labels("to-twilio").inc(entry.frames_to_twilio)
         for reason, count in entry.dropped.items():
-            self.dropped.labels(self._drop_reason(reason)).inc(count)
+            self.dropped.labels(reason).inc(count)
         if entry.resumes:
             self.resumes.inc(entry.resumes)
 

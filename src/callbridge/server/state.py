@@ -36,7 +36,8 @@ class AppState:
     observe: Callable[[RecordEntry], None] | None = None
 
     def record(self, entry: RecordEntry) -> None:
-        """A call's record entry: counted for the metrics, then queued for the database."""
+        """Every record entry goes through here: counted for the metrics, then queued for
+        the database."""
         if self.observe is not None:
             self.observe(entry)
         self.records.submit(entry)

@@ -101,7 +101,7 @@ async def call_status(request: web.Request) -> web.Response:
     call_id = state.registry.call_id_for_sid(call_sid) if call_sid else None
     status = _field(form, "CallStatus")
     if call_sid and status:
-        state.records.submit(
+        state.record(
             CallStatusChanged(
                 call_sid=call_sid,
                 status=status,
