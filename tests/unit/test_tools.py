@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -153,9 +155,36 @@ def test_load_bot() -> None:
     assert load_bot("callbridge.bot:bot") is bot
     for spec, message in [
         ("callbridge.bot", "expected"),
-        ("no.such.module:bot", "cannot import"),
+        ("no.such.module:bot", "no module named 'no.such.module'"),
         ("callbridge.bot:nothing", "no attribute"),
-        ("callbridge.bot:SYSTEM_PROMPT", "not a callbridge.Bot"),
+        ("callbridge.bot:SYSTEM_PROMPT", "is a str, not a callbridge.Bot"),
+        ("callbridge.bot:Bot", "the Bot class itself"),
+        ("callbridge.bot:bot:", "expected"),
     ]:
         with pytest.raises(BotLoadError, match=message):
             load_bot(spec)
+
+
+def test_load_bot_from_a_folder_or_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    source = "from callbridge import Bot\nbot = Bot(system_prompt='from a file')\n"
+    (tmp_path / "own_bot_in_folder.py").write_text(source)
+    (tmp_path / "json.py").write_text(source)  # named like a module already imported
+    try:
+        assert load_bot("own_bot_in_folder:bot", tmp_path).system_prompt == "from a file"
+        assert load_bot("json.py:bot", tmp_path).system_prompt == "from a file"
+        assert load_bot(f"{tmp_path}/json.py:bot").system_prompt == "from a file"
+        assert sys.modules["json"] is json  # not replaced by the bot file
+    finally:
+        sys.modules.pop("own_bot_in_folder", None)
+
+
+def test_a_bot_file_that_fails_leaves_no_half_imported_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "broken_bot_file.py").write_text("raise RuntimeError('no database')\n")
+    before = set(sys.modules)
+    with pytest.raises(BotLoadError, match=r"broken_bot_file.py, line 1: RuntimeError: no da"):
+        load_bot("broken_bot_file.py:bot", tmp_path)
+    assert set(sys.modules) == before
