@@ -151,3 +151,45 @@ def test_a_missing_attribute_or_one_that_is_not_a_bot_is_named(tmp_path: Path) -
     assert "module 'mybot' (mybot.py) has no attribute 'shop'; its Bots: bot" in line
     line = refusal(tmp_path, "mybot:opening_hours")
     assert "mybot:opening_hours is a Tool, not a callbridge.Bot" in line
+
+
+BAD_TOOLS = {
+    "callable": (
+        "from collections.abc import Callable",
+        "def notify(when: str, callback: Callable[[str], None]) -> str:",
+        "tool notify: parameter 'callback' has type Callable[[str], None], which cannot be "
+        "described to the agent as JSON Schema",
+    ),
+    "custom class": (
+        "class Basket:\n    pass",
+        "def checkout(basket: Basket) -> str:",
+        "tool checkout: parameter 'basket' has type Basket, which cannot be described",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TOOLS))
+def test_a_tool_parameter_without_json_schema_stops_start_up(tmp_path: Path, case: str) -> None:
+    prelude, signature, expected = BAD_TOOLS[case]
+    (tmp_path / "mybot.py").write_text(
+        f"from callbridge import Bot, tool\n{prelude}\n\n\n"
+        f"@tool\n{signature}\n    return 'ok'\n\n\n"
+        f"bot = Bot(system_prompt='x', tools=({signature.split()[1].split('(')[0]},))\n"
+    )
+    line = refusal(tmp_path, "mybot:bot")
+    assert expected in line
+    assert "mybot.py, line " in line  # the line of the @tool
+    assert "arbitrary_types_allowed" not in line  # pydantic's advice is for pydantic users
+
+
+def test_an_undecorated_function_in_tools_stops_start_up(tmp_path: Path) -> None:
+    (tmp_path / "mybot.py").write_text(
+        "from callbridge import Bot\n\n\n"
+        "def opening_hours(day: str) -> str:\n    return '9 to 5'\n\n\n"
+        "bot = Bot(system_prompt='x', tools=(opening_hours,))\n"
+    )
+    line = refusal(tmp_path, "mybot:bot")
+    assert (
+        "mybot.py, line 8: TypeError: Bot(tools=...): opening_hours is a plain function; "
+        "put @tool on the line above its def"
+    ) in line

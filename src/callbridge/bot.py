@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
 import random
 import sys
 import sysconfig
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -41,13 +42,17 @@ class Bot:
     tools: Sequence[Tool] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        names = [t.name for t in self.tools]
+        if isinstance(self.tools, Tool) or not isinstance(self.tools, Iterable):
+            raise TypeError("Bot(tools=...) takes a tuple or list of tools, such as tools=(a, b)")
+        tools = tuple(self.tools)
+        for item in tools:
+            if not isinstance(item, Tool):
+                raise TypeError(f"Bot(tools=...): {_not_a_tool(item)}")
+        names = [t.name for t in tools]
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
             raise ValueError(f"duplicate tool names: {', '.join(sorted(duplicates))}")
-        for item in self.tools:
-            if not isinstance(item, Tool):
-                raise TypeError(f"bot tools must be @tool functions, got {item!r}")
+        object.__setattr__(self, "tools", tools)  # a copy: the list passed in may change later
 
     def tool_named(self, name: str) -> Tool | None:
         for item in self.tools:
@@ -72,6 +77,12 @@ class Bot:
         if greeting:  # the API rejects greeting: null; omitting it means "listen first"
             session["greeting"] = greeting
         return session
+
+
+def _not_a_tool(item: object) -> str:
+    if inspect.isfunction(item) or inspect.ismethod(item):
+        return f"{item.__name__} is a plain function; put @tool on the line above its def"
+    return f"expected @tool functions, got {type(item).__name__} {item!r:.60}"
 
 
 class BotLoadError(Exception):

@@ -6,14 +6,15 @@ import asyncio
 import json
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, create_model
 
 from callbridge.bot import Bot, BotLoadError, bot, load_bot
-from callbridge.tools import ToolError, run_tool, tool
+from callbridge.tools import Tool, ToolError, run_tool, tool
 
 
 class Address(BaseModel):
@@ -163,6 +164,57 @@ def test_load_bot() -> None:
     ]:
         with pytest.raises(BotLoadError, match=message):
             load_bot(spec)
+
+
+class Basket:  # a plain class: pydantic cannot validate it, the agent cannot be asked for it
+    pass
+
+
+@pytest.mark.parametrize(
+    ("hint", "shown"),
+    [
+        (Callable[[str], None], "Callable[[str], None]"),
+        (Basket, "Basket"),
+        (list[Basket], "list[Basket]"),
+        (Basket | None, "Basket | None"),
+    ],
+)
+def test_a_parameter_type_without_json_schema_fails_when_the_tool_is_made(
+    hint: Any, shown: str
+) -> None:
+    def notify(when: str, target: Any = None) -> None:
+        """Notify."""
+
+    notify.__annotations__["target"] = hint
+    with pytest.raises(TypeError) as caught:
+        tool(notify)
+    message = str(caught.value)
+    assert message.startswith(f"tool notify: parameter 'target' has type {shown}, which cannot")
+    assert "arbitrary_types_allowed" not in message
+
+
+def test_a_tool_made_by_hand_builds_its_schema_at_once() -> None:
+    model = create_model("notify_arguments", callback=(Callable[[str], None], ...))
+    with pytest.raises(TypeError, match="tool notify: its parameters cannot be described"):
+        Tool(name="notify", description="Notify.", function=print, arguments_model=model)
+
+
+def test_definition_hands_out_a_copy_of_the_schema() -> None:
+    book.definition()["parameters"]["properties"].clear()
+    assert "day" in book.definition()["parameters"]["properties"]
+
+
+def test_bot_tools_must_be_tools() -> None:
+    def opening_hours(day: str) -> str:
+        return day
+
+    with pytest.raises(TypeError, match="opening_hours is a plain function; put @tool"):
+        Bot(system_prompt="x", tools=(book, opening_hours))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="expected @tool functions, got str 'book'"):
+        Bot(system_prompt="x", tools=("book",))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="tuple or list of tools"):
+        Bot(system_prompt="x", tools=book)  # type: ignore[arg-type]
+    assert Bot(system_prompt="x", tools=[book, ship]).tools == (book, ship)
 
 
 def test_load_bot_from_a_folder_or_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
