@@ -1,13 +1,22 @@
 """The bot: what the agent says and can do. Users write their own and point
-`CALLBRIDGE_BOT=mypkg.mybot:bot` at it; this module holds the built-in default.
+`CALLBRIDGE_BOT=mybot:bot` (or `CALLBRIDGE_BOT=path/to/mybot.py:bot`) at it; this module
+holds the built-in default.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import inspect
+import os
 import random
-from collections.abc import Sequence
+import sys
+import sysconfig
+import traceback
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 from callbridge.tools import Tool, tool
@@ -33,13 +42,17 @@ class Bot:
     tools: Sequence[Tool] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        names = [t.name for t in self.tools]
+        if isinstance(self.tools, Tool) or not isinstance(self.tools, Iterable):
+            raise TypeError("Bot(tools=...) takes a tuple or list of tools, such as tools=(a, b)")
+        tools = tuple(self.tools)
+        for item in tools:
+            if not isinstance(item, Tool):
+                raise TypeError(f"Bot(tools=...): {_not_a_tool(item)}")
+        names = [t.name for t in tools]
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
             raise ValueError(f"duplicate tool names: {', '.join(sorted(duplicates))}")
-        for item in self.tools:
-            if not isinstance(item, Tool):
-                raise TypeError(f"bot tools must be @tool functions, got {item!r}")
+        object.__setattr__(self, "tools", tools)  # a copy: the list passed in may change later
 
     def tool_named(self, name: str) -> Tool | None:
         for item in self.tools:
@@ -66,26 +79,138 @@ class Bot:
         return session
 
 
+def _not_a_tool(item: object) -> str:
+    if inspect.isfunction(item) or inspect.ismethod(item):
+        return f"{item.__name__} is a plain function; put @tool on the line above its def"
+    return f"expected @tool functions, got {type(item).__name__} {item!r:.60}"
+
+
 class BotLoadError(Exception):
     pass
 
 
-def load_bot(spec: str) -> Bot:
-    """Import `package.module:attribute` and check that it is a Bot."""
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise BotLoadError(f"expected 'package.module:attribute', got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise BotLoadError(f"cannot import {module_name!r}: {exc}") from exc
-    try:
-        value = getattr(module, attribute)
-    except AttributeError:
-        raise BotLoadError(f"module {module_name!r} has no attribute {attribute!r}") from None
+def load_bot(spec: str, folder: Path | None = None) -> Bot:
+    """The Bot that `CALLBRIDGE_BOT` names, imported and checked.
+
+    `spec` is `module:attribute`, the module found in `folder` (the current folder by
+    default) or among the installed packages, or `path/to/file.py:attribute`, the path
+    relative to `folder`. Whatever goes wrong is a BotLoadError saying where and what.
+    """
+    where, sep, attribute = spec.rpartition(":")
+    if not sep or not where or not all(part.isidentifier() for part in attribute.split(".")):
+        raise BotLoadError(
+            f"expected 'module:attribute' or 'path/to/file.py:attribute', got {spec!r}"
+        )
+    folder = Path.cwd() if folder is None else folder
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        module = _import_file(where, folder)
+    else:
+        module = _import(where, attribute, folder)
+    value: object = module
+    for part in attribute.split("."):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            raise BotLoadError(
+                f"{_module_shown(module)} has no attribute {attribute!r}{_bots_in(module)}"
+            ) from None
+    if value is Bot:
+        raise BotLoadError(f"{spec} is the Bot class itself; make one: bot = Bot(...)")
     if not isinstance(value, Bot):
         raise BotLoadError(f"{spec} is a {type(value).__name__}, not a callbridge.Bot")
     return value
+
+
+def _import(name: str, attribute: str, folder: Path) -> ModuleType:
+    # As `python -m` would: a module in the folder the command runs in can be imported.
+    _put_on_path(folder)
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+            file = name.replace(".", "/") + ".py"
+            raise BotLoadError(
+                f"no module named {name!r} in {folder} or the installed packages (run from "
+                f"the folder that holds {file}, or give its path: path/to/{file}:{attribute})"
+            ) from None
+        raise BotLoadError(f"cannot import {name!r}: {_failure(exc)}") from exc
+    except Exception as exc:
+        raise BotLoadError(f"cannot import {name!r}: {_failure(exc)}") from exc
+
+
+def _import_file(where: str, folder: Path) -> ModuleType:
+    path = (folder / Path(where).expanduser()).resolve()
+    if not path.is_file():
+        raise BotLoadError(f"no such file: {path}")
+    if path.suffix != ".py":
+        raise BotLoadError(f"{path} is not a Python file (.py)")
+    # As `python path/to/file.py` would: the file can import the modules beside it.
+    _put_on_path(path.parent)
+    name = path.stem
+    if not name.isidentifier() or name in sys.modules:
+        name = f"_callbridge_bot_{abs(hash(path)):x}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise BotLoadError(f"cannot load {path} as a Python module")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # dataclasses, pickle and the like look modules up here
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise BotLoadError(f"cannot import {_shown(str(path))}: {_failure(exc)}") from exc
+    return module
+
+
+def _put_on_path(folder: Path) -> None:
+    entry = str(folder.resolve())
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
+
+
+def _failure(exc: BaseException) -> str:
+    """One line: where in the user's code the import failed, and the exception."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{_shown(exc.filename)}, line {exc.lineno}: {type(exc).__name__}: {exc.msg}"
+    text = str(exc).strip().split("\n", 1)[0]
+    described = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    frame = _user_frame(exc)
+    return f"{_shown(frame.filename)}, line {frame.lineno}: {described}" if frame else described
+
+
+_LIBRARY_PATHS = ("stdlib", "platstdlib", "purelib", "platlib")  # not the user's own code
+
+
+def _user_frame(exc: BaseException) -> traceback.FrameSummary | None:
+    """The innermost frame of the user's own code, else the innermost real one."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+    places = [str(Path(__file__).parent), *(sysconfig.get_path(p) for p in _LIBRARY_PATHS)]
+    skipped = tuple(os.path.join(place, "") for place in places)  # with the trailing sep
+    for frame in reversed(frames):
+        if not frame.filename.startswith(skipped):
+            return frame
+    return frames[-1] if frames else None
+
+
+def _shown(filename: str) -> str:
+    """A path relative to the current folder when it is inside it."""
+    try:
+        return str(Path(filename).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return filename
+
+
+def _module_shown(module: ModuleType) -> str:
+    file = getattr(module, "__file__", None)
+    name = module.__name__ if not module.__name__.startswith("_callbridge_bot_") else None
+    if name and file:
+        return f"module {name!r} ({_shown(file)})"
+    return f"module {name!r}" if name else _shown(str(file))
+
+
+def _bots_in(module: ModuleType) -> str:
+    bots = sorted(name for name, value in vars(module).items() if isinstance(value, Bot))
+    return f"; its Bots: {', '.join(bots)}" if bots else "; it defines no Bot"
 
 
 # --- the built-in bot ---------------------------------------------------------------

@@ -10,10 +10,12 @@ call's event loop, and turns whatever the function returns into the JSON string 
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
+import re
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, overload
 
 import msgspec
@@ -28,6 +30,12 @@ class ToolError(Exception):
     """Raise from a tool to send the caller-facing message as an error result."""
 
 
+_SUPPORTED_TYPES = (
+    "use str, int, float, bool, a Literal, a date or datetime, a list or dict of these, "
+    "or a pydantic model, dataclass or TypedDict made of them"
+)
+
+
 @dataclass(frozen=True)
 class Tool:
     name: str
@@ -36,6 +44,20 @@ class Tool:
     arguments_model: type[pydantic.BaseModel]
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     execution_mode: str = "interactive"
+    # The parameters' JSON Schema, built once when the tool is made: a type the agent cannot
+    # be told about fails here, at import, instead of on every call.
+    parameters_schema: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        try:
+            schema = _strip_titles(self.arguments_model.model_json_schema())
+        except Exception as exc:
+            raise TypeError(
+                f"tool {self.name}: its parameters cannot be described to the agent as "
+                f"JSON Schema ({_first_line(exc)}); {_SUPPORTED_TYPES}"
+            ) from None
+        schema.setdefault("properties", {})
+        object.__setattr__(self, "parameters_schema", schema)
 
     @property
     def run_timeout(self) -> float:
@@ -44,13 +66,11 @@ class Tool:
 
     def definition(self) -> dict[str, Any]:
         """The flat (not OpenAI-nested) tool definition for `session.update`."""
-        schema = _strip_titles(self.arguments_model.model_json_schema())
-        schema.setdefault("properties", {})
         return {
             "type": "function",
             "name": self.name,
             "description": self.description,
-            "parameters": schema,
+            "parameters": copy.deepcopy(self.parameters_schema),
             "execution_mode": self.execution_mode,
             "timeout_seconds": self.timeout_seconds,
         }
@@ -134,6 +154,7 @@ def _arguments_model(fn: Callable[..., Any]) -> type[pydantic.BaseModel]:
             continue
         if param.name not in hints:
             raise TypeError(f"tool {fn.__name__}: parameter {param.name!r} needs a type hint")
+        _check_describable(fn, param.name, hints[param.name])
         default = ... if param.default is param.empty else param.default
         fields[param.name] = (hints[param.name], default)
     model: type[pydantic.BaseModel] = pydantic.create_model(
@@ -142,6 +163,31 @@ def _arguments_model(fn: Callable[..., Any]) -> type[pydantic.BaseModel]:
         **fields,
     )
     return model
+
+
+def _check_describable(fn: Callable[..., Any], name: str, hint: Any) -> None:
+    """The agent fills in arguments from a JSON Schema: each parameter's type needs one."""
+    try:
+        pydantic.TypeAdapter(hint).json_schema()
+    except Exception:
+        raise TypeError(
+            f"tool {fn.__name__}: parameter {name!r} has type {_type_name(hint)}, which cannot "
+            f"be described to the agent as JSON Schema; {_SUPPORTED_TYPES}"
+        ) from None
+
+
+def _type_name(hint: Any) -> str:
+    """`list[mymodule.Thing]` -> `list[Thing]`: names as the user wrote them."""
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__qualname__
+    parts = re.split(r"('[^']*'|\"[^\"]*\")", str(hint))  # leave Literal values alone
+    return "".join(
+        part if i % 2 else re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", part) for i, part in enumerate(parts)
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().split("\n", 1)[0] or type(exc).__name__
 
 
 def _resolved_hints(fn: Callable[..., Any]) -> dict[str, Any]:

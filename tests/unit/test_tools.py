@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
-from typing import Literal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, create_model
 
 from callbridge.bot import Bot, BotLoadError, bot, load_bot
-from callbridge.tools import ToolError, run_tool, tool
+from callbridge.tools import Tool, ToolError, run_tool, tool
 
 
 class Address(BaseModel):
@@ -153,9 +156,87 @@ def test_load_bot() -> None:
     assert load_bot("callbridge.bot:bot") is bot
     for spec, message in [
         ("callbridge.bot", "expected"),
-        ("no.such.module:bot", "cannot import"),
+        ("no.such.module:bot", "no module named 'no.such.module'"),
         ("callbridge.bot:nothing", "no attribute"),
-        ("callbridge.bot:SYSTEM_PROMPT", "not a callbridge.Bot"),
+        ("callbridge.bot:SYSTEM_PROMPT", "is a str, not a callbridge.Bot"),
+        ("callbridge.bot:Bot", "the Bot class itself"),
+        ("callbridge.bot:bot:", "expected"),
     ]:
         with pytest.raises(BotLoadError, match=message):
             load_bot(spec)
+
+
+class Basket:  # a plain class: pydantic cannot validate it, the agent cannot be asked for it
+    pass
+
+
+@pytest.mark.parametrize(
+    ("hint", "shown"),
+    [
+        (Callable[[str], None], "Callable[[str], None]"),
+        (Basket, "Basket"),
+        (list[Basket], "list[Basket]"),
+        (Basket | None, "Basket | None"),
+    ],
+)
+def test_a_parameter_type_without_json_schema_fails_when_the_tool_is_made(
+    hint: Any, shown: str
+) -> None:
+    def notify(when: str, target: Any = None) -> None:
+        """Notify."""
+
+    notify.__annotations__["target"] = hint
+    with pytest.raises(TypeError) as caught:
+        tool(notify)
+    message = str(caught.value)
+    assert message.startswith(f"tool notify: parameter 'target' has type {shown}, which cannot")
+    assert "arbitrary_types_allowed" not in message
+
+
+def test_a_tool_made_by_hand_builds_its_schema_at_once() -> None:
+    model = create_model("notify_arguments", callback=(Callable[[str], None], ...))
+    with pytest.raises(TypeError, match="tool notify: its parameters cannot be described"):
+        Tool(name="notify", description="Notify.", function=print, arguments_model=model)
+
+
+def test_definition_hands_out_a_copy_of_the_schema() -> None:
+    book.definition()["parameters"]["properties"].clear()
+    assert "day" in book.definition()["parameters"]["properties"]
+
+
+def test_bot_tools_must_be_tools() -> None:
+    def opening_hours(day: str) -> str:
+        return day
+
+    with pytest.raises(TypeError, match="opening_hours is a plain function; put @tool"):
+        Bot(system_prompt="x", tools=(book, opening_hours))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="expected @tool functions, got str 'book'"):
+        Bot(system_prompt="x", tools=("book",))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="tuple or list of tools"):
+        Bot(system_prompt="x", tools=book)  # type: ignore[arg-type]
+    assert Bot(system_prompt="x", tools=[book, ship]).tools == (book, ship)
+
+
+def test_load_bot_from_a_folder_or_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    source = "from callbridge import Bot\nbot = Bot(system_prompt='from a file')\n"
+    (tmp_path / "own_bot_in_folder.py").write_text(source)
+    (tmp_path / "json.py").write_text(source)  # named like a module already imported
+    try:
+        assert load_bot("own_bot_in_folder:bot", tmp_path).system_prompt == "from a file"
+        assert load_bot("json.py:bot", tmp_path).system_prompt == "from a file"
+        assert load_bot(f"{tmp_path}/json.py:bot").system_prompt == "from a file"
+        assert sys.modules["json"] is json  # not replaced by the bot file
+    finally:
+        sys.modules.pop("own_bot_in_folder", None)
+
+
+def test_a_bot_file_that_fails_leaves_no_half_imported_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "broken_bot_file.py").write_text("raise RuntimeError('no database')\n")
+    before = set(sys.modules)
+    with pytest.raises(BotLoadError, match=r"broken_bot_file.py, line 1: RuntimeError: no da"):
+        load_bot("broken_bot_file.py:bot", tmp_path)
+    assert set(sys.modules) == before
