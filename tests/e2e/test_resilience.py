@@ -15,6 +15,7 @@ from callbridge.testing.fake_agent import ConnectFailure, FakeVoiceAgent
 from callbridge.testing.twilio_simulator import SimulatedCall, TwilioSimulator
 from callbridge.tools import tool
 from tests.conftest import API_KEY, AUTH_TOKEN, PUBLIC_URL, ServerFactory
+from tests.log_events import caught
 from tests.tcp_proxy import BlackHoleProxy
 
 LONG_GREETING = "Thanks for calling the resilience test line, this greeting is long on purpose."
@@ -169,12 +170,19 @@ async def test_refused_resume_starts_a_fresh_session_with_a_short_apology(
     async with FakeVoiceAgent(api_key=API_KEY, resume_window=0.05) as agent:
         server = await start_server(bot=BOT, assemblyai_agent_url=agent.url)
         async with TwilioSimulator(server.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL) as s:
-            call = await s.place_inbound_call()
-            first = await agent.wait_for_session(0)
-            await first.wait_sent("reply.done", timeout=10)
-            heard_before = len(call.heard)
-            await first.abort()
-            second = await agent.wait_for_session(1, timeout=10)
+            with caught() as events:  # from the call's start: it logs at the level it began
+                call = await s.place_inbound_call()
+                first = await agent.wait_for_session(0)
+                await first.wait_sent("reply.done", timeout=10)
+                heard_before = len(call.heard)
+                await first.abort()
+                second = await agent.wait_for_session(1, timeout=10)
+            # The old session is known to be gone: the fresh one was dialled without backoff.
+            seen = list(zip(events.names, events.fields, strict=True))
+            refused = next(i for i, (name, _) in enumerate(seen) if name == "agent.error")
+            assert seen[refused][1]["kind"] == "resume-refused"
+            retry = next(fields for name, fields in seen[refused:] if name == "agent.reconnecting")
+            assert retry["delay"] == 0
             update = second.received[0]
             assert update["type"] == "session.update"
             assert update["session"]["greeting"] == LOST_YOU_GREETING

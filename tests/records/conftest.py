@@ -166,7 +166,8 @@ class Backend:
         path = database.sqlite_path(self.direct_url)
         assert path is not None
         self._lock = sqlite3.connect(path, timeout=5, isolation_level=None)
-        self._lock.execute("BEGIN EXCLUSIVE")  # WAL: readers go on, writers get SQLITE_BUSY
+        # Another writer's transaction: readers go on, writers get SQLITE_BUSY.
+        self._lock.execute("BEGIN IMMEDIATE")
 
     async def restore(self) -> None:
         if self.proxy is not None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection
+from sqlalchemy.exc import OperationalError
 
 from callbridge.records import database
 from callbridge.records.tables import metadata
@@ -90,3 +94,53 @@ def test_offline_sql_for_dbas() -> None:
     assert "CREATE TABLE callbridge_calls" in sql
     assert "CREATE TABLE callbridge_schema_version" in sql
     assert "pw" not in sql
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def _mapped(folder: Path) -> list[str]:
+    """Files under `folder` that this process has memory-mapped."""
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    return [line.split()[-1] for line in maps if str(folder) in line]
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/self/maps")
+async def test_sqlite_maps_none_of_its_files_into_memory(tmp_path: Path) -> None:
+    # A mapped page of a file that can no longer be written is SIGBUS when written: the
+    # server must only ever use read() and write() on the database.
+    engine = database.create_engine(f"sqlite:///{tmp_path / 'calls.db'}")
+    try:
+        await database.upgrade(engine)
+        async with engine.begin() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "delete"
+            assert (await conn.exec_driver_sql("PRAGMA mmap_size")).scalar() == 0
+            await conn.exec_driver_sql("INSERT INTO callbridge_schema_version VALUES ('x')")
+            assert _mapped(tmp_path) == []
+            await conn.rollback()
+        assert _files(tmp_path) == ["calls.db"]  # no -wal, no -shm
+    finally:
+        await engine.dispose()
+
+
+async def test_a_wal_database_is_turned_to_the_rollback_journal(tmp_path: Path) -> None:
+    path = tmp_path / "calls.db"
+    made = sqlite3.connect(path)
+    made.execute("PRAGMA journal_mode=WAL")
+    made.execute("CREATE TABLE kept (x)")
+    made.execute("INSERT INTO kept VALUES (1)")
+    made.commit()
+    engine = database.create_engine(f"sqlite:///{path}", sqlite_busy_seconds=0.1)
+    try:
+        # While another connection has it open in WAL, it is not used at all.
+        with pytest.raises(OperationalError):
+            async with engine.connect():
+                pass
+        made.close()
+        async with engine.connect() as conn:
+            assert (await conn.exec_driver_sql("SELECT x FROM kept")).scalar() == 1
+            assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "delete"
+        assert _files(tmp_path) == ["calls.db"]  # no -wal, no -shm
+    finally:
+        await engine.dispose()

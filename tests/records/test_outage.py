@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
+from sqlalchemy import event
 
 from callbridge.records import database
 from callbridge.records.entries import CallClosed, CallOpened, RecordEntry, TranscriptLine
@@ -227,3 +229,75 @@ async def test_a_spool_that_cannot_be_written_is_neither_durable_nor_unbounded(
         await store.flush()
     assert await backend.count("callbridge_calls") == 2
     assert await backend.count("callbridge_transcript_entries") == 99 + 30
+
+
+SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+_NO_LIMIT = 1_073_741_823  # SQLite's default max_page_count
+
+
+@SQLITE_ONLY
+async def test_a_full_disk_is_waited_out_like_an_outage(
+    make_store: StoreFactory, backend: Backend, tmp_path: Path, events: Events
+) -> None:
+    store = make_store()
+    max_pages = [_NO_LIMIT]
+
+    def cap(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        # The file may grow no further: SQLite's own SQLITE_FULL, as on a full disk.
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA max_page_count={max_pages[0]}")
+        cursor.close()
+
+    event.listen(store.engine.sync_engine, "checkout", cap)
+    await store.start()
+    for entry in a_call("c", 3):
+        store.submit(entry)
+    await store.flush()
+    async with backend.engine().connect() as conn:
+        max_pages[0] = int((await conn.exec_driver_sql("PRAGMA page_count")).scalar_one())
+
+    for seq in range(4, 204):
+        store.submit(TranscriptLine("c", seq, T0 + seq, "caller", f"line {seq} " + "x" * 500))
+    await store.wait_durable()
+    await events.wait_for("records.db_unavailable")
+    await events.wait_for("records.db_retry_failed", times=FAST.poison_strikes + 2)
+    [unavailable] = events.fields_of("records.db_unavailable")
+    assert unavailable["detail"] == "database or disk is full"
+    assert store.stats().rejected == 0 and not store.stats().database_up
+    assert spool_lines(tmp_path) == 200
+
+    max_pages[0] = _NO_LIMIT
+    async with asyncio.timeout(20):
+        await store.flush()
+    assert await backend.count("callbridge_transcript_entries") == 203
+    assert store.stats().rejected == 0
+
+
+@SQLITE_ONLY
+async def test_a_database_file_overwritten_by_garbage_is_waited_out_like_an_outage(
+    make_store: StoreFactory, backend: Backend, tmp_path: Path, events: Events
+) -> None:
+    store = make_store()
+    await store.start()
+    for entry in a_call("c", 3):
+        store.submit(entry)
+    await store.flush()
+    path = database.sqlite_path(backend.url)
+    assert path is not None
+    kept = path.read_bytes()
+    path.write_bytes(b"not a database " * 1000)  # in place: SQLITE_NOTADB / SQLITE_CORRUPT
+
+    for seq in range(4, 14):
+        store.submit(TranscriptLine("c", seq, T0 + seq, "caller", f"line {seq}"))
+    await store.wait_durable()
+    # Not the entries' fault: never counted against them, however long it lasts.
+    await events.wait_for("records.db_retry_failed", times=FAST.poison_strikes + 2)
+    assert store.stats().rejected == 0
+    assert not (tmp_path / "spool.jsonl.rejected").exists()
+    [unavailable] = events.fields_of("records.db_unavailable")
+    assert unavailable["error"] == "DatabaseError"
+
+    path.write_bytes(kept)
+    async with asyncio.timeout(20):
+        await store.flush()
+    assert await backend.count("callbridge_transcript_entries") == 13

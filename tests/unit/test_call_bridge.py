@@ -493,6 +493,28 @@ def test_refused_resume_starts_a_fresh_session_without_a_second_greeting() -> No
     assert bridge.state is State.LIVE and bridge.fresh_sessions == 1
 
 
+def test_refused_resume_dials_the_fresh_session_at_once() -> None:
+    bridge = live_bridge(jitter=lambda: 1.0)
+    assert OpenAgent(0.25) in bridge.handle(AgentClosed(1006))
+    assert OpenAgent(0.5) in bridge.handle(AgentOpenFailed("refused"))  # a long outage
+    bridge.handle(AgentOpened())
+    assert bridge.state is State.RESUMING
+    assert CloseAgent() in bridge.handle(agent.SessionError(code="session_not_found"))
+    # The old session is gone: no backoff before the fresh one, whatever the attempt.
+    assert OpenAgent(0.0) in bridge.handle(AgentClosed(1008))
+    # The fresh session's own connect failures are backed off as usual.
+    assert OpenAgent(2.0) in bridge.handle(AgentOpenFailed("refused"))
+
+
+def test_a_resume_lost_without_a_refusal_is_backed_off() -> None:
+    bridge = live_bridge(jitter=lambda: 1.0)
+    bridge.handle(AgentClosed(1006))
+    bridge.handle(AgentOpened())
+    assert bridge.state is State.RESUMING
+    # No answer to the resume: the old session may still be there, so the usual backoff.
+    assert OpenAgent(0.5) in bridge.handle(AgentClosed(1006))
+
+
 def test_unauthorized_is_never_retried() -> None:
     bridge = live_bridge()
     bridge.handle(agent.SessionError(code="UNAUTHORIZED"))

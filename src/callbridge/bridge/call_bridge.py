@@ -535,7 +535,8 @@ class CallBridge:
         """Open the upstream socket again, with jittered backoff, within a time budget.
 
         A session that was live is resumed (the API keeps it 30 s); if the resume is
-        refused, a fresh session starts. Caller audio is dropped meanwhile.
+        refused, a fresh session is dialled at once, with no backoff. Caller audio is
+        dropped meanwhile.
         """
         was_live = self.state is State.LIVE
         if self._retry_budget_spent:
@@ -554,11 +555,17 @@ class CallBridge:
             if self._current_reply is not None:
                 self._fenced_replies.add(self._current_reply)
             self._current_reply = None
+        refused = self.state is State.RESUMING and self._resume_refused
         self.state = State.RECONNECTING
         self._agent = "opening"
-        delay = min(_RETRY_MAX_DELAY, _RETRY_BASE_DELAY * 2**self._attempt) * (
-            0.5 + self._jitter() / 2
-        )
+        if refused:
+            # The old session is known to be gone: nothing to wait out, the caller is
+            # waiting in silence, so the fresh session is dialled at once.
+            delay = 0.0
+        else:
+            delay = min(_RETRY_MAX_DELAY, _RETRY_BASE_DELAY * 2**self._attempt) * (
+                0.5 + self._jitter() / 2
+            )
         self._attempt += 1
         actions += [
             Log.info(

@@ -8,6 +8,7 @@ async drivers (aiosqlite, asyncpg) are chosen here. libpq-style `sslmode` and
 from __future__ import annotations
 
 import shlex
+import sqlite3
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,6 +25,8 @@ VERSION_TABLE = "callbridge_schema_version"
 _MIGRATIONS = "callbridge.records:migrations"
 # Held while migrating, so that instances starting together do not race on the schema.
 _PG_MIGRATION_LOCK = 0x63616C6C  # "call"
+# The rollback journal, not WAL: see _sqlite_pragmas.
+_SQLITE_JOURNAL_MODE = "delete"
 _PG_SSLMODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
 
 
@@ -125,14 +128,30 @@ def create_engine(url: str, *, sqlite_busy_seconds: float = 5.0) -> AsyncEngine:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL: `callbridge calls` and the API read while the server writes.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    # 512 KiB of page cache per connection, not SQLite's 2 MB: the server appends, the
-    # operating system caches the file anyway, and 2 MB was 20 KB of every call's share
-    # of memory at 100 calls (README, Performance).
-    cursor.execute("PRAGMA cache_size=-512")
-    cursor.close()
+    try:
+        # No file of the database is memory-mapped: a write to a mapped page of a file that
+        # can no longer be written (disk turned read-only, immutable, full) is SIGBUS, which
+        # would end the process and every live call with it. WAL maps its index (`-shm`),
+        # so the rollback journal is used; through read() and write(), the same faults are
+        # errors (SQLITE_IOERR, SQLITE_READONLY, SQLITE_FULL) that the store waits out like
+        # an outage. Readers such as `callbridge calls` still read while the server runs:
+        # a commit locks them out only while it writes, and they wait for that.
+        cursor.execute("PRAGMA mmap_size=0")
+        cursor.execute(f"PRAGMA journal_mode={_SQLITE_JOURNAL_MODE}")
+        mode = cursor.fetchone()
+        if not mode or str(mode[0]).lower() != _SQLITE_JOURNAL_MODE:
+            # A WAL database (made by an earlier version) is converted by the first
+            # connection that has it alone; until then, no connection is used.
+            raise sqlite3.OperationalError(
+                f"cannot set journal_mode={_SQLITE_JOURNAL_MODE} (now {mode[0] if mode else None})"
+            )
+        # 512 KiB of page cache per connection, not SQLite's 2 MB: the server appends, the
+        # operating system caches the file anyway, and 2 MB was 20 KB of every call's share
+        # of memory at 100 calls (README, Performance).
+        cursor.execute("PRAGMA cache_size=-512")
+    finally:
+        cursor.close()
 
 
 def _alembic_config(sql_out: TextIO | None = None) -> Config:

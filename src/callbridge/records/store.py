@@ -80,6 +80,11 @@ _MAX_ROWS_REMEMBERED = 100_000
 # SQLSTATE classes worth waiting out: connection (08), resources (53), operator intervention
 # such as a restart (57), and serialization failures/deadlocks (40).
 _TRANSIENT_SQLSTATE = ("08", "53", "57", "40")
+# SQLite's primary result codes for the database file or its disk failing, not the data:
+# BUSY, LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB. Most
+# come as OperationalError; a damaged or overwritten file (CORRUPT, NOTADB) comes as a
+# plain DatabaseError and would otherwise be taken for entries the database refuses.
+_SQLITE_DATABASE_FAULTS = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
 
 
 @dataclass(frozen=True, slots=True)
@@ -832,6 +837,9 @@ def _transient(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
             return True
+        code = getattr(exc.orig, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            return code & 0xFF in _SQLITE_DATABASE_FAULTS
         state = _sqlstate(exc)
         return state is not None and state.startswith(_TRANSIENT_SQLSTATE)
     return False
