@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -193,3 +194,42 @@ def test_a_taken_port_stops_start_up_naming_it(tmp_path: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr, (
         result.stderr
     )
+
+
+@contextmanager
+def serving(tmp_path: Path, **env: str) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """`callbridge serve` in tmp_path, with the lines it logged until it listened."""
+    proc = subprocess.Popen(
+        [*CALLBRIDGE, "serve"],
+        cwd=tmp_path,
+        env=clean_env(tmp_path, HOST="127.0.0.1", PORT=str(free_port()), **env),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    assert proc.stderr is not None
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if '"server.listening"' in line:
+                break
+        else:
+            pytest.fail(f"server did not start: {''.join(lines)}")
+        yield proc, lines
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+
+
+def test_a_second_server_in_the_same_folder_is_told_what_to_do(tmp_path: Path) -> None:
+    with serving(tmp_path):
+        second = run_cli(tmp_path, "serve", HOST="127.0.0.1", PORT=str(free_port()))
+    assert second.returncode == 2, second.stderr
+    last = second.stderr.strip().splitlines()[-1]
+    spool = tmp_path / "callbridge-spool.jsonl"
+    assert last.startswith(
+        f"callbridge: configuration error: CALLBRIDGE_SPOOL_PATH: {spool} is in use"
+    )
+    assert "start this one from another folder or set its own CALLBRIDGE_SPOOL_PATH" in last
+    assert "if the two share a DATABASE_URL, give each its own CALLBRIDGE_INSTANCE_ID" in last
