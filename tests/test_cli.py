@@ -45,6 +45,7 @@ def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProce
         ({"PORT": "70000"}, "PORT"),
         ({"ASSEMBLYAI_AGENT_URL": "http://agents.example"}, "ASSEMBLYAI_AGENT_URL"),
         ({"PUBLIC_URL": "example.ngrok.app"}, "PUBLIC_URL"),
+        ({"PUBLIC_URL": "http://example.ngrok.app"}, "PUBLIC_URL"),  # Twilio needs wss://
         ({"TWILIO_PHONE_NUMBER": "555-1234"}, "TWILIO_PHONE_NUMBER"),
         ({"AGENT_VOICE": "Alba"}, "AGENT_VOICE"),
         ({"CALLBRIDGE_BOT": "no.such.module:bot"}, "CALLBRIDGE_BOT"),

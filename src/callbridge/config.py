@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Literal
 from urllib.parse import urlsplit
@@ -96,6 +97,13 @@ class Settings(BaseSettings):
             raise ValueError("must not have a query string or fragment")
         return value.rstrip("/")
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_https(cls, value: str | None) -> str | None:
+        if value is not None:
+            _require_https(value)
+        return value
+
     @field_validator("twilio_account_sid")
     @classmethod
     def _account_sid(cls, value: str | None) -> str | None:
@@ -122,6 +130,10 @@ class Settings(BaseSettings):
         if self.public_url is None and self.hostname:
             parts = urlsplit(self.hostname)
             if parts.scheme in ("https", "http") and parts.hostname:
+                try:
+                    _require_https(self.hostname)
+                except ValueError as exc:
+                    raise ValueError(f"HOSTNAME (read as PUBLIC_URL): {exc}") from None
                 self.public_url = self.hostname.rstrip("/")
         return self
 
@@ -149,6 +161,26 @@ class Settings(BaseSettings):
         return self.twilio_auth_token.get_secret_value() if self.twilio_auth_token else None
 
 
+def _require_https(url: str) -> None:
+    """Twilio opens the media stream only on wss://, which the stream URL takes from this
+    URL's scheme; plain http is for a server on this machine (the simulator, tests)."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" and not _is_loopback(parts.hostname or ""):
+        raise ValueError(
+            "must be an https:// URL (Twilio opens media streams only over wss://); "
+            "http:// only for localhost or 127.0.0.1"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _without_password(url: str) -> str:
     """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
     parts = urlsplit(url)
@@ -169,9 +201,10 @@ def load_settings(**overrides: object) -> Settings:
 def describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
-        name = str(error["loc"][0]).upper() if error["loc"] else "configuration"
         message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"{name}: {message}")
+        if error["loc"]:
+            message = f"{str(error['loc'][0]).upper()}: {message}"
+        lines.append(message)  # a check across settings names them itself
     return "; ".join(lines)
 
 
