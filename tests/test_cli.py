@@ -197,6 +197,28 @@ def test_a_taken_port_stops_start_up_naming_it(tmp_path: Path) -> None:
     )
 
 
+def test_misspelt_variables_get_one_warning_line_each(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("CALLBRIDGE_SPOL_PATH=spool.jsonl\nTWILIO_EDGE=dublin\n")
+    result = run_cli(tmp_path, "config", "--json", TWILIO_AUTH_TOKN="x", TWILIO_REGION="ie1")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "callbridge: warning: CALLBRIDGE_SPOL_PATH (in .env) is not a callbridge setting and "
+        "is ignored; did you mean CALLBRIDGE_SPOOL_PATH?",
+        "callbridge: warning: TWILIO_AUTH_TOKN (in environment) is not a callbridge setting "
+        "and is ignored; did you mean TWILIO_AUTH_TOKEN?",
+    ]
+    assert json.loads(result.stdout)["CALLBRIDGE_SPOOL_PATH"] == "callbridge-spool.jsonl"
+
+
+def test_a_refused_start_shows_the_misspelt_name_before_the_reason(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "serve", TWILIO_AUTH_TOKEN="", TWILIO_AUTH_TOKN="t" * 32)
+    assert result.returncode == 2
+    warning, refusal = result.stderr.splitlines()
+    assert warning.startswith("callbridge: warning: TWILIO_AUTH_TOKN (in environment)")
+    assert warning.endswith("did you mean TWILIO_AUTH_TOKEN?")
+    assert refusal.startswith("callbridge: configuration error: TWILIO_AUTH_TOKEN: not set")
+
+
 @contextmanager
 def serving(tmp_path: Path, **env: str) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
     """`callbridge serve` in tmp_path, with the lines it logged until it listened."""
@@ -221,6 +243,18 @@ def serving(tmp_path: Path, **env: str) -> Iterator[tuple[subprocess.Popen[str],
         proc.kill()
         proc.wait()
         proc.stderr.close()
+
+
+def test_a_running_server_logs_each_misspelt_variable_once(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("CALLBRIDGE_IDLE_SECS=30\n")
+    with serving(tmp_path, CALLBRIDGE_IDLE_SECS="30", TWILIO_REGION="ie1") as (_, lines):
+        pass
+    assert all(line.startswith("{") for line in lines), lines  # JSON lines only
+    logged = [json.loads(line) for line in lines]
+    unknown = [entry for entry in logged if entry["event"] == "config.unknown_variable"]
+    assert [(u["level"], u["variable"], u["source"], u["hint"]) for u in unknown] == [
+        ("warning", "CALLBRIDGE_IDLE_SECS", "environment", "did you mean CALLBRIDGE_IDLE_SECONDS?")
+    ]
 
 
 def test_a_second_server_in_the_same_folder_is_told_what_to_do(tmp_path: Path) -> None:

@@ -1,10 +1,52 @@
-"""Settings: PUBLIC_URL is one Twilio can open a media stream to."""
+"""Settings: misspelt names are pointed out, and PUBLIC_URL is one Twilio can open a media
+stream to."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from callbridge.config import ConfigError, load_settings
+from callbridge.config import ConfigError, load_settings, setting_names, unknown_variables
+
+
+def test_misspelt_names_are_reported_with_the_closest_setting(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "CALLBRIDGE_SPOL_PATH=spool.jsonl\n"
+        "PUBLC_URL=https://x.ngrok.app\n"  # no prefix, but .env is callbridge's own file
+        "COMPOSE_PROJECT_NAME=bridge\n"  # another tool's, and like no setting
+        "TWILIO_AUTHTOKEN=twice\n"  # also in the environment: reported once
+    )
+    environ = {
+        "TWILIO_AUTHTOKEN": "x",
+        "ASSEMBLY_API_KEY": "x",
+        "callbridge_idle_secs": "5",  # names are read regardless of case
+        "CALLBRIDGE_MEDIA_STREAM_PORT": "3001",
+        "CALLBRIDGE_WHATEVER": "1",
+        "PUBLC_URL": "x",  # the environment is everyone's: only our prefixes count there
+        "PATH": "/usr/bin",
+    }
+    found = {v.name: (v.source, v.hint) for v in unknown_variables(environ, env_file)}
+    assert found == {
+        "CALLBRIDGE_SPOL_PATH": (str(env_file), "did you mean CALLBRIDGE_SPOOL_PATH?"),
+        "PUBLC_URL": (str(env_file), "did you mean PUBLIC_URL?"),
+        "TWILIO_AUTHTOKEN": ("environment", "did you mean TWILIO_AUTH_TOKEN?"),
+        "ASSEMBLY_API_KEY": ("environment", "did you mean ASSEMBLYAI_API_KEY?"),
+        "CALLBRIDGE_IDLE_SECS": ("environment", "did you mean CALLBRIDGE_IDLE_SECONDS?"),
+        "CALLBRIDGE_MEDIA_STREAM_PORT": (
+            "environment",
+            "it was removed: Media Streams are served on PORT",
+        ),
+        "CALLBRIDGE_WHATEVER": ("environment", "no setting has a similar name"),
+    }
+
+
+def test_settings_and_what_others_read_are_not_reported(tmp_path: Path) -> None:
+    environ = {name: "x" for name in setting_names()}
+    # Twilio's helper library reads these; the test suite the last.
+    environ |= {"TWILIO_EDGE": "dublin", "TWILIO_REGION": "ie1", "CALLBRIDGE_REQUIRE_SERVICES": "1"}
+    assert unknown_variables(environ, tmp_path / "no-such.env") == []
 
 
 @pytest.mark.parametrize(
