@@ -1,13 +1,43 @@
-"""Settings: misspelt names are pointed out, and PUBLIC_URL is one Twilio can open a media
-stream to."""
+"""Settings: .env.example matches what the code reads, misspelt names are pointed out, and
+PUBLIC_URL is one Twilio can open a media stream to."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from callbridge.config import ConfigError, load_settings, setting_names, unknown_variables
+
+ENV_EXAMPLE = Path(__file__).resolve().parents[1] / ".env.example"
+# Read, but not offered: HOSTNAME is an older name for PUBLIC_URL, taken only when it is a URL
+# (containers set it to their own name), so a new .env should say PUBLIC_URL.
+NOT_OFFERED = frozenset({"HOSTNAME"})
+
+
+def example_variables() -> list[str]:
+    """Every `NAME=` line of .env.example, set or commented out."""
+    return re.findall(r"^#? ?([A-Z][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), flags=re.MULTILINE)
+
+
+def test_env_example_offers_every_setting_the_code_reads() -> None:
+    missing = setting_names() - NOT_OFFERED - set(example_variables())
+    assert not missing, f"add these to .env.example: {sorted(missing)}"
+
+
+def test_env_example_offers_only_settings_the_code_reads() -> None:
+    unread = set(example_variables()) - setting_names()
+    assert not unread, f".env.example offers variables nothing reads: {sorted(unread)}"
+
+
+def test_env_example_names_each_setting_once() -> None:
+    names = example_variables()
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+
+
+def test_env_example_has_no_misspelt_names(tmp_path: Path) -> None:
+    assert unknown_variables(environ={}, env_file=ENV_EXAMPLE) == []
 
 
 def test_misspelt_names_are_reported_with_the_closest_setting(tmp_path: Path) -> None:
