@@ -1,22 +1,34 @@
 # Everything a fresh clone needs: `make serve` and `make test` set themselves up.
+# `make serve` installs what the server needs; `make test` adds the developer tools. Both
+# are pinned by requirements.lock, and each install runs again only when its inputs change.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+SERVER_STAMP := $(VENV)/.installed-server
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: install serve test lint typecheck pytest lock clean bench
 
-install: $(STAMP)
+# The server and the developer tools.
+install: $(DEV_STAMP)
 
-$(STAMP): pyproject.toml requirements.lock setup.py src/callbridge/fast_path/_compiled.pyx
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
-	touch $(STAMP)
+$(SERVER_STAMP): pyproject.toml requirements.lock setup.py src/callbridge/fast_path/_compiled.pyx
+	@echo "Installing callbridge and its dependencies into $(VENV), building its compiled fast path (first run only)..."
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(BIN)/python -m pip install --quiet -c requirements.lock -e .
+	@touch $@
+
+# The `dev` extra's packages on their own: installing '.[dev]' would build callbridge again.
+$(DEV_STAMP): $(SERVER_STAMP)
+	@echo "Installing the developer tools (ruff, mypy, pytest, ...) into $(VENV) (first run only)..."
+	@$(BIN)/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["dev"]))' > $(VENV)/dev-requirements.txt
+	@$(BIN)/python -m pip install --quiet -c requirements.lock -r $(VENV)/dev-requirements.txt
+	@touch $@
 
 # A fresh checkout (no .env, no TWILIO_AUTH_TOKEN) starts as a local demo with signature
 # checks off, loudly; once configured, the server insists on checking them.
-serve: install
+serve: $(SERVER_STAMP)
 	@if [ -z "$$TWILIO_AUTH_TOKEN" ] && [ ! -f .env ]; then \
 	  echo "make serve: no .env and no TWILIO_AUTH_TOKEN: local demo mode, Twilio signatures NOT checked"; \
 	  CALLBRIDGE_INSECURE_SKIP_SIGNATURES=1 $(BIN)/callbridge serve; \

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -44,6 +45,7 @@ def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProce
         ({"PORT": "70000"}, "PORT"),
         ({"ASSEMBLYAI_AGENT_URL": "http://agents.example"}, "ASSEMBLYAI_AGENT_URL"),
         ({"PUBLIC_URL": "example.ngrok.app"}, "PUBLIC_URL"),
+        ({"PUBLIC_URL": "http://example.ngrok.app"}, "PUBLIC_URL"),  # Twilio needs wss://
         ({"TWILIO_PHONE_NUMBER": "555-1234"}, "TWILIO_PHONE_NUMBER"),
         ({"AGENT_VOICE": "Alba"}, "AGENT_VOICE"),
         ({"CALLBRIDGE_BOT": "no.such.module:bot"}, "CALLBRIDGE_BOT"),
@@ -193,3 +195,76 @@ def test_a_taken_port_stops_start_up_naming_it(tmp_path: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr, (
         result.stderr
     )
+
+
+def test_misspelt_variables_get_one_warning_line_each(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("CALLBRIDGE_SPOL_PATH=spool.jsonl\nTWILIO_EDGE=dublin\n")
+    result = run_cli(tmp_path, "config", "--json", TWILIO_AUTH_TOKN="x", TWILIO_REGION="ie1")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "callbridge: warning: CALLBRIDGE_SPOL_PATH (in .env) is not a callbridge setting and "
+        "is ignored; did you mean CALLBRIDGE_SPOOL_PATH?",
+        "callbridge: warning: TWILIO_AUTH_TOKN (in environment) is not a callbridge setting "
+        "and is ignored; did you mean TWILIO_AUTH_TOKEN?",
+    ]
+    assert json.loads(result.stdout)["CALLBRIDGE_SPOOL_PATH"] == "callbridge-spool.jsonl"
+
+
+def test_a_refused_start_shows_the_misspelt_name_before_the_reason(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "serve", TWILIO_AUTH_TOKEN="", TWILIO_AUTH_TOKN="t" * 32)
+    assert result.returncode == 2
+    warning, refusal = result.stderr.splitlines()
+    assert warning.startswith("callbridge: warning: TWILIO_AUTH_TOKN (in environment)")
+    assert warning.endswith("did you mean TWILIO_AUTH_TOKEN?")
+    assert refusal.startswith("callbridge: configuration error: TWILIO_AUTH_TOKEN: not set")
+
+
+@contextmanager
+def serving(tmp_path: Path, **env: str) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """`callbridge serve` in tmp_path, with the lines it logged until it listened."""
+    proc = subprocess.Popen(
+        [*CALLBRIDGE, "serve"],
+        cwd=tmp_path,
+        env=clean_env(tmp_path, HOST="127.0.0.1", PORT=str(free_port()), **env),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    assert proc.stderr is not None
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if '"server.listening"' in line:
+                break
+        else:
+            pytest.fail(f"server did not start: {''.join(lines)}")
+        yield proc, lines
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+
+
+def test_a_running_server_logs_each_misspelt_variable_once(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("CALLBRIDGE_IDLE_SECS=30\n")
+    with serving(tmp_path, CALLBRIDGE_IDLE_SECS="30", TWILIO_REGION="ie1") as (_, lines):
+        pass
+    assert all(line.startswith("{") for line in lines), lines  # JSON lines only
+    logged = [json.loads(line) for line in lines]
+    unknown = [entry for entry in logged if entry["event"] == "config.unknown_variable"]
+    assert [(u["level"], u["variable"], u["source"], u["hint"]) for u in unknown] == [
+        ("warning", "CALLBRIDGE_IDLE_SECS", "environment", "did you mean CALLBRIDGE_IDLE_SECONDS?")
+    ]
+
+
+def test_a_second_server_in_the_same_folder_is_told_what_to_do(tmp_path: Path) -> None:
+    with serving(tmp_path):
+        second = run_cli(tmp_path, "serve", HOST="127.0.0.1", PORT=str(free_port()))
+    assert second.returncode == 2, second.stderr
+    last = second.stderr.strip().splitlines()[-1]
+    spool = tmp_path / "callbridge-spool.jsonl"
+    assert last.startswith(
+        f"callbridge: configuration error: CALLBRIDGE_SPOOL_PATH: {spool} is in use"
+    )
+    assert "start this one from another folder or set its own CALLBRIDGE_SPOOL_PATH" in last
+    assert "if the two share a DATABASE_URL, give each its own CALLBRIDGE_INSTANCE_ID" in last

@@ -6,12 +6,12 @@ import asyncio
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
-from callbridge.command_exit import EXIT_CONFIG, fail, settings_or_exit
-from callbridge.config import ConfigError, load_settings, security_problem
+from callbridge.command_exit import EXIT_CONFIG, fail, settings_or_exit, warn_unknown
+from callbridge.config import ConfigError, load_settings, security_problem, unknown_variables
 
 app = typer.Typer(
     add_completion=False,
@@ -47,20 +47,35 @@ def serve(
         overrides["host"] = host
     if port is not None:
         overrides["port"] = port
+    # Logged once the log is set up; printed first if the start fails (a misspelt name is
+    # a likely reason why).
+    unknown = unknown_variables()
+
+    def refuse(problem: str) -> NoReturn:
+        warn_unknown(unknown)
+        fail(f"configuration error: {problem}", EXIT_CONFIG)
+
     try:
         settings = load_settings(**overrides)
     except ConfigError as exc:
-        fail(f"configuration error: {exc}", EXIT_CONFIG)
+        refuse(str(exc))
     problem = security_problem(settings)
     if problem is not None:
-        fail(f"configuration error: {problem}", EXIT_CONFIG)
+        refuse(problem)
     try:
         bot = load_bot(settings.callbridge_bot)
     except BotLoadError as exc:
-        fail(f"configuration error: CALLBRIDGE_BOT: {exc}", EXIT_CONFIG)
+        refuse(f"CALLBRIDGE_BOT: {exc}")
 
     logs.configure(settings.log_level, settings.log_format)
     log = logs.EventLogger("server")
+    for variable in unknown:
+        log.warning(
+            "config.unknown_variable",
+            variable=variable.name,
+            source=variable.source,
+            hint=variable.hint,
+        )
     if settings.callbridge_insecure_skip_signatures:
         log.error(
             "config.INSECURE_signatures_not_checked",

@@ -7,7 +7,13 @@ from typing import NoReturn
 
 import typer
 
-from callbridge.config import ConfigError, Settings, load_settings
+from callbridge.config import (
+    ConfigError,
+    Settings,
+    UnknownVariable,
+    load_settings,
+    unknown_variables,
+)
 
 EXIT_FAILED = 1  # the operation failed: Twilio said no, no such call, database unreachable...
 EXIT_CONFIG = 2  # bad configuration or usage
@@ -18,7 +24,14 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     raise typer.Exit(code)
 
 
+def warn_unknown(found: list[UnknownVariable]) -> None:
+    """One line on stderr for each variable that looks like a misspelt setting."""
+    for variable in found:
+        typer.echo(f"callbridge: warning: {variable.message()}", err=True)
+
+
 def settings_or_exit() -> Settings:
+    warn_unknown(unknown_variables())
     try:
         return load_settings()
     except ConfigError as exc:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import os
 import re
-from typing import Literal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal, NamedTuple
 from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -13,6 +19,16 @@ DEFAULT_AGENT_URL = "wss://agents.assemblyai.com/v1/ws"
 _E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 _ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
 _VOICE = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+# A variable with one of these prefixes that is not a setting is most likely a misspelt one.
+_OUR_PREFIXES = ("CALLBRIDGE_", "TWILIO_", "ASSEMBLYAI_", "ASSEMBLY_")
+# Read by others, so never reported: Twilio's helper library reads these two (callbridge
+# hands it an empty environment, so they change nothing here), the test suite the last.
+_READ_BY_OTHERS = frozenset({"TWILIO_EDGE", "TWILIO_REGION", "CALLBRIDGE_REQUIRE_SERVICES"})
+_REMOVED = {
+    "CALLBRIDGE_MEDIA_STREAM_PORT": "Media Streams are served on PORT",
+    "CALLBRIDGE_MEDIA_STREAM_URL": "the stream URL is built from PUBLIC_URL",
+}
 
 
 class ConfigError(Exception):
@@ -96,6 +112,13 @@ class Settings(BaseSettings):
             raise ValueError("must not have a query string or fragment")
         return value.rstrip("/")
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_https(cls, value: str | None) -> str | None:
+        if value is not None:
+            _require_https(value)
+        return value
+
     @field_validator("twilio_account_sid")
     @classmethod
     def _account_sid(cls, value: str | None) -> str | None:
@@ -122,6 +145,10 @@ class Settings(BaseSettings):
         if self.public_url is None and self.hostname:
             parts = urlsplit(self.hostname)
             if parts.scheme in ("https", "http") and parts.hostname:
+                try:
+                    _require_https(self.hostname)
+                except ValueError as exc:
+                    raise ValueError(f"HOSTNAME (read as PUBLIC_URL): {exc}") from None
                 self.public_url = self.hostname.rstrip("/")
         return self
 
@@ -149,6 +176,26 @@ class Settings(BaseSettings):
         return self.twilio_auth_token.get_secret_value() if self.twilio_auth_token else None
 
 
+def _require_https(url: str) -> None:
+    """Twilio opens the media stream only on wss://, which the stream URL takes from this
+    URL's scheme; plain http is for a server on this machine (the simulator, tests)."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" and not _is_loopback(parts.hostname or ""):
+        raise ValueError(
+            "must be an https:// URL (Twilio opens media streams only over wss://); "
+            "http:// only for localhost or 127.0.0.1"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _without_password(url: str) -> str:
     """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
     parts = urlsplit(url)
@@ -156,6 +203,86 @@ def _without_password(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()
+
+
+def setting_names() -> frozenset[str]:
+    """The environment variables the settings are read from."""
+    return frozenset(
+        (field.validation_alias if isinstance(field.validation_alias, str) else name).upper()
+        for name, field in Settings.model_fields.items()
+    )
+
+
+class UnknownVariable(NamedTuple):
+    """A variable that looks meant for callbridge but is not one of its settings."""
+
+    name: str
+    source: str  # "environment", or the .env file it is in
+    hint: str  # the closest setting, or why a former one is gone
+
+    def message(self) -> str:
+        return (
+            f"{self.name} (in {self.source}) is not a callbridge setting and is ignored; "
+            f"{self.hint}"
+        )
+
+
+def unknown_variables(
+    environ: Mapping[str, str] | None = None, env_file: str | os.PathLike[str] | None = None
+) -> list[UnknownVariable]:
+    """Misspelt or former settings, one per name: those with our prefixes in the environment,
+    and in `.env` also any name close to a setting's (that file is callbridge's own)."""
+    known = setting_names()
+    found: dict[str, UnknownVariable] = {}
+
+    def check(name: str, source: str) -> None:
+        name = name.upper()
+        if name in known or name in _READ_BY_OTHERS or name in found:
+            return
+        if name in _REMOVED:
+            found[name] = UnknownVariable(name, source, f"it was removed: {_REMOVED[name]}")
+            return
+        prefixed = name.startswith(_OUR_PREFIXES)
+        if not prefixed and source == "environment":
+            return  # the environment is everyone's
+        close = _closest(name, known)
+        if close is not None:
+            found[name] = UnknownVariable(name, source, f"did you mean {close}?")
+        elif prefixed:
+            found[name] = UnknownVariable(name, source, "no setting has a similar name")
+
+    for name in os.environ if environ is None else environ:
+        check(name, "environment")
+    if env_file is None:
+        configured = Settings.model_config.get("env_file")
+        env_file = configured if isinstance(configured, str | os.PathLike) else None
+    if env_file is not None and Path(env_file).is_file():
+        try:
+            in_file = dotenv_values(env_file, encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            in_file = {}  # reading it for the settings reports the problem
+        for name in in_file:
+            check(name, str(env_file))
+    return sorted(found.values())
+
+
+def _closest(name: str, known: frozenset[str]) -> str | None:
+    """The setting `name` most likely meant. Names are compared without our prefixes (which
+    would make any two of ours look alike), the whole name breaking ties."""
+
+    def score(setting: str) -> tuple[float, float]:
+        bare = difflib.SequenceMatcher(None, _unprefixed(name), _unprefixed(setting)).ratio()
+        return bare, difflib.SequenceMatcher(None, name, setting).ratio()
+
+    best = max(sorted(known), key=score)
+    return best if score(best)[0] >= 0.8 else None
+
+
+def _unprefixed(name: str) -> str:
+    for prefix in _OUR_PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -169,9 +296,10 @@ def load_settings(**overrides: object) -> Settings:
 def describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
-        name = str(error["loc"][0]).upper() if error["loc"] else "configuration"
         message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"{name}: {message}")
+        if error["loc"]:
+            message = f"{str(error['loc'][0]).upper()}: {message}"
+        lines.append(message)  # a check across settings names them itself
     return "; ".join(lines)
 
 

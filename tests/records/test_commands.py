@@ -154,6 +154,30 @@ async def test_show_json_is_the_api_shape(backend: Backend, recorded: dict[str, 
     assert detail == recorded["detail"]
 
 
+async def test_show_takes_a_call_id_that_starts_with_a_dash(
+    backend: Backend, make_store: StoreFactory
+) -> None:
+    from callbridge.cli import app
+
+    call_id = "-Wq3_zk9X0aTqv1dL2mBcQ"  # as older servers minted one call in 64
+    store = make_store()
+    await store.start()
+    store.submit(CallOpened(call_id, 0, T0, "inbound", from_number="+15550001111"))
+    await store.flush()
+    await store.close()
+    for args in (
+        ("calls", "show", call_id),
+        ("calls", "show", call_id, "--json"),
+        ("calls", "show", "--json", call_id),
+    ):
+        result = await cli(app, *args, database_url=backend.url)
+        assert result.exit_code == 0, (args, result.output)
+        if "--json" in args:
+            assert json.loads(result.stdout)["call_id"] == call_id
+        else:
+            assert result.stdout.startswith(f"Call {call_id}  inbound  +15550001111"), args
+
+
 async def test_show_an_unknown_call_exits_1(backend: Backend, recorded: dict[str, Any]) -> None:
     result = await cli(calls_app, "show", "CA" + "0" * 32, database_url=backend.url)
     assert result.exit_code == 1

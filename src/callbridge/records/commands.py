@@ -172,7 +172,9 @@ def render_list(found: list[CallSummary]) -> str:
 # -- calls show ----------------------------------------------------------------------------
 
 
-@calls_app.command("show")
+# Call ids are URL-safe base64, and older ones can start with '-': taken as the call, not
+# as an unknown option.
+@calls_app.command("show", context_settings={"ignore_unknown_options": True})
 def show_call(
     call: Annotated[str, typer.Argument(help="Our call id, or Twilio's CallSid.")],
     json_output: Annotated[bool, typer.Option("--json", help="JSON: the whole record.")] = False,

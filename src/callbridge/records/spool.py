@@ -116,8 +116,10 @@ class Spool:
             except OSError:
                 os.close(fd)
                 raise SpoolError(
-                    f"CALLBRIDGE_SPOOL_PATH: {self.path} is in use by another process; "
-                    "give each server its own spool"
+                    f"CALLBRIDGE_SPOOL_PATH: {os.path.abspath(self.path)} is in use by another "
+                    "process, most likely another callbridge server; start this one from "
+                    "another folder or set its own CALLBRIDGE_SPOOL_PATH, and if "
+                    "the two share a DATABASE_URL, give each its own CALLBRIDGE_INSTANCE_ID"
                 ) from None
         self._fd = fd
         self.size = self._cut_torn_tail(fd)

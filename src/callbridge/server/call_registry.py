@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import string
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -27,9 +28,14 @@ class CallInfo:
     created: float = field(default_factory=time.monotonic)
 
 
+_LETTERS_AND_DIGITS = string.ascii_letters + string.digits
+
+
 def new_call_id() -> str:
-    """Unguessable (128 random bits): the id is part of the stream URL."""
-    return secrets.token_urlsafe(16)
+    """Unguessable (128 random bits): the id is part of the stream URL. A random letter or
+    digit goes first, so an id never starts with '-' (which a command line reads as an
+    option, as in `callbridge calls show`) nor '_'."""
+    return secrets.choice(_LETTERS_AND_DIGITS) + secrets.token_urlsafe(16)
 
 
 class CallRegistry:
