@@ -26,6 +26,7 @@ from tests.conftest import (
     ServerFactory,
 )
 from tests.e2e.test_inbound_call import frame_indices, indexed_frames
+from tests.log_events import caught
 from tests.raw_twilio import (
     CALL_SID,
     announce,
@@ -292,3 +293,25 @@ async def test_audio_faster_than_real_time_is_dropped_past_a_seconds_burst(
         assert 50 <= relayed < 150, relayed
         assert ws.close_code is None or ws.close_code == 1000
         await ws.close()
+
+
+async def test_refused_requests_are_logged_once_per_client_and_reason(
+    server: RunningServer,
+) -> None:
+    with caught() as events:
+        for _ in range(30):
+            assert await post(server, "/twiml", "bm90IGEgc2lnbmF0dXJl") == 403
+            assert await post(server, "/call-status", None) == 403
+        async with twilio_session() as http:
+            for _ in range(10):
+                headers = {"Authorization": "Bearer guess"}
+                async with http.get(f"{server.url}/metrics", headers=headers) as response:
+                    assert response.status == 401
+    refused = events.fields_of("webhook.refused")
+    assert [(f["reason"], f["path"]) for f in refused] == [
+        ("signature does not match", "/twiml"),
+        ("missing X-Twilio-Signature", "/call-status"),
+    ]
+    assert events.fields_of("api.refused") == [
+        {"client": "127.0.0.1", "reason": "wrong bearer token", "path": "/metrics"}
+    ]

@@ -13,6 +13,7 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from callbridge.records.entries import CallStatusChanged
 from callbridge.server.call_registry import CallInfo, new_call_id
+from callbridge.server.log_throttle import refused
 from callbridge.server.state import APP_STATE, AppState
 from callbridge.server.twilio_auth import SignatureError, new_stream_token
 
@@ -29,9 +30,25 @@ async def _signed_form(request: web.Request) -> MultiDictProxy[Any]:
     try:
         state.auth.check_webhook(request, form)
     except SignatureError as exc:
-        state.log.warning("webhook.refused", path=request.path, reason=str(exc))
+        refused(
+            request.app,
+            state.log,
+            "webhook.refused",
+            client=request.remote,
+            reason=exc.reason,
+            path=request.path,
+            checked_url=_without_query(exc.url),
+        )
         raise web.HTTPForbidden(text="forbidden\n") from None
     return form
+
+
+def _without_query(url: str | None) -> str | None:
+    """The URL a signature was checked against, without its query (the caller's text)."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))[:300]
 
 
 def _say_and_hang_up(text: str) -> web.Response:
