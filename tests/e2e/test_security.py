@@ -295,6 +295,45 @@ async def test_audio_faster_than_real_time_is_dropped_past_a_seconds_burst(
         await ws.close()
 
 
+UNREADABLE_BODIES = {
+    "not-utf8": ("application/x-www-form-urlencoded", b"CallSid=CA\xff\xfe&From=%2B1"),
+    "unknown-charset": ("application/x-www-form-urlencoded; charset=x-bogus", b"CallSid=CA1"),
+    "multipart-without-name": (
+        "multipart/form-data; boundary=XX",
+        b"--XX\r\nContent-Disposition: form-data\r\n\r\nCA1\r\n--XX--\r\n",
+    ),
+    "multipart-bad-encoding": (
+        "multipart/form-data; boundary=XX",
+        b'--XX\r\nContent-Disposition: form-data; name="CallSid"\r\n'
+        b"Content-Transfer-Encoding: x-bogus\r\n\r\nCA1\r\n--XX--\r\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("path", WEBHOOKS)
+@pytest.mark.parametrize(
+    ("content_type", "body"), UNREADABLE_BODIES.values(), ids=UNREADABLE_BODIES
+)
+async def test_unreadable_webhook_bodies_get_400_and_one_line_without_their_text(
+    server: RunningServer, fake_agent: FakeVoiceAgent, path: str, content_type: str, body: bytes
+) -> None:
+    with caught() as events, caught("aiohttp.server") as aiohttp_errors:
+        async with (
+            twilio_session() as http,
+            http.post(
+                f"{server.url}{path}", data=body, headers={"Content-Type": content_type}
+            ) as response,
+        ):
+            assert response.status == 400
+            assert "bogus" not in await response.text()
+    [line] = events.fields_of("webhook.bad_request")
+    assert line["client"] == "127.0.0.1" and line["path"] == path
+    assert not any(b"bogus" in str(f).encode() or "\ufffd" in str(f) for f in events.fields)
+    # No "Error handling request" traceback from aiohttp: the handler answered.
+    assert aiohttp_errors.names == []
+    assert fake_agent.connections == 0
+
+
 async def test_refused_requests_are_logged_once_per_client_and_reason(
     server: RunningServer,
 ) -> None:

@@ -24,9 +24,27 @@ _TWIML = "text/xml"
 
 
 async def _signed_form(request: web.Request) -> MultiDictProxy[Any]:
-    """The form of a webhook that Twilio really sent, or a 403 (and nothing else happens)."""
+    """The form of a webhook that Twilio really sent, or a 403 (400 for a form that cannot
+    be read at all), and nothing else happens. Both are logged, throttled per client."""
     state = request.app[APP_STATE]
-    form = await request.post()
+    try:
+        if request.content_type != _FORM:
+            # Twilio posts URL-encoded forms only: no multipart parser for anyone else.
+            raise _NotAForm
+        form = await request.post()
+    except _FORM_ERRORS as exc:
+        # Read before the signature can be checked (it covers the form), so anyone can get
+        # here: one fixed reason, none of the request's own text, no traceback.
+        reason = _unreadable(exc)
+        refused(
+            request.app,
+            state.log,
+            "webhook.bad_request",
+            client=request.remote,
+            reason=reason,
+            path=request.path,
+        )
+        raise web.HTTPBadRequest(text=f"bad request: {reason}\n") from None
     try:
         state.auth.check_webhook(request, form)
     except SignatureError as exc:
@@ -41,6 +59,29 @@ async def _signed_form(request: web.Request) -> MultiDictProxy[Any]:
         )
         raise web.HTTPForbidden(text="forbidden\n") from None
     return form
+
+
+_FORM = "application/x-www-form-urlencoded"
+
+
+class _NotAForm(Exception):
+    pass
+
+
+# What reading a form can raise for a body that is not one: another content type (a
+# multipart body, whose parser has more ways to fail), bytes that are not in the charset
+# (UnicodeDecodeError), a charset Python does not know (LookupError).
+_FORM_ERRORS = (_NotAForm, ValueError, LookupError)
+
+
+def _unreadable(exc: Exception) -> str:
+    if isinstance(exc, _NotAForm):
+        return f"not a form: Content-Type must be {_FORM}"
+    if isinstance(exc, UnicodeError):
+        return "form body is not valid in its charset"
+    if isinstance(exc, LookupError):
+        return "unknown charset"
+    return "malformed form body"
 
 
 def _without_query(url: str | None) -> str | None:
