@@ -354,3 +354,33 @@ async def test_refused_requests_are_logged_once_per_client_and_reason(
     assert events.fields_of("api.refused") == [
         {"client": "127.0.0.1", "reason": "wrong bearer token", "path": "/metrics"}
     ]
+
+
+async def test_a_second_twiml_request_for_a_live_call_leaves_it_alone(
+    server: RunningServer, fake_agent: FakeVoiceAgent
+) -> None:
+    with caught() as events:
+        async with twilio_session() as http:
+            ws, call, session = await open_live_stream(http, server, fake_agent)
+            registry = server.app[APP_STATE].registry
+            live_id = call.stream_path.rsplit("/", 1)[1]
+            assert registry.call_id_for_sid(CALL_SID) == live_id
+            # Signed by Twilio, for the same CallSid (not a replay: the form differs).
+            again = {**PARAMS, "CallStatus": "in-progress"}
+            headers = {"X-Twilio-Signature": sign(f"{PUBLIC_URL}/twiml", again)}
+            async with http.post(f"{server.url}/twiml", data=again, headers=headers) as resp:
+                assert resp.status == 409
+                assert "<Stream" not in await resp.text()
+            assert registry.call_id_for_sid(CALL_SID) == live_id
+            # Status lines still name the live call.
+            status = {"CallSid": CALL_SID, "CallStatus": "in-progress", "SequenceNumber": "1"}
+            headers = {"X-Twilio-Signature": sign(f"{PUBLIC_URL}/call-status", status)}
+            async with http.post(f"{server.url}/call-status", data=status, headers=headers) as r:
+                assert r.status == 204
+            await ws.send_str(json.dumps({"event": "stop", "streamSid": "MZ" + "ab" * 16}))
+            await session.wait_for("session.end")
+    [refusal] = events.fields_of("call.refused_duplicate")
+    assert refusal["call_id"] == live_id
+    assert [f["call_id"] for f in events.fields_of("call.status")] == [live_id]
+    assert events.names.count("call.announced") == 1
+    assert fake_agent.connections == 1

@@ -115,6 +115,13 @@ async def _connect_twiml(request: web.Request, *, direction: str, stream_path: s
     if state.shutting_down:
         log.info("call.refused_busy", why="shutting down")
         return _say_and_hang_up(BUSY_TEXT)
+    live_id = state.registry.call_id_for_sid(call_sid) if call_sid else None
+    if live_id is not None and live_id in state.registry.live:
+        # Twilio is asking again for a call whose stream is live. Any TwiML we answered would
+        # be run on that call, and a new token and id would take its CallSid from it: answer
+        # nothing to run, and leave the live call as it is.
+        log.warning("call.refused_duplicate", call_id=live_id, why="its stream is live")
+        raise web.HTTPConflict(text="this call's stream is already live\n")
     reasons = state.not_ready_reasons()
     if reasons:
         log.error("call.refused", reasons=reasons)
