@@ -25,6 +25,7 @@ from tests.conftest import (
     RunningServer,
     ServerFactory,
 )
+from tests.e2e.test_call_records import fetch_record
 from tests.e2e.test_inbound_call import frame_indices, indexed_frames
 from tests.log_events import caught
 from tests.raw_twilio import (
@@ -384,3 +385,37 @@ async def test_a_second_twiml_request_for_a_live_call_leaves_it_alone(
     assert [f["call_id"] for f in events.fields_of("call.status")] == [live_id]
     assert events.names.count("call.announced") == 1
     assert fake_agent.connections == 1
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"SequenceNumber": "99999999999999999999"},
+        {"SequenceNumber": "-1"},
+        {"CallDuration": "1e9"},
+        {"CallStatus": "completed\x00"},
+        {"From": "+1555" + "0" * 1000},
+    ],
+    ids=["sequence-too-large", "sequence-negative", "duration", "nul", "long"],
+)
+async def test_signed_status_callbacks_with_fields_out_of_range_are_refused(
+    server: RunningServer, bad: dict[str, str]
+) -> None:
+    state = server.app[APP_STATE]
+    status = {"CallSid": CALL_SID, "CallStatus": "completed", "SequenceNumber": "3", **bad}
+    with caught() as events:
+        async with twilio_session() as http:
+            headers = {"X-Twilio-Signature": sign(f"{PUBLIC_URL}/call-status", status)}
+            async with http.post(f"{server.url}/call-status", data=status, headers=headers) as r:
+                assert r.status == 400
+            good = {"CallSid": CALL_SID, "CallStatus": "ringing", "SequenceNumber": "1"}
+            headers = {"X-Twilio-Signature": sign(f"{PUBLIC_URL}/call-status", good)}
+            async with http.post(f"{server.url}/call-status", data=good, headers=headers) as r:
+                assert r.status == 204
+        await state.records.flush()
+    [line] = events.fields_of("webhook.bad_request")
+    assert line["reason"] == f"invalid {next(iter(bad))}"
+    assert "records.entry_rejected" not in events.names
+    assert state.records.stats().rejected == 0
+    record = await fetch_record(server, CALL_SID)
+    assert [s["status"] for s in record["statuses"]] == ["ringing"]
