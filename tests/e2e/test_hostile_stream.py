@@ -7,19 +7,25 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from unittest.mock import ANY
 
 import aiohttp
+import pytest
 
 from callbridge.bot import bot
 from callbridge.testing.audio import FRAME_BYTES
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import TwilioSimulator
-from tests.conftest import BOTH_STREAM_SERVERS, RunningServer
+from tests.conftest import BOTH_AUDIO_PATHS, BOTH_STREAM_SERVERS, RunningServer
+from tests.e2e.test_call_records import fetch_record
+from tests.log_events import caught
 from tests.raw_twilio import (
+    CALL_SID,
     STREAM_SID,
     announce,
     connect_stream,
     media_frame,
+    open_live_stream,
     start_frame,
     twilio_session,
 )
@@ -120,3 +126,65 @@ async def test_oversize_frame_closes_only_that_stream(
     assert not other_session.ended.is_set()
     other.speak(bytes([0xFE]) * FRAME_BYTES * 5)
     await other_session.wait_input_audio(FRAME_BYTES)
+
+
+def media_bytes(payload: bytes, track: bytes = b"inbound") -> bytes:
+    """A media frame's bytes, with bytes of our choosing in the payload and the track."""
+    return (
+        b'{"event":"media","sequenceNumber":"2","streamSid":"' + STREAM_SID.encode() + b'",'
+        b'"media":{"track":"' + track + b'","chunk":"1","timestamp":"20",'
+        b'"payload":"' + payload + b'"}}'
+    )
+
+
+NOT_UTF8 = {
+    "event": b'{"event":"\xff","streamSid":"x"}',
+    # Looks like media: the compiled fast path's base64 check refuses it, the full path reads it.
+    "media-payload": media_bytes(b"//////\xff/////8="),
+    "stream-sid": media_bytes(b"//////////8=").replace(STREAM_SID.encode(), b"MZ\xc3\x28"),
+}
+
+
+@BOTH_AUDIO_PATHS
+@pytest.mark.parametrize("frame", NOT_UTF8.values(), ids=NOT_UTF8.keys())
+async def test_text_that_is_not_utf8_fails_the_stream_with_1007(
+    server: RunningServer, fake_agent: FakeVoiceAgent, frame: bytes
+) -> None:
+    with caught() as events:
+        async with twilio_session() as http:
+            ws, _, session = await open_live_stream(http, server, fake_agent)
+            await ws.send_frame(frame, aiohttp.WSMsgType.TEXT)
+            msg = await asyncio.wait_for(ws.receive(), 5)
+            while msg.type is aiohttp.WSMsgType.TEXT:  # greeting frames already in flight
+                msg = await asyncio.wait_for(ws.receive(), 5)
+            # The close frame's code (the client's own close_code may say 1006: the server
+            # may drop the connection before the client's echo of the close is written).
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1007), msg
+            await ws.close()
+        await session.wait_for("session.end")
+        await events.wait_for("call.ended")
+    assert "call.crashed" not in events.names
+    assert events.fields_of("twilio.protocol_error") == [
+        {"call_id": ANY, "reason": "text frame is not valid UTF-8"}
+    ]
+    [ended] = events.fields_of("call.ended")
+    assert ended["reason"] == "twilio-protocol-error"
+    record = await fetch_record(server, CALL_SID)
+    assert [(e["source"], e["message"]) for e in record["errors"]] == [
+        ("twilio", "text frame is not valid UTF-8")
+    ]
+
+
+@BOTH_AUDIO_PATHS
+async def test_media_with_bad_bytes_only_where_callbridge_never_reads_is_relayed(
+    server: RunningServer, fake_agent: FakeVoiceAgent
+) -> None:
+    # Only what the decoder reads is checked for UTF-8 (checking every byte of every frame
+    # would cost on the audio path); the checked base64 payload is all that is relayed.
+    async with twilio_session() as http:
+        ws, _, session = await open_live_stream(http, server, fake_agent)
+        await ws.send_frame(media_bytes(b"//////////8=", track=b"\xff"), aiohttp.WSMsgType.TEXT)
+        await session.wait_input_audio(8)
+        assert bytes(session.input_audio)[:8] == b"\xff" * 8
+        await ws.send_str(json.dumps({"event": "stop", "streamSid": STREAM_SID}))
+        await session.wait_for("session.end")

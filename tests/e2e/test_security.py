@@ -25,7 +25,9 @@ from tests.conftest import (
     RunningServer,
     ServerFactory,
 )
+from tests.e2e.test_call_records import fetch_record
 from tests.e2e.test_inbound_call import frame_indices, indexed_frames
+from tests.log_events import caught
 from tests.raw_twilio import (
     CALL_SID,
     announce,
@@ -292,3 +294,128 @@ async def test_audio_faster_than_real_time_is_dropped_past_a_seconds_burst(
         assert 50 <= relayed < 150, relayed
         assert ws.close_code is None or ws.close_code == 1000
         await ws.close()
+
+
+UNREADABLE_BODIES = {
+    "not-utf8": ("application/x-www-form-urlencoded", b"CallSid=CA\xff\xfe&From=%2B1"),
+    "unknown-charset": ("application/x-www-form-urlencoded; charset=x-bogus", b"CallSid=CA1"),
+    "multipart-without-name": (
+        "multipart/form-data; boundary=XX",
+        b"--XX\r\nContent-Disposition: form-data\r\n\r\nCA1\r\n--XX--\r\n",
+    ),
+    "multipart-bad-encoding": (
+        "multipart/form-data; boundary=XX",
+        b'--XX\r\nContent-Disposition: form-data; name="CallSid"\r\n'
+        b"Content-Transfer-Encoding: x-bogus\r\n\r\nCA1\r\n--XX--\r\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("path", WEBHOOKS)
+@pytest.mark.parametrize(
+    ("content_type", "body"), UNREADABLE_BODIES.values(), ids=UNREADABLE_BODIES
+)
+async def test_unreadable_webhook_bodies_get_400_and_one_line_without_their_text(
+    server: RunningServer, fake_agent: FakeVoiceAgent, path: str, content_type: str, body: bytes
+) -> None:
+    with caught() as events, caught("aiohttp.server") as aiohttp_errors:
+        async with (
+            twilio_session() as http,
+            http.post(
+                f"{server.url}{path}", data=body, headers={"Content-Type": content_type}
+            ) as response,
+        ):
+            assert response.status == 400
+            assert "bogus" not in await response.text()
+    [line] = events.fields_of("webhook.bad_request")
+    assert line["client"] == "127.0.0.1" and line["path"] == path
+    assert not any(b"bogus" in str(f).encode() or "\ufffd" in str(f) for f in events.fields)
+    # No "Error handling request" traceback from aiohttp: the handler answered.
+    assert aiohttp_errors.names == []
+    assert fake_agent.connections == 0
+
+
+async def test_refused_requests_are_logged_once_per_client_and_reason(
+    server: RunningServer,
+) -> None:
+    with caught() as events:
+        for _ in range(30):
+            assert await post(server, "/twiml", "bm90IGEgc2lnbmF0dXJl") == 403
+            assert await post(server, "/call-status", None) == 403
+        async with twilio_session() as http:
+            for _ in range(10):
+                headers = {"Authorization": "Bearer guess"}
+                async with http.get(f"{server.url}/metrics", headers=headers) as response:
+                    assert response.status == 401
+    refused = events.fields_of("webhook.refused")
+    assert [(f["reason"], f["path"]) for f in refused] == [
+        ("signature does not match", "/twiml"),
+        ("missing X-Twilio-Signature", "/call-status"),
+    ]
+    assert events.fields_of("api.refused") == [
+        {"client": "127.0.0.1", "reason": "wrong bearer token", "path": "/metrics"}
+    ]
+
+
+async def test_a_second_twiml_request_for_a_live_call_leaves_it_alone(
+    server: RunningServer, fake_agent: FakeVoiceAgent
+) -> None:
+    with caught() as events:
+        async with twilio_session() as http:
+            ws, call, session = await open_live_stream(http, server, fake_agent)
+            registry = server.app[APP_STATE].registry
+            live_id = call.stream_path.rsplit("/", 1)[1]
+            assert registry.call_id_for_sid(CALL_SID) == live_id
+            # Signed by Twilio, for the same CallSid (not a replay: the form differs).
+            again = {**PARAMS, "CallStatus": "in-progress"}
+            headers = {"X-Twilio-Signature": sign(f"{PUBLIC_URL}/twiml", again)}
+            async with http.post(f"{server.url}/twiml", data=again, headers=headers) as resp:
+                assert resp.status == 409
+                assert "<Stream" not in await resp.text()
+            assert registry.call_id_for_sid(CALL_SID) == live_id
+            # Status lines still name the live call.
+            status = {"CallSid": CALL_SID, "CallStatus": "in-progress", "SequenceNumber": "1"}
+            headers = {"X-Twilio-Signature": sign(f"{PUBLIC_URL}/call-status", status)}
+            async with http.post(f"{server.url}/call-status", data=status, headers=headers) as r:
+                assert r.status == 204
+            await ws.send_str(json.dumps({"event": "stop", "streamSid": "MZ" + "ab" * 16}))
+            await session.wait_for("session.end")
+    [refusal] = events.fields_of("call.refused_duplicate")
+    assert refusal["call_id"] == live_id
+    assert [f["call_id"] for f in events.fields_of("call.status")] == [live_id]
+    assert events.names.count("call.announced") == 1
+    assert fake_agent.connections == 1
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"SequenceNumber": "99999999999999999999"},
+        {"SequenceNumber": "-1"},
+        {"CallDuration": "1e9"},
+        {"CallStatus": "completed\x00"},
+        {"From": "+1555" + "0" * 1000},
+    ],
+    ids=["sequence-too-large", "sequence-negative", "duration", "nul", "long"],
+)
+async def test_signed_status_callbacks_with_fields_out_of_range_are_refused(
+    server: RunningServer, bad: dict[str, str]
+) -> None:
+    state = server.app[APP_STATE]
+    status = {"CallSid": CALL_SID, "CallStatus": "completed", "SequenceNumber": "3", **bad}
+    with caught() as events:
+        async with twilio_session() as http:
+            headers = {"X-Twilio-Signature": sign(f"{PUBLIC_URL}/call-status", status)}
+            async with http.post(f"{server.url}/call-status", data=status, headers=headers) as r:
+                assert r.status == 400
+            good = {"CallSid": CALL_SID, "CallStatus": "ringing", "SequenceNumber": "1"}
+            headers = {"X-Twilio-Signature": sign(f"{PUBLIC_URL}/call-status", good)}
+            async with http.post(f"{server.url}/call-status", data=good, headers=headers) as r:
+                assert r.status == 204
+        await state.records.flush()
+    [line] = events.fields_of("webhook.bad_request")
+    assert line["reason"] == f"invalid {next(iter(bad))}"
+    assert "records.entry_rejected" not in events.names
+    assert state.records.stats().rejected == 0
+    record = await fetch_record(server, CALL_SID)
+    assert [s["status"] for s in record["statuses"]] == ["ringing"]

@@ -19,6 +19,7 @@ from referencing.jsonschema import DRAFT202012
 from callbridge.records.entries import CallClosed, CallOpened, CallStatusChanged
 from callbridge.records.store import CallStore
 from callbridge.server.records_api import RECORDS_STORE, add_routes
+from tests.log_events import caught
 
 from .conftest import T0, Backend, StoreFactory, full_call
 
@@ -252,3 +253,20 @@ async def test_database_down_503(
         assert (await checked(response, path))["error"] == "database_unavailable"
     await backend.restore()
     assert (await client.get(LIST, headers=AUTH)).status == 200
+
+
+async def test_refused_tokens_are_logged_once_per_client_and_reason(
+    api: tuple[TestClient[Any, Any], CallStore],
+) -> None:
+    client, _ = api
+    with caught() as events:
+        for _ in range(20):
+            response = await client.get(LIST, headers={"Authorization": "Bearer guess"})
+            assert response.status == 401
+        for _ in range(5):
+            assert (await client.get("/api/calls/call-1")).status == 401
+    assert events.fields_of("api.refused") == [
+        {"client": "127.0.0.1", "reason": "wrong bearer token", "path": LIST},
+        {"client": "127.0.0.1", "reason": "no bearer token", "path": ONE},
+    ]
+    assert all("guess" not in str(fields) for fields in events.fields)

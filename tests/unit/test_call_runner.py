@@ -55,6 +55,10 @@ class _TwilioSocket:
             self.close_code = code
         self._closed.set()
 
+    def fail(self, code: int) -> None:
+        if self.close_code is None:
+            self.close_code = code
+
 
 class _ScriptedBridge:
     """Answers each event with what `script` returns for it; records what it was fed."""

@@ -68,17 +68,91 @@ def json_frames(draw: st.DrawFn, key: str, kinds: list[str]) -> str:
     return json.dumps(body)
 
 
-@given(st.one_of(st.text(), st.binary(), json_frames("event", twilio_events)))
+@st.composite
+def mangled(draw: st.DrawFn, frames: st.SearchStrategy[str]) -> bytes:
+    """A frame's bytes with arbitrary bytes spliced in: often not UTF-8, sometimes still
+    JSON (inside a string, say), so the decoders meet bad text in every field."""
+    data = bytearray(draw(frames).encode())
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(data)))
+        data[at:at] = draw(st.binary(min_size=1, max_size=4))
+    return bytes(data)
+
+
+# Frames that are JSON but for one byte in a string: the typed decoders get past the JSON.
+NOT_UTF8_FRAMES = [
+    b'{"event":"\xff"}',
+    b'{"event":"media","streamSid":"\xc3","media":{"payload":"AAAA"}}',
+    b'{"event":"media","media":{"payload":"AA\xffA"}}',
+    b'{"event":"mark","mark":{"name":"\xed\xa0\x80"}}',  # a UTF-16 surrogate, encoded
+    b'{"\xff":1}',
+    b'{"type":"transcript.user","text":"\xf0\x9f"}',
+    b'{"type":"reply.audio","data":"AA\xffA"}',
+    b'{"type":"tool.call","call_id":"c","name":"\x80","arguments":{}}',
+]
+
+
+def utf8(frame: str | bytes) -> bool:
+    if isinstance(frame, str):
+        return True
+    try:
+        frame.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+any_twilio_frame = st.one_of(
+    st.text(),
+    st.binary(),
+    json_frames("event", twilio_events),
+    mangled(json_frames("event", twilio_events)),
+    st.sampled_from(NOT_UTF8_FRAMES),
+)
+any_agent_frame = st.one_of(
+    st.text(),
+    st.binary(),
+    json_frames("type", agent_types),
+    mangled(json_frames("type", agent_types)),
+    st.sampled_from(NOT_UTF8_FRAMES),
+)
+
+
+@given(any_twilio_frame)
 def test_twilio_decoder_never_raises(frame: str | bytes) -> None:
-    twilio.decode(frame)
+    decoded = twilio.decode(frame)
+    # Only text that is not UTF-8 fails the connection; any other frame is at worst invalid.
+    if isinstance(decoded, twilio.InvalidText):
+        assert not utf8(frame)
+    # The per-frame path's pair (the decoder, then `undecodable` when it raises) likewise.
+    try:
+        strict: object = twilio.decode_strict(frame)
+    except twilio.DECODE_ERRORS as exc:
+        strict = twilio.undecodable(frame, exc)
+    assert strict == decoded
 
 
-@given(st.one_of(st.text(), st.binary(), json_frames("type", agent_types)))
+@given(any_agent_frame)
 def test_agent_decoder_never_raises(frame: str | bytes) -> None:
     decoded = agent.decode(frame)
+    if isinstance(decoded, agent.InvalidText):
+        assert not utf8(frame)
+    try:
+        strict: object = agent.decode_strict(frame)
+    except agent.DECODE_ERRORS as exc:
+        strict = agent.undecodable(frame, exc)
+    assert strict == decoded
     if isinstance(decoded, agent.ToolCall):
         with contextlib.suppress(agent.ToolArgumentsError):
             agent.tool_arguments(decoded)
+
+
+def test_text_that_is_not_utf8_is_invalid_text_wherever_the_decoder_reads_it() -> None:
+    for frame in NOT_UTF8_FRAMES:
+        if b'"event"' in frame or frame.startswith(b'{"\xff"'):
+            assert twilio.decode(frame) == twilio.INVALID_TEXT, frame
+        if b'"type"' in frame or frame.startswith(b'{"\xff"'):
+            assert agent.decode(frame) == agent.INVALID_TEXT, frame
 
 
 # Sizes that cross the ledger's mark boundaries (every 2000 bytes) at different points.

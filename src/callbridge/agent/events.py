@@ -2,7 +2,8 @@
 
 Field names follow the live protocol (see shared/reference/assemblyai-voice-agent.md).
 Decoding is tolerant: unknown events and older shapes (an error frame without `type`,
-tool arguments under `args`) become values the bridge can act on, never exceptions.
+tool arguments under `args`) become values the bridge can act on, never exceptions, for
+any bytes. A frame that is not UTF-8 becomes `InvalidText`: the socket's protocol error.
 """
 
 from __future__ import annotations
@@ -111,6 +112,17 @@ class InvalidEvent(msgspec.Struct, gc=False):
     reason: str
 
 
+class InvalidText(msgspec.Struct, frozen=True, gc=False):
+    """A text frame whose bytes are not UTF-8, as far as the decoder read them. RFC 6455
+    (section 8.1) has the receiver fail the connection (close code 1007): the socket
+    does, and the bridge sees the socket close, as for any other broken connection."""
+
+    reason: str = "text frame is not valid UTF-8"
+
+
+INVALID_TEXT = InvalidText()
+
+
 AgentEvent = (
     SessionReady
     | SessionUpdated
@@ -134,7 +146,9 @@ _generic = msgspec.json.Decoder()
 
 
 # The per-frame path calls the decoder itself (one Python call less a frame) and, when it
-# raises, `undecodable`: together they are `decode`.
+# raises (one of DECODE_ERRORS: msgspec's, or UnicodeDecodeError for text that is not
+# UTF-8), `undecodable`: together they are `decode`.
+DECODE_ERRORS = (msgspec.DecodeError, UnicodeError)
 decode_strict = _decoder.decode
 # The fast path's: every event as `decode_strict` gives it, but `reply.audio` as a
 # `RelayReplyAudio` (one that is not relayed takes the full path and is decoded again).
@@ -144,21 +158,27 @@ AgentRelayEvent: Any = Union[  # noqa: UP007 (built from AgentEvent, not written
 decode_relay = msgspec.json.Decoder(AgentRelayEvent).decode
 
 
-def decode(frame: str | bytes | memoryview) -> AgentEvent | UnknownEvent | InvalidEvent:
+Decoded = AgentEvent | UnknownEvent | InvalidEvent | InvalidText
+
+
+def decode(frame: str | bytes | memoryview) -> Decoded:
+    """Decode one text frame from the agent. Never raises."""
     try:
         event: AgentEvent = decode_strict(frame)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         return undecodable(frame, exc)
     return event
 
 
-def undecodable(
-    frame: str | bytes | memoryview, exc: msgspec.DecodeError
-) -> AgentEvent | UnknownEvent | InvalidEvent:
+def undecodable(frame: str | bytes | memoryview, exc: Exception) -> Decoded:
     """What `decode` returns for a frame `decode_strict` refused: an error the agent sent
-    in an older shape, an event type we do not know, or an invalid frame."""
+    in an older shape, an event type we do not know, or an invalid frame (never raises)."""
+    if isinstance(exc, UnicodeError):
+        return INVALID_TEXT
     try:
         raw = _generic.decode(frame)
+    except UnicodeError:  # in a field the typed decoder skipped
+        return INVALID_TEXT
     except msgspec.DecodeError:
         return InvalidEvent("invalid JSON")
     if not isinstance(raw, dict):

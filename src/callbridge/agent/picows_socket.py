@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-import msgspec
 from picows import (
     WSAutoPingStrategy,
     WSCloseCode,
@@ -40,6 +39,7 @@ from callbridge.picows_sockets import (
 
 _TEXT = WSMsgType.TEXT
 _decode = agent.decode_strict
+_DECODE_ERRORS = agent.DECODE_ERRORS
 
 
 class PicowsAgentSocket(fast_path.AgentAudioSocket):
@@ -49,6 +49,7 @@ class PicowsAgentSocket(fast_path.AgentAudioSocket):
     # No instance dict: see `PicowsTwilioSocket.__slots__`.
     __slots__ = (
         "_early",
+        "_failed_with",
         "_failure",
         "_fragments",
         "_paused",
@@ -65,6 +66,7 @@ class PicowsAgentSocket(fast_path.AgentAudioSocket):
         self._early: list[object] = []  # events before serve() starts (none in practice)
         self._fragments = FragmentedMessages(MAX_AGENT_MESSAGE_BYTES)
         self._failure: BaseException | None = None
+        self._failed_with: int | None = None  # the close code we failed the connection with
         self._reason = ""
         self._paused = False  # the transport's buffer is past its high-water mark
         self.send: Send = drop_frame  # rebound with the state: see `send_for`
@@ -106,7 +108,9 @@ class PicowsAgentSocket(fast_path.AgentAudioSocket):
         if self._failure is not None:
             raise self._failure  # a bug in the sink: the call's owner reports it
         received = transport.close_handshake.recv if transport.close_handshake else None
-        code = received.code.value if received is not None else None
+        # The peer's close code; else the one we failed the connection with (as aiohttp's
+        # socket reports it).
+        code = received.code.value if received is not None else self._failed_with
         # picows gives None for a close frame without a reason, whatever its stub says.
         reason = self._reason or (received.reason if received is not None else None) or ""
         return code, reason
@@ -139,8 +143,11 @@ class PicowsAgentSocket(fast_path.AgentAudioSocket):
             data = frame.get_payload_as_memoryview()
             try:
                 event = _decode(data)
-            except msgspec.DecodeError as exc:
+            except _DECODE_ERRORS as exc:
                 event = agent.undecodable(data, exc)
+                if type(event) is agent.InvalidText:
+                    self._fail_connection(event.reason)
+                    return
         elif kind is WSMsgType.CLOSE:
             self._mark_closed()
             transport.send_close(frame.get_close_code())
@@ -155,6 +162,9 @@ class PicowsAgentSocket(fast_path.AgentAudioSocket):
             if message is None:
                 return
             event = agent.decode(message)
+            if type(event) is agent.InvalidText:
+                self._fail_connection(event.reason)
+                return
         elif kind is WSMsgType.BINARY:
             event = agent.InvalidEvent("binary frame")
         else:
@@ -184,6 +194,18 @@ class PicowsAgentSocket(fast_path.AgentAudioSocket):
         self._mark_closed()
 
     # --- internals --------------------------------------------------------------------
+
+    def _fail_connection(self, reason: str) -> None:
+        """Text that is not UTF-8: RFC 6455 fails the connection with close code 1007. The
+        runner sees the socket close with `reason`, as for any broken connection."""
+        if self._transport is not None:
+            self._transport.send_close(WSCloseCode.INVALID_TEXT)
+            self._failed_with = WSCloseCode.INVALID_TEXT.value
+        self._mark_closed()
+        if not self._reason:
+            self._reason = reason
+        if self._transport is not None:
+            self._transport.disconnect()  # after the close frame is written
 
     def _give_up(self, reason: str) -> None:
         self._mark_closed()

@@ -477,10 +477,10 @@ class CallBridge:
         return self._finish_if_closed()
 
     def _on_twilio_protocol_error(self, msg: TwilioProtocolError) -> list[Action]:
-        return [
-            Log.error("twilio.protocol_error", reason=msg.reason),
-            *self._end(EndReason.TWILIO_PROTOCOL_ERROR, msg.reason),
-        ]
+        actions: list[Action] = [Log.error("twilio.protocol_error", reason=msg.reason)]
+        if self.end_reason is None:  # the record says why the call ended
+            actions.append(self._error_record("twilio", "protocol_error", msg.reason))
+        return actions + self._end(EndReason.TWILIO_PROTOCOL_ERROR, msg.reason)
 
     # --- agent side -------------------------------------------------------------------
 

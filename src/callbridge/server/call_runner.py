@@ -18,7 +18,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 import aiohttp
-import msgspec
 
 from callbridge import fast_path as fast_path_module
 from callbridge.agent import events as agent
@@ -70,6 +69,8 @@ _MEDIA_SLACK_SECONDS = 49.5 * _MEDIA_FRAME_SECONDS
 _MEDIA = twilio.Media
 _REPLY_AUDIO = agent.ReplyAudio
 _decode_twilio = twilio.decode_strict
+_TWILIO_DECODE_ERRORS = twilio.DECODE_ERRORS
+_INVALID_TEXT = twilio.InvalidText
 _INPUT_AUDIO_PARTS = frames.input_audio_parts()
 _take_relayed = fast_path_module.take_relayed
 _set_routes = fast_path_module.set_routes
@@ -197,8 +198,10 @@ class CallRunner:
         now = self._now()
         try:
             message: object = _decode_twilio(data)
-        except msgspec.DecodeError as exc:
+        except _TWILIO_DECODE_ERRORS as exc:
             message = twilio.undecodable(data, exc)
+            if type(message) is _INVALID_TEXT:
+                return self._invalid_text(message.reason)
         if type(message) is _MEDIA:
             # Real-time pace (GCRA): each frame is due 20 ms after the one before; a frame
             # more than a second ahead of when it is due is refused, and counts towards
@@ -229,6 +232,14 @@ class CallRunner:
             self._admitted = True
         self._feed(message)
         return True
+
+    def _invalid_text(self, reason: str) -> bool:
+        """A text frame that is not UTF-8: RFC 6455 fails the connection, with close code
+        1007, before anything else is read. The bridge then ends the call in order (its
+        log line and record say why; session.end upstream). False: the stream ends."""
+        self._twilio.fail(aiohttp.WSCloseCode.INVALID_TEXT)
+        self._feed(TwilioProtocolError(reason))
+        return False
 
     def _within_message_limit(self, now: float) -> bool:
         """Flood check in one-second windows: a budget of messages, with the clock compared

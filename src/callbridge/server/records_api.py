@@ -20,6 +20,7 @@ from callbridge.logs import EventLogger
 from callbridge.records import queries
 from callbridge.records.queries import CallQuery
 from callbridge.records.store import CallStore
+from callbridge.server.log_throttle import refused
 
 RECORDS_STORE = web.AppKey("callbridge_records", CallStore)
 
@@ -57,6 +58,7 @@ def authorize(request: web.Request, what: str = "the call records API") -> web.R
         return _error(404, "api_disabled", f"{what} is off: set CALLBRIDGE_API_TOKEN to use it")
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
+        _refused(request, "no bearer token")
         return _error(
             401,
             "unauthorized",
@@ -66,6 +68,7 @@ def authorize(request: web.Request, what: str = "the call records API") -> web.R
     # Hashing first makes the comparison constant-time in the token's length too.
     expected = hashlib.sha256(store.api_token.encode()).digest()
     if not hmac.compare_digest(hashlib.sha256(given.strip().encode()).digest(), expected):
+        _refused(request, "wrong bearer token")
         return _error(
             401,
             "invalid_token",
@@ -73,6 +76,20 @@ def authorize(request: web.Request, what: str = "the call records API") -> web.R
             {"WWW-Authenticate": f'{_REALM}, error="invalid_token"'},
         )
     return None
+
+
+def _refused(request: web.Request, reason: str) -> None:
+    """One WARNING line, throttled per client and reason (a token guesser is one line an
+    interval, with a count of the rest); never the token itself."""
+    resource = request.match_info.route.resource
+    refused(
+        request.app,
+        _log,
+        "api.refused",
+        client=request.remote,
+        reason=reason,
+        path=resource.canonical if resource is not None else None,
+    )
 
 
 def _list_query(params: MultiMapping[str]) -> CallQuery:

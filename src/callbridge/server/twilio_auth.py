@@ -30,7 +30,15 @@ TOKEN_TTL_SECONDS = 120.0  # Twilio opens the stream within seconds of fetching 
 
 
 class SignatureError(Exception):
-    """Why a request was refused; safe to log (no secrets, no signature values)."""
+    """Why a request was refused; safe to log (no secrets, no signature values).
+
+    `reason` is one of a few fixed texts (log lines about refusals are throttled by it);
+    `url` is the URL the signature was checked against, when there was one."""
+
+    def __init__(self, reason: str, url: str | None = None) -> None:
+        super().__init__(f"{reason}: {url}" if url else reason)
+        self.reason = reason
+        self.url = url
 
 
 class TwilioAuthenticator:
@@ -69,7 +77,7 @@ class TwilioAuthenticator:
         url = self.public_url(request)
         params = {k: v for k, v in form.items() if isinstance(v, str)}
         if not self._validator.validate(url, _MultiParams(form), signature):
-            raise SignatureError(f"signature does not match {url}")
+            raise SignatureError("signature does not match", url)
         self._refuse_replay(signature, url, params)
 
     def check_stream_upgrade(self, request: web.Request) -> None:
@@ -98,7 +106,7 @@ class TwilioAuthenticator:
             raise SignatureError("missing X-Twilio-Signature on the stream upgrade")
         # Twilio's own notes: if a wss handshake won't verify, try a trailing slash.
         if not any(self._validator.validate(u, {}, signature) for u in (url, url + "/")):
-            raise SignatureError(f"stream signature does not match {url}")
+            raise SignatureError("stream signature does not match", url)
         self._refuse_replay(signature, url, {})
 
     def _refuse_replay(self, signature: str, url: str, params: dict[str, str]) -> None:
@@ -112,7 +120,7 @@ class TwilioAuthenticator:
                 break
             del self._seen[oldest]
         if digest in self._seen:
-            raise SignatureError(f"replayed request to {url}")
+            raise SignatureError("replayed request", url)
         self._seen[digest] = now
 
 

@@ -54,16 +54,27 @@ class TwilioSocket(Protocol):
 
     async def close(self, code: int) -> None: ...
 
+    def fail(self, code: int) -> None:
+        """Fail the connection with `code` (RFC 6455's "fail the WebSocket connection"),
+        from inside `on_text`: no frame is read after this one, and the close frame says
+        `code` whatever closes the socket afterwards."""
+
 
 class AiohttpTwilioSocket:
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None) -> None:
         self._ws = ws
         self._transport = transport
         self._gave_up = ""
+        self._fail_code: int | None = None
 
     @property
     def closed(self) -> bool:
         return self._ws.closed or bool(self._gave_up)
+
+    def fail(self, code: int) -> None:
+        # on_text returns False next, and serve() returns: the runner's close says `code`.
+        if self._fail_code is None:
+            self._fail_code = code
 
     def send(self, frame: bytes) -> None:
         if self.closed:
@@ -93,7 +104,7 @@ class AiohttpTwilioSocket:
 
     async def close(self, code: int) -> None:
         if not self._ws.closed:
-            await self._ws.close(code=code)
+            await self._ws.close(code=self._fail_code or code)
 
 
 class PicowsTwilioSocket(fast_path.TwilioAudioSocket):
@@ -253,6 +264,9 @@ class PicowsTwilioSocket(fast_path.TwilioAudioSocket):
         self.stopped = True
         if self._transport is not None:
             self._transport.disconnect(graceful=False)
+
+    def fail(self, code: int) -> None:
+        self.abort(WSCloseCode(code))  # the POLICY_VIOLATION abort that follows sends nothing
 
     def abort(self, code: WSCloseCode) -> None:
         """Close at once (a close frame, then the connection), from any callback."""

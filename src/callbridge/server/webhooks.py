@@ -13,6 +13,7 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from callbridge.records.entries import CallStatusChanged
 from callbridge.server.call_registry import CallInfo, new_call_id
+from callbridge.server.log_throttle import refused
 from callbridge.server.state import APP_STATE, AppState
 from callbridge.server.twilio_auth import SignatureError, new_stream_token
 
@@ -23,15 +24,72 @@ _TWIML = "text/xml"
 
 
 async def _signed_form(request: web.Request) -> MultiDictProxy[Any]:
-    """The form of a webhook that Twilio really sent, or a 403 (and nothing else happens)."""
+    """The form of a webhook that Twilio really sent, or a 403 (400 for a form that cannot
+    be read at all), and nothing else happens. Both are logged, throttled per client."""
     state = request.app[APP_STATE]
-    form = await request.post()
+    try:
+        if request.content_type != _FORM:
+            # Twilio posts URL-encoded forms only: no multipart parser for anyone else.
+            raise _NotAForm
+        form = await request.post()
+    except _FORM_ERRORS as exc:
+        # Read before the signature can be checked (it covers the form), so anyone can get
+        # here: one fixed reason, none of the request's own text, no traceback.
+        reason = _unreadable(exc)
+        refused(
+            request.app,
+            state.log,
+            "webhook.bad_request",
+            client=request.remote,
+            reason=reason,
+            path=request.path,
+        )
+        raise web.HTTPBadRequest(text=f"bad request: {reason}\n") from None
     try:
         state.auth.check_webhook(request, form)
     except SignatureError as exc:
-        state.log.warning("webhook.refused", path=request.path, reason=str(exc))
+        refused(
+            request.app,
+            state.log,
+            "webhook.refused",
+            client=request.remote,
+            reason=exc.reason,
+            path=request.path,
+            checked_url=_without_query(exc.url),
+        )
         raise web.HTTPForbidden(text="forbidden\n") from None
     return form
+
+
+_FORM = "application/x-www-form-urlencoded"
+
+
+class _NotAForm(Exception):
+    pass
+
+
+# What reading a form can raise for a body that is not one: another content type (a
+# multipart body, whose parser has more ways to fail), bytes that are not in the charset
+# (UnicodeDecodeError), a charset Python does not know (LookupError).
+_FORM_ERRORS = (_NotAForm, ValueError, LookupError)
+
+
+def _unreadable(exc: Exception) -> str:
+    if isinstance(exc, _NotAForm):
+        return f"not a form: Content-Type must be {_FORM}"
+    if isinstance(exc, UnicodeError):
+        return "form body is not valid in its charset"
+    if isinstance(exc, LookupError):
+        return "unknown charset"
+    return "malformed form body"
+
+
+def _without_query(url: str | None) -> str | None:
+    """The URL a signature was checked against, without its query (the caller's text)."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))[:300]
 
 
 def _say_and_hang_up(text: str) -> web.Response:
@@ -50,13 +108,35 @@ async def outbound_twiml(request: web.Request) -> web.Response:
 
 
 async def _connect_twiml(request: web.Request, *, direction: str, stream_path: str) -> web.Response:
-    state = request.app[APP_STATE]
     form = await _signed_form(request)
-    call_sid = _field(form, "CallSid")
+    try:
+        call_sid = _field(form, "CallSid")
+        from_number, to_number = _field(form, "From"), _field(form, "To")
+    except _InvalidField as exc:
+        raise _invalid(request, exc) from None
+    return _answer_call(request, direction, stream_path, call_sid, from_number, to_number)
+
+
+def _answer_call(
+    request: web.Request,
+    direction: str,
+    stream_path: str,
+    call_sid: str | None,
+    from_number: str | None,
+    to_number: str | None,
+) -> web.Response:
+    state = request.app[APP_STATE]
     log = state.log.bind(call_sid=call_sid, direction=direction)
     if state.shutting_down:
         log.info("call.refused_busy", why="shutting down")
         return _say_and_hang_up(BUSY_TEXT)
+    live_id = state.registry.call_id_for_sid(call_sid) if call_sid else None
+    if live_id is not None and live_id in state.registry.live:
+        # Twilio is asking again for a call whose stream is live. Any TwiML we answered would
+        # be run on that call, and a new token and id would take its CallSid from it: answer
+        # nothing to run, and leave the live call as it is.
+        log.warning("call.refused_duplicate", call_id=live_id, why="its stream is live")
+        raise web.HTTPConflict(text="this call's stream is already live\n")
     reasons = state.not_ready_reasons()
     if reasons:
         log.error("call.refused", reasons=reasons)
@@ -72,8 +152,8 @@ async def _connect_twiml(request: web.Request, *, direction: str, stream_path: s
         call_id=new_call_id(),
         direction=direction,
         call_sid=call_sid,
-        from_number=_field(form, "From"),
-        to_number=_field(form, "To"),
+        from_number=from_number,
+        to_number=to_number,
         stream_token=new_stream_token(),
     )
     state.registry.announce(info)
@@ -97,31 +177,39 @@ async def _connect_twiml(request: web.Request, *, direction: str, stream_path: s
 async def call_status(request: web.Request) -> web.Response:
     state = request.app[APP_STATE]
     form = await _signed_form(request)
-    call_sid = _field(form, "CallSid")
+    try:
+        call_sid = _field(form, "CallSid")
+        status = _field(form, "CallStatus")
+        sequence = _number(form, "SequenceNumber")
+        duration = _number(form, "CallDuration")
+        direction = _field(form, "Direction")
+        from_number, to_number = _field(form, "From"), _field(form, "To")
+        sip_response = _field(form, "SipResponseCode")  # logged only
+    except _InvalidField as exc:
+        raise _invalid(request, exc) from None
     call_id = state.registry.call_id_for_sid(call_sid) if call_sid else None
-    status = _field(form, "CallStatus")
     if call_sid and status:
         state.record(
             CallStatusChanged(
                 call_sid=call_sid,
                 status=status,
                 at=time.time(),
-                sequence=_int(_field(form, "SequenceNumber")),
+                sequence=sequence,
                 call_id=call_id,
-                duration_seconds=_int(_field(form, "CallDuration")),
-                direction=_field(form, "Direction"),
-                from_number=_field(form, "From"),
-                to_number=_field(form, "To"),
+                duration_seconds=duration,
+                direction=direction,
+                from_number=from_number,
+                to_number=to_number,
             )
         )
     state.log.info(
         "call.status",
         call_id=call_id,
         call_sid=call_sid,
-        status=_field(form, "CallStatus"),
-        sequence=_field(form, "SequenceNumber"),
-        duration=_field(form, "CallDuration"),
-        sip_response=_field(form, "SipResponseCode"),
+        status=status,
+        sequence=sequence,
+        duration=duration,
+        sip_response=sip_response,
     )
     return web.Response(status=204)
 
@@ -143,16 +231,51 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=503 if reasons else 200)
 
 
+# Twilio's values are short, printable text and small whole numbers; anything else in a
+# field we keep is refused here rather than stored (a NUL that PostgreSQL refuses, a number
+# past the records' integer columns would only be turned away by the database later).
+_MAX_FIELD_CHARS = 256
+_MAX_NUMBER = 2**31 - 1  # PostgreSQL's INTEGER, the records' integer columns
+
+
+class _InvalidField(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name  # ours, never the request's text
+
+
 def _field(form: MultiDictProxy[Any], name: str) -> str | None:
+    """A text field: None if absent or empty; _InvalidField if it is not short printable
+    text."""
     value = form.get(name)
-    return value if isinstance(value, str) and value else None
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
+    if not isinstance(value, str) or not value:
         return None
+    if len(value) > _MAX_FIELD_CHARS or not value.isprintable():
+        raise _InvalidField(name)
+    return value
+
+
+def _number(form: MultiDictProxy[Any], name: str) -> int | None:
+    """A whole-number field (0 up to the records' limit), else _InvalidField."""
+    value = _field(form, name)
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit()) or int(value) > _MAX_NUMBER:
+        raise _InvalidField(name)
+    return int(value)
+
+
+def _invalid(request: web.Request, exc: _InvalidField) -> web.HTTPBadRequest:
+    reason = f"invalid {exc.name}"
+    refused(
+        request.app,
+        request.app[APP_STATE].log,
+        "webhook.bad_request",
+        client=request.remote,
+        reason=reason,
+        path=request.path,
+    )
+    return web.HTTPBadRequest(text=f"bad request: {reason}\n")
 
 
 def _public_ws_base(request: web.Request, state: AppState) -> str:

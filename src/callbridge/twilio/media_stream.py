@@ -1,8 +1,9 @@
 """Twilio Media Streams wire format: typed messages, a tolerant decoder, encoders. No I/O.
 
 Twilio sends `connected`, `start`, `media`, `dtmf`, `mark` and `stop` as JSON text frames;
-we send `media`, `mark` and `clear`. Decoding never raises: a frame we cannot use becomes
-an `InvalidFrame` that says why, so one bad frame is a log line, not a dead call.
+we send `media`, `mark` and `clear`. Decoding never raises, whatever the bytes: a frame we
+cannot use becomes an `InvalidFrame` that says why, so one bad frame is a log line, not a
+dead call; a frame that is not UTF-8 at all becomes `InvalidText`, which ends the stream.
 """
 
 from __future__ import annotations
@@ -101,6 +102,17 @@ class InvalidFrame(msgspec.Struct, gc=False):
     reason: str
 
 
+class InvalidText(msgspec.Struct, frozen=True, gc=False):
+    """A text frame whose bytes are not UTF-8, as far as the decoder read them (it does not
+    check the text of fields it skips). RFC 6455 (section 8.1) has the receiver fail the
+    connection, with close code 1007: unlike an `InvalidFrame`, this ends the stream."""
+
+    reason: str = "text frame is not valid UTF-8"
+
+
+INVALID_TEXT = InvalidText()
+
+
 MediaStreamMessage = Connected | Start | Media | Mark | Dtmf | Stop
 _KNOWN_EVENTS = frozenset({"connected", "start", "media", "mark", "dtmf", "stop"})
 
@@ -109,7 +121,9 @@ _generic = msgspec.json.Decoder()
 
 
 # The per-frame path calls the decoder itself (one Python call less a frame) and, when it
-# raises, `undecodable`: together they are `decode`.
+# raises (one of DECODE_ERRORS: msgspec's, or UnicodeDecodeError for text that is not
+# UTF-8), `undecodable`: together they are `decode`.
+DECODE_ERRORS = (msgspec.DecodeError, UnicodeError)
 decode_strict = _decoder.decode
 # The fast path's: every message as `decode_strict` gives it, but `media` as a
 # `RelayMedia` (only those are relayed; the full path decodes the rest again from text).
@@ -119,33 +133,33 @@ MediaStreamRelayMessage: Any = Union[  # noqa: UP007 (built from MediaStreamMess
 decode_relay = msgspec.json.Decoder(MediaStreamRelayMessage).decode
 
 
-def decode(frame: str | bytes | memoryview) -> MediaStreamMessage | InvalidFrame:
-    """Decode one text frame from Twilio."""
+def decode(frame: str | bytes | memoryview) -> MediaStreamMessage | InvalidFrame | InvalidText:
+    """Decode one text frame from Twilio. Never raises."""
     try:
         message: MediaStreamMessage = decode_strict(frame)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         return undecodable(frame, exc)
     return message
 
 
-def undecodable(frame: str | bytes | memoryview, exc: msgspec.DecodeError) -> InvalidFrame:
-    """What `decode` returns for a frame `decode_strict` refused."""
-    return InvalidFrame(_explain(frame, exc))
-
-
-def _explain(frame: str | bytes | memoryview, exc: msgspec.DecodeError) -> str:
+def undecodable(frame: str | bytes | memoryview, exc: Exception) -> InvalidFrame | InvalidText:
+    """What `decode` returns for a frame `decode_strict` refused (never raises)."""
+    if isinstance(exc, UnicodeError):
+        return INVALID_TEXT
     try:
         raw = _generic.decode(frame)
+    except UnicodeError:  # in a field the typed decoder skipped
+        return INVALID_TEXT
     except msgspec.DecodeError:
-        return "invalid JSON"
+        return InvalidFrame("invalid JSON")
     if not isinstance(raw, dict):
-        return "JSON frame is not an object"
+        return InvalidFrame("JSON frame is not an object")
     event = raw.get("event")
     if not isinstance(event, str):
-        return "frame has no event"
+        return InvalidFrame("frame has no event")
     if event not in _KNOWN_EVENTS:
-        return f"unknown event {event[:40]!r}"
-    return f"malformed {event} frame: {exc}"
+        return InvalidFrame(f"unknown event {event[:40]!r}")
+    return InvalidFrame(f"malformed {event} frame: {exc}")
 
 
 # --- what we send -------------------------------------------------------------------
