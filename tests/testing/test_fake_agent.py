@@ -602,6 +602,35 @@ async def test_tool_timeout_apologises(make_fake: MakeFake, connect: Connect) ->
     assert fake.violations == []
 
 
+async def test_barge_in_during_a_tool_call_cancels_its_timeout_apology(
+    make_fake: MakeFake, connect: Connect
+) -> None:
+    # The pre-amble holds the reply open long enough for the caller to talk over it; the
+    # client then discards that call's result, as the API says, so no result ever comes.
+    fake = await make_fake(tool_timeout=0.05, tool_hold_ms=8000)
+    long_answer = "Sure, let me explain that slowly and carefully, one step at a time."
+    fake.turns.append(ScriptedTurn(tool_name="get_time"))
+    fake.turns.append(ScriptedTurn(user_text="never mind", reply=long_answer))
+    client, session, _ = await start_session(fake, connect, tools=[TOOL])
+    await client.send_audio(TALK + PAUSE)
+    call = await client.recv_until("tool.call")
+    await client.send_audio(TALK)
+    await client.recv_until("input.speech.started")
+    done = await client.recv_until("reply.done")
+    assert done["status"] == "interrupted"
+    # The next turn's answer streams for far longer than the tool's timeout.
+    await client.send_audio(PAUSE)
+    answer = await client.recv_until("transcript.agent")
+    assert answer["text"] == long_answer
+    await session.say("Next.")
+    following = await client.recv_until("transcript.agent")
+    assert following["text"] == "Next."
+    spoken = [e["text"] for e in session.sent if e["type"] == "transcript.agent"]
+    assert TOOL_TIMEOUT_APOLOGY not in spoken
+    assert call["call_id"] not in session.tool_results
+    assert fake.violations == []
+
+
 async def test_tool_timeout_comes_from_session_config(
     fake: FakeVoiceAgent, connect: Connect
 ) -> None:

@@ -17,7 +17,8 @@ AsyncAPI document. What it does:
   (bytes), so tests are deterministic; what the "user said" and how the agent answers
   come from a script of :class:`ScriptedTurn`\\ s;
 * barge-in, interactive tool calls (``arguments`` or legacy ``args``, results before or
-  after the pre-amble's ``reply.done``, timeout apology);
+  after the pre-amble's ``reply.done``, timeout apology, none once the caller interrupted
+  the pre-amble, whose results the client discards);
 * mid-session errors (``immutable_field``, ``agent_id_not_first``, ``invalid_format``,
   ``invalid_audio``, ``audio_rate_violation``) that keep the socket open;
 * fault injection: refused upgrades, capacity errors, delayed accepts, server-side close,
@@ -967,6 +968,11 @@ class FakeSession:
     async def _barge_in(self) -> None:
         reply = self._current
         self._stop_playback()
+        call = reply.tool if reply is not None else None
+        if call is not None and call.timer is not None and not call.answered:
+            # The client discards the results of an interrupted reply's tool calls, so
+            # none will come: the agent has moved on and must not apologise for it later.
+            call.timer.cancel()
         self._in_turn = True
         self._silence_bytes = 0
         self._turn_item = "msg_" + _hex()
