@@ -444,6 +444,30 @@ async def test_default_turn_when_script_is_empty(fake: FakeVoiceAgent, connect: 
     assert (user["text"], agent["text"]) == (ScriptedTurn().user_text, ScriptedTurn().reply)
 
 
+async def test_every_session_plays_the_script_after_the_shared_turns(
+    make_fake: MakeFake, connect: Connect
+) -> None:
+    fake = await make_fake(
+        script=[ScriptedTurn(user_text="one", reply="First."), ScriptedTurn(user_text="two")]
+    )
+    fake.turns.append(ScriptedTurn(user_text="queued", reply="Queued."))
+    heard: list[list[str]] = []
+    for _ in range(2):
+        client, _, _ = await start_session(fake, connect)
+        texts = []
+        for _ in range(3):
+            await client.send_audio(TALK + PAUSE)
+            user = await client.recv_until("transcript.user")
+            agent = await client.recv_until("transcript.agent")
+            texts.append(f"{user['text']}: {agent['text']}")
+        heard.append(texts)
+        await client.ws.close()
+    assert heard == [
+        ["queued: Queued.", "one: First.", "two: I heard you."],
+        ["one: First.", "two: I heard you.", "hello: I heard you."],
+    ]
+
+
 async def test_short_blip_and_short_pause_do_not_make_turns(
     fake: FakeVoiceAgent, connect: Connect
 ) -> None:
