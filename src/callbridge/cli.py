@@ -1,4 +1,4 @@
-"""The `callbridge` command: serve, call, simulate. A thin shell over the library."""
+"""The `callbridge` command: serve, call, simulate, fake-agent. A thin shell over the library."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from callbridge.command_exit import EXIT_CONFIG, fail, settings_or_exit
+from callbridge.command_exit import EXIT_CONFIG, EXIT_FAILED, fail, settings_or_exit
 from callbridge.config import ConfigError, load_settings, security_problem
 
 app = typer.Typer(
@@ -152,6 +152,57 @@ def simulate(
     except SimulationError as exc:
         fail(str(exc))
     typer.echo(summary)
+
+
+@app.command(
+    "fake-agent",
+    epilog="The fake speaks in beeps, takes the caller's turns from the loudness of their "
+    "audio, and prints a transcript of each call: what it says, what the caller said (from "
+    "the script) and the tool calls.",
+)
+def fake_agent(
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="A command to run against the fake, after `--` (e.g. `-- make serve`); "
+            "it gets ASSEMBLYAI_AGENT_URL and ASSEMBLYAI_API_KEY, and the fake stops when "
+            "it exits.",
+            show_default=False,
+        ),
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free port).")] = 0,
+    script: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON list of turns: what the caller said and how the agent answers "
+            "(default: the built-in bot's demo, with a generate_random_number call).",
+            dir_okay=False,
+        ),
+    ] = None,
+    api_key: Annotated[str, typer.Option(help="The key the fake accepts.")] = "fake-agent-key",
+) -> None:
+    """Run a fake Voice Agent API on loopback: calls with no AssemblyAI account."""
+    from callbridge.testing.fake_agent_command import (
+        DEMO_SCRIPT,
+        FakeAgentCommandError,
+        load_script,
+        run_fake_agent,
+    )
+
+    def echo(line: str) -> None:
+        typer.echo(line)
+        sys.stdout.flush()
+
+    try:
+        turns = load_script(script) if script is not None else DEMO_SCRIPT
+        status = asyncio.run(
+            run_fake_agent(
+                port=port, api_key=api_key, script=turns, command=command or (), echo=echo
+            )
+        )
+    except FakeAgentCommandError as exc:
+        fail(str(exc), EXIT_CONFIG if exc.usage else EXIT_FAILED)
+    raise typer.Exit(status)
 
 
 @app.command("config")
