@@ -118,35 +118,64 @@ def call(
 def simulate(
     wav: Annotated[
         Path | None,
-        typer.Option("--wav", exists=True, dir_okay=False, help="Caller audio (any WAV)."),
+        typer.Option("--wav", exists=True, dir_okay=False, help="Caller audio (any PCM WAV)."),
+    ] = None,
+    beep: Annotated[
+        float | None,
+        typer.Option(
+            help="Instead of a WAV, the caller beeps for this many seconds: speech to the "
+            "fake agent.",
+            min=0.1,
+            show_default=False,
+        ),
     ] = None,
     record: Annotated[
-        Path | None, typer.Option("--record", help="Save what the caller heard as a WAV.")
+        Path | None,
+        typer.Option(
+            "--record",
+            help="Save the call as heard: a stereo WAV, the caller on the left, what Twilio "
+            "played on the right.",
+        ),
     ] = None,
     server: Annotated[
         str | None, typer.Option(help="Server address (default http://127.0.0.1:PORT).")
     ] = None,
+    speak_after: Annotated[
+        float | None,
+        typer.Option(
+            help="Start talking this many seconds after the call connects, even over the "
+            "greeting (a barge-in). Default: once the greeting has played.",
+            min=0.0,
+            show_default=False,
+        ),
+    ] = None,
     seconds: Annotated[
         float | None,
-        typer.Option(help="Hang up after this long (default: the WAV's length plus 10 s)."),
+        typer.Option(
+            help="Hang up this long after placing the call (default: 10 s after the caller "
+            "has finished speaking)."
+        ),
     ] = None,
     outbound: Annotated[
         bool, typer.Option(help="Simulate an answered outbound call instead.")
     ] = False,
 ) -> None:
     """Run one call against a running server, as Twilio would, without a phone."""
-    from callbridge.simulate import SimulationError, run_simulation
+    from callbridge.simulate import SimulationError, caller_audio, run_simulation
 
+    if wav is not None and beep is not None:
+        fail("give --wav or --beep, not both", EXIT_CONFIG)
     settings = settings_or_exit()
     try:
         summary = asyncio.run(
             run_simulation(
                 settings,
                 server_url=server or f"http://127.0.0.1:{settings.port}",
-                wav=wav,
+                audio=caller_audio(wav, beep),
                 record=record,
                 seconds=seconds,
                 outbound=outbound,
+                speak_after=speak_after,
             )
         )
     except SimulationError as exc:
