@@ -1,4 +1,4 @@
-"""The `callbridge` command: serve, call, simulate. A thin shell over the library."""
+"""The `callbridge` command: serve, call, simulate, fake-agent. A thin shell over the library."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from callbridge.command_exit import EXIT_CONFIG, fail, settings_or_exit, warn_unknown
+from callbridge.command_exit import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    fail,
+    settings_or_exit,
+    warn_unknown,
+)
 from callbridge.config import ConfigError, load_settings, security_problem, unknown_variables
 
 app = typer.Typer(
@@ -133,40 +139,120 @@ def call(
 def simulate(
     wav: Annotated[
         Path | None,
-        typer.Option("--wav", exists=True, dir_okay=False, help="Caller audio (any WAV)."),
+        typer.Option("--wav", exists=True, dir_okay=False, help="Caller audio (any PCM WAV)."),
+    ] = None,
+    beep: Annotated[
+        float | None,
+        typer.Option(
+            help="Instead of a WAV, the caller beeps for this many seconds: speech to the "
+            "fake agent.",
+            min=0.1,
+            show_default=False,
+        ),
     ] = None,
     record: Annotated[
-        Path | None, typer.Option("--record", help="Save what the caller heard as a WAV.")
+        Path | None,
+        typer.Option(
+            "--record",
+            help="Save the call as heard: a stereo WAV, the caller on the left, what Twilio "
+            "played on the right.",
+        ),
     ] = None,
     server: Annotated[
         str | None, typer.Option(help="Server address (default http://127.0.0.1:PORT).")
     ] = None,
+    speak_after: Annotated[
+        float | None,
+        typer.Option(
+            help="Start talking this many seconds after the call connects, even over the "
+            "greeting (a barge-in). Default: once the greeting has played.",
+            min=0.0,
+            show_default=False,
+        ),
+    ] = None,
     seconds: Annotated[
         float | None,
-        typer.Option(help="Hang up after this long (default: the WAV's length plus 10 s)."),
+        typer.Option(
+            help="Hang up this long after placing the call (default: 10 s after the caller "
+            "has finished speaking)."
+        ),
     ] = None,
     outbound: Annotated[
         bool, typer.Option(help="Simulate an answered outbound call instead.")
     ] = False,
 ) -> None:
     """Run one call against a running server, as Twilio would, without a phone."""
-    from callbridge.simulate import SimulationError, run_simulation
+    from callbridge.simulate import SimulationError, caller_audio, run_simulation
 
+    if wav is not None and beep is not None:
+        fail("give --wav or --beep, not both", EXIT_CONFIG)
     settings = settings_or_exit()
     try:
         summary = asyncio.run(
             run_simulation(
                 settings,
                 server_url=server or f"http://127.0.0.1:{settings.port}",
-                wav=wav,
+                audio=caller_audio(wav, beep),
                 record=record,
                 seconds=seconds,
                 outbound=outbound,
+                speak_after=speak_after,
             )
         )
     except SimulationError as exc:
         fail(str(exc))
     typer.echo(summary)
+
+
+@app.command(
+    "fake-agent",
+    epilog="The fake speaks in beeps, takes the caller's turns from the loudness of their "
+    "audio, and prints a transcript of each call: what it says, what the caller said (from "
+    "the script) and the tool calls.",
+)
+def fake_agent(
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="A command to run against the fake, after `--` (e.g. `-- make serve`); "
+            "it gets ASSEMBLYAI_AGENT_URL and ASSEMBLYAI_API_KEY, and the fake stops when "
+            "it exits.",
+            show_default=False,
+        ),
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free port).")] = 0,
+    script: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON list of turns: what the caller said and how the agent answers "
+            "(default: the built-in bot's demo, with a generate_random_number call).",
+            dir_okay=False,
+        ),
+    ] = None,
+    api_key: Annotated[str, typer.Option(help="The key the fake accepts.")] = "fake-agent-key",
+) -> None:
+    """Run a fake Voice Agent API on loopback: calls with no AssemblyAI account."""
+    from callbridge.testing.fake_agent_command import (
+        DEMO_SCRIPT,
+        FakeAgentCommandError,
+        load_script,
+        run_fake_agent,
+    )
+
+    def echo(line: str) -> None:
+        typer.echo(line)
+        sys.stdout.flush()
+
+    try:
+        turns = load_script(script) if script is not None else DEMO_SCRIPT
+        status = asyncio.run(
+            run_fake_agent(
+                port=port, api_key=api_key, script=turns, command=command or (), echo=echo
+            )
+        )
+    except FakeAgentCommandError as exc:
+        fail(str(exc), EXIT_CONFIG if exc.usage else EXIT_FAILED)
+    raise typer.Exit(status)
 
 
 @app.command("config")

@@ -1,12 +1,17 @@
 """`callbridge simulate`: one phone call against a running server, with no phone.
 
 The Twilio simulator plays the carrier: it calls the webhook, opens the media stream,
-streams the caller's WAV at real-time pace, and records what the caller heard. With real
-AssemblyAI credentials on the server this is a full conversation with your bot.
+and plays the caller. Like a person, the caller waits for the greeting to finish before
+talking (unless told to talk over it), then says the WAV (or a beep) at real-time pace,
+and hangs up a while after. The recording is the call as it was heard: the caller on the
+left channel, what Twilio played on the right, on one clock. With real AssemblyAI
+credentials on the server this is a full conversation with your bot; with
+`callbridge fake-agent` it is one with no account at all.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 from pathlib import Path
@@ -14,84 +19,204 @@ from pathlib import Path
 import aiohttp
 
 from callbridge.config import Settings
-from callbridge.testing.audio import SAMPLE_RATE, read_wav_as_ulaw, write_ulaw_as_wav
-from callbridge.testing.twilio_simulator import SimulatedCall, TwilioSimulator
+from callbridge.testing.audio import (
+    SAMPLE_RATE,
+    WavError,
+    read_wav_as_ulaw,
+    tone,
+    write_stereo_ulaw_as_wav,
+)
+from callbridge.testing.twilio_simulator import CallEndedError, SimulatedCall, TwilioSimulator
 
-_EXTRA_SECONDS = 10.0  # time for the agent to answer after the WAV has been spoken
+EXTRA_SECONDS = 10.0  # how long the caller stays on after speaking, for the agent to answer
+GREETING_QUIET_SECONDS = 0.7  # silence after audio that tells the caller the greeting is over
+GREETING_WAIT_SECONDS = 5.0  # with nothing heard by then, the bot waits for the caller
+_ANSWER_SECONDS = 20.0  # webhook, then stream: how long until the call must have started
+_GAP_SECONDS = 0.2  # playback bursts closer than this are shown as one
 
 
 class SimulationError(Exception):
     pass
 
 
+def caller_audio(wav: Path | None, beep: float | None) -> bytes:
+    """What the caller says: a WAV converted to 8 kHz μ-law, or a tone (speech to the fake)."""
+    if beep is not None:
+        return tone(440, beep * 1000)
+    if wav is None:
+        return b""
+    try:
+        return read_wav_as_ulaw(wav)
+    except WavError as exc:
+        raise SimulationError(f"cannot use {wav}: {exc}") from None
+    except OSError as exc:
+        raise SimulationError(f"cannot read {wav}: {exc.strerror or exc}") from None
+
+
 async def run_simulation(
     settings: Settings,
     *,
     server_url: str,
-    wav: Path | None = None,
+    audio: bytes = b"",
     record: Path | None = None,
     seconds: float | None = None,
     outbound: bool = False,
+    speak_after: float | None = None,
 ) -> str:
-    """Run one call and return a one-paragraph summary of it."""
-    try:
-        audio = read_wav_as_ulaw(wav) if wav else b""
-    except (OSError, EOFError, ValueError) as exc:  # wave raises wave.Error(Exception)
-        raise SimulationError(f"cannot read {wav}: {exc}") from None
-    except Exception as exc:
-        raise SimulationError(f"cannot read {wav} as a PCM WAV file: {exc}") from None
-    duration = seconds if seconds is not None else len(audio) / SAMPLE_RATE + _EXTRA_SECONDS
+    """Run one call and return a summary of it.
+
+    The caller says `audio` once the greeting has played, or `speak_after` seconds after
+    the stream starts (over whatever is playing: a barge-in); hangs up `EXTRA_SECONDS`
+    after, or `seconds` after the call was placed.
+    """
     # Signatures are computed the way Twilio would, with the token the server checks.
     simulator = TwilioSimulator(
         server_url,
         auth_token=settings.auth_token or "unset",
         public_url=settings.public_url or server_url,
+        record_timeline=True,
     )
     async with simulator:
-        try:
-            call = await _place(simulator, settings, audio, outbound)
-        except (aiohttp.ClientError, OSError) as exc:
-            raise SimulationError(f"cannot reach the server at {server_url}: {exc}") from None
-        if not 200 <= call.webhook_status < 300:
-            # The simulator, like Twilio, reports a failed webhook instead of raising.
-            why = "; ".join(call.errors) or f"HTTP {call.webhook_status}"
-            raise SimulationError(f"cannot reach the server at {server_url}: {why}")
-        with contextlib.suppress(TimeoutError):
-            await call.wait_ended(timeout=duration)
+        call = await _place(simulator, settings, outbound)
+        _check_webhook(call, settings, server_url)
+        with contextlib.suppress(TimeoutError, CallEndedError):
+            async with asyncio.timeout(seconds):
+                await _converse(call, audio, speak_after)
+        _check_stream(call, settings, server_url)
         if not call.ended.is_set():
             await call.hangup()
-            with contextlib.suppress(TimeoutError):
-                await call.wait_ended(timeout=5.0)
         if record is not None:
-            write_ulaw_as_wav(record, bytes(call.heard))
+            write_stereo_ulaw_as_wav(record, bytes(call.caller_track), bytes(call.played_track))
     return _summary(call, record)
 
 
-async def _place(
-    simulator: TwilioSimulator, settings: Settings, audio: bytes, outbound: bool
-) -> SimulatedCall:
+async def _place(simulator: TwilioSimulator, settings: Settings, outbound: bool) -> SimulatedCall:
     if not outbound:
-        return await simulator.place_inbound_call(caller_audio=audio)
+        return await simulator.place_inbound_call()
     return await simulator.answer_outbound_call(
         call_sid="CA" + secrets.token_hex(16),
         url=f"{simulator.public_url}/outbound-twiml",
         from_=settings.twilio_phone_number or "+15550001111",
         to=settings.target_phone_number or "+15552223333",
-        callee_audio=audio,
     )
+
+
+async def _converse(call: SimulatedCall, audio: bytes, speak_after: float | None) -> None:
+    await call.wait_started(_ANSWER_SECONDS)
+    if speak_after is None:
+        await call.wait_for_quiet(GREETING_QUIET_SECONDS, GREETING_WAIT_SECONDS)
+    else:
+        # The caller's own timing, not a wait for an event: talk over whatever is playing.
+        await asyncio.sleep(speak_after)
+    call.speak(audio)
+    await call.wait_ended(len(audio) / SAMPLE_RATE + EXTRA_SECONDS)
+
+
+def _signature_hint(settings: Settings) -> str:
+    token = "set" if settings.twilio_auth_token is not None else "unset"
+    public = settings.public_url or "unset"
+    return (
+        "simulate signs requests as Twilio would, with TWILIO_AUTH_TOKEN and PUBLIC_URL "
+        f"from its own environment or .env (here: token {token}, PUBLIC_URL {public}), "
+        "which must be the server's"
+    )
+
+
+def _check_webhook(call: SimulatedCall, settings: Settings, server_url: str) -> None:
+    """Raise SimulationError unless the voice webhook answered with TwiML."""
+    exchange = call.exchanges[0] if call.exchanges else None
+    if exchange is None:
+        raise SimulationError("the simulator made no request (a bug: please report it)")
+    where = f"{exchange.method} {_path(exchange.url)}"
+    if exchange.status is None:
+        raise SimulationError(
+            f"cannot reach the server at {server_url}: {_why_unreachable(exchange.error)}; "
+            "is `callbridge serve` running there? (--server, or PORT)"
+        )
+    if exchange.status == 403:
+        raise SimulationError(
+            f"the server refused the call's signature (HTTP 403 on {where}): "
+            + _signature_hint(settings)
+        )
+    if not 200 <= exchange.status < 300:
+        raise SimulationError(f"the server answered HTTP {exchange.status} on {where}")
+    if call.end_reason == "webhook-failed":
+        raise SimulationError(f"the server's answer on {where} is not TwiML: {call.errors[-1]}")
+
+
+def _check_stream(call: SimulatedCall, settings: Settings, server_url: str) -> None:
+    """Raise SimulationError if the media stream could not be opened."""
+    error = call.stream_error
+    if error is None:
+        return
+    status = getattr(error, "status", None)
+    if status == 403:
+        raise SimulationError(
+            "the server refused the media stream's signature (HTTP 403): "
+            + _signature_hint(settings)
+        )
+    if isinstance(error, aiohttp.WSServerHandshakeError):
+        raise SimulationError(f"the server refused the media stream (HTTP {status})")
+    raise SimulationError(
+        f"cannot open the media stream at {server_url}: {_why_unreachable(error)}"
+    )
+
+
+def _why_unreachable(error: BaseException | None) -> str:
+    if isinstance(error, aiohttp.ClientConnectorError):
+        cause = error.os_error
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        return cause.strerror or str(cause) or type(cause).__name__
+    if isinstance(error, TimeoutError | aiohttp.ServerTimeoutError):
+        return "no answer in time"
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection without answering"
+    if error is None:
+        return "no answer"
+    return str(error) or type(error).__name__
+
+
+def _path(url: str) -> str:
+    return "/" + url.split("://", 1)[-1].partition("/")[2]
+
+
+def _spans(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(spans):
+        if merged and start - merged[-1][1] < _GAP_SECONDS:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def _summary(call: SimulatedCall, record: Path | None) -> str:
     lines = [
         f"call {call.call_sid}: webhook HTTP {call.webhook_status}, "
         f"ended: {call.end_reason or 'still live'}",
-        f"caller sent {call.media_sent} frames; heard {len(call.heard) / SAMPLE_RATE:.1f} s "
-        f"of agent audio; Twilio told to clear it {call.clears} time(s)",
     ]
+    events = [
+        (start, f"{start:5.1f}-{end:5.1f} s  Twilio played the agent's audio")
+        for start, end in _spans(call.played_spans)
+    ]
+    events += [
+        (start, f"{start:5.1f}-{end:5.1f} s  the caller speaks") for start, end in call.spoken_spans
+    ]
+    events += [
+        (at, f"{at:5.1f} s        Twilio cleared the agent's audio") for at in call.clear_times
+    ]
+    if events:
+        lines.append("timeline (seconds from the start of the media stream):")
+        lines += [f"  {text}" for _, text in sorted(events)]
+    lines.append(
+        f"caller sent {call.media_sent} frames; heard {len(call.heard) / SAMPLE_RATE:.1f} s "
+        f"of agent audio; Twilio told to clear it {call.clears} time(s)"
+    )
     lines += [f"Twilio said: {text}" for text in call.said]
     if call.warnings:
         lines.append(f"protocol warnings from the server's frames: {len(call.warnings)}")
         lines += [f"  {w}" for w in call.warnings[:5]]
     if record is not None:
-        lines.append(f"recorded what the caller heard to {record}")
+        lines.append(f"recorded the call to {record} (left: the caller; right: what Twilio played)")
     return "\n".join(lines)

@@ -444,6 +444,30 @@ async def test_default_turn_when_script_is_empty(fake: FakeVoiceAgent, connect: 
     assert (user["text"], agent["text"]) == (ScriptedTurn().user_text, ScriptedTurn().reply)
 
 
+async def test_every_session_plays_the_script_after_the_shared_turns(
+    make_fake: MakeFake, connect: Connect
+) -> None:
+    fake = await make_fake(
+        script=[ScriptedTurn(user_text="one", reply="First."), ScriptedTurn(user_text="two")]
+    )
+    fake.turns.append(ScriptedTurn(user_text="queued", reply="Queued."))
+    heard: list[list[str]] = []
+    for _ in range(2):
+        client, _, _ = await start_session(fake, connect)
+        texts = []
+        for _ in range(3):
+            await client.send_audio(TALK + PAUSE)
+            user = await client.recv_until("transcript.user")
+            agent = await client.recv_until("transcript.agent")
+            texts.append(f"{user['text']}: {agent['text']}")
+        heard.append(texts)
+        await client.ws.close()
+    assert heard == [
+        ["queued: Queued.", "one: First.", "two: I heard you."],
+        ["one: First.", "two: I heard you.", "hello: I heard you."],
+    ]
+
+
 async def test_short_blip_and_short_pause_do_not_make_turns(
     fake: FakeVoiceAgent, connect: Connect
 ) -> None:
@@ -599,6 +623,35 @@ async def test_tool_timeout_apologises(make_fake: MakeFake, connect: Connect) ->
     await session.say("Next.")
     text = await client.recv_until("transcript.agent")
     assert text["text"] == "Next."
+    assert fake.violations == []
+
+
+async def test_barge_in_during_a_tool_call_cancels_its_timeout_apology(
+    make_fake: MakeFake, connect: Connect
+) -> None:
+    # The pre-amble holds the reply open long enough for the caller to talk over it; the
+    # client then discards that call's result, as the API says, so no result ever comes.
+    fake = await make_fake(tool_timeout=0.05, tool_hold_ms=8000)
+    long_answer = "Sure, let me explain that slowly and carefully, one step at a time."
+    fake.turns.append(ScriptedTurn(tool_name="get_time"))
+    fake.turns.append(ScriptedTurn(user_text="never mind", reply=long_answer))
+    client, session, _ = await start_session(fake, connect, tools=[TOOL])
+    await client.send_audio(TALK + PAUSE)
+    call = await client.recv_until("tool.call")
+    await client.send_audio(TALK)
+    await client.recv_until("input.speech.started")
+    done = await client.recv_until("reply.done")
+    assert done["status"] == "interrupted"
+    # The next turn's answer streams for far longer than the tool's timeout.
+    await client.send_audio(PAUSE)
+    answer = await client.recv_until("transcript.agent")
+    assert answer["text"] == long_answer
+    await session.say("Next.")
+    following = await client.recv_until("transcript.agent")
+    assert following["text"] == "Next."
+    spoken = [e["text"] for e in session.sent if e["type"] == "transcript.agent"]
+    assert TOOL_TIMEOUT_APOLOGY not in spoken
+    assert call["call_id"] not in session.tool_results
     assert fake.violations == []
 
 

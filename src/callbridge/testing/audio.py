@@ -8,6 +8,7 @@ detect speech, to turn WAV files into phone audio and back, and to make recognis
 from __future__ import annotations
 
 import math
+import sys
 import wave
 from array import array
 from pathlib import Path
@@ -83,15 +84,49 @@ def synthesize_speech(text: str, milliseconds_per_char: float = 40.0) -> bytes:
     return b"".join(parts)
 
 
+class WavError(ValueError):
+    """A file that cannot be read as PCM WAV audio; the message says why."""
+
+
+_WAV_FORMATS = {
+    3: "32-bit floating-point samples",
+    6: "A-law samples",
+    7: "mu-law samples",
+    0x11: "IMA ADPCM compression",
+    0x55: "MP3 compression",
+    0xFFFE: "the WAVE_FORMAT_EXTENSIBLE header",
+}
+
+
 def read_wav_as_ulaw(path: str | Path) -> bytes:
-    """Any PCM WAV (8/16/24/32-bit, any rate, any channels) to 8 kHz mono mu-law."""
-    with wave.open(str(path), "rb") as wav:
-        channels = wav.getnchannels()
-        width = wav.getsampwidth()
-        rate = wav.getframerate()
-        raw = wav.readframes(wav.getnframes())
+    """Any PCM WAV (8/16/24/32-bit, any rate, any channels) to 8 kHz mono mu-law.
+
+    Raises `WavError` saying what is wrong with a file that is not one, and OSError when
+    the file cannot be opened.
+    """
+    with open(path, "rb") as file:
+        head = file.read(12)
+        if not head:
+            raise WavError("the file is empty")
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            raise WavError("not a WAV file (it does not start with a RIFF/WAVE header)")
+        file.seek(0)
+        try:
+            with wave.open(file, "rb") as wav:
+                channels = wav.getnchannels()
+                width = wav.getsampwidth()
+                rate = wav.getframerate()
+                raw = wav.readframes(wav.getnframes())
+        except EOFError:
+            raise WavError("the WAV file is cut short (its header is incomplete)") from None
+        except wave.Error as exc:
+            raise WavError(_wave_error(str(exc))) from None
     if width not in (1, 2, 3, 4):
-        raise ValueError(f"unsupported WAV sample width: {width} bytes")
+        raise WavError(f"unsupported WAV sample width: {width} bytes")
+    if rate <= 0 or channels <= 0:
+        raise WavError(f"the WAV header is invalid ({channels} channels at {rate} Hz)")
+    if len(raw) < width * channels:
+        raise WavError("the WAV file holds no audio")
     samples = _pcm_to_int16(raw, width)
     if channels > 1:
         samples = array(
@@ -104,6 +139,19 @@ def read_wav_as_ulaw(path: str | Path) -> bytes:
     return ulaw_encode(_resample(samples, rate, SAMPLE_RATE))
 
 
+def _wave_error(message: str) -> str:
+    if message.startswith("unknown format: "):
+        code = int(message.rpartition(" ")[2])
+        what = _WAV_FORMATS.get(code, f"format code {code}")
+        return (
+            f"the WAV file uses {what}; only integer PCM is read "
+            "(convert it, e.g. `sox in.wav -e signed-integer -b 16 out.wav`)"
+        )
+    if "chunk missing" in message:
+        return "the WAV file is cut short (its fmt or data chunk is missing)"
+    return f"not a readable WAV file: {message}"
+
+
 def write_ulaw_as_wav(path: str | Path, data: bytes) -> None:
     """Mu-law bytes to a 16-bit 8 kHz mono WAV any audio player opens."""
     samples = ulaw_decode(data)
@@ -112,6 +160,33 @@ def write_ulaw_as_wav(path: str | Path, data: bytes) -> None:
         wav.setsampwidth(2)
         wav.setframerate(SAMPLE_RATE)
         wav.writeframes(samples.tobytes())
+
+
+def write_stereo_ulaw_as_wav(path: str | Path, left: bytes, right: bytes) -> None:
+    """Two mu-law tracks to a 16-bit 8 kHz stereo WAV; the shorter ends in silence."""
+    length = max(len(left), len(right))
+    pad = bytes([SILENCE_BYTE])
+    left_samples = ulaw_decode(left + pad * (length - len(left)))
+    right_samples = ulaw_decode(right + pad * (length - len(right)))
+    frames = array("h", bytes(4 * length))
+    frames[0::2] = left_samples
+    frames[1::2] = right_samples
+    if sys.byteorder == "big":
+        frames.byteswap()
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(2)
+        wav.setsampwidth(2)
+        wav.setframerate(SAMPLE_RATE)
+        wav.writeframes(frames.tobytes())
+
+
+def read_stereo_wav_as_ulaw(path: str | Path) -> tuple[bytes, bytes]:
+    """The two channels of a 16-bit stereo WAV (as written above) as mu-law tracks."""
+    with wave.open(str(path), "rb") as wav:
+        if wav.getnchannels() != 2 or wav.getsampwidth() != 2:
+            raise WavError("expected a 16-bit stereo WAV")
+        samples = _pcm_to_int16(wav.readframes(wav.getnframes()), 2)
+    return ulaw_encode(samples[0::2]), ulaw_encode(samples[1::2])
 
 
 def _pcm_to_int16(raw: bytes, width: int) -> array[int]:

@@ -15,9 +15,11 @@ AsyncAPI document. What it does:
   ``reply.done``; greetings are spoken right after ``session.ready``;
 * user turns are detected from the energy of the caller's audio, measured in audio time
   (bytes), so tests are deterministic; what the "user said" and how the agent answers
-  come from a script of :class:`ScriptedTurn`\\ s;
+  come from a script of :class:`ScriptedTurn`\\ s: first ``FakeVoiceAgent.turns`` (shared
+  by all sessions), then the ``script`` each new session starts with, then a default turn;
 * barge-in, interactive tool calls (``arguments`` or legacy ``args``, results before or
-  after the pre-amble's ``reply.done``, timeout apology);
+  after the pre-amble's ``reply.done``, timeout apology, none once the caller interrupted
+  the pre-amble, whose results the client discards);
 * mid-session errors (``immutable_field``, ``agent_id_not_first``, ``invalid_format``,
   ``invalid_audio``, ``audio_rate_violation``) that keep the socket open;
 * fault injection: refused upgrades, capacity errors, delayed accepts, server-side close,
@@ -66,6 +68,7 @@ __all__ = [
     "ConnectFailure",
     "FakeSession",
     "FakeVoiceAgent",
+    "Observer",
     "ScriptedTurn",
 ]
 
@@ -107,6 +110,9 @@ _WORD = re.compile(r"\S+\s*")
 
 _T = TypeVar("_T")
 Event = dict[str, Any]
+# Called with (session, "sent" or "received", event) for every event the fake sends and
+# every message but input.audio it receives: a live transcript for `callbridge fake-agent`.
+Observer = Callable[["FakeSession", str, Event], None]
 
 _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder()
@@ -481,6 +487,7 @@ class FakeSession:
         self._silence_bytes = 0
         self._in_turn = False
         self._turn_item = ""
+        self._script = collections.deque(agent.script)
         self._refresh_input_format()
 
     def __repr__(self) -> str:
@@ -619,6 +626,9 @@ class FakeSession:
         self.sent.append(stamped)
         self._changes.notify()
         self._agent._check_own(stamped)
+        observer = self._agent.observer
+        if observer is not None:
+            observer(self, "sent", stamped)
         # On a dead socket the reader sees the disconnect and detaches the session.
         with contextlib.suppress(ConnectionError):
             await conn.ws.send_str(_ENCODER.encode(stamped).decode())
@@ -721,6 +731,9 @@ class FakeSession:
         if type_ == "input.audio":
             await self._on_input_audio(msg)
             return
+        observer = self._agent.observer
+        if observer is not None:
+            observer(self, "received", msg)
         errors = self._agent.schema.errors("client", msg)
         if errors:
             known = isinstance(type_, str) and type_ in self._agent.schema.client_types
@@ -926,7 +939,7 @@ class FakeSession:
                     await self._end_turn()
 
     def _next_turn(self) -> ScriptedTurn:
-        turns = self._agent.turns
+        turns = self._agent.turns or self._script
         return turns[0] if turns else ScriptedTurn()
 
     def _user_delta(self) -> Event:
@@ -944,7 +957,7 @@ class FakeSession:
 
     async def _end_turn(self) -> None:
         self._reset_turn()
-        turns = self._agent.turns
+        turns = self._agent.turns or self._script
         turn = turns.popleft() if turns else ScriptedTurn()
         await self._emit_many(
             [
@@ -967,6 +980,11 @@ class FakeSession:
     async def _barge_in(self) -> None:
         reply = self._current
         self._stop_playback()
+        call = reply.tool if reply is not None else None
+        if call is not None and call.timer is not None and not call.answered:
+            # The client discards the results of an interrupted reply's tool calls, so
+            # none will come: the agent has moved on and must not apologise for it later.
+            call.timer.cancel()
         self._in_turn = True
         self._silence_bytes = 0
         self._turn_item = "msg_" + _hex()
@@ -1175,6 +1193,8 @@ class FakeVoiceAgent:
         ready_delay: float = 0.02,
         tool_hold_ms: float = 300.0,
         agents: Mapping[str, Mapping[str, Any]] | None = None,
+        script: Iterable[ScriptedTurn] = (),
+        observer: Observer | None = None,
     ) -> None:
         if pace <= 0:
             raise ValueError("pace must be positive")
@@ -1203,6 +1223,9 @@ class FakeVoiceAgent:
         self.violations: list[str] = []
         self.errors: list[str] = []  # failures inside the fake itself; should stay empty
         self.turns: collections.deque[ScriptedTurn] = collections.deque()
+        # The turns every new session plays through (after any queued in `turns`).
+        self.script: tuple[ScriptedTurn, ...] = tuple(script)
+        self.observer = observer
         self.connect_failures: collections.deque[ConnectFailure] = collections.deque()
         self.schema: AgentSchema = default_schema()
 

@@ -14,7 +14,10 @@ on loopback:
   reaches it (or at once when nothing is queued), ``clear`` flushes the queue and echoes
   every pending mark;
 * it validates every frame the server sends and records Twilio's 31950/31951 warnings
-  instead of failing, so tests can assert a server speaks the protocol exactly.
+  instead of failing, so tests can assert a server speaks the protocol exactly;
+* with ``record_timeline``, it keeps the call as it was heard, on one clock: what the
+  caller sent and what the loudspeaker played (clears applied), each at the time it
+  happened, for a stereo recording (`SimulatedCall.caller_track`, ``played_track``).
 
 Facts and their sources are in ``shared/reference/twilio.md`` (sections 1-5). The
 simulator is also the engine behind `FakeTwilioRest` (outbound calls, live-call updates).
@@ -41,7 +44,7 @@ import aiohttp
 import msgspec
 from twilio.request_validator import RequestValidator
 
-from callbridge.testing.audio import FRAME_BYTES, SILENCE_BYTE
+from callbridge.testing.audio import FRAME_BYTES, SAMPLE_RATE, SILENCE_BYTE
 
 __all__ = [
     "DEFAULT_ACCOUNT_SID",
@@ -98,6 +101,13 @@ def _signing_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
 
 
+def _place(track: bytearray, position: int, data: bytes | memoryview) -> None:
+    """Write `data` into a timeline at `position` (bytes), silence filling any gap."""
+    if position > len(track):
+        track += bytes([SILENCE_BYTE]) * (position - len(track))
+    track[position : position + len(data)] = data
+
+
 def _local_tag(element: ET.Element) -> str:
     tag = element.tag
     return tag.rpartition("}")[2] if isinstance(tag, str) else ""
@@ -127,6 +137,7 @@ class HttpExchange:
     params: dict[str, str]
     status: int | None  # None: no HTTP answer at all (connection refused, timeout)
     body: str
+    error: BaseException | None = None  # why there was no answer
 
 
 class TwilioSimulator:
@@ -142,9 +153,12 @@ class TwilioSimulator:
         playback_rate: float = 8000.0,
         frame_interval: float = 0.02,
         record_received: bool = True,
+        record_timeline: bool = False,
     ) -> None:
         if playback_rate <= 0 or frame_interval <= 0:
             raise ValueError("playback_rate and frame_interval must be positive")
+        if record_timeline and (playback_rate != SAMPLE_RATE or frame_interval != 0.02):
+            raise ValueError("record_timeline needs real time (the default rate and interval)")
         self.server_url = server_url.rstrip("/")
         self.public_url = (public_url or server_url).rstrip("/")
         self.auth_token = auth_token
@@ -154,6 +168,7 @@ class TwilioSimulator:
         # The load benchmark can switch this off: keeping every frame of hundreds of calls
         # costs hundreds of megabytes.
         self.record_received = record_received
+        self.record_timeline = record_timeline
         self.calls: list[SimulatedCall] = []
         self.validator = RequestValidator(auth_token)
         scheme, _, rest = self.server_url.partition("://")
@@ -349,10 +364,20 @@ class SimulatedCall:
         self.received: list[dict[str, Any]] = []
         self.warnings: list[str] = []
         self.errors: list[str] = []  # why something failed: webhook, handshake, bad TwiML
+        self.stream_error: BaseException | None = None  # why the last stream did not open
         self.exchanges: list[HttpExchange] = []
         self.marks: list[tuple[str, bool]] = []
         self.clears = 0
         self.media_sent = 0
+        # With record_timeline: the call on one clock, 8000 mu-law bytes a second from the
+        # start of its first stream; times in seconds on the same clock.
+        self.caller_track = bytearray()  # every frame the caller sent, speech or silence
+        self.played_track = bytearray()  # what the loudspeaker played; silence elsewhere
+        self.played_spans: list[tuple[float, float]] = []  # while something played
+        self.spoken_spans: list[tuple[float, float]] = []  # while audio given to speak() went
+        self.clear_times: list[float] = []
+        self.timeline_start: float | None = None  # loop time of the clock's zero
+        self._played_end = -(FRAME_BYTES + 1)  # where the last burst of playback ended
         self.ended = asyncio.Event()
         self.end_reason: str | None = None
         self.close_code: int | None = None
@@ -461,6 +486,27 @@ class SimulatedCall:
     async def wait_started(self, timeout: float = 5.0) -> None:
         await self._wait(lambda: self.stream_sid is not None, timeout, "stream start")
 
+    async def wait_for_quiet(
+        self, quiet: float = 0.7, timeout: float = 10.0, longest: float = 300.0
+    ) -> bool:
+        """Until the caller has heard something and then nothing for `quiet` seconds, as a
+        person waits for a greeting to finish before talking.
+
+        False when nothing was heard within `timeout` (a bot that waits for the caller);
+        `longest` bounds one stretch of continuous audio. Raises `CallEndedError` if the
+        call ends first.
+        """
+        try:
+            await self.wait_heard(1, timeout)
+        except TimeoutError:
+            return False
+        while True:
+            await self.wait_playback_idle(longest)
+            try:
+                await self.wait_heard(len(self.heard) + 1, quiet)
+            except TimeoutError:
+                return True
+
     async def wait_playback_idle(self, timeout: float = 5.0) -> None:
         await self._wait(
             lambda: self._stream is None or not self._stream.fifo, timeout, "playback idle"
@@ -535,7 +581,7 @@ class SimulatedCall:
         try:
             status, body = await self.simulator.request(url, method, params, signature)
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-            self.exchanges.append(HttpExchange(url, method, params, None, ""))
+            self.exchanges.append(HttpExchange(url, method, params, None, "", exc))
             self.errors.append(f"11205 {method} {url} failed: {exc!r}")
             return None
         self.exchanges.append(HttpExchange(url, method, params, status, body))
@@ -672,6 +718,7 @@ class SimulatedCall:
                 target, headers={"X-Twilio-Signature": signature}, timeout=_WS_TIMEOUT
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self.stream_error = exc
             self.errors.append(f"31920 stream handshake failed: {exc!r}")
             return "stream-failed"
         stream = _Stream(self, ws, _sid("MZ"))
@@ -737,6 +784,7 @@ class _Stream:
         self.fifo: deque[bytes | str] = deque()
         self.head_offset = 0
         self.wake = asyncio.Event()
+        self.t0 = 0.0  # loop time the stream started; frame n is sent at t0 + n * interval
         self._sender: asyncio.Task[None] | None = None
         self._player: asyncio.Task[None] | None = None
 
@@ -781,6 +829,9 @@ class _Stream:
         call.stream_sid = sid
         call._notify()
         loop = asyncio.get_running_loop()
+        self.t0 = loop.time()
+        if call.timeline_start is None:
+            call.timeline_start = self.t0
         self._sender = loop.create_task(self._send_loop())
         self._player = loop.create_task(self._play_loop())
         try:
@@ -823,7 +874,11 @@ class _Stream:
         speech = call._speech
         ws = self.ws
         sid = self.stream_sid
-        begin = loop.time()
+        begin = self.t0
+        timeline = call.simulator.record_timeline
+        # Where this stream's frame 1 sits on the call's timeline (a later stream's later).
+        offset = round((begin - (call.timeline_start or begin)) * SAMPLE_RATE)
+        speaking_since: float | None = None
         chunk = 0
         try:
             while True:
@@ -838,10 +893,20 @@ class _Stream:
                     if len(frame) < FRAME_BYTES:
                         frame += _SILENCE_FRAME[len(frame) :]
                     payload = base64.b64encode(frame).decode("ascii")
+                    if timeline:
+                        if speaking_since is None:
+                            speaking_since = (offset + (chunk - 1) * FRAME_BYTES) / SAMPLE_RATE
+                        if not speech:
+                            spoken = (offset + chunk * FRAME_BYTES) / SAMPLE_RATE
+                            call.spoken_spans.append((speaking_since, spoken))
+                            speaking_since = None
                 else:
+                    frame = _SILENCE_FRAME
                     payload = _SILENCE_PAYLOAD
                 if self.closing:
                     return
+                if timeline:
+                    _place(call.caller_track, offset + (chunk - 1) * FRAME_BYTES, frame)
                 self.seq += 1
                 await ws.send_str(
                     _MEDIA_TEMPLATE % (self.seq, chunk, chunk * _FRAME_MS, payload, sid)
@@ -942,6 +1007,8 @@ class _Stream:
                 self._warn(f"wrong streamSid {frame['streamSid']!r}")
                 return
             call.clears += 1
+            if call.simulator.record_timeline and call.timeline_start is not None:
+                call.clear_times.append(asyncio.get_running_loop().time() - call.timeline_start)
             pending = [item for item in self.fifo if isinstance(item, str)]
             self.fifo.clear()
             self.head_offset = 0
@@ -966,34 +1033,50 @@ class _Stream:
         tick = min(0.02, max(0.001, FRAME_BYTES / rate))  # about one frame of audio per tick
         fifo = self.fifo
         heard = call.heard
+        timeline = call.simulator.record_timeline
         while True:
             await self.wake.wait()
             began = loop.time()  # playback (re)starts now: idle time earns no credit
             played = 0
-            while fifo:
-                head = fifo[0]
-                if isinstance(head, str):
-                    fifo.popleft()
-                    await self._echo_mark(head, played=True)
-                    continue
-                budget = int((loop.time() - began) * rate) - played
-                if budget <= 0:
-                    await asyncio.sleep(tick)
-                    continue
-                while budget > 0 and fifo and not isinstance(head := fifo[0], str):
-                    offset = self.head_offset
-                    available = len(head) - offset
-                    if available <= budget:
-                        heard += memoryview(head)[offset:]
+            # Where this burst starts on the call's timeline (real time: a byte a sample).
+            # One that starts within a frame of the last one's end continues it: the queue
+            # ran dry only between two chunks the server sent on time.
+            position = round((began - (call.timeline_start or began)) * SAMPLE_RATE)
+            if abs(position - call._played_end) <= FRAME_BYTES:
+                position = call._played_end
+            since = position / SAMPLE_RATE
+            try:
+                while fifo:
+                    head = fifo[0]
+                    if isinstance(head, str):
                         fifo.popleft()
-                        self.head_offset = 0
-                        taken = available
-                    else:
-                        heard += memoryview(head)[offset : offset + budget]
-                        self.head_offset = offset + budget
-                        taken = budget
-                    budget -= taken
-                    played += taken
-                call._notify()
+                        await self._echo_mark(head, played=True)
+                        continue
+                    budget = int((loop.time() - began) * rate) - played
+                    if budget <= 0:
+                        await asyncio.sleep(tick)
+                        continue
+                    while budget > 0 and fifo and not isinstance(head := fifo[0], str):
+                        offset = self.head_offset
+                        available = len(head) - offset
+                        if available <= budget:
+                            piece = memoryview(head)[offset:]
+                            fifo.popleft()
+                            self.head_offset = 0
+                            taken = available
+                        else:
+                            piece = memoryview(head)[offset : offset + budget]
+                            self.head_offset = offset + budget
+                            taken = budget
+                        heard += piece
+                        if timeline:
+                            _place(call.played_track, position + played, piece)
+                        budget -= taken
+                        played += taken
+                    call._notify()
+            finally:  # a clear, or the end of the stream, ends the burst too
+                if timeline and played:
+                    call.played_spans.append((since, since + played / rate))
+                    call._played_end = position + played
             self.wake.clear()
             call._notify()
