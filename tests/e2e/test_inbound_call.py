@@ -342,7 +342,8 @@ async def test_the_fast_path_relays_most_audio_and_counts_it_as_the_bridge_would
         await events.wait_for("call.ended")
     assert bytes(call.heard) == expected
     (ended,) = events.fields_of("call.ended")
-    relayed = ended["fast_path_frames"]
+    (fast,) = events.fields_of("call.fast_path")
+    relayed = fast["fast_path_frames"]
     assert isinstance(relayed, int)
     frames = ended["frames_to_agent"]
     assert isinstance(frames, int)
@@ -359,10 +360,10 @@ async def test_the_fast_path_relays_most_audio_and_counts_it_as_the_bridge_would
         assert relayed > frames // 2  # most frames; the first chunk goes the full way
         # The quarter-second marks, sent by the fast path and their echoes held for the
         # bridge (all of them unless a full-path event came between; the route is reset).
-        assert 0 < ended["fast_path_marks"] <= count - 2
-        assert 0 < ended["fast_path_echoes"] <= count - 1
+        assert 0 < fast["fast_path_marks"] <= count - 2
+        assert 0 < fast["fast_path_echoes"] <= count - 1
     else:
-        assert relayed == ended["fast_path_marks"] == ended["fast_path_echoes"] == 0
+        assert relayed == fast["fast_path_marks"] == fast["fast_path_echoes"] == 0
 
 
 @BOTH_AUDIO_PATHS

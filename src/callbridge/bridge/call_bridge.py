@@ -156,6 +156,16 @@ _ENDED_BY: dict[EndReason, records.EndedBy] = {
 }
 
 
+# Drops every call has and nobody need act on: caller audio that comes while the agent's
+# session is being set up (Twilio streams from the first moment), and while the call ends
+# (frames already on their way when we hang up). Any other drop is worth a warning.
+_EXPECTED_DROPS = frozenset({"before-ready", "ending"})
+
+
+def _ms_since(start: float | None, at: float | None) -> float | None:
+    return None if start is None or at is None else round((at - start) * 1000, 1)
+
+
 def _worth_a_line(count: int) -> bool:
     """For a kind of bad input: log the first few in full, then one line per hundred, so a
     flood stays readable (the count is in each line and at the end)."""
@@ -412,10 +422,9 @@ class CallBridge:
 
     def _drop(self, reason: str, direction: str = "to-agent") -> list[Action]:
         self.dropped[reason] += 1
-        if (
-            self.dropped[reason] == 1
-        ):  # the first of each kind is worth a line; counts come at the end
-            return [Log.warning("audio.dropped", reason=reason, direction=direction)]
+        if self.dropped[reason] == 1:  # the first of each kind: counts come at the end
+            log = Log.debug if reason in _EXPECTED_DROPS else Log.warning
+            return [log("audio.dropped", reason=reason, direction=direction)]
         return []
 
     def _on_connected(self, _: twilio.Connected) -> list[Action]:
@@ -727,15 +736,17 @@ class CallBridge:
 
     def _on_tool_call(self, msg: agent.ToolCall) -> list[Action]:
         if self.state is not State.LIVE:
-            return [Log.warning("tool.call_ignored", call_id=msg.call_id, state=self.state.value)]
+            return [
+                Log.warning("tool.call_ignored", tool_call_id=msg.call_id, state=self.state.value)
+            ]
         if msg.call_id in self._seen_tool_calls:
-            return [Log.warning("tool.duplicate_call", call_id=msg.call_id)]
+            return [Log.warning("tool.duplicate_call", tool_call_id=msg.call_id)]
         self._seen_tool_calls.add(msg.call_id)
         self._tool_reply[msg.call_id] = self._current_reply
         raw = msg.arguments if msg.arguments is not UNSET else msg.args
         recorded = raw if isinstance(raw, dict) else {"raw": str(raw)[:2000]}
         self._tool_started[msg.call_id] = (msg.name, recorded, self._clock())
-        log = Log.debug("tool.called", call_id=msg.call_id, name=msg.name)
+        log = Log.debug("tool.called", tool_call_id=msg.call_id, name=msg.name)
         tool = self._tools.get(msg.name)
         if tool is None:
             return [
@@ -759,13 +770,15 @@ class CallBridge:
         if msg.call_id not in self._tool_reply or any(
             held.call_id == msg.call_id for held in self._held_results
         ):
-            return [Log.warning("tool.result_for_unknown_call", call_id=msg.call_id)]
+            return [Log.warning("tool.result_for_unknown_call", tool_call_id=msg.call_id)]
         if self._tool_reply[msg.call_id] in self._interrupted_replies:
             del self._tool_reply[msg.call_id]
             log, record = self._tool_done(msg, discarded=True)
             return [
                 log,
-                Log.info("tool.result_discarded", call_id=msg.call_id, why="reply interrupted"),
+                Log.info(
+                    "tool.result_discarded", tool_call_id=msg.call_id, why="reply interrupted"
+                ),
                 record,
             ]
         self._held_results.append(msg)
@@ -801,7 +814,7 @@ class CallBridge:
             del self._tool_reply[result.call_id]
             self._tool_started.pop(result.call_id, None)
         return [
-            Log.info("tool.result_discarded", call_id=r.call_id, why="reply interrupted")
+            Log.info("tool.result_discarded", tool_call_id=r.call_id, why="reply interrupted")
             for r in discarded
         ]
 
@@ -985,7 +998,7 @@ class CallBridge:
         duration_ms = round((self._clock() - started) * 1000, 1)
         log = Log.info(
             "tool.finished",
-            call_id=msg.call_id,
+            tool_call_id=msg.call_id,
             name=name,
             is_error=msg.is_error,
             duration_ms=duration_ms,
