@@ -350,10 +350,11 @@ async def test_the_fast_path_relays_most_audio_and_counts_it_as_the_bridge_would
     # Counted once, whichever path relayed them: what the agent got, what the caller heard.
     assert frames == len(session.input_audio) // FRAME_BYTES
     assert ended["frames_to_twilio"] == sum(m["type"] == "reply.audio" for m in session.sent)
-    # The same marks either way: with the first chunk, each quarter second, at the end;
-    # each echoed as played, whichever path sent it and took its echo.
+    # The same marks either way: with the first chunk, with the first audible one (after
+    # the greeting's silent lead-in, well short of a quarter second), each quarter second,
+    # at the end; each echoed as played, whichever path sent it and took its echo.
     names = [name for name, _ in call.marks]
-    count = 1 + len(expected) // MARK_EVERY_BYTES + 1
+    count = 2 + len(expected) // MARK_EVERY_BYTES + 1
     assert names == [f"cb-{n}" for n in range(count - 1)] + [f"cb-{count - 1}:end"]
     assert all(played for _, played in call.marks)
     if fast_path:

@@ -105,6 +105,9 @@ class AudioRoute(NamedTuple):
     # handed over with the counts (what the caller heard, and when, is all an echo says).
     marks_from: int = 0
     next_mark: int = 0
+    # Agent audio: only chunks judged quiet (`playout_ledger.is_audible`) may be relayed;
+    # the reply's first audible one comes to the bridge, which times it and marks it.
+    quiet_only: bool = False
 
 
 _NO_ROUTE = AudioRoute()
@@ -352,12 +355,15 @@ class CallBridge:
         """Which audio may be relayed without coming here, until the next event."""
         if self.state is not _LIVE:
             return _NO_ROUTE
-        reply_id, budget, marks_from, next_mark = self._ledger.relay_window(self._fenced_replies)
+        window = self._ledger.relay_window(self._fenced_replies)
+        reply_id, budget, marks_from, next_mark, quiet_only = window
         sid = self.stream_sid
         # tuple.__new__: a NamedTuple's own constructor is a Python call, once an event.
         if budget and sid is not None:
-            return tuple.__new__(AudioRoute, (True, sid, reply_id, budget, marks_from, next_mark))
-        return tuple.__new__(AudioRoute, (True, None, None, 0, marks_from, next_mark))
+            return tuple.__new__(
+                AudioRoute, (True, sid, reply_id, budget, marks_from, next_mark, quiet_only)
+            )
+        return tuple.__new__(AudioRoute, (True, None, None, 0, marks_from, next_mark, False))
 
     def relayed(
         self,
@@ -410,7 +416,9 @@ class CallBridge:
         self.frames_to_twilio += 1
         if self._ledger.count_unmarked(msg.reply_id, len(data)):
             return twilio.encode_media(sid, data)
-        mark = self._ledger.count_marked(msg.reply_id, len(data))
+        mark = self._ledger.count_marked(msg.reply_id, len(data), data)
+        if mark is None:  # a quiet chunk before the reply's first audible one
+            return twilio.encode_media(sid, data)
         return [
             SendToTwilio(twilio.encode_media(sid, data)),
             SendToTwilio(twilio.encode_mark(sid, mark)),
@@ -1025,7 +1033,9 @@ class CallBridge:
 
     def _reply_records(self, reply: ReplyPlayout) -> list[Action]:
         out: list[Action] = []
-        if reply.text or reply.bytes_sent:
+        # A reply that said nothing (no words, no audible audio: a tool's silent pre-amble,
+        # a reply cut off in its silent lead-in) is no line of the transcript.
+        if reply.text or reply.first_audible_sent_at is not None:
             out.append(
                 Record(
                     records.TranscriptLine(
@@ -1041,12 +1051,10 @@ class CallBridge:
                     )
                 )
             )
-        if reply.turn_ended_at is not None:
-
-            def since_turn(at: float | None) -> float | None:
-                assert reply.turn_ended_at is not None
-                return None if at is None else round((at - reply.turn_ended_at) * 1000, 1)
-
+        turn, audible_turn = reply.turn_ended_at, reply.audible_turn_ended_at
+        if turn is not None or (audible_turn is not None and reply.first_audible_sent_at):
+            # To the reply's first audio (its silent lead-in, as a rule), and to its first
+            # audible audio, which may come in a later reply than the turn's first one.
             out.append(
                 Record(
                     records.TurnLatency(
@@ -1054,8 +1062,14 @@ class CallBridge:
                         self._next_seq(),
                         self._wall(),
                         reply.reply_id,
-                        to_first_audio_sent_ms=since_turn(reply.first_sent_at),
-                        to_first_audio_played_ms=since_turn(reply.first_played_at),
+                        to_first_audio_sent_ms=_ms_since(turn, reply.first_sent_at),
+                        to_first_audio_played_ms=_ms_since(turn, reply.first_played_at),
+                        to_first_audible_sent_ms=_ms_since(
+                            audible_turn, reply.first_audible_sent_at
+                        ),
+                        to_first_audible_played_ms=_ms_since(
+                            audible_turn, reply.first_audible_played_at
+                        ),
                     )
                 )
             )

@@ -52,7 +52,7 @@ from callbridge.bridge.inputs import (
     TwilioClosed,
     TwilioProtocolError,
 )
-from callbridge.bridge.playout_ledger import MARK_EVERY_BYTES, MARK_PREFIX
+from callbridge.bridge.playout_ledger import AUDIBLE_SHARE, MARK_EVERY_BYTES, MARK_PREFIX
 from callbridge.fast_path import Relayed, frames
 from callbridge.logs import EventLogger
 from callbridge.records.entries import RecordEntry
@@ -482,7 +482,11 @@ def configure_agent_fast_path(sock: fast_path_module.AgentAudioSocket) -> None:
     """What the agent socket's fast path reads and writes: reply audio as Twilio media, with
     the playout ledger's marks."""
     sock.configure_fast_path(
-        agent.decode_relay, agent.RelayReplyAudio, _twilio_frame_parts, MARK_EVERY_BYTES
+        agent.decode_relay,
+        agent.RelayReplyAudio,
+        _twilio_frame_parts,
+        MARK_EVERY_BYTES,
+        AUDIBLE_SHARE,
     )
 
 
