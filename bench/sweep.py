@@ -127,7 +127,8 @@ def _server_env(
     return env
 
 
-# Per-call counts in callbridge's `call.ended` log line, summed over the run.
+# Per-call counts in callbridge's `call.ended` log line (and, at LOG_LEVEL=DEBUG, the
+# fast path's in `call.fast_path`), summed over the run.
 _BRIDGE_COUNTERS = (
     "frames_from_twilio",
     "frames_to_agent",
@@ -161,11 +162,13 @@ def _log_summary(path: Path) -> dict[str, Any]:
             levels[level] += 1
             if level in ("warning", "error", "critical"):
                 notable[f"{level}:{entry.get('event')}"] += 1
-            if entry.get("event") == "call.ended":
+            event = entry.get("event")
+            if event == "call.ended":
                 # The bridge's own per-call counts: a cross-check on the harness's.
                 ended[str(entry.get("reason"))] += 1
                 for reason, count in (entry.get("dropped") or {}).items():
                     dropped[reason] += int(count)
+            if event in ("call.ended", "call.fast_path"):
                 for key in _BRIDGE_COUNTERS:
                     value = entry.get(key)
                     if isinstance(value, int):

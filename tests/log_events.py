@@ -15,17 +15,23 @@ class Events(logging.Handler):
         super().__init__()
         self.names: list[str] = []
         self.fields: list[dict[str, object]] = []  # each event's fields, in the same order
+        self.levels: list[int] = []  # and its level
         self._seen: dict[str, asyncio.Event] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         name = record.getMessage()
         self.names.append(name)
         self.fields.append(dict(getattr(record, "fields", {})))
+        self.levels.append(record.levelno)
         self._seen.setdefault(name, asyncio.Event()).set()
 
     def fields_of(self, name: str) -> list[dict[str, object]]:
         """The fields of every `name` event seen, in order."""
         return [f for n, f in zip(self.names, self.fields, strict=True) if n == name]
+
+    def levels_of(self, name: str) -> list[int]:
+        """The level of every `name` event seen, in order."""
+        return [level for n, level in zip(self.names, self.levels, strict=True) if n == name]
 
     async def wait_for(self, name: str, times: int = 1) -> None:
         async with asyncio.timeout(10):

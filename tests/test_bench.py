@@ -53,7 +53,12 @@ def run_bench(folder: Path, module_args: list[str], timeout: float) -> tuple[str
 @pytest.mark.timeout(240)
 def test_quick_bench_reports_sane_figures(tmp_path: Path) -> None:
     # --against: callbridge as of a revision (HEAD here, in a temporary worktree) as well.
-    stdout, doc = run_bench(tmp_path, ["bench", "--quick", "--against", "HEAD"], timeout=200)
+    # LOG_LEVEL=DEBUG: the fast path's counts are in a DEBUG line (`call.fast_path`).
+    stdout, doc = run_bench(
+        tmp_path,
+        ["bench", "--quick", "--against", "HEAD", "--server-env", "LOG_LEVEL=DEBUG"],
+        timeout=200,
+    )
     assert "callbridge" in stdout and "noisy" in stdout
     assert doc["machine"]["logical_cpus"] >= 1 and doc["machine"]["python"]
     runs = {r["target"]: r for r in doc["runs"]}

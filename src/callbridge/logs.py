@@ -1,6 +1,7 @@
 """Structured logging: one JSON object per line (or a readable line on a terminal).
 
-Every line about a call carries its `call_id`. Fields are given as keyword arguments,
+Every line about a call carries its `call_id` (a line about one of the call's tool calls
+carries that tool call's id as `tool_call_id` besides). Fields are given as keyword arguments,
 never formatted into the message, so logs can be queried. Secrets and audio are never
 passed in: settings hold secrets as `SecretStr`, and the bridge logs counts, not payloads.
 """
@@ -19,12 +20,16 @@ _ROOT = "callbridge"
 _encoder = msgspec.json.Encoder(enc_hook=str)
 
 
+def _timestamp(record: logging.LogRecord) -> str:
+    """When the line was logged, in UTC to the millisecond (as the call records are)."""
+    moment = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds")
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
-                timespec="milliseconds"
-            ),
+            "ts": _timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
@@ -39,15 +44,30 @@ class JsonFormatter(logging.Formatter):
 
 
 class ConsoleFormatter(logging.Formatter):
+    """`2026-12-03 10:15:02.123Z INFO    [call id] event key=value ...`: one line an event."""
+
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", {})
         call_id = fields.get("call_id")
-        rest = " ".join(f"{k}={v}" for k, v in fields.items() if k != "call_id")
+        rest = " ".join(f"{k}={_console_value(v)}" for k, v in fields.items() if k != "call_id")
         prefix = f"[{call_id}] " if call_id else ""
-        text = f"{record.levelname:<7} {prefix}{record.getMessage()} {rest}".rstrip()
+        when = _timestamp(record).replace("T", " ").replace("+00:00", "Z")
+        text = f"{when} {record.levelname:<7} {prefix}{record.getMessage()} {rest}".rstrip()
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text
+
+
+def _console_value(value: Any) -> str:
+    """A field as a reader scans it: text with spaces quoted, a mapping as `k:v,k:v`."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{_console_value(v)}" for k, v in value.items())
+    if value is None:
+        return "-"
+    text = _text(value) or ""
+    if not text or any(c.isspace() or c == '"' for c in text):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
 
 
 def _text(value: Any) -> str | None:

@@ -108,6 +108,8 @@ async def test_a_full_call_produces_the_expected_record(
     assert record["end_reason"] == "stream-stopped"
     assert [s["session_id"] for s in record["agent_sessions"]] == [session.session_id]
     lines = [(t["role"], t["text"]) for t in record["transcript"]]
+    # The tool's silent pre-amble said nothing: no (empty) line of its own.
+    assert lines == [("agent", GREETING), ("caller", "a number please"), ("agent", "It is 7.")]
     assert lines[0] == ("agent", GREETING)
     assert ("caller", "a number please") in lines
     assert lines[-1] == ("agent", "It is 7.")
@@ -126,6 +128,12 @@ async def test_a_full_call_produces_the_expected_record(
     assert latencies, "no turn latency recorded"
     sent, played = latencies[0]["to_first_audio_sent_ms"], latencies[0]["to_first_audio_played_ms"]
     assert sent is not None and played is not None and 0 <= sent <= played
+    # The turn's first audio was the pre-amble's silence; its first words, the answer's.
+    assert latencies[0]["to_first_audible_sent_ms"] is None
+    [words] = [lat for lat in latencies if lat["to_first_audible_sent_ms"] is not None]
+    assert words["reply_id"] == record["transcript"][-1]["reply_id"]
+    audible_played = words["to_first_audible_played_ms"]
+    assert audible_played is not None and sent < words["to_first_audible_sent_ms"] <= audible_played
     audio = record["audio"]
     assert audio["frames_from_twilio"] > 0 and audio["frames_to_twilio"] > 0
     assert audio["frames_to_agent"] > 0

@@ -342,27 +342,29 @@ async def test_the_fast_path_relays_most_audio_and_counts_it_as_the_bridge_would
         await events.wait_for("call.ended")
     assert bytes(call.heard) == expected
     (ended,) = events.fields_of("call.ended")
-    relayed = ended["fast_path_frames"]
+    (fast,) = events.fields_of("call.fast_path")
+    relayed = fast["fast_path_frames"]
     assert isinstance(relayed, int)
     frames = ended["frames_to_agent"]
     assert isinstance(frames, int)
     # Counted once, whichever path relayed them: what the agent got, what the caller heard.
     assert frames == len(session.input_audio) // FRAME_BYTES
     assert ended["frames_to_twilio"] == sum(m["type"] == "reply.audio" for m in session.sent)
-    # The same marks either way: with the first chunk, each quarter second, at the end;
-    # each echoed as played, whichever path sent it and took its echo.
+    # The same marks either way: with the first chunk, with the first audible one (after
+    # the greeting's silent lead-in, well short of a quarter second), each quarter second,
+    # at the end; each echoed as played, whichever path sent it and took its echo.
     names = [name for name, _ in call.marks]
-    count = 1 + len(expected) // MARK_EVERY_BYTES + 1
+    count = 2 + len(expected) // MARK_EVERY_BYTES + 1
     assert names == [f"cb-{n}" for n in range(count - 1)] + [f"cb-{count - 1}:end"]
     assert all(played for _, played in call.marks)
     if fast_path:
         assert relayed > frames // 2  # most frames; the first chunk goes the full way
         # The quarter-second marks, sent by the fast path and their echoes held for the
         # bridge (all of them unless a full-path event came between; the route is reset).
-        assert 0 < ended["fast_path_marks"] <= count - 2
-        assert 0 < ended["fast_path_echoes"] <= count - 1
+        assert 0 < fast["fast_path_marks"] <= count - 2
+        assert 0 < fast["fast_path_echoes"] <= count - 1
     else:
-        assert relayed == ended["fast_path_marks"] == ended["fast_path_echoes"] == 0
+        assert relayed == fast["fast_path_marks"] == fast["fast_path_echoes"] == 0
 
 
 @BOTH_AUDIO_PATHS

@@ -306,7 +306,7 @@ def full_call(call_id: str = "call-1", call_sid: str = "CA" + "1" * 32) -> list[
             '{"ready":true}',
             duration_ms=85.5,
         ),
-        TurnLatency(call_id, 5, T0 + 4.9, "r2", 640.0, 710.0),
+        TurnLatency(call_id, 5, T0 + 4.9, "r2", 640.0, 710.0, 1520.0, 1590.0),
         TranscriptLine(
             call_id,
             6,

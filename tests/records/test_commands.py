@@ -135,7 +135,8 @@ async def test_show_tells_the_conversation(backend: Backend, recorded: dict[str,
             "   +0.50s  agent   Hi, this is the bike shop.  [heard 2.50s of 2.50s]",
             "   +4.00s  caller  Is my bike ready?",
             '   +4.60s  tool    repair_status({"ticket":42}) -> {"ready":true}  (86 ms)',
-            "   +4.90s  latency first audio sent 640 ms, played 710 ms after the caller stopped",
+            "   +4.90s  latency first words sent 1520 ms, played 1590 ms "
+            "(first audio sent 640 ms, played 710 ms) after the caller stopped",
             "   +5.00s  agent   Yes, it is ready for pick-up today  [interrupted: heard 1.25s"
             " of 3.20s]",
             '   +5.50s  tool    book_slot({"day":"sat"}) -> no result  [discarded: its reply was'
@@ -196,7 +197,7 @@ async def test_reading_a_database_the_server_never_prepared(backend: Backend) ->
 
     upgraded = await cli(db_app, "upgrade", database_url=backend.url)
     assert upgraded.exit_code == 0, upgraded.stderr
-    assert "is at schema revision 0001" in upgraded.stdout
+    assert "is at schema revision 0002" in upgraded.stdout
     listed = await cli(calls_app, "list", database_url=backend.url)
     assert (listed.exit_code, listed.stdout) == (0, "No calls.\n")
 

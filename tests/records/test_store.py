@@ -168,6 +168,8 @@ def expected_detail() -> dict[str, Any]:
                 "reply_id": "r2",
                 "to_first_audio_sent_ms": 640.0,
                 "to_first_audio_played_ms": 710.0,
+                "to_first_audible_sent_ms": 1520.0,
+                "to_first_audible_played_ms": 1590.0,
             }
         ],
         "errors": [

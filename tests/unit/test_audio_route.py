@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from callbridge.agent import events as agent
 from callbridge.bridge.actions import Action, Record, SendToAgent, SendToTwilio
 from callbridge.bridge.call_bridge import AudioRoute, CallBridge
-from callbridge.bridge.playout_ledger import MARK_EVERY_BYTES
+from callbridge.bridge.playout_ledger import MARK_EVERY_BYTES, is_audible
 from callbridge.twilio import media_stream as twilio
 from tests.unit.test_call_bridge import STREAM, live_bridge, media, new_bridge, start_frame
 
@@ -90,13 +90,20 @@ Step = tuple[str, Any]
 steps = st.lists(
     st.one_of(
         st.tuples(st.just("caller"), st.integers(0, 2)),  # a caller frame (0: empty)
+        # A chunk, quiet (False: a reply's silent lead-in) or audible (True).
         st.tuples(
-            st.just("audio"), st.tuples(st.sampled_from(["r1", "r2", None]), st.integers(0, 700))
+            st.just("audio"),
+            st.tuples(st.sampled_from(["r1", "r2", None]), st.integers(0, 700), st.booleans()),
         ),
         # A run of a reply's chunks, as the API sends them: marks fall inside it.
         st.tuples(
             st.just("chunks"),
-            st.tuples(st.sampled_from(["r1", "r2"]), st.integers(1, 12), st.integers(1, 2500)),
+            st.tuples(
+                st.sampled_from(["r1", "r2"]),
+                st.integers(1, 12),
+                st.integers(1, 2500),
+                st.booleans(),
+            ),
         ),
         st.tuples(st.just("echo"), st.integers(0, 2)),  # of the first marks not yet echoed
         st.tuples(st.just("started"), st.sampled_from(["r1", "r2"])),
@@ -114,11 +121,11 @@ def _events(step: Step, reference: CallBridge) -> list[object]:
     if kind == "caller":
         return [media(bytes([0xFE]) * 160 * arg)]
     if kind == "audio":
-        reply_id, size = arg
-        return [agent.ReplyAudio(data=bytes([0x7F]) * size, reply_id=reply_id)]
+        reply_id, size, loud = arg
+        return [agent.ReplyAudio(data=_audio(size, loud), reply_id=reply_id)]
     if kind == "chunks":
-        reply_id, count, size = arg
-        return [agent.ReplyAudio(data=bytes([0x7F]) * size, reply_id=reply_id)] * count
+        reply_id, count, size, loud = arg
+        return [agent.ReplyAudio(data=_audio(size, loud), reply_id=reply_id)] * count
     if kind == "started":
         return [agent.ReplyStarted(reply_id=arg)]
     if kind == "done":
@@ -126,12 +133,17 @@ def _events(step: Step, reference: CallBridge) -> list[object]:
     if kind == "barge-in":
         return [agent.SpeechStarted()]
     if kind == "echo":  # as Twilio does: in order, once the audio before them played
-        first, end = reference._ledger.relay_window(())[2:]
+        first, end = reference._ledger.relay_window(())[2:4]
         arg = min(first + arg, end - 1)
         if arg < 0:
             return []
     name = f"cb-{arg}" if kind in ("mark", "echo") else f"cb-{arg}:end"
     return [twilio.Mark(mark=twilio.MarkInfo(name=name), stream_sid=STREAM)]
+
+
+def _audio(size: int, loud: bool) -> bytes:
+    """μ-law: digital silence (0x7F), or full scale (0x00) in the bytes the ledger samples."""
+    return bytes([0x00 if loud else 0x7F]) * size
 
 
 def _entries(actions: list[Action]) -> list[object]:
@@ -172,7 +184,7 @@ class _FastPath:
 
     def _take_route(self) -> None:
         self.route = route = self.bridge.audio_route()
-        self.budget, self.marks_from, self.next_mark = route.budget, *route[4:]
+        self.budget, self.marks_from, self.next_mark = route.budget, *route[4:6]
         self.up = self.down = self.down_bytes = 0
         self.marks: list[int] = []
         self.echoes: list[tuple[int, float]] = []
@@ -187,6 +199,7 @@ class _FastPath:
             and route.stream_sid is not None
             and event.reply_id == route.reply_id
             and event.data
+            and not (route.quiet_only and is_audible(event.data))
         ):
             size = len(event.data)
             self.down += 1
@@ -226,7 +239,9 @@ class _FastPath:
 @given(steps)
 # A held echo that settles a reply must settle it when handed back: a chunk that comes
 # for the same reply id afterwards starts a new reply (with a mark), as it would have.
-@example([("audio", ("r1", 1)), ("done", "r1"), ("echo", 0), ("audio", ("r1", 1))])
+@example([("audio", ("r1", 1, True)), ("done", "r1"), ("echo", 0), ("audio", ("r1", 1, True))])
+# A silent lead-in relayed under quiet-only routes, marks inside it, then the first words.
+@example([("chunks", ("r1", 12, 300, False)), ("echo", 1), ("chunks", ("r1", 4, 300, True))])
 def test_relaying_under_the_routes_sends_and_counts_what_the_bridge_would(
     script: list[Step],
 ) -> None:

@@ -187,7 +187,8 @@ async def test_a_bridge_bug_on_a_timer_crashes_only_that_call(log_lines: Events)
     assert twilio.close_code == 1011  # internal error: the caller is not left on a dead line
     assert other.timers_fired() == ["t"]
     assert other_twilio.close_code == 1000  # its own hang-up, after the other call's crash
-    assert log_lines.names[-2:] == ["call.ended", "call.ended"]
+    ended = [name for name in log_lines.names if name != "call.fast_path"]  # DEBUG, just before
+    assert ended[-2:] == ["call.ended", "call.ended"]
 
 
 # --- rate rules ---------------------------------------------------------------------------

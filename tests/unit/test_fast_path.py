@@ -107,6 +107,26 @@ def test_canonical_base64_is_relayed_with_its_size(audio: bytes) -> None:
     assert _base64_size(b'"' + base64.b64encode(audio) + b'"') == len(audio)
 
 
+# μ-law bytes: quiet ones (0xE0-0xFF, 0x60-0x7F, digital silence among them) and any.
+_quiet_or_any = st.sampled_from([0xFF, 0x7F, 0xFE, 0xE0, 0x70]) | st.integers(0, 255)
+
+
+@compiled_only
+@settings(max_examples=500)
+@given(
+    st.binary(min_size=1, max_size=400)
+    | st.lists(_quiet_or_any, min_size=1, max_size=400).map(bytes)
+    | st.lists(st.sampled_from([0xFF, 0x7F]), min_size=1, max_size=400).map(bytes)
+)
+def test_the_compiled_path_judges_audibility_as_the_ledger_does(audio: bytes) -> None:
+    """Reading base64 text, it must call a chunk audible exactly when the bridge would."""
+    from callbridge.bridge.playout_ledger import AUDIBLE_SHARE, is_audible
+    from callbridge.fast_path import _compiled
+
+    json_string = b'"' + base64.b64encode(audio) + b'"'
+    assert _compiled.audible(_raw(json_string), AUDIBLE_SHARE) == is_audible(audio)
+
+
 @compiled_only
 @settings(max_examples=300)
 @given(
@@ -310,6 +330,37 @@ def _reply_audio(reply_id: str) -> bytes:
     return msgspec.json.encode({"type": "reply.audio", "reply_id": reply_id, "data": data})
 
 
+@compiled_only
+async def test_a_quiet_only_route_relays_silence_and_hands_the_first_words_over() -> None:
+    """Until a reply's first audible chunk, the route lets only quiet chunks through: the
+    audible one takes the full path, where the bridge times it and sends a mark after it."""
+    from callbridge.server.call_runner import configure_agent_fast_path
+
+    twilio_side, agent_side, underlying = _TwilioSide(), _AgentSide(), _UnderlyingStub()
+    loop = asyncio.get_running_loop()
+    twilio_side.direct = WSTransport(False, underlying, logging.getLogger("test"), loop)
+    configure_agent_fast_path(agent_side)
+    fast_path.set_routes(twilio_side, agent_side, (True, "MZ1", "r1", 2000, 5, 7, True))
+    silence = bytes([0xFF]) * 300
+    quiet = msgspec.json.encode(
+        {"type": "reply.audio", "reply_id": "r1", "data": base64.b64encode(silence).decode()}
+    )
+    server = await ws_create_server(lambda _: agent_side, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client, _ = await ws_connect(WSListener, f"ws://127.0.0.1:{port}/")
+        client.send(WSMsgType.TEXT, quiet)
+        client.send(WSMsgType.TEXT, _reply_audio("r1"))  # audible: the full path's
+        await asyncio.wait_for(agent_side.took_full_path.wait(), 5)
+        client.disconnect()
+    finally:
+        server.close()
+        underlying.close()
+    assert agent_side.full_path == [_reply_audio("r1")]
+    assert _server_frames(b"".join(underlying.writes)) == [twilio.encode_media("MZ1", silence)]
+    assert fast_path.take_relayed(twilio_side, agent_side) == (0, 1, 300, None, None)
+
+
 async def _twilio_transport_after_a_chunk_past_a_mark(
     *, closing: bool
 ) -> tuple[_TwilioSide, _AgentSide, _UnderlyingStub]:
@@ -326,7 +377,7 @@ async def _twilio_transport_after_a_chunk_past_a_mark(
     if closing:
         transport.send_close()
     configure_agent_fast_path(agent_side)  # as a call does
-    fast_path.set_routes(twilio_side, agent_side, (True, "MZ1", "r1", 2000, 5, 7))
+    fast_path.set_routes(twilio_side, agent_side, (True, "MZ1", "r1", 2000, 5, 7, False))
     server = await ws_create_server(lambda _: agent_side, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:

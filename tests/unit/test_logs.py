@@ -7,7 +7,7 @@ import logging
 import math
 from pathlib import Path
 
-from callbridge.logs import JsonFormatter
+from callbridge.logs import ConsoleFormatter, JsonFormatter
 
 
 def _line(**fields: object) -> dict[str, object]:
@@ -53,3 +53,25 @@ def test_a_field_that_cannot_be_written_still_leaves_the_line() -> None:
     assert line["event"] == "call.ended" and line["frames"] == "3"
     assert line["bad"] == "<_Unprintable that cannot be shown>"
     assert _line(loop=loop)["event"] == "call.ended"
+
+
+def _console(level: int = logging.INFO, **fields: object) -> str:
+    record = logging.LogRecord("callbridge.call", level, "", 0, "call.ended", (), None)
+    record.created = 1_795_000_000.25  # 2026-11-18 11:06:40.250 UTC
+    record.fields = fields
+    return ConsoleFormatter().format(record)
+
+
+def test_a_console_line_starts_with_when_it_was_logged() -> None:
+    line = _console(call_id="c1", reason="stream-stopped")
+    assert line == "2026-11-18 11:06:40.250Z INFO    [c1] call.ended reason=stream-stopped"
+
+
+def test_console_fields_stay_readable_and_one_line() -> None:
+    line = _console(
+        call_id="c1", detail="no media for 30 s", dropped={"before-ready": 1, "ending": 2}, x=None
+    )
+    assert "\n" not in line
+    assert line.endswith(
+        'call.ended detail="no media for 30 s" dropped=before-ready:1,ending:2 x=-'
+    )

@@ -36,7 +36,7 @@ def value(metrics: CallMetrics, name: str, **labels: str) -> float | None:
 def test_a_call_s_records_become_counters_and_histograms() -> None:
     m = new_metrics()
     m.observe(CallOpened("c1", 0, 0.0, "inbound"))
-    m.observe(TurnLatency("c1", 1, 0.0, "r1", 350.0, 420.0))
+    m.observe(TurnLatency("c1", 1, 0.0, "r1", 350.0, 420.0, 1350.0, 1420.0))
     m.observe(TurnLatency("c1", 2, 0.0, "r2", 200.0, None))  # cut off before it played
     m.observe(ToolInvocation("c1", 3, 0.0, "t1", "lookup", duration_ms=40.0))
     m.observe(ToolInvocation("c1", 4, 0.0, "t2", "lookup", is_error=True))
@@ -62,6 +62,10 @@ def test_a_call_s_records_become_counters_and_histograms() -> None:
     assert value(m, "callbridge_turn_latency_seconds_count", stage="sent") == 2
     assert value(m, "callbridge_turn_latency_seconds_count", stage="played") == 1
     assert value(m, "callbridge_turn_latency_seconds_sum", stage="played") == 0.42
+    # To the first words, after the silent lead-in: their own stages.
+    assert value(m, "callbridge_turn_latency_seconds_count", stage="audible-sent") == 1
+    assert value(m, "callbridge_turn_latency_seconds_sum", stage="audible-sent") == 1.35
+    assert value(m, "callbridge_turn_latency_seconds_sum", stage="audible-played") == 1.42
     assert value(m, "callbridge_turn_latency_seconds_bucket", stage="sent", le="0.3") == 1
     for outcome in ("ok", "error", "discarded"):
         assert value(m, "callbridge_tool_calls_total", tool="lookup", outcome=outcome) == 1

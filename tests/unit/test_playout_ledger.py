@@ -181,3 +181,102 @@ def test_the_ledger_knows_whether_audio_went_since_the_last_clear() -> None:
     ledger.cleared()
     assert ledger.count_unmarked("r1", 1)  # under the mark: no mark after it
     assert ledger.sent_since_clear()
+
+
+LOUD = bytes(CHUNK_BYTES)  # μ-law 0x00: full scale, audible
+
+
+def _live(clock: Clock) -> CallBridge:
+    bridge = CallBridge(session_config={}, tools=[], call_id="call-1", clock=clock)
+    bridge.handle(start_frame())
+    bridge.handle(AgentOpened())
+    bridge.handle(agent.SessionReady(session_id="s"))
+    return bridge
+
+
+def _send(bridge: CallBridge, reply_id: str, chunk: bytes) -> list[str]:
+    return mark_names(bridge.handle(agent.ReplyAudio(data=chunk, reply_id=reply_id)))
+
+
+def _echo(bridge: CallBridge, clock: Clock, at: float, name: str) -> list[Any]:
+    clock.now = at
+    return recorded(bridge.handle(twilio.Mark(mark=twilio.MarkInfo(name=name))))
+
+
+def test_a_silent_lead_in_is_timed_apart_from_the_first_words() -> None:
+    clock = Clock()
+    bridge = _live(clock)
+    bridge.handle(agent.SpeechStopped())  # at 100.0
+    clock.now = 100.2
+    bridge.handle(agent.ReplyStarted(reply_id="r1"))
+    marks = _send(bridge, "r1", CHUNK)  # the lead-in's first chunk: a mark after it
+    for _ in range(3):
+        clock.now += 0.05
+        marks += _send(bridge, "r1", CHUNK)
+    assert marks == ["cb-0"]  # quiet chunks within the quarter second: no other mark
+    clock.now = 101.2
+    marks += _send(bridge, "r1", LOUD)  # the first words: a mark of their own
+    marks += _send(bridge, "r1", LOUD)
+    bridge.handle(agent.AgentTranscript(text="Sure.", reply_id="r1"))
+    marks += mark_names(bridge.handle(agent.ReplyDone(reply_id="r1")))
+    assert marks == ["cb-0", "cb-1", "cb-2:end"]
+    entries = _echo(bridge, clock, 100.3, "cb-0") + _echo(bridge, clock, 101.4, "cb-1")
+    entries += _echo(bridge, clock, 101.5, "cb-2:end")
+    latency = next(e for e in entries if isinstance(e, records.TurnLatency))
+    # The old figures, to the lead-in, are kept; the new ones are to the first words.
+    assert (latency.to_first_audio_sent_ms, latency.to_first_audio_played_ms) == (200.0, 300.0)
+    assert latency.to_first_audible_sent_ms == 1200.0
+    assert latency.to_first_audible_played_ms == 1400.0
+    [line] = [e for e in entries if isinstance(e, records.TranscriptLine)]
+    assert (line.text, line.generated_seconds) == ("Sure.", 0.225)
+
+
+def test_a_silent_pre_amble_is_no_row_and_the_answer_is_timed_from_the_turn() -> None:
+    clock = Clock()
+    bridge = _live(clock)
+    bridge.handle(agent.SpeechStopped())  # at 100.0
+    clock.now = 100.3
+    bridge.handle(agent.ReplyStarted(reply_id="pre-amble"))
+    marks = [m for _ in range(3) for m in _send(bridge, "pre-amble", CHUNK)]
+    marks += mark_names(bridge.handle(agent.ReplyDone(reply_id="pre-amble")))
+    entries = [e for name in marks for e in _echo(bridge, clock, 100.5, name)]
+    # Silence and no words: no line of the transcript; its latency has no audible figure.
+    assert not any(isinstance(e, records.TranscriptLine) for e in entries)
+    [first] = [e for e in entries if isinstance(e, records.TurnLatency)]
+    assert (first.reply_id, first.to_first_audio_sent_ms) == ("pre-amble", 300.0)
+    assert first.to_first_audible_sent_ms is None
+
+    clock.now = 102.0  # the tool's answer, a reply of its own
+    bridge.handle(agent.ReplyStarted(reply_id="answer"))
+    marks = _send(bridge, "answer", CHUNK)
+    clock.now = 102.5
+    marks += _send(bridge, "answer", LOUD)
+    bridge.handle(agent.AgentTranscript(text="It is 7.", reply_id="answer"))
+    marks += mark_names(bridge.handle(agent.ReplyDone(reply_id="answer")))
+    entries = [e for name in marks for e in _echo(bridge, clock, 102.6, name)]
+    [line] = [e for e in entries if isinstance(e, records.TranscriptLine)]
+    assert line.text == "It is 7."
+    [answer] = [e for e in entries if isinstance(e, records.TurnLatency)]
+    assert answer.reply_id == "answer"
+    assert answer.to_first_audio_sent_ms is None  # the turn's first audio was the pre-amble's
+    assert (answer.to_first_audible_sent_ms, answer.to_first_audible_played_ms) == (
+        2500.0,
+        2600.0,
+    )
+
+
+def test_the_turn_is_answered_once() -> None:
+    """A later audible reply (no new turn since) has no audible figure of its own."""
+    clock = Clock()
+    bridge = _live(clock)
+    bridge.handle(agent.SpeechStopped())
+    entries: list[Any] = []
+    for reply_id in ("first", "second"):
+        clock.now += 0.5
+        bridge.handle(agent.ReplyStarted(reply_id=reply_id))
+        marks = _send(bridge, reply_id, LOUD)
+        bridge.handle(agent.AgentTranscript(text="Words.", reply_id=reply_id))
+        marks += mark_names(bridge.handle(agent.ReplyDone(reply_id=reply_id)))
+        entries += [e for name in marks for e in _echo(bridge, clock, clock.now, name)]
+    [latency] = [e for e in entries if isinstance(e, records.TurnLatency)]
+    assert (latency.reply_id, latency.to_first_audible_sent_ms) == ("first", 500.0)

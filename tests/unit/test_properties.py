@@ -272,9 +272,9 @@ class Observer:
             assert self.finished == 1, "finished twice"
         elif isinstance(action, Log):
             if action.event == "tool.called":
-                self.accepted_tools.add(action.fields["call_id"])
+                self.accepted_tools.add(action.fields["tool_call_id"])
             if action.event == "tool.result_discarded":
-                self.discarded.add(action.fields["call_id"])
+                self.discarded.add(action.fields["tool_call_id"])
 
 
 START = twilio.Start(start=twilio.StartInfo(stream_sid=STREAM, call_sid="CA1"), stream_sid=STREAM)

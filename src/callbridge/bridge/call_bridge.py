@@ -105,6 +105,9 @@ class AudioRoute(NamedTuple):
     # handed over with the counts (what the caller heard, and when, is all an echo says).
     marks_from: int = 0
     next_mark: int = 0
+    # Agent audio: only chunks judged quiet (`playout_ledger.is_audible`) may be relayed;
+    # the reply's first audible one comes to the bridge, which times it and marks it.
+    quiet_only: bool = False
 
 
 _NO_ROUTE = AudioRoute()
@@ -154,6 +157,16 @@ _ENDED_BY: dict[EndReason, records.EndedBy] = {
     EndReason.AGENT_DROPPED: "agent",
     EndReason.SERVER_SHUTDOWN: "server",
 }
+
+
+# Drops every call has and nobody need act on: caller audio that comes while the agent's
+# session is being set up (Twilio streams from the first moment), and while the call ends
+# (frames already on their way when we hang up). Any other drop is worth a warning.
+_EXPECTED_DROPS = frozenset({"before-ready", "ending"})
+
+
+def _ms_since(start: float | None, at: float | None) -> float | None:
+    return None if start is None or at is None else round((at - start) * 1000, 1)
 
 
 def _worth_a_line(count: int) -> bool:
@@ -342,12 +355,15 @@ class CallBridge:
         """Which audio may be relayed without coming here, until the next event."""
         if self.state is not _LIVE:
             return _NO_ROUTE
-        reply_id, budget, marks_from, next_mark = self._ledger.relay_window(self._fenced_replies)
+        window = self._ledger.relay_window(self._fenced_replies)
+        reply_id, budget, marks_from, next_mark, quiet_only = window
         sid = self.stream_sid
         # tuple.__new__: a NamedTuple's own constructor is a Python call, once an event.
         if budget and sid is not None:
-            return tuple.__new__(AudioRoute, (True, sid, reply_id, budget, marks_from, next_mark))
-        return tuple.__new__(AudioRoute, (True, None, None, 0, marks_from, next_mark))
+            return tuple.__new__(
+                AudioRoute, (True, sid, reply_id, budget, marks_from, next_mark, quiet_only)
+            )
+        return tuple.__new__(AudioRoute, (True, None, None, 0, marks_from, next_mark, False))
 
     def relayed(
         self,
@@ -400,7 +416,9 @@ class CallBridge:
         self.frames_to_twilio += 1
         if self._ledger.count_unmarked(msg.reply_id, len(data)):
             return twilio.encode_media(sid, data)
-        mark = self._ledger.count_marked(msg.reply_id, len(data))
+        mark = self._ledger.count_marked(msg.reply_id, len(data), data)
+        if mark is None:  # a quiet chunk before the reply's first audible one
+            return twilio.encode_media(sid, data)
         return [
             SendToTwilio(twilio.encode_media(sid, data)),
             SendToTwilio(twilio.encode_mark(sid, mark)),
@@ -412,10 +430,9 @@ class CallBridge:
 
     def _drop(self, reason: str, direction: str = "to-agent") -> list[Action]:
         self.dropped[reason] += 1
-        if (
-            self.dropped[reason] == 1
-        ):  # the first of each kind is worth a line; counts come at the end
-            return [Log.warning("audio.dropped", reason=reason, direction=direction)]
+        if self.dropped[reason] == 1:  # the first of each kind: counts come at the end
+            log = Log.debug if reason in _EXPECTED_DROPS else Log.warning
+            return [log("audio.dropped", reason=reason, direction=direction)]
         return []
 
     def _on_connected(self, _: twilio.Connected) -> list[Action]:
@@ -734,15 +751,17 @@ class CallBridge:
 
     def _on_tool_call(self, msg: agent.ToolCall) -> list[Action]:
         if self.state is not State.LIVE:
-            return [Log.warning("tool.call_ignored", call_id=msg.call_id, state=self.state.value)]
+            return [
+                Log.warning("tool.call_ignored", tool_call_id=msg.call_id, state=self.state.value)
+            ]
         if msg.call_id in self._seen_tool_calls:
-            return [Log.warning("tool.duplicate_call", call_id=msg.call_id)]
+            return [Log.warning("tool.duplicate_call", tool_call_id=msg.call_id)]
         self._seen_tool_calls.add(msg.call_id)
         self._tool_reply[msg.call_id] = self._current_reply
         raw = msg.arguments if msg.arguments is not UNSET else msg.args
         recorded = raw if isinstance(raw, dict) else {"raw": str(raw)[:2000]}
         self._tool_started[msg.call_id] = (msg.name, recorded, self._clock())
-        log = Log.debug("tool.called", call_id=msg.call_id, name=msg.name)
+        log = Log.debug("tool.called", tool_call_id=msg.call_id, name=msg.name)
         tool = self._tools.get(msg.name)
         if tool is None:
             return [
@@ -766,13 +785,15 @@ class CallBridge:
         if msg.call_id not in self._tool_reply or any(
             held.call_id == msg.call_id for held in self._held_results
         ):
-            return [Log.warning("tool.result_for_unknown_call", call_id=msg.call_id)]
+            return [Log.warning("tool.result_for_unknown_call", tool_call_id=msg.call_id)]
         if self._tool_reply[msg.call_id] in self._interrupted_replies:
             del self._tool_reply[msg.call_id]
             log, record = self._tool_done(msg, discarded=True)
             return [
                 log,
-                Log.info("tool.result_discarded", call_id=msg.call_id, why="reply interrupted"),
+                Log.info(
+                    "tool.result_discarded", tool_call_id=msg.call_id, why="reply interrupted"
+                ),
                 record,
             ]
         self._held_results.append(msg)
@@ -808,7 +829,7 @@ class CallBridge:
             del self._tool_reply[result.call_id]
             self._tool_started.pop(result.call_id, None)
         return [
-            Log.info("tool.result_discarded", call_id=r.call_id, why="reply interrupted")
+            Log.info("tool.result_discarded", tool_call_id=r.call_id, why="reply interrupted")
             for r in discarded
         ]
 
@@ -992,7 +1013,7 @@ class CallBridge:
         duration_ms = round((self._clock() - started) * 1000, 1)
         log = Log.info(
             "tool.finished",
-            call_id=msg.call_id,
+            tool_call_id=msg.call_id,
             name=name,
             is_error=msg.is_error,
             duration_ms=duration_ms,
@@ -1019,7 +1040,9 @@ class CallBridge:
 
     def _reply_records(self, reply: ReplyPlayout) -> list[Action]:
         out: list[Action] = []
-        if reply.text or reply.bytes_sent:
+        # A reply that said nothing (no words, no audible audio: a tool's silent pre-amble,
+        # a reply cut off in its silent lead-in) is no line of the transcript.
+        if reply.text or reply.first_audible_sent_at is not None:
             out.append(
                 Record(
                     records.TranscriptLine(
@@ -1035,12 +1058,10 @@ class CallBridge:
                     )
                 )
             )
-        if reply.turn_ended_at is not None:
-
-            def since_turn(at: float | None) -> float | None:
-                assert reply.turn_ended_at is not None
-                return None if at is None else round((at - reply.turn_ended_at) * 1000, 1)
-
+        turn, audible_turn = reply.turn_ended_at, reply.audible_turn_ended_at
+        if turn is not None or (audible_turn is not None and reply.first_audible_sent_at):
+            # To the reply's first audio (its silent lead-in, as a rule), and to its first
+            # audible audio, which may come in a later reply than the turn's first one.
             out.append(
                 Record(
                     records.TurnLatency(
@@ -1048,8 +1069,14 @@ class CallBridge:
                         self._next_seq(),
                         self._wall(),
                         reply.reply_id,
-                        to_first_audio_sent_ms=since_turn(reply.first_sent_at),
-                        to_first_audio_played_ms=since_turn(reply.first_played_at),
+                        to_first_audio_sent_ms=_ms_since(turn, reply.first_sent_at),
+                        to_first_audio_played_ms=_ms_since(turn, reply.first_played_at),
+                        to_first_audible_sent_ms=_ms_since(
+                            audible_turn, reply.first_audible_sent_at
+                        ),
+                        to_first_audible_played_ms=_ms_since(
+                            audible_turn, reply.first_audible_played_at
+                        ),
                     )
                 )
             )

@@ -10,6 +10,13 @@ time elapsed at 8000 bytes/s, never beyond what was sent.
 This ledger is the one source of truth for "has the caller heard it": transcripts of what
 was heard next to what was generated, and latency to the first audio actually played.
 No I/O: the bridge feeds it and passes a clock.
+
+Every reply starts with a fraction of a second to two seconds of silence, and a tool's
+pre-amble may be silent throughout. So the ledger also finds each reply's first audible
+chunk (`is_audible`: cheap, on the bytes, and only until it is found), sends a mark right
+after it, and times the turn to it as well: to the caller's ear, the answer starts there.
+A turn whose replies stay silent (a pre-amble) is answered by the first reply after it
+that is audible.
 """
 
 from __future__ import annotations
@@ -23,6 +30,24 @@ MARK_EVERY_BYTES = 2000  # a quarter of a second
 MARK_PREFIX = "cb-"
 _END_SUFFIX = ":end"
 _PREFIX_LEN, _SUFFIX_LEN = len(MARK_PREFIX), len(_END_SUFFIX)
+
+# Audibility, judged on μ-law bytes without decoding them. A byte is quiet when its
+# (inverted) exponent is 0 or 1, that is when bits 5 and 6 are both set: 0x60-0x7F and
+# 0xE0-0xFF, every sample within 372 of 0 out of 32767 (below about -39 dBFS; 0xFF and
+# 0x7F are digital silence). A chunk is audible when at least one in AUDIBLE_SHARE of the
+# bytes sampled, every third one from the first, is not quiet. Every third byte, because
+# the compiled fast path judges the chunks it relays the same way on their base64 text, in
+# which every third byte starts a group of four characters and is read from the first
+# character alone (see `_compiled.pyx`): both paths judge every chunk alike.
+AUDIBLE_SHARE = 16
+_QUIET_BYTES = bytes(b for b in range(256) if b & 0x60 == 0x60)
+
+
+def is_audible(data: bytes) -> bool:
+    """Whether a chunk of μ-law audio holds something a caller would hear (see above)."""
+    samples = data[::3]
+    loud = len(samples.translate(None, _QUIET_BYTES))
+    return loud > 0 and loud * AUDIBLE_SHARE >= len(samples)
 
 
 @dataclass
@@ -38,6 +63,13 @@ class ReplyPlayout:
     first_sent_at: float | None = None
     first_played_at: float | None = None
     confirmed_at: float | None = None  # clock of the last played mark
+    # Until the first audible chunk: next_mark_at stays 0 (so every chunk the bridge is
+    # given comes to `count_marked`, which judges it) and the next mark is due here.
+    quiet_mark_at: int = 0
+    audible_from: int | None = None  # bytes_sent before the first audible chunk
+    audible_turn_ended_at: float | None = None  # the turn still waiting for audible audio
+    first_audible_sent_at: float | None = None
+    first_audible_played_at: float | None = None
     done: bool = False  # reply.done seen
     resolved: bool = False  # playback is over: end mark played, or cleared
     settled: bool = False
@@ -62,32 +94,38 @@ class PlayoutLedger:
         self._pending: deque[tuple[int, int, int]] = deque()  # (mark, reply index, bytes)
         self._flushed_upto = -1  # marks up to this number were flushed by a clear
         self._turn_ended_at: float | None = None
+        # The last turn no reply has answered with audible audio yet.
+        self._unanswered_turn_at: float | None = None
         self._maybe_settled = False  # a reply became done or resolved since settled()
         self._sent_since_clear = False  # audio went to Twilio after the last clear
 
     # --- what the bridge tells it -----------------------------------------------------
 
     def turn_ended(self) -> None:
-        self._turn_ended_at = self._clock()
+        self._turn_ended_at = self._unanswered_turn_at = self._clock()
 
     def reply_started(self, reply_id: str | None) -> None:
         reply = ReplyPlayout(self._next_index, reply_id, self._turn_ended_at)
+        reply.audible_turn_ended_at = self._unanswered_turn_at
         self._turn_ended_at = None
         self._next_index += 1
         self._replies[reply.index] = reply
         self._by_id[reply_id] = reply
         self._current = reply
 
-    def audio_sent(self, reply_id: str | None, audio_bytes: int) -> str | None:
+    def audio_sent(
+        self, reply_id: str | None, audio_bytes: int, data: bytes | None = None
+    ) -> str | None:
         """Count a chunk sent to Twilio; returns a mark name to send after it, when one is due."""
         if self.count_unmarked(reply_id, audio_bytes):
             return None
-        return self.count_marked(reply_id, audio_bytes)
+        return self.count_marked(reply_id, audio_bytes, data)
 
     def count_unmarked(self, reply_id: str | None, audio_bytes: int) -> bool:
         """Count a chunk that needs no mark after it and return True; or count nothing and
         return False when a mark is due (the reply's first chunk, or a quarter second
-        crossed); then `count_marked` counts it. `audio_sent` is the two in one."""
+        crossed, or the reply's first audible chunk not found yet); then `count_marked`
+        counts it. `audio_sent` is the two in one."""
         reply = self._by_id.get(reply_id)
         if reply is None:
             return False
@@ -98,29 +136,33 @@ class PlayoutLedger:
         self._sent_since_clear = True
         return True
 
-    def relay_window(self, fenced: Container[str | None]) -> tuple[str | None, int, int, int]:
+    def relay_window(self, fenced: Container[str | None]) -> tuple[str | None, int, int, int, bool]:
         """What the audio fast path may do until the next event, in one call (the bridge
         asks after every event): relay the current reply's audio, unless it is `fenced`,
-        up to as many bytes as `count_unmarked` would take before a mark is due (the
-        reply's id and that budget; 0: none); and the numbers of the marks sent and not
-        yet echoed (the last two: the first, and the next to send). The fast path numbers
-        the marks it sends from that next one, and may hold back the echo of any mark in
-        that window for `marks_echoed` (see `count_relayed`)."""
+        up to as many bytes as `count_marked` would take before a mark is due (the
+        reply's id and that budget; 0: none); the numbers of the marks sent and not yet
+        echoed (the first, and the next to send); and whether only quiet chunks may be
+        relayed (the reply's first audible chunk not found yet: that one comes here). The
+        fast path numbers the marks it sends from that next one, and may hold back the
+        echo of any mark in that window for `marks_echoed` (see `count_relayed`)."""
         pending = self._pending
         next_mark = self._next_mark
         first = pending[0][0] if pending else next_mark
         reply = self._current
         if reply is not None and self._by_id.get(reply.reply_id) is reply:
-            budget = reply.next_mark_at - reply.bytes_sent
+            quiet_only = reply.audible_from is None
+            due = reply.quiet_mark_at if quiet_only else reply.next_mark_at
+            budget = due - reply.bytes_sent
             if budget > 0 and reply.reply_id not in fenced:
-                return reply.reply_id, budget, first, next_mark
-        return None, 0, first, next_mark
+                return reply.reply_id, budget, first, next_mark, quiet_only
+        return None, 0, first, next_mark, False
 
     def count_relayed(self, audio_bytes: int, marks: Sequence[int] = ()) -> None:
         """Count chunks the fast path relayed for the current reply since `relay_window`
         (nothing else reaches the ledger in between), with the marks it sent after the
         chunks that crossed a mark, as `count_marked` would have: each given as the bytes
-        relayed up to it, numbered on from `relay_window`'s next mark."""
+        relayed up to it, numbered on from `relay_window`'s next mark. Under a quiet-only
+        window the chunks were all quiet: the reply still awaits its audible start."""
         reply = self._current
         assert reply is not None, "relayed audio without an unmarked budget"
         start = reply.bytes_sent
@@ -128,19 +170,39 @@ class PlayoutLedger:
             reply.bytes_sent = start + relayed
             self._mark(reply)
         if marks:
-            reply.next_mark_at = _mark_after(reply.bytes_sent)
+            if reply.audible_from is None:
+                reply.quiet_mark_at = _mark_after(reply.bytes_sent)
+            else:
+                reply.next_mark_at = _mark_after(reply.bytes_sent)
         reply.bytes_sent = start + audio_bytes
         if audio_bytes:
             self._sent_since_clear = True
 
-    def count_marked(self, reply_id: str | None, audio_bytes: int) -> str:
-        """Count a chunk that `count_unmarked` refused; returns the mark to send after it."""
+    def count_marked(
+        self, reply_id: str | None, audio_bytes: int, data: bytes | None = None
+    ) -> str | None:
+        """Count a chunk that `count_unmarked` refused; returns the mark to send after it,
+        if one is due. Until the reply's first audible chunk, each is judged by its audio
+        `data` (None: audible): the first audible one gets a mark of its own."""
         reply = self._reply(reply_id)
+        before = reply.bytes_sent
         reply.bytes_sent += audio_bytes
         self._sent_since_clear = True
-        reply.next_mark_at = _mark_after(reply.bytes_sent)
         if reply.first_sent_at is None:
             reply.first_sent_at = self._clock()  # the first mark times the first audio played
+        if reply.audible_from is None:
+            if data is not None and not is_audible(data):
+                if reply.bytes_sent < reply.quiet_mark_at:
+                    return None
+                reply.quiet_mark_at = _mark_after(reply.bytes_sent)
+                return self._mark(reply)
+            reply.audible_from = before
+            reply.first_audible_sent_at = self._clock()  # its mark times it played
+            if reply.audible_turn_ended_at == self._unanswered_turn_at:
+                self._unanswered_turn_at = None  # this reply answers the turn
+            else:  # another reply did, or the caller spoke again since this one started
+                reply.audible_turn_ended_at = None
+        reply.next_mark_at = _mark_after(reply.bytes_sent)
         return self._mark(reply)
 
     def transcript(self, reply_id: str | None, text: str, interrupted: bool) -> None:
@@ -214,6 +276,12 @@ class PlayoutLedger:
             reply.confirmed_at = now
             if reply.first_played_at is None:
                 reply.first_played_at = now
+            if (
+                reply.first_audible_played_at is None
+                and reply.audible_from is not None
+                and confirmed > reply.audible_from
+            ):
+                reply.first_audible_played_at = now
             if reply.done and reply.bytes_played >= reply.bytes_sent:
                 reply.resolved = True
                 self._maybe_settled = True

@@ -35,16 +35,49 @@ BUILT_AGAINST_PICOWS = CALLBRIDGE_PICOWS_VERSION.decode()
 cdef unsigned char _SEXTET[256]  # the value of each base64 character; 64: not one
 
 
+# Audibility of μ-law audio, as `playout_ledger.is_audible` judges it: every third byte
+# sampled, loud unless bits 5 and 6 are both set. Every third byte is the first of a group
+# of four base64 characters, and those two bits are bits 3 and 4 of the first character's
+# sextet: one table look-up a sample, no decoding.
+cdef unsigned char _LOUD_LEAD[256]  # 1: a group starting with this character is loud
+
+
 cdef void _fill_sextets():
     cdef bytes alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
     cdef int i
     for i in range(256):
         _SEXTET[i] = 64
+        _LOUD_LEAD[i] = 0
     for i in range(64):
         _SEXTET[<unsigned char>alphabet[i]] = i
+        _LOUD_LEAD[<unsigned char>alphabet[i]] = (i & 0x18) != 0x18
 
 
 _fill_sextets()
+
+
+cdef bint _audible(const unsigned char* text, Py_ssize_t n, Py_ssize_t share) noexcept nogil:
+    """Whether the audio of a JSON string of canonical base64 (`text[:n]`, quotes
+    included; see `_base64_size`) is audible: at least one in `share` of its groups'
+    first bytes loud. Stops at the first group that settles it."""
+    cdef Py_ssize_t groups = (n - 2) >> 2, i, loud = 0
+    cdef Py_ssize_t needed = (groups + share - 1) // share
+    text += 1
+    for i in range(groups):
+        loud += _LOUD_LEAD[text[i << 2]]
+        if loud >= needed:
+            return True
+    return False
+
+
+def audible(raw, Py_ssize_t share):
+    """`_audible` of a `msgspec.Raw` of canonical base64, for the tests."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(raw, &view, PyBUF_SIMPLE)
+    try:
+        return _audible(<const unsigned char*>view.buf, view.len, share)
+    finally:
+        PyBuffer_Release(&view)
 
 
 cdef Py_ssize_t _base64_size(const unsigned char* text, Py_ssize_t n) noexcept nogil:
@@ -302,6 +335,8 @@ cdef class AgentAudioSocket(AudioSocket):
     cdef object _reply_id
     cdef object _stream_sid  # the stream the four parts below are for
     cdef Py_ssize_t _budget  # a mark goes after the chunk that makes this many bytes go
+    cdef bint _quiet_only  # only chunks not audible: the first audible one takes the full path
+    cdef Py_ssize_t _audible_share
     cdef long long relayed_frames
     cdef long long relayed_bytes
     cdef list _marks  # the marks sent, each as relayed_bytes up to it; None: none
@@ -320,13 +355,17 @@ cdef class AgentAudioSocket(AudioSocket):
         self.relayed_bytes = 0
         self._marks = None
 
-    def configure_fast_path(self, decode, audio_type, frame_parts, Py_ssize_t mark_every):
+    def configure_fast_path(self, decode, audio_type, frame_parts, Py_ssize_t mark_every,
+                            Py_ssize_t audible_share=16):
         """How to read the agent's frames (`decode`; audio to `audio_type`, its data a
         `msgspec.Raw`) and write Twilio's (`frame_parts(stream_sid)`: the bytes around
-        a media message's text and around a mark's number), and the marks due every
-        `mark_every` bytes of a reply."""
+        a media message's text and around a mark's number), the marks due every
+        `mark_every` bytes of a reply, and what audible is (`_audible`'s share)."""
         if mark_every <= 0:
             raise ValueError(f"mark_every must be positive, not {mark_every}")
+        if audible_share <= 0:
+            raise ValueError(f"audible_share must be positive, not {audible_share}")
+        self._audible_share = audible_share
         self._decode = decode
         self._audio_type = audio_type
         self._frame_parts = frame_parts
@@ -356,7 +395,8 @@ cdef class AgentAudioSocket(AudioSocket):
                 PyObject_GetBuffer(event.data, &text, PyBUF_SIMPLE)
                 try:
                     size = _base64_size(<const unsigned char*>text.buf, text.len)
-                    if size > 0:
+                    if size > 0 and not (self._quiet_only and _audible(
+                            <const unsigned char*>text.buf, text.len, self._audible_share)):
                         self.relayed_frames += 1
                         self.relayed_bytes += size
                         if size < self._budget:
@@ -439,8 +479,9 @@ def take_relayed(TwilioAudioSocket twilio, AgentAudioSocket agent):
 
 def set_routes(TwilioAudioSocket twilio, AgentAudioSocket agent, route):
     """Set the bridge's `AudioRoute`: (caller audio to the agent?, stream sid or None,
-    reply id, bytes before the next mark, first mark not echoed, next mark)."""
-    to_agent, stream_sid, reply_id, budget, marks_from, next_mark = route
+    reply id, bytes before the next mark, first mark not echoed, next mark, quiet chunks
+    only?)."""
+    to_agent, stream_sid, reply_id, budget, marks_from, next_mark, quiet_only = route
     twilio._agent = agent if to_agent else None
     twilio._marks_from = marks_from
     twilio._next_mark = next_mark
@@ -451,6 +492,7 @@ def set_routes(TwilioAudioSocket twilio, AgentAudioSocket agent, route):
         agent._twilio = twilio
         agent._reply_id = reply_id
         agent._budget = budget
+        agent._quiet_only = quiet_only
 
 
 def end_routes(TwilioAudioSocket twilio, AgentAudioSocket agent):

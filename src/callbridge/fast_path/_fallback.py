@@ -50,6 +50,7 @@ class AgentAudioSocket(AudioSocket):
         audio_type: type,
         frame_parts: Callable[[str], tuple[bytes, bytes, bytes, bytes]],
         mark_every: int,
+        audible_share: int = 16,
     ) -> None:
         pass
 
@@ -64,7 +65,7 @@ def take_relayed(twilio: TwilioAudioSocket, agent: AgentAudioSocket) -> Relayed 
 def set_routes(
     twilio: TwilioAudioSocket,
     agent: AgentAudioSocket,
-    route: tuple[bool, Any, Any, int, int, int],
+    route: tuple[bool, Any, Any, int, int, int, bool],
 ) -> None:
     pass
 

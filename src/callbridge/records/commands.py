@@ -244,15 +244,7 @@ def render_call(call: CallDetail) -> str:
     for tool in call.tool_calls:
         events.append((tool.seq, f"{_offset(tool.offset_seconds)}  tool    {_tool(tool)}"))
     for lat in call.turn_latencies:
-        sent = _ms(lat.to_first_audio_sent_ms)
-        played = _ms(lat.to_first_audio_played_ms)
-        events.append(
-            (
-                lat.seq,
-                f"{_offset(lat.offset_seconds)}  latency first audio sent {sent}, "
-                f"played {played} after the caller stopped",
-            )
-        )
+        events.append((lat.seq, f"{_offset(lat.offset_seconds)}  latency {_latency(lat)}"))
     for err in call.errors:
         message = f": {err.message}" if err.message else ""
         events.append(
@@ -266,6 +258,22 @@ def render_call(call: CallDetail) -> str:
 
 def _offset(seconds: float) -> str:
     return f"{seconds:+8.2f}s"
+
+
+def _latency(lat: queries.TurnLatencyItem) -> str:
+    """`first words sent 1020 ms, played 1100 ms (first audio sent 0 ms, played 80 ms)
+    after the caller stopped`: the wait the caller heard first, the reply's silent
+    lead-in in brackets; either part alone when the other was not measured."""
+    words = (lat.to_first_audible_sent_ms, lat.to_first_audible_played_ms)
+    audio = (lat.to_first_audio_sent_ms, lat.to_first_audio_played_ms)
+    parts = [
+        f"{what} sent {_ms(sent)}, played {_ms(played)}"
+        for what, (sent, played) in (("first words", words), ("first audio", audio))
+        if sent is not None or played is not None
+    ]
+    if len(parts) == 2:
+        parts = [f"{parts[0]} ({parts[1]})"]
+    return f"{parts[0] if parts else 'first audio -'} after the caller stopped"
 
 
 def _ms(value: float | None) -> str:

@@ -77,7 +77,9 @@ class ToolInvocation(msgspec.Struct, frozen=True):
 
 
 class TurnLatency(msgspec.Struct, frozen=True):
-    """From the end of the caller's speech (input.speech.stopped) to the reply's audio."""
+    """From the end of the caller's speech (input.speech.stopped) to the reply's audio:
+    its first audio (a silent lead-in, as a rule), and its first audible audio (the first
+    words; None when this reply had none, or another reply answered the turn first)."""
 
     call_id: str
     seq: int
@@ -85,6 +87,8 @@ class TurnLatency(msgspec.Struct, frozen=True):
     reply_id: str | None
     to_first_audio_sent_ms: float | None
     to_first_audio_played_ms: float | None
+    to_first_audible_sent_ms: float | None = None
+    to_first_audible_played_ms: float | None = None
 
 
 class CallError(msgspec.Struct, frozen=True):

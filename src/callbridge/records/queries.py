@@ -132,6 +132,8 @@ class TurnLatencyItem(msgspec.Struct, kw_only=True):
     reply_id: str | None
     to_first_audio_sent_ms: float | None
     to_first_audio_played_ms: float | None
+    to_first_audible_sent_ms: float | None
+    to_first_audible_played_ms: float | None
 
 
 class ErrorItem(msgspec.Struct, kw_only=True):

@@ -171,6 +171,9 @@ turn_latencies = Table(
     Column("reply_id", String),
     Column("to_first_audio_sent_ms", Double),
     Column("to_first_audio_played_ms", Double),
+    # To the first audible audio (after the reply's silent lead-in): migration 0002.
+    Column("to_first_audible_sent_ms", Double),
+    Column("to_first_audible_played_ms", Double),
 )
 
 call_errors = Table(

@@ -212,6 +212,8 @@ def _entry_row(
             entry.reply_id,
             entry.to_first_audio_sent_ms,
             entry.to_first_audio_played_ms,
+            entry.to_first_audible_sent_ms,
+            entry.to_first_audible_played_ms,
         )
     if isinstance(entry, CallError):
         return call_errors, (

@@ -51,7 +51,7 @@ from callbridge.bridge.inputs import (
     TwilioClosed,
     TwilioProtocolError,
 )
-from callbridge.bridge.playout_ledger import MARK_EVERY_BYTES, MARK_PREFIX
+from callbridge.bridge.playout_ledger import AUDIBLE_SHARE, MARK_EVERY_BYTES, MARK_PREFIX
 from callbridge.fast_path import Relayed, frames
 from callbridge.logs import EventLogger
 from callbridge.records.entries import RecordEntry
@@ -72,6 +72,16 @@ _decode_twilio = twilio.decode_strict
 _TWILIO_DECODE_ERRORS = twilio.DECODE_ERRORS
 _INVALID_TEXT = twilio.InvalidText
 _INPUT_AUDIO_PARTS = frames.input_audio_parts()
+# `call.ended`'s counts (see `CallBridge.stats`): always these; those below only if not 0.
+_ENDED_COUNTS = ("frames_from_twilio", "frames_to_agent", "frames_to_twilio")
+_ENDED_COUNTS_IF_ANY = (
+    "dropped",
+    "rate_limited_frames",
+    "rejected_frames",
+    "invalid_agent_events",
+    "resumes",
+    "fresh_sessions",
+)
 _take_relayed = fast_path_module.take_relayed
 _set_routes = fast_path_module.set_routes
 _end_routes = fast_path_module.end_routes
@@ -129,11 +139,13 @@ class CallRunner:
         self._use_fast_path = fast_path and fast_path_module.COMPILED
         self._fast_twilio: fast_path_module.TwilioAudioSocket | None = None
         self._fast_agent: fast_path_module.AgentAudioSocket | None = None
+        self._started_at = self._now()  # when run() began: the call's duration in the log
         self.done = asyncio.Event()  # set once run() has returned
         self.finished_reason: str | None = None
 
     async def run(self) -> None:
         """Serve the call until both sockets are closed. Never raises (bar cancellation)."""
+        self._started_at = self._now()
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -162,17 +174,33 @@ class CallRunner:
                 self._take_relayed()  # for the counts logged below
             self._end_fast_path()
             self.done.set()
-            self.log.info(
-                "call.ended",
-                reason=self.finished_reason or self.bridge.end_reason,
-                detail=self.bridge.end_detail or None,
-                session_id=self.bridge.session_id,
-                rate_limited_frames=self.rate_limited_frames,
-                fast_path_frames=self.fast_path_frames,
-                fast_path_marks=self.fast_path_marks,
-                fast_path_echoes=self.fast_path_echoes,
-                **self.bridge.stats,
-            )
+            self._log_ended()
+
+    def _log_ended(self) -> None:
+        """The call's last line, at INFO: how it ended, how long it took, the audio
+        relayed; counts of what went wrong only when something did. How the audio was
+        relayed (the fast path's share) is a DEBUG line just before it."""
+        self.log.debug(
+            "call.fast_path",
+            fast_path_frames=self.fast_path_frames,
+            fast_path_marks=self.fast_path_marks,
+            fast_path_echoes=self.fast_path_echoes,
+        )
+        bridge = self.bridge
+        stats = {"rate_limited_frames": self.rate_limited_frames, **bridge.stats}
+        fields: dict[str, Any] = {"reason": str(self.finished_reason or bridge.end_reason)}
+        if bridge.end_detail:
+            fields["detail"] = bridge.end_detail
+        fields["duration_seconds"] = round(self._now() - self._started_at, 1)
+        if bridge.session_id:
+            fields["session_id"] = bridge.session_id
+        for name in _ENDED_COUNTS:
+            if name in stats:
+                fields[name] = stats[name]
+        for name in _ENDED_COUNTS_IF_ANY:
+            if stats.get(name):
+                fields[name] = stats[name]
+        self.log.info("call.ended", **fields)
 
     async def end(self, event: object) -> None:
         """Feed an event from outside the call (server shutdown, say)."""
@@ -430,7 +458,7 @@ class CallRunner:
         outcome = await run_tool(action.tool, action.arguments)
         if outcome.failure is not None:
             self.log.exception(
-                "tool.raised", outcome.failure, call_id_tool=action.call_id, name=action.tool.name
+                "tool.raised", outcome.failure, tool_call_id=action.call_id, name=action.tool.name
             )
         self._feed(ToolFinished(action.call_id, outcome.result, outcome.is_error))
 
@@ -465,7 +493,11 @@ def configure_agent_fast_path(sock: fast_path_module.AgentAudioSocket) -> None:
     """What the agent socket's fast path reads and writes: reply audio as Twilio media, with
     the playout ledger's marks."""
     sock.configure_fast_path(
-        agent.decode_relay, agent.RelayReplyAudio, _twilio_frame_parts, MARK_EVERY_BYTES
+        agent.decode_relay,
+        agent.RelayReplyAudio,
+        _twilio_frame_parts,
+        MARK_EVERY_BYTES,
+        AUDIBLE_SHARE,
     )
 
 

@@ -110,8 +110,9 @@ class CallMetrics:
         )
         self.turn_latency = Histogram(
             "callbridge_turn_latency_seconds",
-            "From the end of the caller's speech to the reply's first audio: sent to Twilio, "
-            "and played (confirmed by Twilio's mark).",
+            "From the end of the caller's speech to the reply's first audio (its silent "
+            "lead-in, as a rule), sent to Twilio and played (confirmed by Twilio's mark); "
+            "audible-sent and audible-played: to its first audible audio, the first words.",
             ["stage"],
             buckets=_TURN_BUCKETS,
             registry=r,
@@ -140,6 +141,14 @@ class CallMetrics:
                 self.turn_latency.labels("sent").observe(entry.to_first_audio_sent_ms / 1000)
             if entry.to_first_audio_played_ms is not None:
                 self.turn_latency.labels("played").observe(entry.to_first_audio_played_ms / 1000)
+            if entry.to_first_audible_sent_ms is not None:
+                self.turn_latency.labels("audible-sent").observe(
+                    entry.to_first_audible_sent_ms / 1000
+                )
+            if entry.to_first_audible_played_ms is not None:
+                self.turn_latency.labels("audible-played").observe(
+                    entry.to_first_audible_played_ms / 1000
+                )
         elif isinstance(entry, ToolInvocation):
             tool = self._tool_name(entry.name)
             outcome = "discarded" if entry.discarded else "error" if entry.is_error else "ok"
