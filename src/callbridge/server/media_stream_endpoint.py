@@ -17,6 +17,7 @@ from callbridge.bot import Direction
 from callbridge.bridge.call_bridge import CallBridge
 from callbridge.logs import EventLogger
 from callbridge.server.call_runner import CallRunner
+from callbridge.server.connections import on_reused_connection
 from callbridge.server.state import APP_STATE, AppState
 from callbridge.server.twilio_auth import SignatureError
 from callbridge.server.twilio_socket import AiohttpTwilioSocket, TwilioSocket
@@ -126,7 +127,11 @@ async def _serve_stream(request: web.Request, direction: Direction) -> web.Strea
         raise _http_error(exc) from None
     if state.http is None:
         raise web.HTTPServiceUnavailable(text="not started\n")
-    if state.picows_streams and not state.warned_stream_on_aiohttp:
+    if (
+        state.picows_streams
+        and not state.warned_stream_on_aiohttp
+        and on_reused_connection(request)
+    ):
         # The main port routes a connection by its first request: this one began with
         # another request, so a proxy in front is reusing connections for upgrades.
         state.warned_stream_on_aiohttp = True
