@@ -142,13 +142,17 @@ async def _serve_stream(request: web.Request, direction: Direction) -> web.Strea
         )
     # No permessage-deflate: μ-law audio in base64 hardly compresses, and it costs CPU.
     # Text frames stay bytes: the JSON decoder takes bytes (and checks their UTF-8) as is.
+    # No autoping: the socket answers pings, and counts them towards the message limit.
     ws = web.WebSocketResponse(
         max_msg_size=state.settings.callbridge_max_message_bytes,
         compress=False,
         decode_text=False,
+        autoping=False,
     )
     await ws.prepare(request)
-    twilio_socket = AiohttpTwilioSocket(ws, request.transport)
+    twilio_socket = AiohttpTwilioSocket(
+        ws, request.transport, state.settings.callbridge_max_messages_per_second
+    )
     try:
         runner = start_call(state, call_id, direction, twilio_socket, log)
     except StreamRefused:
