@@ -15,6 +15,7 @@ from callbridge.app import build_app
 from callbridge.bot import Bot
 from callbridge.bot import bot as default_bot
 from callbridge.config import Settings
+from callbridge.server.lifecycle import app_runner
 from callbridge.server.shared_port import main_port_site
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import DEFAULT_ACCOUNT_SID, TwilioSimulator
@@ -124,7 +125,7 @@ async def start_server(
         overrides.setdefault("callbridge_api_token", API_TOKEN)
         settings = make_settings(**overrides)
         app = build_app(settings, bot)
-        runner = web.AppRunner(app, handle_signals=False)
+        runner = app_runner(app, settings)
         await runner.setup()
         site = main_port_site(runner, "127.0.0.1", 0)
         await site.start()

@@ -13,6 +13,7 @@ from callbridge.bot import Bot
 from callbridge.config import Settings
 from callbridge.records.store import CallStore
 from callbridge.server import media_stream_endpoint, records_api, webhooks
+from callbridge.server.connections import FIRST_REQUESTS, FirstRequests, note_first_request
 from callbridge.server.lifecycle import end_calls_now
 from callbridge.server.metrics import METRICS, CallMetrics, metrics_endpoint
 from callbridge.server.picows_streams import PICOWS_STREAMS, PicowsStreams
@@ -43,8 +44,11 @@ def build_app(settings: Settings, bot: Bot) -> web.Application:
         auth=TwilioAuthenticator(settings),
         records=CallStore.from_settings(settings),
     )
-    app = web.Application()
+    # The main port closes a connection whose first request is not in by the deadline;
+    # the middleware tells it which have arrived (and a stream which connection it is on).
+    app = web.Application(middlewares=[note_first_request])
     app[APP_STATE] = state
+    app[FIRST_REQUESTS] = FirstRequests()
     app.router.add_post("/twiml", webhooks.inbound_twiml)
     app.router.add_post("/outbound-twiml", webhooks.outbound_twiml)
     app.router.add_post("/call-status", webhooks.call_status)

@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     max_call_seconds: float = Field(default=3600.0, ge=5, le=4 * 3600)
     callbridge_idle_seconds: float = Field(default=10.0, ge=1, le=600)
     callbridge_max_messages_per_second: int = Field(default=200, ge=60, le=100_000)
+    # Connections: how long a client may take to send a request, how long an idle
+    # keep-alive connection is kept, and how many connections one address may hold
+    # (unset: twice MAX_CALLS plus 100, so Twilio is never refused; see README, Security).
+    callbridge_request_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    callbridge_keepalive_seconds: float = Field(default=75.0, gt=0, le=3600)
+    callbridge_max_connections_per_client: int | None = Field(default=None, ge=1)
 
     # Resilience
     drain_seconds: float = Field(default=30.0, ge=0, le=3600)

@@ -50,7 +50,7 @@ def server_protocol_factory(
             20.0,  # auto_ping_idle_timeout (unused)
             20.0,  # auto_ping_reply_timeout (unused)
             WSAutoPingStrategy.PING_WHEN_IDLE,
-            True,  # enable_auto_pong
+            False,  # enable_auto_pong: the listener answers (and counts) pings
             max_frame_size,
             None,  # extra_headers: client side only
             read_buffer_init_size,
@@ -108,14 +108,26 @@ class FragmentedMessages:
         self._max_bytes = max_bytes
         self._parts: list[bytes] | None = None
         self._size = 0
+        self._skipping = False  # a binary message's fragments, dropped
+
+    @property
+    def in_progress(self) -> bool:
+        """A message has begun and its final fragment is still to come."""
+        return self._parts is not None or self._skipping
+
+    def skip(self, frame: WSFrame) -> None:
+        """A BINARY frame (not taken): without fin, its continuations are dropped."""
+        self._skipping = not frame.fin
 
     def add(self, frame: WSFrame) -> bytes | None:
         """Take a TEXT frame without fin or a CONTINUATION; the whole message once complete.
 
-        A continuation of nothing is ignored; past `max_bytes` raises MessageTooBig."""
+        A continuation of nothing (or of a skipped message) is ignored; past `max_bytes`
+        raises MessageTooBig."""
         if frame.msg_type is WSMsgType.TEXT:
             self._parts, self._size = [], 0
         elif self._parts is None:
+            self._skipping = self._skipping and not frame.fin
             return None
         self._size += frame.payload_size
         if self._size > self._max_bytes:

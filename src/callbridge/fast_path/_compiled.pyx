@@ -229,7 +229,8 @@ cdef class AudioSocket(WSListener):
 
     cdef inline object _decoded(self, WSFrame frame):
         """The decoded message of a whole text frame; else None (the full path's)."""
-        if self.stopped or frame.msg_type != WSMsgType.TEXT or not frame.fin:
+        if (self.stopped or frame.msg_type != WSMsgType.TEXT or not frame.fin
+                or frame.rsv1 or frame.rsv2 or frame.rsv3):  # reserved bits: refused there
             return None
         try:
             return self._decode(frame.get_payload_as_memoryview())

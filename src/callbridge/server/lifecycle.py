@@ -25,8 +25,20 @@ _GOODBYE_WAIT_SECONDS = 25.0  # the agent's wrap-up (20 s at most) plus hanging 
 _FORCED_WAIT_SECONDS = 5.0  # session.end, session.ended, sockets closed
 
 
+def app_runner(app: web.Application, settings: Settings) -> web.AppRunner:
+    """aiohttp's runner for the app, as the server runs it. An idle keep-alive connection
+    is closed after CALLBRIDGE_KEEPALIVE_SECONDS (aiohttp's own default is an hour)."""
+    return web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=5.0,
+        keepalive_timeout=settings.callbridge_keepalive_seconds,
+    )
+
+
 async def serve(app: web.Application, settings: Settings, log: EventLogger) -> None:
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
+    runner = app_runner(app, settings)
     try:
         # Inside: if start-up fails part way (the spool, the port), what did start is closed.
         await runner.setup()

@@ -17,6 +17,7 @@ from callbridge.bot import Direction
 from callbridge.bridge.call_bridge import CallBridge
 from callbridge.logs import EventLogger
 from callbridge.server.call_runner import CallRunner
+from callbridge.server.connections import on_reused_connection
 from callbridge.server.state import APP_STATE, AppState
 from callbridge.server.twilio_auth import SignatureError
 from callbridge.server.twilio_socket import AiohttpTwilioSocket, TwilioSocket
@@ -126,7 +127,11 @@ async def _serve_stream(request: web.Request, direction: Direction) -> web.Strea
         raise _http_error(exc) from None
     if state.http is None:
         raise web.HTTPServiceUnavailable(text="not started\n")
-    if state.picows_streams and not state.warned_stream_on_aiohttp:
+    if (
+        state.picows_streams
+        and not state.warned_stream_on_aiohttp
+        and on_reused_connection(request)
+    ):
         # The main port routes a connection by its first request: this one began with
         # another request, so a proxy in front is reusing connections for upgrades.
         state.warned_stream_on_aiohttp = True
@@ -137,13 +142,17 @@ async def _serve_stream(request: web.Request, direction: Direction) -> web.Strea
         )
     # No permessage-deflate: μ-law audio in base64 hardly compresses, and it costs CPU.
     # Text frames stay bytes: the JSON decoder takes bytes (and checks their UTF-8) as is.
+    # No autoping: the socket answers pings, and counts them towards the message limit.
     ws = web.WebSocketResponse(
         max_msg_size=state.settings.callbridge_max_message_bytes,
         compress=False,
         decode_text=False,
+        autoping=False,
     )
     await ws.prepare(request)
-    twilio_socket = AiohttpTwilioSocket(ws, request.transport)
+    twilio_socket = AiohttpTwilioSocket(
+        ws, request.transport, state.settings.callbridge_max_messages_per_second
+    )
     try:
         runner = start_call(state, call_id, direction, twilio_socket, log)
     except StreamRefused:

@@ -120,9 +120,11 @@ class PicowsStreams:
             return _refusal(exc.status, str(exc))
         if self._calls is None or state.http is None:
             return _refusal(503, "not serving calls")
-        max_bytes = state.settings.callbridge_max_message_bytes
+        settings = state.settings
         return PicowsTwilioSocket(
-            lambda sock: self._start(call_id, direction, sock, log), max_bytes=max_bytes
+            lambda sock: self._start(call_id, direction, sock, log),
+            max_bytes=settings.callbridge_max_message_bytes,
+            max_messages_per_second=settings.callbridge_max_messages_per_second,
         )
 
     def _start(

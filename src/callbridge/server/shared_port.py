@@ -8,6 +8,11 @@ and records API. Both share one port: the first bytes of each new connection are
 choice is made once per connection; a keep-alive connection that began with a webhook
 stays with aiohttp, which serves the stream routes too, so nothing depends on the choice
 but the cost.
+
+The port also holds every client to its limits: a connection must finish its first request
+within CALLBRIDGE_REQUEST_TIMEOUT_SECONDS (waiting for it costs nothing while no byte
+arrives), and one address may hold at most CALLBRIDGE_MAX_CONNECTIONS_PER_CLIENT
+connections; aiohttp closes idle keep-alive connections (CALLBRIDGE_KEEPALIVE_SECONDS).
 """
 
 from __future__ import annotations
@@ -21,15 +26,21 @@ from typing import Literal
 from aiohttp import web
 
 from callbridge.logs import EventLogger
+from callbridge.server.connections import (
+    FIRST_REQUESTS,
+    ClientConnections,
+    FirstRequests,
+    connections_per_client,
+)
 from callbridge.server.picows_streams import PICOWS_STREAMS, PicowsStreams
+from callbridge.server.state import APP_STATE
 
 STREAM_REQUEST_PREFIXES = (b"GET /media-stream/", b"GET /outbound-stream/")
 _PEEK_BYTES = max(len(p) for p in STREAM_REQUEST_PREFIXES)
-# A connection that has not said what it wants by then goes to aiohttp, which answers it
-# (or drops it) as it would with no routing in front.
-_FIRST_BYTES_SECONDS = 10.0
-# A request line cut short in the first segment is rare: look again shortly.
-_PARTIAL_RETRY_SECONDS = 0.005
+# Where the socket cannot be told to wake only for more bytes (SO_RCVLOWAT), a request
+# line cut short is looked at again after a pause that grows up to the longest.
+_RETRY_FIRST_SECONDS = 0.005
+_RETRY_LONGEST_SECONDS = 0.5
 _ACCEPT_BACKOFF_SECONDS = 0.5
 _CLIENT_GONE = {errno.ECONNABORTED, errno.ECONNRESET, errno.EPROTO, errno.EPERM, errno.EAGAIN}
 
@@ -81,12 +92,18 @@ class SharedPortSite(web.BaseSite):
         port: int,
         streams: PicowsStreams | None,
         *,
+        request_timeout: float,
+        clients: ClientConnections,
+        first_requests: FirstRequests | None,
         backlog: int = 1024,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._host = host
         self._port = port
         self._streams = streams
+        self._request_timeout = request_timeout
+        self._clients = clients
+        self._first_requests = first_requests
         self._supervisor: asyncio.Task[None] | None = None
         self._log = EventLogger("server")
 
@@ -123,7 +140,7 @@ class SharedPortSite(web.BaseSite):
         loop = asyncio.get_running_loop()
         while True:
             try:
-                conn, _ = await loop.sock_accept(listening)
+                conn, address = await loop.sock_accept(listening)
             except OSError as exc:
                 if exc.errno in _CLIENT_GONE:
                     continue  # that client is gone; the port is fine
@@ -131,22 +148,30 @@ class SharedPortSite(web.BaseSite):
                 self._log.error("server.accept_failed", error=exc.strerror or str(exc))
                 await asyncio.sleep(_ACCEPT_BACKOFF_SECONDS)
                 continue
+            client = address[0] if isinstance(address, tuple) else str(address)
+            if not self._clients.admit(client, conn):
+                conn.close()
+                continue
             tg.create_task(self._route(conn))
 
     async def _route(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         handed_over = False
+        deadline = loop.time() + self._request_timeout
         try:
             conn.setblocking(False)
-            head = await _first_bytes(conn)
+            head = await _first_bytes(conn, deadline)
             if head is None:
-                return  # closed before saying anything
+                return  # gone, or too slow to say what it wants
             streams = self._streams
             if streams is not None and streams.serving and route_of(head) == "stream":
+                # picows gives the rest of the upgrade request its own few seconds.
                 await streams.accept(conn)
             else:
                 server = self._runner.server
                 assert server is not None
+                if self._first_requests is not None:
+                    self._first_requests.watch(conn, deadline)
                 await loop.connect_accepted_socket(server, conn)
             handed_over = True
         except OSError as exc:
@@ -156,24 +181,48 @@ class SharedPortSite(web.BaseSite):
                 conn.close()
 
 
-async def _first_bytes(conn: socket.socket) -> bytes | None:
-    """Enough of the request's start to route it (fewer after the timeout); None at EOF."""
+async def _first_bytes(conn: socket.socket, deadline: float) -> bytes | None:
+    """Enough of the request's start to route it; None if the client closed, or had not
+    said that much by `deadline` (loop time).
+
+    The bytes are peeked at, not read, so they stay in the socket for the library that
+    serves it, and would make it readable at once again: while a request line is cut short,
+    the socket is told to wake only when more has arrived (SO_RCVLOWAT), so a connection
+    that stalls costs nothing until its deadline."""
     loop = asyncio.get_running_loop()
-    head = b""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(_FIRST_BYTES_SECONDS):
+    wanted = 1  # the bytes the socket must hold to wake us
+    retry = _RETRY_FIRST_SECONDS
+    try:
+        async with asyncio.timeout_at(deadline):
             while True:
                 await _readable(loop, conn)
                 try:
                     head = conn.recv(_PEEK_BYTES, socket.MSG_PEEK)
                 except BlockingIOError:
                     continue
-                if not head:
-                    return None
+                if len(head) < wanted:
+                    return None  # readable with nothing new: the client closed its side
                 if route_of(head) is not None:
-                    break
-                await asyncio.sleep(_PARTIAL_RETRY_SECONDS)
-    return head
+                    return head
+                wanted = len(head) + 1
+                if not _wake_at(conn, wanted):
+                    await asyncio.sleep(retry)
+                    retry = min(2 * retry, _RETRY_LONGEST_SECONDS)
+                    wanted = len(head)  # the same bytes again is no sign of a close here
+    except TimeoutError:
+        return None
+    finally:
+        if wanted > 1:
+            _wake_at(conn, 1)  # as the serving library expects
+
+
+def _wake_at(conn: socket.socket, size: int) -> bool:
+    """Make `conn` readable only once `size` bytes have arrived; False if it cannot be."""
+    try:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
@@ -221,5 +270,15 @@ async def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:
 
 def main_port_site(runner: web.AppRunner, host: str, port: int) -> SharedPortSite:
     """The one listening port: streams to picows (unless configured otherwise), the rest
-    to aiohttp."""
-    return SharedPortSite(runner, host, port, runner.app.get(PICOWS_STREAMS))
+    to aiohttp, each client within its limits (see `build_app` for the middleware)."""
+    app = runner.app
+    settings = app[APP_STATE].settings
+    return SharedPortSite(
+        runner,
+        host,
+        port,
+        app.get(PICOWS_STREAMS),
+        request_timeout=settings.callbridge_request_timeout_seconds,
+        clients=ClientConnections(connections_per_client(settings)),
+        first_requests=app.get(FIRST_REQUESTS),  # None: no middleware to end the watch
+    )

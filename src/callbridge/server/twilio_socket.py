@@ -10,6 +10,7 @@ and sends pre-encoded frames without awaiting.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -34,6 +35,10 @@ from callbridge.twilio import media_stream as twilio
 _TEXT = WSMsgType.TEXT
 _AIOHTTP_TEXT = aiohttp.WSMsgType.TEXT
 _AIOHTTP_ENDS = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
+_CONTROL = (WSMsgType.PING, WSMsgType.PONG)
+# Close codes a peer may send (RFC 6455, 7.4): the registered ones but those that must
+# never be sent (1004-1006, 1015), and 3000-4999 (libraries, applications).
+_SENDABLE_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, *range(1007, 1015)))
 
 TextHandler = Callable[[bytes | str | memoryview], bool]  # False: stop reading
 EventHandler = Callable[[object], None]
@@ -60,12 +65,42 @@ class TwilioSocket(Protocol):
         `code` whatever closes the socket afterwards."""
 
 
+class ControlFrames:
+    """Pings and pongs, held to the stream's message limit (per second, as the runner
+    holds the other messages): a ping flood ends the stream instead of being answered."""
+
+    __slots__ = ("_left", "_limit", "_window")
+
+    def __init__(self, max_per_second: int) -> None:
+        self._limit = max_per_second
+        self._left = 0
+        self._window = -1.0
+
+    def over_limit(self) -> TwilioProtocolError | None:
+        """Count one; the error to report once past the limit, else None."""
+        self._left -= 1
+        if self._left >= 0:
+            return None
+        now = time.monotonic()
+        if now - self._window < 1.0:
+            return TwilioProtocolError(f"more than {self._limit} pings and pongs per second")
+        self._window, self._left = now, self._limit - 1
+        return None
+
+
 class AiohttpTwilioSocket:
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport | None,
+        max_messages_per_second: int = 200,
+    ) -> None:
+        """`ws` without autoping: pings come here, to be counted and answered."""
         self._ws = ws
         self._transport = transport
         self._gave_up = ""
         self._fail_code: int | None = None
+        self._controls = ControlFrames(max_messages_per_second)
 
     @property
     def closed(self) -> bool:
@@ -95,6 +130,14 @@ class AiohttpTwilioSocket:
                     break
             elif kind in _AIOHTTP_ENDS:
                 break
+            elif kind is aiohttp.WSMsgType.PING or kind is aiohttp.WSMsgType.PONG:
+                flood = self._controls.over_limit()
+                if flood is not None:
+                    on_event(flood)
+                    await self.close(aiohttp.WSCloseCode.POLICY_VIOLATION)
+                    break
+                if kind is aiohttp.WSMsgType.PING:
+                    await ws.pong(msg.data)
             elif kind is aiohttp.WSMsgType.BINARY:
                 on_event(twilio.InvalidFrame("binary frame"))
             elif kind is aiohttp.WSMsgType.ERROR:
@@ -116,6 +159,7 @@ class PicowsTwilioSocket(fast_path.TwilioAudioSocket):
     # for a Python override, which looks for one in the instance dict: one object less to
     # fetch from memory a frame.
     __slots__ = (
+        "_controls",
         "_early",
         "_failure",
         "_fragments",
@@ -128,8 +172,15 @@ class PicowsTwilioSocket(fast_path.TwilioAudioSocket):
         "send",
     )
 
-    def __init__(self, on_connected: Callable[[PicowsTwilioSocket], None], max_bytes: int):
+    def __init__(
+        self,
+        on_connected: Callable[[PicowsTwilioSocket], None],
+        max_bytes: int,
+        max_messages_per_second: int = 200,
+    ):
         super().__init__()
+        # picows's automatic pong is off for these sockets: pings are answered here.
+        self._controls = ControlFrames(max_messages_per_second)
         self._on_connected = on_connected
         self._transport: WSTransport | None = None
         self._on_text: TextHandler | None = None
@@ -204,7 +255,7 @@ class PicowsTwilioSocket(fast_path.TwilioAudioSocket):
         if self.stopped:
             return  # picows delivers the rest of a read even after we disconnect
         kind = frame.msg_type
-        if kind is _TEXT and frame.fin:
+        if kind is _TEXT and frame.fin and not (frame.rsv1 or frame.rsv2 or frame.rsv3):
             # Nearly every frame: `_text` written out, one Python call less a frame (`_text`
             # serves the rare rest: reassembled fragments, frames from before serve()).
             on_text = self._on_text
@@ -218,10 +269,21 @@ class PicowsTwilioSocket(fast_path.TwilioAudioSocket):
                 self._fail(exc)
                 return
             self.abort(WSCloseCode.POLICY_VIOLATION)
+            return
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:  # no extension was negotiated
+            self._protocol_error("a frame with reserved bits set")
+        elif kind in _CONTROL:
+            self._control(transport, frame)
         elif kind is WSMsgType.CLOSE:
-            transport.send_close(frame.get_close_code())
-            transport.disconnect()
+            self._close_frame(transport, frame)
         elif kind is _TEXT or kind is WSMsgType.CONTINUATION:
+            if (kind is WSMsgType.CONTINUATION) != self._fragments.in_progress:
+                self._protocol_error(
+                    "a continuation frame with no message begun"
+                    if kind is WSMsgType.CONTINUATION
+                    else "a new message before the last one's final fragment"
+                )
+                return
             try:
                 message = self._fragments.add(frame)
             except MessageTooBig as exc:
@@ -232,6 +294,7 @@ class PicowsTwilioSocket(fast_path.TwilioAudioSocket):
                 self._text(message)
         elif kind is WSMsgType.BINARY:
             self._event(twilio.InvalidFrame("binary frame"))
+            self._fragments.skip(frame)
 
     if not fast_path.COMPILED:
         on_ws_frame = _on_frame  # every frame takes the full path: one Python call less
@@ -249,6 +312,28 @@ class PicowsTwilioSocket(fast_path.TwilioAudioSocket):
             return
         if not keep_reading:
             self.abort(WSCloseCode.POLICY_VIOLATION)
+
+    def _control(self, transport: WSTransport, frame: WSFrame) -> None:
+        flood = self._controls.over_limit()
+        if flood is not None:
+            self._event(flood)
+            self.abort(WSCloseCode.POLICY_VIOLATION)
+            return
+        if frame.msg_type is WSMsgType.PING:
+            transport.send_pong(frame.get_payload_as_bytes())
+
+    def _close_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        """Answer the peer's close: its code, if one a peer may send; else 1002."""
+        code: int = frame.get_close_code().value if frame.payload_size else 1000
+        if code in _SENDABLE_CLOSE_CODES or 3000 <= code <= 4999:
+            transport.send_close(WSCloseCode(code))
+            transport.disconnect()
+        else:
+            self._protocol_error(f"a close frame with code {code}")
+
+    def _protocol_error(self, what: str) -> None:
+        self._event(TwilioProtocolError(f"WebSocket protocol error: {what}"))
+        self.abort(WSCloseCode.PROTOCOL_ERROR)
 
     def _event(self, event: object) -> None:
         if self._on_event is None:
