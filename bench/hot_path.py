@@ -104,6 +104,7 @@ class _Frame:
 
     msg_type = WSMsgType.TEXT
     fin = True
+    rsv1 = rsv2 = rsv3 = False
 
     def __init__(self, payload: bytes) -> None:
         self._payload = payload
