@@ -779,12 +779,12 @@ async def test_waiting_cuts_the_windows_short(
 def test_the_rejected_file_is_rotated_not_grown_forever(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from callbridge.records import store as store_module
+    from callbridge.records import committer
 
-    monkeypatch.setattr(store_module, "REJECTED_MAX_BYTES", 100)
+    monkeypatch.setattr(committer, "REJECTED_MAX_BYTES", 100)
     path = tmp_path / "spool.jsonl.rejected"
     for n in range(12):
-        store_module._append_rejected(path, b'{"n":%d,"pad":"xxxxxxxxxx"}\n' % n)
+        committer.append_rejected(path, b'{"n":%d,"pad":"xxxxxxxxxx"}\n' % n)
     older = path.with_name(path.name + ".1")
     assert sorted(tmp_path.iterdir()) == [path, older]
     assert path.stat().st_size <= 100 and older.stat().st_size <= 100
