@@ -678,8 +678,6 @@ async def test_close_leaves_no_task_or_thread_running(
 def test_from_settings() -> None:
     import socket
 
-    from pydantic import SecretStr
-
     from callbridge.config import Settings
 
     settings = Settings(  # type: ignore[call-arg]
@@ -688,12 +686,11 @@ def test_from_settings() -> None:
         callbridge_spool_path="/var/spool/cb.jsonl",
         store_transcripts=False,
         retention_days=30,
-        callbridge_api_token=SecretStr("t0ken"),
     )
     store = CallStore.from_settings(settings)
     assert store.engine.url.drivername == "postgresql+asyncpg"
     assert store.instance_id == socket.gethostname()
-    assert (store.store_transcripts, store.retention_days, store.api_token) == (False, 30, "t0ken")
+    assert (store.store_transcripts, store.retention_days) == (False, 30)
     named = CallStore.from_settings(settings.model_copy(update={"callbridge_instance_id": "b-2"}))
     assert named.instance_id == "b-2"
     with pytest.raises(ValueError, match="DATABASE_URL: unsupported database 'mysql'"):

@@ -70,7 +70,6 @@ class CallStore:
         instance_id: str,
         store_transcripts: bool = True,
         retention_days: int | None = None,
-        api_token: str | None = None,
         log: EventLogger | None = None,
         limits: StoreLimits | None = None,
     ) -> None:
@@ -78,7 +77,6 @@ class CallStore:
         self.instance_id = instance_id
         self.store_transcripts = store_transcripts
         self.retention_days = retention_days
-        self.api_token = api_token  # bearer token of GET /api/calls; None: API disabled
         self._log = log or EventLogger("records")
         self._limits = limits or StoreLimits()
         self._spool = Spool(spool_path)
@@ -137,14 +135,12 @@ class CallStore:
                 f"DATABASE_URL: the folder {path.parent} does not exist (SQLite creates the "
                 "database file, not its folder)"
             )
-        token = settings.callbridge_api_token
         return cls(
             engine,
             settings.callbridge_spool_path,
             instance_id=settings.callbridge_instance_id or socket.gethostname(),
             store_transcripts=settings.store_transcripts,
             retention_days=settings.retention_days,
-            api_token=token.get_secret_value() if token is not None else None,
             log=log,
             limits=limits,
         )
