@@ -8,14 +8,16 @@ into the database.
 slow or dead database never delays spooling; `flush()`, `wait_durable()` and `close()` make
 both go at once. An entry is fsynced in the spool file one spool write after `submit()`;
 from then on it survives a crash or power loss and reaches the database exactly once in
-effect (writes are idempotent, and the next `start()` replays the file first). Not covered:
+effect (writes are idempotent, and the next `start()` replays the file first), unless the
+database refuses it for its content: then it goes to `<spool>.rejected`. Not covered:
 entries not yet spooled at a crash, entries refused because the queue is full (counted in
 `stats().dropped`, logged), and entries held only in memory while the spool cannot be written.
 
-`start()` migrates the schema, replays the spool, then closes the calls this instance
-(CALLBRIDGE_INSTANCE_ID, default the host name, so unique per process sharing a database)
-left open when it last stopped, as ended by "restart". Calls older than RETENTION_DAYS are
-purged at start and then daily.
+`start()` migrates the schema, replays the spool, then closes the calls this instance left
+open when it last stopped, as ended by "restart" (not those opened through this store since
+it was created). The instance is CALLBRIDGE_INSTANCE_ID, default the host name: it must be
+unique among processes sharing a database. Calls older than RETENTION_DAYS are purged at
+start and then daily.
 """
 
 from __future__ import annotations
