@@ -16,9 +16,13 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from callbridge.bot import Bot
+from callbridge.config import Settings
 from callbridge.records.entries import CallClosed, CallOpened, CallStatusChanged
 from callbridge.records.store import CallStore
 from callbridge.server.records_api import RECORDS_STORE, add_routes
+from callbridge.server.state import APP_STATE, AppState
+from callbridge.server.twilio_auth import TwilioAuthenticator
 from tests.log_events import caught
 
 from .conftest import T0, Backend, StoreFactory, full_call
@@ -66,13 +70,29 @@ async def checked(response: Any, path: str) -> Any:
     return body
 
 
-@pytest.fixture
-async def api(make_store: StoreFactory) -> AsyncIterator[tuple[TestClient[Any, Any], CallStore]]:
-    store = make_store(api_token=TOKEN)
-    await store.start()
+def records_app(store: CallStore, api_token: str | None) -> web.Application:
+    """An application serving only the records API, configured with `api_token`."""
+    settings = Settings(_env_file=None, callbridge_api_token=api_token)  # type: ignore[call-arg]
+    state = AppState(
+        settings=settings,
+        bot=Bot(system_prompt="unused"),
+        apology_payloads=(),
+        apology_seconds=0.0,
+        auth=TwilioAuthenticator(settings),
+        records=store,
+    )
     app = web.Application()
+    app[APP_STATE] = state
     app[RECORDS_STORE] = store
     add_routes(app)
+    return app
+
+
+@pytest.fixture
+async def api(make_store: StoreFactory) -> AsyncIterator[tuple[TestClient[Any, Any], CallStore]]:
+    store = make_store()
+    await store.start()
+    app = records_app(store, TOKEN)
     async with TestClient(TestServer(app)) as client:
         yield client, store
 
@@ -88,15 +108,17 @@ def test_the_routes_are_the_documented_paths() -> None:
 
 
 async def test_disabled_without_a_token(make_store: StoreFactory) -> None:
-    store = make_store()  # no api_token
-    app = web.Application()
-    app[RECORDS_STORE] = store
-    add_routes(app)
+    app = records_app(make_store(), api_token=None)
     async with TestClient(TestServer(app)) as client:
         for url, path in ((LIST, LIST), ("/api/calls/x", ONE)):
             response = await client.get(url, headers=AUTH)
             assert response.status == 404
             assert (await checked(response, path))["error"] == "api_disabled"
+
+
+async def test_the_token_is_callbridge_api_token(make_store: StoreFactory) -> None:
+    assert records_app(make_store(), TOKEN)[APP_STATE].api_token == TOKEN
+    assert records_app(make_store(), None)[APP_STATE].api_token is None
 
 
 @pytest.mark.parametrize(

@@ -678,8 +678,6 @@ async def test_close_leaves_no_task_or_thread_running(
 def test_from_settings() -> None:
     import socket
 
-    from pydantic import SecretStr
-
     from callbridge.config import Settings
 
     settings = Settings(  # type: ignore[call-arg]
@@ -688,12 +686,11 @@ def test_from_settings() -> None:
         callbridge_spool_path="/var/spool/cb.jsonl",
         store_transcripts=False,
         retention_days=30,
-        callbridge_api_token=SecretStr("t0ken"),
     )
     store = CallStore.from_settings(settings)
     assert store.engine.url.drivername == "postgresql+asyncpg"
     assert store.instance_id == socket.gethostname()
-    assert (store.store_transcripts, store.retention_days, store.api_token) == (False, 30, "t0ken")
+    assert (store.store_transcripts, store.retention_days) == (False, 30)
     named = CallStore.from_settings(settings.model_copy(update={"callbridge_instance_id": "b-2"}))
     assert named.instance_id == "b-2"
     with pytest.raises(ValueError, match="DATABASE_URL: unsupported database 'mysql'"):
@@ -779,12 +776,12 @@ async def test_waiting_cuts_the_windows_short(
 def test_the_rejected_file_is_rotated_not_grown_forever(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from callbridge.records import store as store_module
+    from callbridge.records import committer
 
-    monkeypatch.setattr(store_module, "REJECTED_MAX_BYTES", 100)
+    monkeypatch.setattr(committer, "REJECTED_MAX_BYTES", 100)
     path = tmp_path / "spool.jsonl.rejected"
     for n in range(12):
-        store_module._append_rejected(path, b'{"n":%d,"pad":"xxxxxxxxxx"}\n' % n)
+        committer.append_rejected(path, b'{"n":%d,"pad":"xxxxxxxxxx"}\n' % n)
     older = path.with_name(path.name + ".1")
     assert sorted(tmp_path.iterdir()) == [path, older]
     assert path.stat().st_size <= 100 and older.stat().st_size <= 100

@@ -232,8 +232,8 @@ class _RowInsert:
     dialect and run with the driver's executemany.
 
     Through `conn.execute`, SQLAlchemy builds a dict of parameters for every row and passes
-    each value through its column's type: the largest part of a commit, which the server
-    does once a second for every entry of every call. Here a row is a tuple in the table's
+    each value through its column's type: the largest part of a commit, paid again for
+    every entry of every call. Here a row is a tuple in the table's
     column order, and only the columns whose type converts values (times, booleans, JSON)
     go through that type's bind processor, the same one SQLAlchemy would use.
     """

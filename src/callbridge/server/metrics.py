@@ -32,7 +32,7 @@ from callbridge.records.entries import (
     TurnLatency,
 )
 from callbridge.records.store import StoreStats
-from callbridge.server.records_api import authorize
+from callbridge.server.api_auth import authorize
 
 # Seconds: a reply's first audio is usually 0.3-1.5 s after the caller stops; tools vary.
 _TURN_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)

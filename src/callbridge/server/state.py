@@ -42,6 +42,13 @@ class AppState:
             self.observe(entry)
         self.records.submit(entry)
 
+    @property
+    def api_token(self) -> str | None:
+        """CALLBRIDGE_API_TOKEN, the bearer token of the records API and /metrics (None:
+        both are off; see `api_auth`)."""
+        token = self.settings.callbridge_api_token
+        return token.get_secret_value() if token is not None else None
+
     def not_ready_reasons(self) -> list[str]:
         reasons = []
         if self.settings.api_key is None:
