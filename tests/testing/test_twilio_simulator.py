@@ -200,7 +200,7 @@ async def sim(bridge: FakeBridge) -> AsyncIterator[TwilioSimulator]:
 
 def _sim_tasks() -> list[asyncio.Task[Any]]:
     """Tasks running simulator code (sender, player, runner...)."""
-    names = ("_Stream.", "SimulatedCall.", "TwilioSimulator.")
+    names = ("MediaStream.", "Loudspeaker.", "SimulatedCall.", "TwilioSimulator.")
     return [
         t
         for t in asyncio.all_tasks()

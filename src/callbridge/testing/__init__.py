@@ -3,6 +3,12 @@ tested: a fake Voice Agent API, a Twilio simulator and a fake of Twilio's Calls 
 
     from callbridge.testing import FakeTwilioRest, FakeVoiceAgent, TwilioSimulator
 
+The names below are the public surface: the three doubles, what their methods return
+(`FakeSession`, `SimulatedCall`), what you give them (`ScriptedTurn`, the turns a fake
+agent plays; `ConnectFailure`, a fault to inject) and `CallEndedError`, raised by a wait
+on a call that is over. `callbridge.testing.audio` makes and reads the audio (tones,
+synthetic speech, WAV files). Everything else in the package is internal.
+
 They are imported on first use, so `callbridge.testing.audio` alone stays light.
 """
 
@@ -12,11 +18,23 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from callbridge.testing.fake_agent import FakeVoiceAgent, ScriptedTurn
+    from callbridge.testing.fake_agent import (
+        ConnectFailure,
+        FakeSession,
+        FakeVoiceAgent,
+        ScriptedTurn,
+    )
     from callbridge.testing.twilio_rest_fake import FakeTwilioRest
-    from callbridge.testing.twilio_simulator import SimulatedCall, TwilioSimulator
+    from callbridge.testing.twilio_simulator import (
+        CallEndedError,
+        SimulatedCall,
+        TwilioSimulator,
+    )
 
 __all__ = [
+    "CallEndedError",
+    "ConnectFailure",
+    "FakeSession",
     "FakeTwilioRest",
     "FakeVoiceAgent",
     "ScriptedTurn",
@@ -25,9 +43,12 @@ __all__ = [
 ]
 
 _MODULES = {
+    "ConnectFailure": "callbridge.testing.fake_agent",
+    "FakeSession": "callbridge.testing.fake_agent",
     "FakeVoiceAgent": "callbridge.testing.fake_agent",
     "ScriptedTurn": "callbridge.testing.fake_agent",
     "FakeTwilioRest": "callbridge.testing.twilio_rest_fake",
+    "CallEndedError": "callbridge.testing.twilio_simulator",
     "SimulatedCall": "callbridge.testing.twilio_simulator",
     "TwilioSimulator": "callbridge.testing.twilio_simulator",
 }

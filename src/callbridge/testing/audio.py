@@ -1,8 +1,9 @@
-"""G.711 mu-law audio for the test doubles: codec, WAV conversion, synthetic speech.
+"""Audio for the test doubles: G.711 codecs, WAV conversion, synthetic speech.
 
 The bridge itself never decodes audio; only the simulator and the fake agent do, to
 detect speech, to turn WAV files into phone audio and back, and to make recognisable
-"voices" whose bytes a test can predict exactly.
+"voices" whose bytes a test can predict exactly. Phone audio is 8 kHz mu-law; the A-law
+and 24 kHz PCM16 conversions serve the fake agent's other output formats.
 """
 
 from __future__ import annotations
@@ -56,6 +57,78 @@ def ulaw_energy(data: bytes) -> float:
     if not data:
         return 0.0
     return sum(map(_ABS_TABLE.__getitem__, data)) / len(data)
+
+
+def _alaw_encode_sample(sample: int) -> int:
+    value = sample >> 3
+    if value >= 0:
+        mask = 0xD5
+    else:
+        mask = 0x55
+        value = -value - 1
+    for segment, end in enumerate((0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF)):
+        if value <= end:
+            shift = 1 if segment < 2 else segment
+            return ((segment << 4) | ((value >> shift) & 0x0F)) ^ mask
+    return 0x7F ^ mask
+
+
+def _alaw_decode_sample(byte: int) -> int:
+    byte ^= 0x55
+    value = (byte & 0x0F) << 4
+    segment = (byte & 0x70) >> 4
+    if segment == 0:
+        value += 8
+    else:
+        value = (value + 0x108) << (segment - 1)
+    return value if byte & 0x80 else -value
+
+
+_ALAW_DECODE_TABLE: tuple[int, ...] = tuple(_alaw_decode_sample(b) for b in range(256))
+_ALAW_ABS_TABLE: tuple[int, ...] = tuple(abs(s) for s in _ALAW_DECODE_TABLE)
+_ULAW_TO_ALAW = bytes(_alaw_encode_sample(s) for s in _DECODE_TABLE)
+
+
+def alaw_encode(samples: array[int] | list[int]) -> bytes:
+    """Signed 16-bit linear samples to A-law bytes."""
+    return bytes(_alaw_encode_sample(s) for s in samples)
+
+
+def alaw_decode(data: bytes) -> array[int]:
+    """A-law bytes to signed 16-bit linear samples."""
+    return array("h", (_ALAW_DECODE_TABLE[b] for b in data))
+
+
+def alaw_energy(data: bytes) -> float:
+    """Mean absolute amplitude of an A-law chunk, on the same scale as `ulaw_energy`."""
+    if not data:
+        return 0.0
+    return sum(map(_ALAW_ABS_TABLE.__getitem__, data)) / len(data)
+
+
+def ulaw_to_alaw(data: bytes) -> bytes:
+    """Mu-law bytes to the A-law bytes of the same samples."""
+    return data.translate(_ULAW_TO_ALAW)
+
+
+def ulaw_to_pcm24k(data: bytes) -> bytes:
+    """Mu-law to 24 kHz little-endian PCM16 by sample-and-hold (each sample three times).
+
+    Crude, but exact and predictable for tests.
+    """
+    wide = array("h", (s for s in ulaw_decode(data) for _ in range(3)))
+    if sys.byteorder == "big":
+        wide.byteswap()
+    return wide.tobytes()
+
+
+def pcm16_energy(data: bytes) -> float:
+    """Mean absolute amplitude of a little-endian PCM16 chunk; an odd last byte is ignored."""
+    samples = array("h")
+    samples.frombytes(data[: len(data) - len(data) % 2])
+    if sys.byteorder == "big":
+        samples.byteswap()
+    return sum(map(abs, samples)) / len(samples) if samples else 0.0
 
 
 def silence(milliseconds: float) -> bytes:

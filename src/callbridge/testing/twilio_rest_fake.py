@@ -1,7 +1,8 @@
 """A fake of Twilio's REST Calls API, wired to a `TwilioSimulator`.
 
-Point the ``twilio`` package at it with ``client.api.base_url = fake.base_url`` (see
-``shared/reference/twilio.md`` §6). It implements what callbridge uses:
+Point the ``twilio`` package at it with ``client.api.base_url = fake.base_url``. It
+implements what callbridge uses of the Call resource
+(https://www.twilio.com/docs/voice/api/call-resource):
 
 * ``POST /2010-04-01/Accounts/{AccountSid}/Calls.json``: HTTP Basic auth, Twilio's
   validation errors (20003, 21201, 21205, 21211, 21212, 21213, 21219, 32018) in the legacy
