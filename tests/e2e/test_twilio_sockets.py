@@ -13,13 +13,13 @@ from aiohttp import web
 from picows import ws_create_server
 
 from callbridge.bridge.inputs import TwilioProtocolError
-from callbridge.server.twilio_socket import (
+from callbridge.twilio import media_stream as twilio
+from callbridge.twilio.socket import (
     MAX_UNSENT_BYTES,
     AiohttpTwilioSocket,
     PicowsTwilioSocket,
     TwilioSocket,
 )
-from callbridge.twilio import media_stream as twilio
 from tests.socket_helpers import flood_until_closed, one_route_server
 
 

@@ -28,8 +28,8 @@ from callbridge.bridge.call_bridge import CallBridge
 from callbridge.bridge.inputs import StreamOpened, TimerFired, TwilioClosed, TwilioProtocolError
 from callbridge.logs import EventLogger
 from callbridge.server.call_runner import CallRunner
-from callbridge.server.twilio_socket import EventHandler, TextHandler
 from callbridge.twilio import media_stream as twilio
+from callbridge.twilio.socket import EventHandler, TextHandler
 from tests.log_events import Events, caught
 
 

@@ -65,10 +65,10 @@ def agent_dialer(
             raise AgentConnectError("ASSEMBLYAI_API_KEY is not set")
         headers = {"Authorization": f"Bearer {api_key}"}
         if transport == "picows":
-            from callbridge.agent.picows_socket import open_picows_socket
+            from callbridge.agent.picows import open_picows_socket
 
             return await open_picows_socket(url, headers)
-        from callbridge.agent.aiohttp_socket import open_aiohttp_socket
+        from callbridge.agent.aiohttp import open_aiohttp_socket
 
         if http is None:
             raise AgentConnectError("no HTTP client session")

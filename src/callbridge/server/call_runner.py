@@ -55,9 +55,9 @@ from callbridge.bridge.playout_ledger import AUDIBLE_SHARE, MARK_EVERY_BYTES, MA
 from callbridge.fast_path import Relayed, frames
 from callbridge.logs import EventLogger
 from callbridge.records.entries import RecordEntry
-from callbridge.server.twilio_socket import TwilioSocket
 from callbridge.tools import run_tool
 from callbridge.twilio import media_stream as twilio
+from callbridge.twilio.socket import TwilioSocket
 
 # If the bridge has not finished this long after the Twilio socket closed, something is
 # wrong: close whatever is left rather than keep a socket (and a bill) open.

@@ -27,7 +27,7 @@ from callbridge.agent.connection import (
     AgentConnectError,
     EventSink,
 )
-from callbridge.picows_sockets import (
+from callbridge.transport.picows import (
     PICOWS_LOG,
     FragmentedMessages,
     MessageTooBig,

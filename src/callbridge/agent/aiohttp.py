@@ -17,7 +17,7 @@ from callbridge.agent.connection import (
     AgentConnectError,
     EventSink,
 )
-from callbridge.aiohttp_sockets import describe_error, send_text_bounded
+from callbridge.transport.aiohttp import describe_error, send_text_bounded
 
 _TEXT = aiohttp.WSMsgType.TEXT
 

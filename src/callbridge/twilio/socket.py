@@ -20,9 +20,9 @@ from picows import WSCloseCode, WSFrame, WSMsgType, WSTransport
 
 from callbridge import fast_path
 from callbridge.agent.connection import MAX_UNSENT_BYTES  # the same rule for Twilio
-from callbridge.aiohttp_sockets import describe_error, send_text_bounded
 from callbridge.bridge.inputs import TwilioProtocolError
-from callbridge.picows_sockets import (
+from callbridge.transport.aiohttp import describe_error, send_text_bounded
+from callbridge.transport.picows import (
     FragmentedMessages,
     MessageTooBig,
     Send,
