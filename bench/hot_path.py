@@ -54,7 +54,7 @@ from callbridge.bot import bot
 from callbridge.bridge.call_bridge import CallBridge
 from callbridge.logs import EventLogger
 from callbridge.server.call_runner import CallRunner
-from callbridge.twilio.socket import PicowsTwilioSocket
+from callbridge.twilio.picows import PicowsTwilioSocket
 
 STREAM_SID = "MZ" + "0" * 32
 CALLER_AUDIO = base64.b64encode(bytes(range(160))).decode()  # 20 ms of μ-law

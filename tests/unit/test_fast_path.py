@@ -25,7 +25,7 @@ from callbridge.agent import events as agent
 from callbridge.agent.picows import PicowsAgentSocket
 from callbridge.fast_path import frames
 from callbridge.twilio import media_stream as twilio
-from callbridge.twilio.socket import PicowsTwilioSocket
+from callbridge.twilio.picows import PicowsTwilioSocket
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,7 +49,7 @@ def test_without_the_compiled_module_calls_work_through_the_full_path() -> None:
         import sys
         sys.modules["callbridge.fast_path._compiled"] = None  # import fails: not built
         from callbridge import fast_path
-        from callbridge.twilio.socket import PicowsTwilioSocket
+        from callbridge.twilio.picows import PicowsTwilioSocket
         from callbridge.agent.picows import PicowsAgentSocket
         assert not fast_path.COMPILED and "not built" in fast_path.WHY_NOT_COMPILED
         assert PicowsTwilioSocket.on_ws_frame is PicowsTwilioSocket._on_frame

@@ -9,14 +9,14 @@ import contextlib
 import aiohttp
 
 from callbridge.agent import events as agent
-from callbridge.agent.connection import (
+from callbridge.agent.socket import (
     CONNECT_TIMEOUT_SECONDS,
     MAX_AGENT_MESSAGE_BYTES,
-    MAX_UNSENT_BYTES,
     PING_AFTER_IDLE_SECONDS,
     AgentConnectError,
     EventSink,
 )
+from callbridge.transport import MAX_UNSENT_BYTES
 from callbridge.transport.aiohttp import describe_error, send_text_bounded
 
 _TEXT = aiohttp.WSMsgType.TEXT

@@ -18,15 +18,15 @@ from picows import (
 
 from callbridge import fast_path
 from callbridge.agent import events as agent
-from callbridge.agent.connection import (
+from callbridge.agent.socket import (
     CONNECT_TIMEOUT_SECONDS,
     MAX_AGENT_MESSAGE_BYTES,
-    MAX_UNSENT_BYTES,
     PING_AFTER_IDLE_SECONDS,
     PONG_TIMEOUT_SECONDS,
     AgentConnectError,
     EventSink,
 )
+from callbridge.transport import MAX_UNSENT_BYTES
 from callbridge.transport.picows import (
     PICOWS_LOG,
     FragmentedMessages,

@@ -32,7 +32,7 @@ from callbridge.server.call_runner import CallRunner
 from callbridge.server.state import AppState
 from callbridge.server.streams import StreamRefused, admit_stream, run_call, start_call
 from callbridge.transport.picows import server_protocol_factory
-from callbridge.twilio.socket import PicowsTwilioSocket
+from callbridge.twilio.picows import PicowsTwilioSocket
 
 _ROUTES: dict[str, Direction] = {"media-stream": "inbound", "outbound-stream": "outbound"}
 

@@ -14,16 +14,17 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
-from callbridge.agent.connection import agent_dialer
+from callbridge.agent.dial import agent_dialer
 from callbridge.bot import Direction
 from callbridge.bridge.call_bridge import CallBridge
 from callbridge.logs import EventLogger
 from callbridge.server.call_runner import CallRunner
 from callbridge.server.connections import on_reused_connection
 from callbridge.server.state import APP_STATE, AppState
+from callbridge.twilio.aiohttp import AiohttpTwilioSocket
 from callbridge.twilio.media_stream import Start
 from callbridge.twilio.signatures import SignatureError
-from callbridge.twilio.socket import AiohttpTwilioSocket, TwilioSocket
+from callbridge.twilio.socket import TwilioSocket
 
 
 class StreamRefused(Exception):
