@@ -8,8 +8,7 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
-from callbridge.transport import MAX_UNSENT_BYTES
-from callbridge.transport.aiohttp import describe_error, send_text_bounded
+from callbridge.transport.aiohttp import AiohttpSocket, describe_error
 from callbridge.twilio import media_stream as twilio
 from callbridge.twilio.media_stream import TwilioProtocolError
 from callbridge.twilio.socket import ControlFrames, EventHandler, TextHandler, stalled
@@ -18,7 +17,7 @@ _AIOHTTP_TEXT = aiohttp.WSMsgType.TEXT
 _AIOHTTP_ENDS = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
 
 
-class AiohttpTwilioSocket:
+class AiohttpTwilioSocket(AiohttpSocket[web.WebSocketResponse]):
     def __init__(
         self,
         ws: web.WebSocketResponse,
@@ -26,28 +25,17 @@ class AiohttpTwilioSocket:
         max_messages_per_second: int = 200,
     ) -> None:
         """`ws` without autoping: pings come here, to be counted and answered."""
-        self._ws = ws
-        self._transport = transport
-        self._gave_up = ""
+        super().__init__(ws, transport)
         self._fail_code: int | None = None
         self._controls = ControlFrames(max_messages_per_second)
-
-    @property
-    def closed(self) -> bool:
-        return self._ws.closed or bool(self._gave_up)
 
     def fail(self, code: int) -> None:
         # on_text returns False next, and serve() returns: the runner's close says `code`.
         if self._fail_code is None:
             self._fail_code = code
 
-    def send(self, frame: bytes) -> None:
-        if self.closed:
-            return
-        unsent = send_text_bounded(self._ws, frame, self._transport, MAX_UNSENT_BYTES)
-        if unsent:
-            self._gave_up = stalled(unsent)
-            self._transport.abort()  # type: ignore[union-attr]  # not None: it reported
+    def _why_stalled(self, unsent: int) -> str:
+        return stalled(unsent)
 
     async def serve(self, on_text: TextHandler, on_event: EventHandler) -> None:
         ws = self._ws

@@ -8,15 +8,7 @@ from collections.abc import Callable
 from picows import WSCloseCode, WSFrame, WSMsgType, WSTransport
 
 from callbridge import fast_path
-from callbridge.transport import MAX_UNSENT_BYTES
-from callbridge.transport.picows import (
-    FragmentedMessages,
-    MessageTooBig,
-    Send,
-    close_politely,
-    drop_frame,
-    send_for,
-)
+from callbridge.transport.picows import MessageTooBig, PicowsSocket, close_politely
 from callbridge.twilio import media_stream as twilio
 from callbridge.twilio.media_stream import TwilioProtocolError
 from callbridge.twilio.socket import ControlFrames, EventHandler, TextHandler, stalled
@@ -28,14 +20,14 @@ _CONTROL = (WSMsgType.PING, WSMsgType.PONG)
 _SENDABLE_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, *range(1007, 1015)))
 
 
-class PicowsTwilioSocket(fast_path.TwilioAudioSocket):
+class PicowsTwilioSocket(PicowsSocket, fast_path.TwilioAudioSocket):
     """A picows listener; `on_connected` starts the call once the upgrade is done. Frames
     come to `_on_frame`, through the compiled fast path when there is one (which takes
     the caller audio the bridge lets it relay, see `callbridge.fast_path`)."""
 
     # No instance dict: picows calls the compiled frame callback through Cython's check
     # for a Python override, which looks for one in the instance dict: one object less to
-    # fetch from memory a frame.
+    # fetch from memory a frame. `PicowsSocket`'s attributes are among these.
     __slots__ = (
         "_controls",
         "_early",
@@ -56,57 +48,38 @@ class PicowsTwilioSocket(fast_path.TwilioAudioSocket):
         max_bytes: int,
         max_messages_per_second: int = 200,
     ):
-        super().__init__()
+        super().__init__(max_bytes)
         # picows's automatic pong is off for these sockets: pings are answered here.
         self._controls = ControlFrames(max_messages_per_second)
         self._on_connected = on_connected
-        self._transport: WSTransport | None = None
         self._on_text: TextHandler | None = None
         self._on_event: EventHandler | None = None
-        self._early: list[bytes] = []  # frames before serve() starts
-        self._fragments = FragmentedMessages(max_bytes)
-        self._failure: BaseException | None = None
         self._gave_up = ""
-        self._paused = False  # the transport's buffer is past its high-water mark
-        # Rebound with the state (see `send_for`); picows's send is a no-op once closing,
-        # so only giving up on a stalled peer makes the socket unusable for sending.
-        self.send: Send = drop_frame
 
     @property
     def closed(self) -> bool:
         transport = self._transport
         return transport is None or transport.is_disconnected or transport.is_close_frame_sent
 
-    def _send_watching(self, frame: bytes) -> None:
-        transport = self._transport
-        if transport is None or self._gave_up:
-            return
-        transport.send(_TEXT, frame)  # a no-op once closing
-        unsent = transport.underlying_transport.get_write_buffer_size()
-        if unsent > MAX_UNSENT_BYTES:
-            self._gave_up = stalled(unsent)
-            self.stopped = True
-            self._rebind_send()
-            transport.disconnect(graceful=False)
+    def _sendable(self) -> bool:
+        # picows's send is a no-op once closing, so only giving up on a stalled peer makes
+        # the socket unusable for sending.
+        return not self._gave_up
 
-    def _rebind_send(self) -> None:
-        self.send, self.direct = send_for(
-            self._transport,
-            usable=not self._gave_up,
-            paused=self._paused,
-            watching=self._send_watching,
-        )
+    def _stalled(self, unsent: int) -> None:
+        self._gave_up = stalled(unsent)
+        self._stop()
+        if self._transport is not None:
+            self._transport.disconnect(graceful=False)
 
     async def serve(self, on_text: TextHandler, on_event: EventHandler) -> None:
         transport = self._transport
         assert transport is not None, "serve() before the upgrade"
         self._on_text, self._on_event = on_text, on_event
-        early, self._early = self._early, []
-        for message in early:
+        for message in self._take_early():
             self._text(message)
         await transport.wait_disconnected()
-        if self._failure is not None:
-            raise self._failure  # a bug in the runner: the call's owner reports it
+        self._raise_failure()  # a bug in the runner: the call's owner reports it
         if self._gave_up:
             on_event(TwilioProtocolError(self._gave_up))
 
@@ -117,17 +90,8 @@ class PicowsTwilioSocket(fast_path.TwilioAudioSocket):
     # --- picows's WSListener ------------------------------------------------------------
 
     def on_ws_connected(self, transport: WSTransport) -> None:
-        self._transport = transport
-        self._rebind_send()
+        super().on_ws_connected(transport)
         self._on_connected(self)
-
-    def pause_writing(self) -> None:
-        self._paused = True
-        self._rebind_send()
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        self._rebind_send()
 
     def _on_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if self.stopped:
@@ -144,7 +108,7 @@ class PicowsTwilioSocket(fast_path.TwilioAudioSocket):
                 if on_text(frame.get_payload_as_memoryview()):
                     return
             except Exception as exc:
-                self._fail(exc)
+                self._fail_with(exc)
                 return
             self.abort(WSCloseCode.POLICY_VIOLATION)
             return
@@ -186,7 +150,7 @@ class PicowsTwilioSocket(fast_path.TwilioAudioSocket):
         try:
             keep_reading = self._on_text(data)
         except Exception as exc:
-            self._fail(exc)
+            self._fail_with(exc)
             return
         if not keep_reading:
             self.abort(WSCloseCode.POLICY_VIOLATION)
@@ -219,21 +183,7 @@ class PicowsTwilioSocket(fast_path.TwilioAudioSocket):
         try:
             self._on_event(event)
         except Exception as exc:
-            self._fail(exc)
-
-    def _fail(self, exc: Exception) -> None:
-        if self._failure is None:
-            self._failure = exc
-        self.stopped = True
-        if self._transport is not None:
-            self._transport.disconnect(graceful=False)
+            self._fail_with(exc)
 
     def fail(self, code: int) -> None:
         self.abort(WSCloseCode(code))  # the POLICY_VIOLATION abort that follows sends nothing
-
-    def abort(self, code: WSCloseCode) -> None:
-        """Close at once (a close frame, then the connection), from any callback."""
-        self.stopped = True
-        if self._transport is not None and not self._transport.is_disconnected:
-            self._transport.send_close(code)
-            self._transport.disconnect()
