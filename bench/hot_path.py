@@ -49,12 +49,12 @@ from typing import Any
 from picows import WSMsgType
 
 from bench import relay_common
-from callbridge.agent.picows_socket import PicowsAgentSocket
+from callbridge.agent.picows import PicowsAgentSocket
 from callbridge.bot import bot
 from callbridge.bridge.call_bridge import CallBridge
 from callbridge.logs import EventLogger
 from callbridge.server.call_runner import CallRunner
-from callbridge.server.twilio_socket import PicowsTwilioSocket
+from callbridge.twilio.picows import PicowsTwilioSocket
 
 STREAM_SID = "MZ" + "0" * 32
 CALLER_AUDIO = base64.b64encode(bytes(range(160))).decode()  # 20 ms of μ-law

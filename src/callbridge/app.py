@@ -12,14 +12,14 @@ from aiohttp import web
 from callbridge.bot import Bot
 from callbridge.config import Settings
 from callbridge.records.store import CallStore
-from callbridge.server import media_stream_endpoint, records_api, webhooks
+from callbridge.server import records_api, streams, webhooks
 from callbridge.server.connections import FIRST_REQUESTS, FirstRequests, note_first_request
 from callbridge.server.lifecycle import end_calls_now
 from callbridge.server.metrics import METRICS, CallMetrics, metrics_endpoint
 from callbridge.server.picows_streams import PICOWS_STREAMS, PicowsStreams
 from callbridge.server.records_api import RECORDS_STORE
 from callbridge.server.state import APP_STATE, AppState
-from callbridge.server.twilio_auth import TwilioAuthenticator
+from callbridge.twilio.signatures import TwilioAuthenticator
 
 # One second of μ-law per media message: Twilio accepts any size; fewer frames, same sound.
 _APOLOGY_CHUNK_BYTES = 8000
@@ -52,8 +52,8 @@ def build_app(settings: Settings, bot: Bot) -> web.Application:
     app.router.add_post("/twiml", webhooks.inbound_twiml)
     app.router.add_post("/outbound-twiml", webhooks.outbound_twiml)
     app.router.add_post("/call-status", webhooks.call_status)
-    app.router.add_get("/media-stream/{call_id}", media_stream_endpoint.inbound_stream)
-    app.router.add_get("/outbound-stream/{call_id}", media_stream_endpoint.outbound_stream)
+    app.router.add_get("/media-stream/{call_id}", streams.inbound_stream)
+    app.router.add_get("/outbound-stream/{call_id}", streams.outbound_stream)
     app.router.add_get("/healthz", webhooks.healthz)
     app.router.add_get("/readyz", webhooks.readyz)
     records_api.add_routes(app)
@@ -79,12 +79,12 @@ def build_app(settings: Settings, bot: Bot) -> web.Application:
 
 
 async def _picows_streams(app: web.Application) -> AsyncIterator[None]:
-    streams = app.get(PICOWS_STREAMS)
-    if streams is not None:
-        await streams.start()
+    picows_streams = app.get(PICOWS_STREAMS)
+    if picows_streams is not None:
+        await picows_streams.start()
     yield
-    if streams is not None:
-        await streams.stop()
+    if picows_streams is not None:
+        await picows_streams.stop()
 
 
 async def _records(app: web.Application) -> AsyncIterator[None]:

@@ -21,13 +21,9 @@ from picows import (
 )
 
 from callbridge.agent import events as agent
-from callbridge.agent.connection import (
-    MAX_UNSENT_BYTES,
-    AgentConnectError,
-    AgentSocket,
-    AgentTransport,
-    agent_dialer,
-)
+from callbridge.agent.dial import agent_dialer
+from callbridge.agent.socket import AgentConnectError, AgentSocket, AgentTransport
+from callbridge.transport import MAX_UNSENT_BYTES
 from tests.socket_helpers import flood_until_closed, one_route_server
 
 READY = b'{"type":"session.ready","session_id":"sess_1"}'

@@ -12,14 +12,12 @@ import pytest
 from aiohttp import web
 from picows import ws_create_server
 
-from callbridge.bridge.inputs import TwilioProtocolError
-from callbridge.server.twilio_socket import (
-    MAX_UNSENT_BYTES,
-    AiohttpTwilioSocket,
-    PicowsTwilioSocket,
-    TwilioSocket,
-)
+from callbridge.transport import MAX_UNSENT_BYTES
 from callbridge.twilio import media_stream as twilio
+from callbridge.twilio.aiohttp import AiohttpTwilioSocket
+from callbridge.twilio.media_stream import TwilioProtocolError
+from callbridge.twilio.picows import PicowsTwilioSocket
+from callbridge.twilio.socket import TwilioSocket
 from tests.socket_helpers import flood_until_closed, one_route_server
 
 

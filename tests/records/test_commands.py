@@ -13,7 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from callbridge.records.commands import calls_app, db_app
+from callbridge.cli.records import calls_app, db_app
 from callbridge.records.entries import CallClosed, CallOpened, CallStatusChanged
 from callbridge.records.queries import CallQuery
 

@@ -48,10 +48,10 @@ from callbridge.bridge.inputs import (
     TimerFired,
     ToolFinished,
     TwilioClosed,
-    TwilioProtocolError,
 )
 from callbridge.tools import tool
 from callbridge.twilio import media_stream as twilio
+from callbridge.twilio.media_stream import TwilioProtocolError
 
 STREAM = "MZ00000000000000000000000000000001"
 PAYLOAD_B64 = "//7+/f38+/r5+A=="  # as it crosses both sockets

@@ -25,11 +25,12 @@ from callbridge.bridge.actions import (
     StartTimer,
 )
 from callbridge.bridge.call_bridge import CallBridge
-from callbridge.bridge.inputs import StreamOpened, TimerFired, TwilioClosed, TwilioProtocolError
+from callbridge.bridge.inputs import StreamOpened, TimerFired, TwilioClosed
 from callbridge.logs import EventLogger
 from callbridge.server.call_runner import CallRunner
-from callbridge.server.twilio_socket import EventHandler, TextHandler
 from callbridge.twilio import media_stream as twilio
+from callbridge.twilio.media_stream import TwilioProtocolError
+from callbridge.twilio.socket import EventHandler, TextHandler
 from tests.log_events import Events, caught
 
 

@@ -22,10 +22,10 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect, ws_c
 
 from callbridge import fast_path
 from callbridge.agent import events as agent
-from callbridge.agent.picows_socket import PicowsAgentSocket
+from callbridge.agent.picows import PicowsAgentSocket
 from callbridge.fast_path import frames
-from callbridge.server.twilio_socket import PicowsTwilioSocket
 from callbridge.twilio import media_stream as twilio
+from callbridge.twilio.picows import PicowsTwilioSocket
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,8 +49,8 @@ def test_without_the_compiled_module_calls_work_through_the_full_path() -> None:
         import sys
         sys.modules["callbridge.fast_path._compiled"] = None  # import fails: not built
         from callbridge import fast_path
-        from callbridge.server.twilio_socket import PicowsTwilioSocket
-        from callbridge.agent.picows_socket import PicowsAgentSocket
+        from callbridge.twilio.picows import PicowsTwilioSocket
+        from callbridge.agent.picows import PicowsAgentSocket
         assert not fast_path.COMPILED and "not built" in fast_path.WHY_NOT_COMPILED
         assert PicowsTwilioSocket.on_ws_frame is PicowsTwilioSocket._on_frame
         assert PicowsAgentSocket.on_ws_frame is PicowsAgentSocket._on_frame

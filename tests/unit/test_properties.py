@@ -35,11 +35,11 @@ from callbridge.bridge.inputs import (
     TimerFired,
     ToolFinished,
     TwilioClosed,
-    TwilioProtocolError,
 )
 from callbridge.bridge.playout_ledger import MARK_PREFIX
 from callbridge.tools import tool
 from callbridge.twilio import media_stream as twilio
+from callbridge.twilio.media_stream import TwilioProtocolError
 
 
 @tool

@@ -42,12 +42,12 @@ from callbridge.bridge.inputs import (
     TimerFired,
     ToolFinished,
     TwilioClosed,
-    TwilioProtocolError,
 )
 from callbridge.bridge.playout_ledger import PlayoutLedger, ReplyPlayout
 from callbridge.records import entries as records
 from callbridge.tools import Tool
 from callbridge.twilio import media_stream as twilio
+from callbridge.twilio.media_stream import TwilioProtocolError
 
 APOLOGY_MARK = "callbridge-apology-played"
 READY_TIMER = "agent-ready"

@@ -32,12 +32,6 @@ class TwilioClosed(msgspec.Struct, frozen=True):
     """The Twilio socket is gone (closed by Twilio, by us, or broken)."""
 
 
-class TwilioProtocolError(msgspec.Struct, frozen=True):
-    """The Twilio socket broke a hard limit (oversize frame...); the stream must end."""
-
-    reason: str
-
-
 class ToolFinished(msgspec.Struct, frozen=True):
     call_id: str
     result: str

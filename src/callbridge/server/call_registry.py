@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from callbridge.server.twilio_auth import TOKEN_TTL_SECONDS, tokens_match
+from callbridge.twilio.signatures import TOKEN_TTL_SECONDS, tokens_match
 
 if TYPE_CHECKING:
     from callbridge.server.call_runner import CallRunner

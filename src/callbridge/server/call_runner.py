@@ -17,15 +17,10 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
-import aiohttp
-
 from callbridge import fast_path as fast_path_module
 from callbridge.agent import events as agent
-from callbridge.agent.connection import (
-    AgentConnectError,
-    AgentDialer,
-    AgentSocket,
-)
+from callbridge.agent.dial import AgentDialer
+from callbridge.agent.socket import AgentConnectError, AgentSocket
 from callbridge.bridge.actions import (
     Action,
     CancelTimer,
@@ -49,15 +44,16 @@ from callbridge.bridge.inputs import (
     TimerFired,
     ToolFinished,
     TwilioClosed,
-    TwilioProtocolError,
 )
 from callbridge.bridge.playout_ledger import AUDIBLE_SHARE, MARK_EVERY_BYTES, MARK_PREFIX
 from callbridge.fast_path import Relayed, frames
 from callbridge.logs import EventLogger
 from callbridge.records.entries import RecordEntry
-from callbridge.server.twilio_socket import TwilioSocket
 from callbridge.tools import run_tool
+from callbridge.transport import CloseCode
 from callbridge.twilio import media_stream as twilio
+from callbridge.twilio.media_stream import TwilioProtocolError
+from callbridge.twilio.socket import TwilioSocket
 
 # If the bridge has not finished this long after the Twilio socket closed, something is
 # wrong: close whatever is left rather than keep a socket (and a bill) open.
@@ -167,7 +163,7 @@ class CallRunner:
             self.log.exception("call.crashed", exc)
             await self._close_agent_socket()
             with contextlib.suppress(Exception):
-                await self._twilio.close(aiohttp.WSCloseCode.INTERNAL_ERROR)
+                await self._twilio.close(CloseCode.INTERNAL_ERROR)
         finally:
             self._cancel_timers()  # after a crash too
             if self._fast_agent is not None:
@@ -210,11 +206,11 @@ class CallRunner:
 
     async def _read_twilio(self) -> None:
         twilio_socket = self._twilio
-        code = aiohttp.WSCloseCode.POLICY_VIOLATION  # we stopped reading: a refused stream
+        code = CloseCode.POLICY_VIOLATION  # we stopped reading: a refused stream
         try:
             await twilio_socket.serve(self._on_twilio_text, self._feed)
         except asyncio.CancelledError:
-            code = aiohttp.WSCloseCode.INTERNAL_ERROR  # another task of the call failed
+            code = CloseCode.INTERNAL_ERROR  # another task of the call failed
             raise
         finally:
             if not twilio_socket.closed:
@@ -265,7 +261,7 @@ class CallRunner:
         """A text frame that is not UTF-8: RFC 6455 fails the connection, with close code
         1007, before anything else is read. The bridge then ends the call in order (its
         log line and record say why; session.end upstream). False: the stream ends."""
-        self._twilio.fail(aiohttp.WSCloseCode.INVALID_TEXT)
+        self._twilio.fail(CloseCode.INVALID_TEXT)
         self._feed(TwilioProtocolError(reason))
         return False
 

@@ -28,16 +28,11 @@ from picows import (
 
 from callbridge.bot import Direction
 from callbridge.logs import EventLogger
-from callbridge.picows_sockets import server_protocol_factory
 from callbridge.server.call_runner import CallRunner
-from callbridge.server.media_stream_endpoint import (
-    StreamRefused,
-    admit_stream,
-    run_call,
-    start_call,
-)
 from callbridge.server.state import AppState
-from callbridge.server.twilio_socket import PicowsTwilioSocket
+from callbridge.server.streams import StreamRefused, admit_stream, run_call, start_call
+from callbridge.transport.picows import server_protocol_factory
+from callbridge.twilio.picows import PicowsTwilioSocket
 
 _ROUTES: dict[str, Direction] = {"media-stream": "inbound", "outbound-stream": "outbound"}
 

@@ -14,7 +14,7 @@ from callbridge.logs import EventLogger
 from callbridge.records.entries import RecordEntry
 from callbridge.records.store import CallStore
 from callbridge.server.call_registry import CallRegistry
-from callbridge.server.twilio_auth import TwilioAuthenticator
+from callbridge.twilio.signatures import TwilioAuthenticator
 
 
 @dataclass

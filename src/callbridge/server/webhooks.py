@@ -15,7 +15,7 @@ from callbridge.records.entries import CallStatusChanged
 from callbridge.server.call_registry import CallInfo, new_call_id
 from callbridge.server.log_throttle import refused
 from callbridge.server.state import APP_STATE, AppState
-from callbridge.server.twilio_auth import SignatureError, new_stream_token
+from callbridge.twilio.signatures import SignatureError, new_stream_token
 
 # Spoken by Twilio when we cannot bridge a call at all (no agent configured).
 UNAVAILABLE_TEXT = "Sorry, we can't take your call right now. Please try again later. Goodbye."

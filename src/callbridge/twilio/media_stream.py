@@ -113,6 +113,12 @@ class InvalidText(msgspec.Struct, frozen=True, gc=False):
 INVALID_TEXT = InvalidText()
 
 
+class TwilioProtocolError(msgspec.Struct, frozen=True):
+    """The Twilio socket broke a hard limit (oversize frame...); the stream must end."""
+
+    reason: str
+
+
 MediaStreamMessage = Connected | Start | Media | Mark | Dtmf | Stop
 _KNOWN_EVENTS = frozenset({"connected", "start", "media", "mark", "dtmf", "stop"})
 

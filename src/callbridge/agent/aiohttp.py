@@ -1,5 +1,5 @@
 """The upstream socket on aiohttp (the Twilio side's WebSocket library): the alternative
-to `picows_socket`, chosen with CALLBRIDGE_AGENT_TRANSPORT=aiohttp."""
+to `agent/picows.py`, chosen with CALLBRIDGE_AGENT_TRANSPORT=aiohttp."""
 
 from __future__ import annotations
 
@@ -9,37 +9,25 @@ import contextlib
 import aiohttp
 
 from callbridge.agent import events as agent
-from callbridge.agent.connection import (
+from callbridge.agent.socket import (
     CONNECT_TIMEOUT_SECONDS,
     MAX_AGENT_MESSAGE_BYTES,
-    MAX_UNSENT_BYTES,
     PING_AFTER_IDLE_SECONDS,
     AgentConnectError,
     EventSink,
 )
-from callbridge.aiohttp_sockets import describe_error, send_text_bounded
+from callbridge.transport.aiohttp import AiohttpSocket, describe_error
 
 _TEXT = aiohttp.WSMsgType.TEXT
 
 
-class AiohttpAgentSocket:
+class AiohttpAgentSocket(AiohttpSocket[aiohttp.ClientWebSocketResponse]):
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self._ws = ws
-        self._gave_up = ""
-        # The transport, for its buffer size (aiohttp does not expose it on the socket).
         conn = ws._response.connection
-        self._transport = conn.transport if conn is not None else None
+        super().__init__(ws, conn.transport if conn is not None else None)
 
-    @property
-    def closed(self) -> bool:
-        return self._ws.closed or bool(self._gave_up)
-
-    def send(self, frame: bytes) -> None:
-        if self.closed:
-            return
-        if send_text_bounded(self._ws, frame, self._transport, MAX_UNSENT_BYTES):
-            self._gave_up = "the agent stopped reading (send buffer full)"
-            self._transport.abort()  # type: ignore[union-attr]  # not None: it reported
+    def _why_stalled(self, unsent: int) -> str:
+        return "the agent stopped reading (send buffer full)"
 
     async def serve(self, sink: EventSink) -> tuple[int | None, str]:
         ws, reason = self._ws, ""

@@ -1,6 +1,6 @@
-"""What both aiohttp sockets (Twilio's on the main port, the agent's when chosen) share:
-writing a frame without awaiting, giving up on a peer that stopped reading, and saying
-what went wrong.
+"""What both aiohttp sockets (Twilio's on the main port, the agent's when chosen) share
+(`AiohttpSocket`): writing a frame without awaiting, giving up on a peer that stopped
+reading, and saying what went wrong.
 
 aiohttp's `send_frame` is a coroutine only so that it can wait for the peer to drain a
 full buffer; the frame itself is written in its first step. Relaying audio from inside
@@ -15,12 +15,41 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 from aiohttp import web
 
+from callbridge.transport import MAX_UNSENT_BYTES
+
 _TEXT = aiohttp.WSMsgType.TEXT
+WebSocket = TypeVar("WebSocket", web.WebSocketResponse, aiohttp.ClientWebSocketResponse)
+
+
+class AiohttpSocket(Generic[WebSocket]):
+    """An aiohttp WebSocket that frames are sent to without awaiting; `closed` once the
+    socket closes or once the peer stopped reading (`_gave_up` says why)."""
+
+    def __init__(self, ws: WebSocket, transport: asyncio.Transport | None) -> None:
+        self._ws: WebSocket = ws
+        self._transport = transport  # for its buffer size (aiohttp does not expose it)
+        self._gave_up = ""
+
+    @property
+    def closed(self) -> bool:
+        return self._ws.closed or bool(self._gave_up)
+
+    def send(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        unsent = send_text_bounded(self._ws, frame, self._transport, MAX_UNSENT_BYTES)
+        if unsent:
+            self._gave_up = self._why_stalled(unsent)
+            self._transport.abort()  # type: ignore[union-attr]  # not None: it reported
+
+    def _why_stalled(self, unsent: int) -> str:
+        """Why the socket gave up on the peer: it stopped reading, `unsent` bytes wait."""
+        raise NotImplementedError
 
 
 def send_text_bounded(

@@ -1,6 +1,7 @@
-"""What both picows sockets (the agent's, Twilio's) share: whole messages out of fragments,
-the polite close, which `send` a socket has in its state, one logger for picows's own
-lines, and picows's server protocol for a socket we accepted ourselves."""
+"""What both picows sockets (the agent's, Twilio's) share: their lifecycle
+(`PicowsSocket`), whole messages out of fragments, the polite close, which `send` a
+socket has in its state, one logger for picows's own lines, and picows's server protocol
+for a socket we accepted ourselves."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from picows import WSCloseCode, WSFrame, WSMsgType, WSTransport, WSUpgradeRequest
+
+from callbridge.transport import MAX_UNSENT_BYTES
 
 # picows logs flow control and disconnects without the call's id; our sockets report every
 # close themselves, with the id, so only picows's errors are let through.
@@ -138,3 +142,108 @@ class FragmentedMessages:
             return None
         message, self._parts = b"".join(self._parts), None
         return message
+
+
+_TEXT = WSMsgType.TEXT
+
+
+class PicowsSocket:
+    """The lifecycle both picows sockets share: `send` rebound as the state changes (see
+    `send_for`), writing paused and resumed with the transport's buffer, what arrives
+    before serve() starts, a failure in a callback raised by serve() (in the task that
+    owns the call), giving up on a peer that stopped reading, and closing at once.
+
+    It goes ahead of the compiled fast path's class in the bases (`fast_path.
+    TwilioAudioSocket`, `fast_path.AgentAudioSocket`, which hold `stopped` and `direct`)
+    and adds nothing to a frame's path: the frame callbacks are the fast path's and the
+    subclass's. It has no slots of its own (two bases with slots cannot be combined): each
+    subclass declares these attributes among its `__slots__`."""
+
+    if not TYPE_CHECKING:  # (type checkers would take these for the only attributes)
+        __slots__ = ()
+
+    _transport: WSTransport | None
+    _paused: bool  # the transport's buffer is past its high-water mark
+    _early: list[Any]  # what arrived before serve() started
+    _failure: BaseException | None  # raised by serve()
+    _fragments: FragmentedMessages
+    send: Send
+    # The fast path's class's.
+    stopped: bool
+    direct: WSTransport | None
+
+    def __init__(self, max_message_bytes: int) -> None:
+        super().__init__()
+        self._transport = None
+        self._paused = False
+        self._early = []
+        self._failure = None
+        self._fragments = FragmentedMessages(max_message_bytes)
+        self.send = drop_frame  # rebound with the state: see `send_for`
+
+    def _sendable(self) -> bool:
+        """Whether frames may still be sent (asked as the state changes, not a frame)."""
+        raise NotImplementedError
+
+    def _stalled(self, unsent: int) -> None:
+        """The peer stopped reading (`unsent` bytes wait): give up on it."""
+        raise NotImplementedError
+
+    def _rebind_send(self) -> None:
+        self.send, self.direct = send_for(
+            self._transport,
+            usable=self._sendable(),
+            paused=self._paused,
+            watching=self._send_watching,
+        )
+
+    def _send_watching(self, frame: bytes) -> None:
+        transport = self._transport
+        if transport is None or self.send is drop_frame:  # no longer usable
+            return
+        transport.send(_TEXT, frame)  # a no-op once closing
+        unsent = transport.underlying_transport.get_write_buffer_size()
+        if unsent > MAX_UNSENT_BYTES:
+            self._stalled(unsent)
+
+    def _stop(self) -> None:
+        self.stopped = True  # and frames still in the read buffer are ignored
+        self._rebind_send()
+
+    def _take_early(self) -> list[Any]:
+        early, self._early = self._early, []
+        return early
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _fail_with(self, exc: Exception) -> None:
+        """A bug in what the socket hands frames to: the connection ends at once and
+        serve() raises `exc` (not picows's to log)."""
+        if self._failure is None:
+            self._failure = exc
+        self._stop()
+        if self._transport is not None:
+            self._transport.disconnect(graceful=False)
+
+    def abort(self, code: WSCloseCode) -> None:
+        """Close at once (a close frame, then the connection), from any callback."""
+        self._stop()
+        if self._transport is not None and not self._transport.is_disconnected:
+            self._transport.send_close(code)
+            self._transport.disconnect()
+
+    # --- picows's WSListener ------------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self._transport = transport
+        self._rebind_send()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        self._rebind_send()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._rebind_send()

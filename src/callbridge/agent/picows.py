@@ -18,35 +18,27 @@ from picows import (
 
 from callbridge import fast_path
 from callbridge.agent import events as agent
-from callbridge.agent.connection import (
+from callbridge.agent.socket import (
     CONNECT_TIMEOUT_SECONDS,
     MAX_AGENT_MESSAGE_BYTES,
-    MAX_UNSENT_BYTES,
     PING_AFTER_IDLE_SECONDS,
     PONG_TIMEOUT_SECONDS,
     AgentConnectError,
     EventSink,
 )
-from callbridge.picows_sockets import (
-    PICOWS_LOG,
-    FragmentedMessages,
-    MessageTooBig,
-    Send,
-    close_politely,
-    drop_frame,
-    send_for,
-)
+from callbridge.transport.picows import PICOWS_LOG, MessageTooBig, PicowsSocket, close_politely
 
 _TEXT = WSMsgType.TEXT
 _decode = agent.decode_strict
 _DECODE_ERRORS = agent.DECODE_ERRORS
 
 
-class PicowsAgentSocket(fast_path.AgentAudioSocket):
+class PicowsAgentSocket(PicowsSocket, fast_path.AgentAudioSocket):
     """Frames come to `_on_frame`, through the compiled fast path when there is one (which
     takes the reply audio the bridge lets it relay, see `callbridge.fast_path`)."""
 
-    # No instance dict: see `PicowsTwilioSocket.__slots__`.
+    # No instance dict: see `PicowsTwilioSocket.__slots__`. `PicowsSocket`'s attributes are
+    # among these.
     __slots__ = (
         "_early",
         "_failed_with",
@@ -60,16 +52,10 @@ class PicowsAgentSocket(fast_path.AgentAudioSocket):
     )
 
     def __init__(self) -> None:
-        super().__init__()
-        self._transport: WSTransport | None = None
+        super().__init__(MAX_AGENT_MESSAGE_BYTES)
         self._sink: EventSink | None = None
-        self._early: list[object] = []  # events before serve() starts (none in practice)
-        self._fragments = FragmentedMessages(MAX_AGENT_MESSAGE_BYTES)
-        self._failure: BaseException | None = None
         self._failed_with: int | None = None  # the close code we failed the connection with
         self._reason = ""
-        self._paused = False  # the transport's buffer is past its high-water mark
-        self.send: Send = drop_frame  # rebound with the state: see `send_for`
 
     # --- AgentSocket ------------------------------------------------------------------
 
@@ -77,36 +63,21 @@ class PicowsAgentSocket(fast_path.AgentAudioSocket):
     def closed(self) -> bool:
         return self.stopped
 
-    def _send_watching(self, frame: bytes) -> None:
-        transport = self._transport
-        if transport is None or self.stopped:
-            return
-        transport.send(_TEXT, frame)
-        if transport.underlying_transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
-            self._give_up("the agent stopped reading (send buffer full)")
+    def _sendable(self) -> bool:
+        return not self.stopped
 
-    def _rebind_send(self) -> None:
-        self.send, self.direct = send_for(
-            self._transport,
-            usable=not self.stopped,
-            paused=self._paused,
-            watching=self._send_watching,
-        )
-
-    def _mark_closed(self) -> None:
-        self.stopped = True  # and frames still in the read buffer are ignored
-        self._rebind_send()
+    def _stalled(self, unsent: int) -> None:
+        self._give_up("the agent stopped reading (send buffer full)")
 
     async def serve(self, sink: EventSink) -> tuple[int | None, str]:
         transport = self._transport
         assert transport is not None, "serve() before the socket was opened"
-        early, self._early = self._early, []
+        early = self._take_early()  # events before serve() started (none in practice)
         self._sink = sink
         for event in early:
             sink(event)
         await transport.wait_disconnected()
-        if self._failure is not None:
-            raise self._failure  # a bug in the sink: the call's owner reports it
+        self._raise_failure()  # a bug in the sink: the call's owner reports it
         received = transport.close_handshake.recv if transport.close_handshake else None
         # The peer's close code; else the one we failed the connection with (as aiohttp's
         # socket reports it).
@@ -117,22 +88,10 @@ class PicowsAgentSocket(fast_path.AgentAudioSocket):
 
     async def close(self) -> None:
         if self._transport is not None:
-            self._mark_closed()
+            self._stop()
             await close_politely(self._transport, WSCloseCode.OK)
 
     # --- WSListener -------------------------------------------------------------------
-
-    def on_ws_connected(self, transport: WSTransport) -> None:
-        self._transport = transport
-        self._rebind_send()
-
-    def pause_writing(self) -> None:
-        self._paused = True
-        self._rebind_send()
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        self._rebind_send()
 
     def _on_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if self.stopped:
@@ -149,9 +108,7 @@ class PicowsAgentSocket(fast_path.AgentAudioSocket):
                     self._fail_connection(event.reason)
                     return
         elif kind is WSMsgType.CLOSE:
-            self._mark_closed()
-            transport.send_close(frame.get_close_code())
-            transport.disconnect()
+            self.abort(frame.get_close_code())
             return
         elif kind is _TEXT or kind is WSMsgType.CONTINUATION:
             try:
@@ -182,16 +139,13 @@ class PicowsAgentSocket(fast_path.AgentAudioSocket):
         try:
             sink(event)
         except Exception as exc:
-            # Not picows's to log: serve() raises it in the task that owns the call.
-            if self._failure is None:
-                self._failure = exc
-            self._give_up("")
+            self._fail_with(exc)
 
     if not fast_path.COMPILED:
         on_ws_frame = _on_frame  # every frame takes the full path: one Python call less
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self._mark_closed()
+        self._stop()
 
     # --- internals --------------------------------------------------------------------
 
@@ -199,16 +153,13 @@ class PicowsAgentSocket(fast_path.AgentAudioSocket):
         """Text that is not UTF-8: RFC 6455 fails the connection with close code 1007. The
         runner sees the socket close with `reason`, as for any broken connection."""
         if self._transport is not None:
-            self._transport.send_close(WSCloseCode.INVALID_TEXT)
             self._failed_with = WSCloseCode.INVALID_TEXT.value
-        self._mark_closed()
         if not self._reason:
             self._reason = reason
-        if self._transport is not None:
-            self._transport.disconnect()  # after the close frame is written
+        self.abort(WSCloseCode.INVALID_TEXT)
 
     def _give_up(self, reason: str) -> None:
-        self._mark_closed()
+        self._stop()
         if reason and not self._reason:
             self._reason = reason
         if self._transport is not None:

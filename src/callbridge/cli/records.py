@@ -17,7 +17,7 @@ import typer
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from callbridge.command_exit import EXIT_CONFIG, EXIT_FAILED, fail, settings_or_exit
+from callbridge.cli.exit import EXIT_CONFIG, EXIT_FAILED, fail, settings_or_exit
 from callbridge.config import Settings
 from callbridge.records import database, queries
 from callbridge.records.queries import CallDetail, CallQuery, CallSummary

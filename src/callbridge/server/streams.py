@@ -1,8 +1,10 @@
-"""The Media Streams WebSocket endpoints: one socket from Twilio is one call.
+"""Media Streams: one socket from Twilio is one call.
 
-On the main port (aiohttp) by default; `media_stream_listener.py` serves the same streams
-from a picows listener on a port of its own. Both refuse the same way (signature, then a
-duplicate stream) and run the call the same way (`start_call`, `run_call`).
+The main port hands a stream's socket to picows (`picows_streams.py`) by default, or
+serves it with the aiohttp routes here (`inbound_stream`, `outbound_stream`: with
+CALLBRIDGE_MEDIA_STREAM_TRANSPORT=aiohttp, or for a stream on a reused keep-alive
+connection). Both refuse the same way (`admit_stream`: the signature, then a duplicate
+stream) and run the call the same way (`start_call`, `run_call`).
 """
 
 from __future__ import annotations
@@ -12,16 +14,17 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
-from callbridge.agent.connection import agent_dialer
+from callbridge.agent.dial import agent_dialer
 from callbridge.bot import Direction
 from callbridge.bridge.call_bridge import CallBridge
 from callbridge.logs import EventLogger
 from callbridge.server.call_runner import CallRunner
 from callbridge.server.connections import on_reused_connection
 from callbridge.server.state import APP_STATE, AppState
-from callbridge.server.twilio_auth import SignatureError
-from callbridge.server.twilio_socket import AiohttpTwilioSocket, TwilioSocket
+from callbridge.twilio.aiohttp import AiohttpTwilioSocket
 from callbridge.twilio.media_stream import Start
+from callbridge.twilio.signatures import SignatureError
+from callbridge.twilio.socket import TwilioSocket
 
 
 class StreamRefused(Exception):

@@ -10,13 +10,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from callbridge.command_exit import (
-    EXIT_CONFIG,
-    EXIT_FAILED,
-    fail,
-    settings_or_exit,
-    warn_unknown,
-)
+from callbridge.cli.exit import EXIT_CONFIG, EXIT_FAILED, fail, settings_or_exit, warn_unknown
 from callbridge.config import ConfigError, load_settings, security_problem, unknown_variables
 
 app = typer.Typer(
@@ -27,7 +21,7 @@ app = typer.Typer(
 
 
 def _register_record_commands() -> None:
-    from callbridge.records.commands import calls_app, db_app
+    from callbridge.cli.records import calls_app, db_app
 
     app.add_typer(calls_app, name="calls")
     app.add_typer(db_app, name="db")
@@ -182,7 +176,7 @@ def simulate(
     ] = False,
 ) -> None:
     """Run one call against a running server, as Twilio would, without a phone."""
-    from callbridge.simulate import SimulationError, caller_audio, run_simulation
+    from callbridge.cli.simulate import SimulationError, caller_audio, run_simulation
 
     if wav is not None and beep is not None:
         fail("give --wav or --beep, not both", EXIT_CONFIG)
@@ -232,7 +226,7 @@ def fake_agent(
     api_key: Annotated[str, typer.Option(help="The key the fake accepts.")] = "fake-agent-key",
 ) -> None:
     """Run a fake Voice Agent API on loopback: calls with no AssemblyAI account."""
-    from callbridge.testing.fake_agent_command import (
+    from callbridge.cli.fake_agent import (
         DEMO_SCRIPT,
         FakeAgentCommandError,
         load_script,
