@@ -22,7 +22,7 @@ from callbridge.records.entries import CallClosed, CallOpened, CallStatusChanged
 from callbridge.records.store import CallStore
 from callbridge.server.records_api import RECORDS_STORE, add_routes
 from callbridge.server.state import APP_STATE, AppState
-from callbridge.server.twilio_auth import TwilioAuthenticator
+from callbridge.twilio.signatures import TwilioAuthenticator
 from tests.log_events import caught
 
 from .conftest import T0, Backend, StoreFactory, full_call
