@@ -272,7 +272,7 @@ cdef class TwilioAudioSocket(AudioSocket):
                             mark_type, str mark_prefix, echo_clock):
         """How to read Twilio's frames (`decode` to `media_type`, its payload a
         `msgspec.Raw`), write the agent's (the payload between `input_audio_parts`, two
-        bytes), and pace them (the runner's GCRA, its clock); which echoes of our marks to
+        bytes), and pace them (`bridge.pacing`, by `clock`); which echoes of our marks to
         hold back (`mark_type`, named `mark_prefix` and a number) and what to time them by."""
         self._decode = decode
         self._media_type = media_type
@@ -294,11 +294,12 @@ cdef class TwilioAudioSocket(AudioSocket):
             PyObject_GetBuffer(message.media.payload, &text, PyBUF_SIMPLE)
             try:
                 if _base64_size(<const unsigned char*>text.buf, text.len) > 0:
+                    # `bridge.pacing.admit_media`, on the parameters it was configured
+                    # with; a frame it refuses takes the full path (refused, counted).
                     now = self._clock()
                     due = self.media_due
                     if due < now:
                         due = now
-                    # Too far ahead of real time: the full path refuses, counts, logs.
                     if due - now <= self._slack_seconds:
                         self.media_due = due + self._frame_seconds
                         self.relayed_frames += 1

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 
@@ -26,6 +25,7 @@ from callbridge.agent.connection import (
     AgentDialer,
     AgentSocket,
 )
+from callbridge.bridge import pacing
 from callbridge.bridge.actions import (
     Action,
     CancelTimer,
@@ -62,10 +62,7 @@ from callbridge.twilio import media_stream as twilio
 # If the bridge has not finished this long after the Twilio socket closed, something is
 # wrong: close whatever is left rather than keep a socket (and a bill) open.
 _FINISH_GRACE_SECONDS = 10.0
-_MEDIA_FRAME_SECONDS = 0.02  # Twilio sends one 20 ms frame every 20 ms
-# How far ahead of real time caller audio may run: 50 frames at once (a burst after a
-# stall), then one every 20 ms. The half frame absorbs float rounding in the sums.
-_MEDIA_SLACK_SECONDS = 49.5 * _MEDIA_FRAME_SECONDS
+_admit_media = pacing.admit_media
 _MEDIA = twilio.Media
 _REPLY_AUDIO = agent.ReplyAudio
 _decode_twilio = twilio.decode_strict
@@ -112,15 +109,10 @@ class CallRunner:
         self._admit = admit
         self._record = record
         self._admitted = admit is None
-        self._rate_limit = max_messages_per_second
-        self._window_start = -math.inf
-        self._window_left = 0
-        # Caller audio may not run ahead of real time (the API drops it and complains):
-        # a frame every 20 ms, with a second of slack for jitter and our own stalls. The
-        # due time is kept here, or on the Twilio socket when its fast path relays audio
-        # (so both keep one pace): `_pace` is whichever holds it.
-        self.media_due = -math.inf
-        self._pace: _Paced = self
+        self._messages = pacing.MessageBudget(max_messages_per_second)
+        # Caller audio at real-time pace (`bridge.pacing`): its due time is kept here, or
+        # on the Twilio socket when its fast path relays audio (so both keep one pace).
+        self._pace: pacing.Paced = pacing.MediaPace()
         self.rate_limited_frames = 0
         self.fast_path_frames = 0  # audio frames the sockets relayed under the bridge's routes
         self.fast_path_marks = 0  # marks they sent after those frames
@@ -131,8 +123,7 @@ class CallRunner:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._loop: asyncio.AbstractEventLoop  # set by run(): actions are performed inside it
         self._finished = asyncio.Event()
-        # The pace's clock: one function for every call (the fast path calls it a frame, and
-        # a bound method a call would be one more object a frame to fetch from memory).
+        # The pace's clock: one function for every call, not a bound method of each.
         self._now: Callable[[], float] = time.monotonic
         # Both sockets relay the audio the bridge routes to them (see `callbridge.fast_path`)
         # while these are set: asked for, compiled, and both sockets on picows.
@@ -231,16 +222,10 @@ class CallRunner:
             if type(message) is _INVALID_TEXT:
                 return self._invalid_text(message.reason)
         if type(message) is _MEDIA:
-            # Real-time pace (GCRA): each frame is due 20 ms after the one before; a frame
-            # more than a second ahead of when it is due is refused, and counts towards
-            # the flood limit below (caller audio at Twilio's pace never does).
-            pace = self._pace
-            due = pace.media_due
-            if due < now:
-                due = now
-            elif due - now > _MEDIA_SLACK_SECONDS:
+            # A frame refused for its pace counts towards the flood limit below (caller
+            # audio at Twilio's pace never does).
+            if not _admit_media(self._pace, now):
                 return self._media_refused(now)
-            pace.media_due = due + _MEDIA_FRAME_SECONDS
             # No audio route changes here (media_to_agent only counts), so none is taken.
             out = self.bridge.media_to_agent(message)
             if isinstance(out, bytes):
@@ -270,16 +255,12 @@ class CallRunner:
         return False
 
     def _within_message_limit(self, now: float) -> bool:
-        """Flood check in one-second windows: a budget of messages, with the clock compared
-        only when a window's budget is spent. False (and the bridge told) past the limit."""
-        self._window_left -= 1
-        if self._window_left >= 0:
+        """The flood budget (`bridge.pacing`); False (and the bridge told) past it."""
+        if self._messages.spend(now):
             return True
-        if now - self._window_start < 1.0:
-            self._feed(TwilioProtocolError(f"more than {self._rate_limit} messages per second"))
-            return False
-        self._window_start, self._window_left = now, self._rate_limit - 1
-        return True
+        limit = self._messages.limit
+        self._feed(TwilioProtocolError(f"more than {limit} messages per second"))
+        return False
 
     def _media_refused(self, now: float) -> bool:
         self.rate_limited_frames += 1
@@ -379,13 +360,13 @@ class CallRunner:
                 twilio.RelayMedia,
                 _INPUT_AUDIO_PARTS,
                 self._now,
-                _MEDIA_FRAME_SECONDS,
-                _MEDIA_SLACK_SECONDS,
+                pacing.FRAME_SECONDS,
+                pacing.SLACK_SECONDS,
                 twilio.Mark,
                 MARK_PREFIX,
                 self.bridge.clock,
             )
-            sock.media_due = self.media_due
+            sock.media_due = self._pace.media_due
             self._fast_twilio = self._pace = sock
 
     def _configure_fast_agent(self, sock: AgentSocket) -> None:
@@ -465,9 +446,9 @@ class CallRunner:
     def _timer_fired(self, name: str) -> None:
         self._timers.pop(name, None)
         try:
-            # Every timer says when caller audio last came (the pace's due time is 20 ms
-            # after the latest frame): the idle check needs no tick of its own for that.
-            self._feed(TimerFired(name, self._pace.media_due - _MEDIA_FRAME_SECONDS))
+            # Every timer says when caller audio last came (by the pace): the idle check
+            # needs no tick of its own for that.
+            self._feed(TimerFired(name, pacing.last_media_at(self._pace)))
         except Exception as exc:
             # A bug in the bridge: end this call as a failed task would, not the loop's
             # default handler (which would log it and let the call limp on).
@@ -503,10 +484,6 @@ def configure_agent_fast_path(sock: fast_path_module.AgentAudioSocket) -> None:
 
 def _twilio_frame_parts(stream_sid: str) -> tuple[bytes, bytes, bytes, bytes]:
     return frames.twilio_parts(stream_sid, MARK_PREFIX)
-
-
-class _Paced(Protocol):
-    media_due: float
 
 
 async def _reraise(exc: Exception) -> None:
