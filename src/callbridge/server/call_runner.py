@@ -51,7 +51,7 @@ from callbridge.bridge.inputs import (
     TwilioClosed,
     TwilioProtocolError,
 )
-from callbridge.bridge.playout_ledger import AUDIBLE_SHARE, MARK_EVERY_BYTES, MARK_PREFIX
+from callbridge.bridge.playout_ledger import FAST_PATH_MARKS
 from callbridge.fast_path import Relayed, frames
 from callbridge.logs import EventLogger
 from callbridge.records.entries import RecordEntry
@@ -363,7 +363,7 @@ class CallRunner:
                 pacing.FRAME_SECONDS,
                 pacing.SLACK_SECONDS,
                 twilio.Mark,
-                MARK_PREFIX,
+                FAST_PATH_MARKS.prefix,
                 self.bridge.clock,
             )
             sock.media_due = self._pace.media_due
@@ -477,13 +477,13 @@ def configure_agent_fast_path(sock: fast_path_module.AgentAudioSocket) -> None:
         agent.decode_relay,
         agent.RelayReplyAudio,
         _twilio_frame_parts,
-        MARK_EVERY_BYTES,
-        AUDIBLE_SHARE,
+        FAST_PATH_MARKS.every_bytes,
+        FAST_PATH_MARKS.audible_share,
     )
 
 
 def _twilio_frame_parts(stream_sid: str) -> tuple[bytes, bytes, bytes, bytes]:
-    return frames.twilio_parts(stream_sid, MARK_PREFIX)
+    return frames.twilio_parts(stream_sid, FAST_PATH_MARKS.prefix)
 
 
 async def _reraise(exc: Exception) -> None:
