@@ -116,9 +116,9 @@ def base64_size(raw):
 
 # --- frames written around the text relayed ---------------------------------------------
 # The frames the fast path writes are the full path's encoders' output with a hole where
-# the base64 text (or a mark's number) goes: the bytes around it are made once (see
-# `frames.py`), and a frame is those bytes and the text copied together, with no message
-# struct built, encoded and freed a frame.
+# the base64 text (or a mark's number) goes: the bytes around it are made once by the wire
+# modules (`twilio.media_stream.relay_parts`, `agent.events.input_audio_parts`) and passed
+# in; a frame is those bytes and the text copied together, no message struct built a frame.
 
 cdef inline char* _put(char* out, bytes part) noexcept:
     cdef Py_ssize_t n = PyBytes_GET_SIZE(part)

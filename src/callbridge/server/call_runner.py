@@ -52,7 +52,7 @@ from callbridge.bridge.inputs import (
     TwilioProtocolError,
 )
 from callbridge.bridge.playout_ledger import FAST_PATH_MARKS
-from callbridge.fast_path import Relayed, frames
+from callbridge.fast_path import Relayed
 from callbridge.logs import EventLogger
 from callbridge.records.entries import RecordEntry
 from callbridge.server.twilio_socket import TwilioSocket
@@ -68,7 +68,7 @@ _REPLY_AUDIO = agent.ReplyAudio
 _decode_twilio = twilio.decode_strict
 _TWILIO_DECODE_ERRORS = twilio.DECODE_ERRORS
 _INVALID_TEXT = twilio.InvalidText
-_INPUT_AUDIO_PARTS = frames.input_audio_parts()
+_INPUT_AUDIO_PARTS = agent.input_audio_parts()
 # `call.ended`'s counts (see `CallBridge.stats`): always these; those below only if not 0.
 _ENDED_COUNTS = ("frames_from_twilio", "frames_to_agent", "frames_to_twilio")
 _ENDED_COUNTS_IF_ANY = (
@@ -483,7 +483,7 @@ def configure_agent_fast_path(sock: fast_path_module.AgentAudioSocket) -> None:
 
 
 def _twilio_frame_parts(stream_sid: str) -> tuple[bytes, bytes, bytes, bytes]:
-    return frames.twilio_parts(stream_sid, FAST_PATH_MARKS.prefix)
+    return twilio.relay_parts(stream_sid, FAST_PATH_MARKS.prefix)
 
 
 async def _reraise(exc: Exception) -> None:
