@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from callbridge.bot import Bot, generate_random_number
-from callbridge.bridge.call_bridge import LOST_YOU_GREETING
+from callbridge.bridge.reconnect import LOST_YOU_GREETING
 from callbridge.testing.audio import silence, tone
 from callbridge.testing.fake_agent import ConnectFailure, FakeVoiceAgent
 from callbridge.testing.twilio_simulator import SimulatedCall, TwilioSimulator

@@ -205,11 +205,12 @@ class _FastPath:
             self.down += 1
             self.down_bytes += size
             out = [twilio.encode_media(route.stream_sid, event.data)]
-            if size < self.budget:
-                self.budget -= size
+            self.budget -= size
+            if self.budget > 0:
                 return out
             self.marks.append(self.down_bytes)
-            self.budget = MARK_EVERY_BYTES - (size - self.budget) % MARK_EVERY_BYTES
+            while self.budget <= 0:
+                self.budget += MARK_EVERY_BYTES
             out.append(twilio.encode_mark(route.stream_sid, f"cb-{self.next_mark}"))
             self.next_mark += 1
             return out

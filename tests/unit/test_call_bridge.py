@@ -26,19 +26,11 @@ from callbridge.bridge.actions import (
 from callbridge.bridge.call_bridge import (
     APOLOGY_MARK,
     GOODBYE_MARK,
-    IDLE_TIMER,
-    LOST_YOU_GREETING,
-    MAX_CALL_TIMER,
-    READY_TIMER,
-    RETRY_BUDGET_TIMER,
-    SESSION_END_TIMER,
-    SHUTDOWN_INSTRUCTIONS,
-    WRAP_UP_INSTRUCTIONS,
-    WRAP_UP_TIMER,
     CallBridge,
     EndReason,
     State,
 )
+from callbridge.bridge.call_limits import SHUTDOWN_INSTRUCTIONS, WRAP_UP_INSTRUCTIONS
 from callbridge.bridge.inputs import (
     AgentClosed,
     AgentOpened,
@@ -49,6 +41,8 @@ from callbridge.bridge.inputs import (
     ToolFinished,
     TwilioClosed,
 )
+from callbridge.bridge.reconnect import LOST_YOU_GREETING
+from callbridge.bridge.timers import Timer
 from callbridge.tools import tool
 from callbridge.twilio import media_stream as twilio
 from callbridge.twilio.media_stream import TwilioProtocolError
@@ -137,7 +131,7 @@ def test_start_opens_agent_and_session_update_goes_first() -> None:
     actions = bridge.handle(AgentOpened())
     sent = to_agent(actions)
     assert sent == [{"type": "session.update", "session": {"system_prompt": "hi"}}]
-    assert StartTimer(READY_TIMER, 15.0) in actions
+    assert StartTimer(Timer.READY, 15.0) in actions
 
 
 def test_audio_is_gated_on_session_ready_not_session_updated() -> None:
@@ -352,7 +346,7 @@ def test_caller_stop_ends_session_then_finishes_when_both_closed() -> None:
     bridge = live_bridge()
     actions = bridge.handle(twilio.Stop(stream_sid=STREAM))
     assert to_agent(actions) == [{"type": "session.end"}]
-    assert StartTimer(SESSION_END_TIMER, 2.0) in actions
+    assert StartTimer(Timer.SESSION_END, 2.0) in actions
     assert any(isinstance(a, HangUp) for a in actions)
     assert not any(isinstance(a, Finished) for a in bridge.handle(TwilioClosed()))
     assert any(isinstance(a, CloseAgent) for a in bridge.handle(agent.SessionEnded()))
@@ -364,7 +358,7 @@ def test_session_end_timer_closes_a_silent_agent() -> None:
     bridge = live_bridge()
     bridge.handle(TwilioClosed())
     assert bridge.end_reason is EndReason.TWILIO_DISCONNECTED
-    assert any(isinstance(a, CloseAgent) for a in bridge.handle(TimerFired(SESSION_END_TIMER)))
+    assert any(isinstance(a, CloseAgent) for a in bridge.handle(TimerFired(Timer.SESSION_END)))
 
 
 def test_agent_session_ended_hangs_up() -> None:
@@ -412,12 +406,12 @@ def test_unreachable_agent_is_retried_with_backoff_then_apologised_for() -> None
     bridge = new_bridge(jitter=lambda: 1.0)
     bridge.handle(start_frame())
     first = bridge.handle(AgentOpenFailed("refused"))
-    assert StartTimer(RETRY_BUDGET_TIMER, 10.0) in first
+    assert StartTimer(Timer.RETRY_BUDGET, 10.0) in first
     assert OpenAgent(0.25) in first
     assert OpenAgent(0.5) in bridge.handle(AgentOpenFailed("refused"))
     assert OpenAgent(1.0) in bridge.handle(AgentOpenFailed("refused"))
     assert bridge.end_reason is None
-    actions = bridge.handle(TimerFired(RETRY_BUDGET_TIMER))
+    actions = bridge.handle(TimerFired(Timer.RETRY_BUDGET))
     assert bridge.end_reason is EndReason.AGENT_UNAVAILABLE
     assert len(to_twilio(actions)) == 3  # the two apology payloads, the mark (no clear:
     # no agent audio ever went out)
@@ -440,7 +434,7 @@ def test_no_session_ready_in_time_means_a_new_socket() -> None:
     bridge = new_bridge()
     bridge.handle(start_frame())
     bridge.handle(AgentOpened())
-    assert bridge.handle(TimerFired(READY_TIMER))[-1] == CloseAgent()
+    assert bridge.handle(TimerFired(Timer.READY))[-1] == CloseAgent()
     assert any(isinstance(a, OpenAgent) for a in bridge.handle(AgentClosed(1000)))
 
 
@@ -462,7 +456,7 @@ def test_dropped_session_is_resumed_and_held_results_delivered() -> None:
     # The half-played reply is cleared; a new socket is on its way.
     assert to_twilio(dropped) == [{"event": "clear", "streamSid": STREAM}]
     assert any(isinstance(a, OpenAgent) for a in dropped)
-    assert StartTimer(RETRY_BUDGET_TIMER, 25.0) in dropped
+    assert StartTimer(Timer.RETRY_BUDGET, 25.0) in dropped
     # The tool finishes while we are away: held, not sent into a dead socket.
     assert to_agent(bridge.handle(ToolFinished("c1", '"1"', False))) == []
     assert to_agent(bridge.handle(media())) == []
@@ -538,7 +532,7 @@ def test_polite_shutdown_asks_for_a_goodbye() -> None:
     [create] = to_agent(actions)
     # The goodbye says why: a closing line, not a call that ran out of time.
     assert create == {"type": "reply.create", "instructions": SHUTDOWN_INSTRUCTIONS}
-    bridge.handle(TimerFired(WRAP_UP_TIMER))
+    bridge.handle(TimerFired(Timer.WRAP_UP))
     assert bridge.end_reason is EndReason.SERVER_SHUTDOWN
     now = live_bridge()
     assert to_agent(now.handle(ServerShutdown())) == [{"type": "session.end"}]
@@ -587,7 +581,7 @@ def _live_idle_bridge(clock: _Clock) -> CallBridge:
         idle_seconds=8.0,
         clock=clock,
     )
-    assert bridge.handle(StreamOpened()) == [StartTimer(IDLE_TIMER, 2.0)]
+    assert bridge.handle(StreamOpened()) == [StartTimer(Timer.IDLE, 2.0)]
     bridge.handle(start_frame())
     bridge.handle(AgentOpened())
     bridge.handle(agent.SessionReady(session_id="s"))
@@ -601,20 +595,20 @@ def test_idle_stream_ends_the_call_after_the_idle_period() -> None:
     bridge = _live_idle_bridge(clock)
     bridge.handle(media())
     clock.now += 2.0
-    assert StartTimer(IDLE_TIMER, 2.0) in bridge.handle(TimerFired(IDLE_TIMER))  # activity seen
+    assert StartTimer(Timer.IDLE, 2.0) in bridge.handle(TimerFired(Timer.IDLE))  # activity seen
     for _ in range(3):
         clock.now += 2.0
         assert bridge.end_reason is None
-        bridge.handle(TimerFired(IDLE_TIMER))
+        bridge.handle(TimerFired(Timer.IDLE))
     bridge.handle(media())  # activity resets the count
     clock.now += 2.0
-    bridge.handle(TimerFired(IDLE_TIMER))
+    bridge.handle(TimerFired(Timer.IDLE))
     for _ in range(3):
         clock.now += 2.0
-        bridge.handle(TimerFired(IDLE_TIMER))
+        bridge.handle(TimerFired(Timer.IDLE))
     assert bridge.end_reason is None
     clock.now += 2.0
-    actions = bridge.handle(TimerFired(IDLE_TIMER))
+    actions = bridge.handle(TimerFired(Timer.IDLE))
     assert bridge.end_reason is EndReason.TWILIO_IDLE
     assert to_agent(actions) == [{"type": "session.end"}]
 
@@ -628,22 +622,22 @@ def test_idle_check_with_the_time_of_the_last_audio_checks_once_a_period() -> No
     bridge.handle(media())
     clock.now += 2.0
     # Audio up to 20 ms ago: the period runs out 7.98 s from now.
-    assert bridge.handle(TimerFired(IDLE_TIMER, clock.now - 0.02)) == [
-        StartTimer(IDLE_TIMER, pytest.approx(7.98))
+    assert bridge.handle(TimerFired(Timer.IDLE, clock.now - 0.02)) == [
+        StartTimer(Timer.IDLE, pytest.approx(7.98))
     ]
     bridge.handle(media())
     last = clock.now + 3.0  # the stream's last frame
     clock.now += 7.98
-    assert bridge.handle(TimerFired(IDLE_TIMER, last)) == [
-        StartTimer(IDLE_TIMER, pytest.approx(3.02))
+    assert bridge.handle(TimerFired(Timer.IDLE, last)) == [
+        StartTimer(Timer.IDLE, pytest.approx(3.02))
     ]
     clock.now += 3.01  # a check that comes a little early (a coarser clock) waits a little
-    assert bridge.handle(TimerFired(IDLE_TIMER, last)) == [
-        StartTimer(IDLE_TIMER, pytest.approx(0.05))
+    assert bridge.handle(TimerFired(Timer.IDLE, last)) == [
+        StartTimer(Timer.IDLE, pytest.approx(0.05))
     ]
     assert bridge.end_reason is None
     clock.now += 0.06
-    actions = bridge.handle(TimerFired(IDLE_TIMER, last))
+    actions = bridge.handle(TimerFired(Timer.IDLE, last))
     assert bridge.end_reason is EndReason.TWILIO_IDLE
     assert to_agent(actions) == [{"type": "session.end"}]
 
@@ -655,25 +649,25 @@ def test_idle_check_takes_no_audio_time_from_the_future_and_none_for_no_audio() 
     bridge = _live_idle_bridge(clock)
     bridge.handle(media())
     clock.now += 2.0
-    assert bridge.handle(TimerFired(IDLE_TIMER, clock.now + 0.9)) == [StartTimer(IDLE_TIMER, 8.0)]
+    assert bridge.handle(TimerFired(Timer.IDLE, clock.now + 0.9)) == [StartTimer(Timer.IDLE, 8.0)]
 
     silent = _Clock()
     quiet = _live_idle_bridge(silent)
     silent.now += 2.0
-    assert quiet.handle(TimerFired(IDLE_TIMER, -math.inf)) == [StartTimer(IDLE_TIMER, 6.0)]
+    assert quiet.handle(TimerFired(Timer.IDLE, -math.inf)) == [StartTimer(Timer.IDLE, 6.0)]
     silent.now += 6.0
-    quiet.handle(TimerFired(IDLE_TIMER, -math.inf))
+    quiet.handle(TimerFired(Timer.IDLE, -math.inf))
     assert quiet.end_reason is EndReason.TWILIO_IDLE
 
 
 def test_maximum_length_asks_for_a_goodbye_then_hangs_up_once_it_played() -> None:
     bridge = CallBridge(session_config={}, tools=[], max_call_seconds=100.0, wrap_up_seconds=20.0)
-    assert bridge.handle(StreamOpened()) == [StartTimer(MAX_CALL_TIMER, 80.0)]
+    assert bridge.handle(StreamOpened()) == [StartTimer(Timer.MAX_CALL, 80.0)]
     bridge.handle(start_frame())
     bridge.handle(AgentOpened())
     bridge.handle(agent.SessionReady(session_id="s"))
     bridge.handle(agent.ReplyStarted(reply_id="r0"))  # a reply already under way
-    actions = bridge.handle(TimerFired(MAX_CALL_TIMER))
+    actions = bridge.handle(TimerFired(Timer.MAX_CALL))
     [create] = to_agent(actions)
     assert create == {"type": "reply.create", "instructions": WRAP_UP_INSTRUCTIONS}
     # The reply that was playing ends first: no hang-up on its account.
@@ -694,8 +688,8 @@ def test_wrap_up_without_a_goodbye_still_ends() -> None:
     bridge.handle(start_frame())
     bridge.handle(AgentOpened())
     bridge.handle(agent.SessionReady(session_id="s"))
-    bridge.handle(TimerFired(MAX_CALL_TIMER))
-    bridge.handle(TimerFired(WRAP_UP_TIMER))
+    bridge.handle(TimerFired(Timer.MAX_CALL))
+    bridge.handle(TimerFired(Timer.WRAP_UP))
     assert bridge.end_reason is EndReason.MAX_DURATION
 
 
@@ -708,7 +702,8 @@ def test_per_call_state_stays_bounded_over_a_long_call() -> None:
         bridge.handle(agent.SpeechStarted())
         bridge.handle(agent.ReplyDone(reply_id=f"r{n}", status="interrupted"))
         bridge.handle(ToolFinished(f"c{n}", '"1"', False))
+    results = bridge._results
     assert len(bridge._fenced_replies) <= 16
-    assert len(bridge._interrupted_replies) <= 16
-    assert len(bridge._seen_tool_calls) <= 256
-    assert bridge._tool_reply == {} and bridge._tool_started == {}
+    assert len(results._interrupted) <= 16
+    assert len(results._seen) <= 256
+    assert results._reply_of == {} and results._started == {}

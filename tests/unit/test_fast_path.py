@@ -23,7 +23,6 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect, ws_c
 from callbridge import fast_path
 from callbridge.agent import events as agent
 from callbridge.agent.picows import PicowsAgentSocket
-from callbridge.fast_path import frames
 from callbridge.twilio import media_stream as twilio
 from callbridge.twilio.picows import PicowsTwilioSocket
 
@@ -180,9 +179,9 @@ def test_relayed_frames_are_what_the_full_paths_write(
     from callbridge.bridge.playout_ledger import MARK_PREFIX
 
     text = b'"' + base64.b64encode(audio) + b'"'
-    head, tail = frames.input_audio_parts()
+    head, tail = agent.input_audio_parts()
     assert head + text + tail == agent.encode_input_audio(audio)
-    media_head, media_tail, mark_head, mark_tail = frames.twilio_parts(stream_sid, MARK_PREFIX)
+    media_head, media_tail, mark_head, mark_tail = twilio.relay_parts(stream_sid, MARK_PREFIX)
     assert media_head + text + media_tail == twilio.encode_media(stream_sid, audio)
     name = f"{MARK_PREFIX}{mark}"
     assert mark_head + str(mark).encode() + mark_tail == twilio.encode_mark(stream_sid, name)
@@ -190,7 +189,7 @@ def test_relayed_frames_are_what_the_full_paths_write(
 
 def test_a_mark_prefix_that_json_would_escape_is_refused() -> None:
     with pytest.raises(ValueError, match="not plain JSON"):
-        frames.twilio_parts("MZ1", 'cb"')
+        twilio.relay_parts("MZ1", 'cb"')
 
 
 def _fields(kind: type) -> list[tuple[str, str, object]]:

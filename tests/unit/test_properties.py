@@ -16,13 +16,7 @@ from callbridge.agent import events as agent
 from callbridge.bridge.actions import Action, Finished, Log, RunTool, SendToAgent, SendToTwilio
 from callbridge.bridge.call_bridge import (
     APOLOGY_MARK,
-    APOLOGY_TIMER,
     GOODBYE_MARK,
-    IDLE_TIMER,
-    MAX_CALL_TIMER,
-    READY_TIMER,
-    SESSION_END_TIMER,
-    WRAP_UP_TIMER,
     CallBridge,
     State,
 )
@@ -37,6 +31,7 @@ from callbridge.bridge.inputs import (
     TwilioClosed,
 )
 from callbridge.bridge.playout_ledger import MARK_PREFIX
+from callbridge.bridge.timers import Timer
 from callbridge.tools import tool
 from callbridge.twilio import media_stream as twilio
 from callbridge.twilio.media_stream import TwilioProtocolError
@@ -160,12 +155,12 @@ payloads = st.sampled_from([b"\xff\xfe\xfd\xfc", b"", b"\x00" * 300, b"\x7f" * 1
 reply_ids = st.sampled_from(["r1", "r2", "r3", None])
 call_ids = st.sampled_from(["c1", "c2", "c3"])
 timers = [
-    READY_TIMER,
-    SESSION_END_TIMER,
-    APOLOGY_TIMER,
-    IDLE_TIMER,
-    MAX_CALL_TIMER,
-    WRAP_UP_TIMER,
+    Timer.READY,
+    Timer.SESSION_END,
+    Timer.APOLOGY,
+    Timer.IDLE,
+    Timer.MAX_CALL,
+    Timer.WRAP_UP,
     "other",
 ]
 

@@ -263,14 +263,21 @@ class _ReplyCreate(
 
 
 _encoder = msgspec.json.Encoder()
-# For the compiled fast path's frames (`fast_path/frames.py`): encode_struct(RelayInputAudio(
-# text)) writes what encode_input_audio writes for the audio that text encodes.
-encode_struct = _encoder.encode
 SESSION_END = b'{"type":"session.end"}'
 
 
 def encode_input_audio(payload: bytes) -> bytes:
     return _encoder.encode(InputAudio(payload))
+
+
+def input_audio_parts() -> tuple[bytes, bytes]:
+    """For the compiled fast path: the bytes around the caller's base64 text (a JSON
+    string) in an `input.audio` message, as `encode_input_audio` writes it for the audio
+    that text encodes. A NUL byte marks the hole: msgspec never writes one in JSON."""
+    head, hole, tail = _encoder.encode(RelayInputAudio(msgspec.Raw(b"\x00"))).partition(b"\x00")
+    if not hole or b"\x00" in tail:
+        raise ValueError("not one hole in an input.audio message")
+    return head, tail
 
 
 def encode_tool_result(call_id: str, result: str, is_error: bool) -> bytes:

@@ -1,9 +1,12 @@
 """One call's bridge between Twilio and the Voice Agent API, as a state machine. No I/O.
 
 Feed it every decoded message from either socket and every adapter event (see
-`inputs.py`); it returns the actions to perform (see `actions.py`). All call policy is
-here: gating caller audio until `session.ready`, barge-in, tool-result timing, and how a
-call ends. Audio crosses as the bytes msgspec decoded from base64, re-encoded on the way out.
+`inputs.py`); it returns the actions to perform (see `actions.py`). This module holds the
+states, the dispatch and how a call ends; the policies it applies have modules of their
+own: `barge_in`, `reconnect` (retry, resume, fresh session), `tool_results`,
+`call_limits` (idle, length), `timers`, `playout_ledger` (what the caller heard, marks),
+`record_entries`. Audio crosses as the bytes msgspec decoded from base64, re-encoded on
+the way out.
 """
 
 from __future__ import annotations
@@ -14,9 +17,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, NamedTuple
-
-from msgspec import UNSET
+from typing import Any, NamedTuple
 
 from callbridge.agent import events as agent
 from callbridge.bridge.actions import (
@@ -33,6 +34,8 @@ from callbridge.bridge.actions import (
     SendToTwilio,
     StartTimer,
 )
+from callbridge.bridge.barge_in import BargeIn
+from callbridge.bridge.call_limits import CallLength, IdleLimit
 from callbridge.bridge.inputs import (
     AgentClosed,
     AgentOpened,
@@ -43,38 +46,18 @@ from callbridge.bridge.inputs import (
     ToolFinished,
     TwilioClosed,
 )
-from callbridge.bridge.playout_ledger import PlayoutLedger, ReplyPlayout
+from callbridge.bridge.playout_ledger import PlayoutLedger
+from callbridge.bridge.reconnect import Reconnect, fresh_config
+from callbridge.bridge.record_entries import RecordEntries
+from callbridge.bridge.timers import Timer
+from callbridge.bridge.tool_results import ToolResults
 from callbridge.records import entries as records
 from callbridge.tools import Tool
 from callbridge.twilio import media_stream as twilio
 from callbridge.twilio.media_stream import TwilioProtocolError
 
 APOLOGY_MARK = "callbridge-apology-played"
-READY_TIMER = "agent-ready"
-SESSION_END_TIMER = "session-end"
-APOLOGY_TIMER = "apology"
-IDLE_TIMER = "idle-check"
-MAX_CALL_TIMER = "max-call"
-WRAP_UP_TIMER = "wrap-up"
-RETRY_BUDGET_TIMER = "agent-retry-budget"
-_RETRY_BASE_DELAY = 0.25
-_RETRY_MAX_DELAY = 4.0
-LOST_YOU_GREETING = "Sorry, I lost you for a moment. Could you say that again?"
 GOODBYE_MARK = "callbridge-goodbye-played"
-# Idle checks per idle period when the time of the last caller audio is not known (see
-# TimerFired.media_at): detection within 1.25x the period. When it is, one check per period.
-_IDLE_TICKS = 4
-_IDLE_RECHECK_MIN_SECONDS = 0.05  # never re-check sooner (a clock that disagrees a little)
-WRAP_UP_INSTRUCTIONS = (
-    "The time for this call is up. Tell the caller, in one short friendly sentence, that "
-    "you have to end the call now, and say goodbye. Do not ask any question."
-)
-# A restart or scale-down: the caller can ring again at once (another instance answers).
-SHUTDOWN_INSTRUCTIONS = (
-    "This phone line has to close now. Tell the caller, in one short friendly sentence, "
-    "that you have to end the call and that they are welcome to call back right away, and "
-    "say goodbye. Do not ask any question."
-)
 
 
 class State(enum.Enum):
@@ -89,7 +72,7 @@ class State(enum.Enum):
     DONE = "done"
 
 
-# Looking up an enum member costs ~70 ns on Python 3.11; the audio handlers run per frame.
+# A module global, not an enum member's look-up: the audio handlers run per frame.
 _LIVE = State.LIVE
 
 
@@ -128,24 +111,6 @@ class EndReason(enum.StrEnum):
     MAX_DURATION = "max-duration"
 
 
-class RecentIds(dict[str | None, None]):
-    """The last `capacity` ids added, oldest forgotten first. A dict underneath, so `in`
-    (asked for every reply frame) runs in C."""
-
-    def __init__(self, capacity: int) -> None:
-        super().__init__()
-        self._capacity = capacity
-
-    def add(self, item: str | None) -> None:
-        self.pop(item, None)
-        self[item] = None
-        if len(self) > self._capacity:
-            del self[next(iter(self))]
-
-    def discard(self, item: str | None) -> None:
-        self.pop(item, None)
-
-
 # Who ended a call, for its record.
 _ENDED_BY: dict[EndReason, records.EndedBy] = {
     EndReason.STREAM_STOPPED: "caller",
@@ -163,10 +128,16 @@ _ENDED_BY: dict[EndReason, records.EndedBy] = {
 # session is being set up (Twilio streams from the first moment), and while the call ends
 # (frames already on their way when we hang up). Any other drop is worth a warning.
 _EXPECTED_DROPS = frozenset({"before-ready", "ending"})
-
-
-def _ms_since(start: float | None, at: float | None) -> float | None:
-    return None if start is None or at is None else round((at - start) * 1000, 1)
+# Timers cancelled when the call is over, in this order.
+_CANCELLED_AT_THE_END = (
+    Timer.SESSION_END,
+    Timer.APOLOGY,
+    Timer.IDLE,
+    Timer.MAX_CALL,
+    Timer.WRAP_UP,
+    Timer.RETRY_BUDGET,
+    Timer.READY,
+)
 
 
 def _worth_a_line(count: int) -> bool:
@@ -199,34 +170,22 @@ class CallBridge:
         self.call_id = call_id
         self._direction = direction
         self._clock = clock
-        self._wall = wall_clock
         self._ledger = PlayoutLedger(clock)
-        self._record_seq = 0
-        self._tool_started: dict[str, tuple[str, dict[str, Any], float]] = {}
+        self._records = RecordEntries(call_id, wall_clock)
         self._session_config = dict(session_config)
         self._tools = {t.name: t for t in tools}
         self._apology = tuple(apology_payloads)
         self._apology_seconds = apology_seconds
         self._ready_timeout = ready_timeout
         self._end_wait = end_wait
-        self._idle_seconds = idle_seconds
-        self._max_call_seconds = max_call_seconds
-        self._wrap_up_seconds = wrap_up_seconds
-        self._media_at_last_tick = 0  # frames_from_twilio at the last idle check
-        self._last_media_at = clock()  # when caller audio last came (or the stream opened)
-        self._wrapping_up = False
+        self._idle = IdleLimit(idle_seconds, clock())
+        self._length = CallLength(max_call_seconds, wrap_up_seconds)
         self._wrap_up_reason = EndReason.MAX_DURATION
-        # Reconnecting: the API keeps a dropped session 30 s, so give up before that.
-        self._connect_retry_seconds = connect_retry_seconds
-        self._reconnect_seconds = reconnect_seconds
-        self._jitter = jitter
-        self._attempt = 0
-        self._retry_budget_spent = False
-        self._resume_refused = False
-        self._session_lost = False
-        self.resumes = 0
-        self.fresh_sessions = 0
-        self._goodbye_reply: str | None = None
+        self._reconnect = Reconnect(
+            connect_retry_seconds=connect_retry_seconds,
+            reconnect_seconds=reconnect_seconds,
+            jitter=jitter,
+        )
 
         self.state = State.AWAITING_START
         self.end_reason: EndReason | None = None
@@ -240,13 +199,9 @@ class CallBridge:
         self._agent = "none"  # none | opening | open | closed
 
         self._current_reply: str | None = None
-        # Bounded: an hour-long call has hundreds of replies; only recent ones can still matter.
-        self._fenced_replies = RecentIds(16)  # cut-off replies: drop their late audio
-        self._interrupted_replies = RecentIds(16)  # their tool results are discarded
-        self._results_may_flow = True  # reference §4.4: only right after reply.done
-        self._tool_reply: dict[str, str | None] = {}  # outstanding call_id -> its reply
-        self._held_results: list[ToolFinished] = []
-        self._seen_tool_calls = RecentIds(256)  # a call_id is answered once
+        self._barge_in = BargeIn(self._ledger)
+        self._fenced_replies = self._barge_in.fenced  # read per reply frame: one look-up
+        self._results = ToolResults(clock)
 
         self._media_dropped = 0  # media frames not relayed (frames_from_twilio is derived)
         self.frames_to_agent = 0
@@ -290,6 +245,15 @@ class CallBridge:
             ServerShutdown: self._on_server_shutdown,
             StreamOpened: self._on_stream_opened,
         }
+        self._timer_handlers: dict[str, Callable[[TimerFired], list[Action]]] = {
+            Timer.READY: self._no_ready_in_time,
+            Timer.SESSION_END: self._no_session_ended_in_time,
+            Timer.APOLOGY: self._apology_played,
+            Timer.IDLE: self._idle_check,
+            Timer.MAX_CALL: self._call_length_reached,
+            Timer.WRAP_UP: self._no_goodbye_in_time,
+            Timer.RETRY_BUDGET: self._retry_budget_spent,
+        }
 
     def handle(self, event: object) -> list[Action]:
         """Take one event, return what to do. Never raises for any event it is given."""
@@ -307,6 +271,14 @@ class CallBridge:
     def clock(self) -> Callable[[], float]:
         """The clock the bridge times things by (echoes held back by the fast path too)."""
         return self._clock
+
+    @property
+    def resumes(self) -> int:
+        return self._reconnect.resumes
+
+    @property
+    def fresh_sessions(self) -> int:
+        return self._reconnect.fresh_sessions
 
     @property
     def frames_from_twilio(self) -> int:
@@ -329,16 +301,7 @@ class CallBridge:
     # --- Twilio side ------------------------------------------------------------------
 
     def _on_stream_opened(self, _: StreamOpened) -> list[Action]:
-        actions: list[Action] = []
-        if self._idle_seconds:
-            self._last_media_at = self._clock()  # the idle period starts with the stream
-            actions.append(StartTimer(IDLE_TIMER, self._idle_seconds / _IDLE_TICKS))
-        if self._max_call_seconds:
-            # Short limits still leave most of the call for talking.
-            self._wrap_up_seconds = min(self._wrap_up_seconds, self._max_call_seconds / 4)
-            wrap_up_at = self._max_call_seconds - self._wrap_up_seconds
-            actions.append(StartTimer(MAX_CALL_TIMER, wrap_up_at))
-        return actions
+        return [*self._idle.start(self._clock()), *self._length.start()]
 
     # --- the audio fast path ------------------------------------------------------------
     # Nearly every event of a call is an audio frame, one way or the other. The runner
@@ -396,7 +359,7 @@ class CallBridge:
             return self._drop("bad-payload")  # live, so the payload was empty
         if self.state is State.AWAITING_START:
             return self._drop("before-start")
-        if self.state in (State.RECONNECTING, State.RESUMING) or self._session_lost:
+        if self.state in (State.RECONNECTING, State.RESUMING) or self._reconnect.session_lost:
             return self._drop("reconnecting")
         if self.state in (State.CONNECTING, State.CONFIGURING):
             return self._drop("before-ready")
@@ -448,10 +411,7 @@ class CallBridge:
         self.state = State.CONNECTING
         self._agent = "opening"
         params = self.custom_parameters
-        opened = records.CallOpened(
-            self.call_id,
-            self._next_seq(),
-            self._wall(),
+        opened = self._records.opened(
             direction=params.get("direction", self._direction),
             call_sid=self.call_sid,
             stream_sid=self.stream_sid,
@@ -460,7 +420,7 @@ class CallBridge:
         )
         return [
             Log.info("stream.started", call_sid=self.call_sid, stream_sid=self.stream_sid),
-            Record(opened),
+            opened,
             OpenAgent(),
         ]
 
@@ -468,9 +428,9 @@ class CallBridge:
         if self._ledger.mark_echoed(msg.mark.name):
             return self._settled_replies()
         if msg.mark.name == APOLOGY_MARK and self.state is State.APOLOGIZING:
-            return [CancelTimer(APOLOGY_TIMER), *self._hang_up()]
-        if msg.mark.name == GOODBYE_MARK and self._wrapping_up:
-            return [CancelTimer(WRAP_UP_TIMER), *self._end(self._wrap_up_reason)]
+            return [CancelTimer(Timer.APOLOGY), *self._hang_up()]
+        if msg.mark.name == GOODBYE_MARK and self._length.wrapping_up:
+            return [CancelTimer(Timer.WRAP_UP), *self._end(self._wrap_up_reason)]
         return []
 
     def _on_dtmf(self, msg: twilio.Dtmf) -> list[Action]:
@@ -496,7 +456,7 @@ class CallBridge:
     def _on_twilio_protocol_error(self, msg: TwilioProtocolError) -> list[Action]:
         actions: list[Action] = [Log.error("twilio.protocol_error", reason=msg.reason)]
         if self.end_reason is None:  # the record says why the call ended
-            actions.append(self._error_record("twilio", "protocol_error", msg.reason))
+            actions.append(self._records.error("twilio", "protocol_error", msg.reason))
         return actions + self._end(EndReason.TWILIO_PROTOCOL_ERROR, msg.reason)
 
     # --- agent side -------------------------------------------------------------------
@@ -504,31 +464,27 @@ class CallBridge:
     def _on_agent_opened(self, _: AgentOpened) -> list[Action]:
         self._agent = "open"
         if self.end_reason is not None:
-            if self._session_lost and self.session_id:
+            if self._reconnect.session_lost and self.session_id:
                 # Resume only to end it: a dropped session is billed for its 30 s of grace.
                 return [
                     SendToAgent(agent.encode_session_resume(self.session_id)),
                     SendToAgent(agent.SESSION_END),
-                    StartTimer(SESSION_END_TIMER, self._end_wait),
+                    StartTimer(Timer.SESSION_END, self._end_wait),
                 ]
             return [CloseAgent()]  # the caller left while we were connecting
         if self.state not in (State.CONNECTING, State.RECONNECTING):
             return [Log.warning("agent.unexpected_open", state=self.state.value)]
-        if self.session_id is not None and not self._resume_refused:
+        if self.session_id is not None and not self._reconnect.resume_refused:
             self.state = State.RESUMING
             first = agent.encode_session_resume(self.session_id)
         else:
             self.state = State.CONFIGURING
             first = agent.encode_session_update(
-                self._session_config if self.session_id is None else self._fresh_config()
+                self._session_config
+                if self.session_id is None
+                else fresh_config(self._session_config)
             )
-        return [SendToAgent(first), StartTimer(READY_TIMER, self._ready_timeout)]
-
-    def _fresh_config(self) -> dict[str, Any]:
-        """For a new session after the old one was lost: no second greeting, an apology."""
-        config = dict(self._session_config)
-        config["greeting"] = LOST_YOU_GREETING
-        return config
+        return [SendToAgent(first), StartTimer(Timer.READY, self._ready_timeout)]
 
     def _on_agent_open_failed(self, msg: AgentOpenFailed) -> list[Action]:
         if self._agent != "opening":
@@ -549,49 +505,44 @@ class CallBridge:
         return self._retry_agent(detail)
 
     def _retry_agent(self, detail: str) -> list[Action]:
-        """Open the upstream socket again, with jittered backoff, within a time budget.
-
-        A session that was live is resumed (the API keeps it 30 s); if the resume is
-        refused, a fresh session is dialled at once, with no backoff. Caller audio is
-        dropped meanwhile.
-        """
+        """Open the upstream socket again (`reconnect`); caller audio is dropped meanwhile."""
+        reconnect = self._reconnect
         was_live = self.state is State.LIVE
-        if self._retry_budget_spent:
-            reason = EndReason.AGENT_DROPPED if self._session_lost else EndReason.AGENT_UNAVAILABLE
-            return self._fail(reason, f"gave up reconnecting: {detail}")
+        if reconnect.budget_spent:
+            return self._fail(self._gave_up_reason(), f"gave up reconnecting: {detail}")
         actions: list[Action] = []
-        if self._attempt == 0:
-            budget = self._reconnect_seconds if self.session_id else self._connect_retry_seconds
-            actions.append(StartTimer(RETRY_BUDGET_TIMER, budget))
+        budget = reconnect.budget(self.session_id is not None)
+        if budget is not None:
+            actions.append(StartTimer(Timer.RETRY_BUDGET, budget))
         if was_live:
-            self._session_lost = True
+            reconnect.session_lost = True
             actions.append(Log.warning("agent.dropped", detail=detail, session_id=self.session_id))
             if self.stream_sid is not None:
                 # Whatever half of a reply Twilio still buffers would end mid-word anyway.
-                actions += self._clear()
+                actions += self._barge_in.clear(self.stream_sid)
             if self._current_reply is not None:
                 self._fenced_replies.add(self._current_reply)
             self._current_reply = None
-        refused = self.state is State.RESUMING and self._resume_refused
+        refused = self.state is State.RESUMING and reconnect.resume_refused
         self.state = State.RECONNECTING
         self._agent = "opening"
-        if refused:
-            # The old session is known to be gone: nothing to wait out, the caller is
-            # waiting in silence, so the fresh session is dialled at once.
-            delay = 0.0
-        else:
-            delay = min(_RETRY_MAX_DELAY, _RETRY_BASE_DELAY * 2**self._attempt) * (
-                0.5 + self._jitter() / 2
-            )
-        self._attempt += 1
+        delay = reconnect.next_delay(refused)
         actions += [
             Log.info(
-                "agent.reconnecting", attempt=self._attempt, delay=round(delay, 3), detail=detail
+                "agent.reconnecting",
+                attempt=reconnect.attempt,
+                delay=round(delay, 3),
+                detail=detail,
             ),
-            CancelTimer(READY_TIMER),
+            CancelTimer(Timer.READY),
             OpenAgent(delay),
         ]
         return actions
+
+    def _gave_up_reason(self) -> EndReason:
+        if self._reconnect.session_lost:
+            return EndReason.AGENT_DROPPED
+        return EndReason.AGENT_UNAVAILABLE
 
     def _on_session_ready(self, msg: agent.SessionReady) -> list[Action]:
         if self.state not in (State.CONFIGURING, State.RESUMING):
@@ -600,31 +551,22 @@ class CallBridge:
         fresh_after_loss = not resumed and self.session_id is not None
         self.state = State.LIVE
         self.session_id = msg.session_id
-        self._attempt = 0
-        self._retry_budget_spent = False
-        self._resume_refused = False
-        self._session_lost = False
+        self._reconnect.ready()
         actions: list[Action] = [
-            CancelTimer(READY_TIMER),
-            CancelTimer(RETRY_BUDGET_TIMER),
-            Record(
-                records.AgentSessionStarted(
-                    self.call_id, self._next_seq(), self._wall(), msg.session_id, resumed
-                )
-            ),
+            CancelTimer(Timer.READY),
+            CancelTimer(Timer.RETRY_BUDGET),
+            self._records.session_started(msg.session_id, resumed),
         ]
         if resumed:
-            self.resumes += 1
+            self._reconnect.resumes += 1
             # Results that finished while we were away are what the agent is waiting for.
-            self._results_may_flow = True
+            self._results.may_flow = True
             actions.append(Log.info("agent.resumed", session_id=msg.session_id))
             return actions + self._flush_results()
         if fresh_after_loss:
-            self.fresh_sessions += 1
-            # The new session never asked for the old session's tools: nothing to answer.
-            self._held_results.clear()
-            self._tool_reply.clear()
-            self._results_may_flow = True
+            self._reconnect.fresh_sessions += 1
+            self._results.forget()
+            self._results.may_flow = True
             actions.append(Log.warning("agent.fresh_session", session_id=msg.session_id))
             return actions
         actions.append(Log.info("agent.ready", session_id=msg.session_id))
@@ -638,66 +580,47 @@ class CallBridge:
         level = logging.WARNING if kind in ("ignore", "resume-refused") else logging.ERROR
         fields = {"code": msg.code, "message": msg.message[:300], "param": msg.param, "kind": kind}
         log = Log(level, "agent.error", fields)
-        error = self._error_record("agent", msg.code, msg.message)
+        error = self._records.error("agent", msg.code, msg.message)
         if self.end_reason is not None or kind == "ignore":
             return [log, error]
         if kind == "fatal":
             return [log, error, *self._fail(EndReason.AGENT_ERROR, msg.code)]
         if kind == "resume-refused":
-            self._resume_refused = True
+            self._reconnect.resume_refused = True
         # Retry on a fresh socket: closing this one brings AgentClosed, and the retry.
         return [log, error, *self._close_agent()]
 
     def _on_session_ended(self, _: agent.SessionEnded) -> list[Action]:
         if self.end_reason is not None:
-            return [CancelTimer(SESSION_END_TIMER), *self._close_agent()]
+            return [CancelTimer(Timer.SESSION_END), *self._close_agent()]
         self.end_reason = EndReason.AGENT_ENDED
         self.state = State.ENDING
         return [
             Log.info("agent.session_ended"),
-            CancelTimer(READY_TIMER),
+            CancelTimer(Timer.READY),
             *self._close_agent(),
             *self._hang_up(),
         ]
 
     def _on_speech_started(self, _: agent.SpeechStarted) -> list[Action]:
-        self._results_may_flow = False
+        self._results.may_flow = False
         if self.state is not State.LIVE or self.stream_sid is None:
             return []
-        # While a reply plays, speech.started means the server decided on a barge-in: stop
-        # Twilio's buffered audio now and drop whatever else of that reply still arrives.
-        cut = self._current_reply
-        if cut is not None:
-            self._fenced_replies.add(cut)
-        # Every turn starts so: INFO only for the turns that cut the agent off.
-        log = Log.debug("caller.speech_started") if cut is None else Log.info("caller.barged_in")
-        return [*self._clear(), log]
-
-    def _clear(self) -> list[Action]:
-        """Empty Twilio's buffer of our audio: a `clear`, unless no audio went since the
-        last one (a barge-in's `reply.done` comes right after its `speech.started`)."""
-        if not self._ledger.sent_since_clear():
-            return []
-        assert self.stream_sid is not None
-        self._ledger.cleared()
-        return [SendToTwilio(twilio.encode_clear(self.stream_sid))]
+        return self._barge_in.speech_started(self._current_reply, self.stream_sid)
 
     def _on_speech_stopped(self, _: agent.SpeechStopped) -> list[Action]:
         self._ledger.turn_ended()
         return [Log.debug("caller.speech_stopped")]
 
     def _on_user_transcript(self, msg: agent.UserTranscript) -> list[Action]:
-        line = records.TranscriptLine(
-            self.call_id, self._next_seq(), self._wall(), "caller", msg.text
-        )
-        return [Log.debug("transcript.caller", text=msg.text), Record(line)]
+        line = self._records.caller_line(msg.text)
+        return [Log.debug("transcript.caller", text=msg.text), line]
 
     def _on_reply_started(self, msg: agent.ReplyStarted) -> list[Action]:
         self._current_reply = msg.reply_id
         self._ledger.reply_started(msg.reply_id)
-        if self._wrapping_up and self._goodbye_reply is None:
-            self._goodbye_reply = msg.reply_id
-        self._results_may_flow = False
+        self._length.reply_started(msg.reply_id)
+        self._results.may_flow = False
         return [Log.debug("agent.reply_started", reply_id=msg.reply_id)]
 
     def _on_reply_audio(self, msg: agent.ReplyAudio) -> list[Action]:
@@ -715,18 +638,18 @@ class CallBridge:
             log = Log.debug if msg.reply_id in self._fenced_replies else Log.info
             actions: list[Action] = [log("agent.reply_interrupted", reply_id=msg.reply_id)]
             if self.stream_sid is not None and self.state is State.LIVE:
-                actions += self._clear()
+                actions += self._barge_in.clear(self.stream_sid)
             self._ledger.reply_done(msg.reply_id, interrupted=True)
             actions.extend(self._discard_results_of(msg.reply_id))
             return actions + self._settled_replies()
         self._fenced_replies.discard(msg.reply_id)
-        self._results_may_flow = True
+        self._results.may_flow = True
         actions = self._flush_results()
         end_mark = self._ledger.reply_done(msg.reply_id, interrupted=False)
         if end_mark is not None and self.stream_sid is not None:
             actions.append(SendToTwilio(twilio.encode_mark(self.stream_sid, end_mark)))
         actions += self._settled_replies()
-        if self._wrapping_up and msg.reply_id == self._goodbye_reply and self.stream_sid:
+        if self._length.is_goodbye(msg.reply_id) and self.stream_sid:
             # Hang up once Twilio has played the goodbye, not when the agent finished sending it.
             actions.append(SendToTwilio(twilio.encode_mark(self.stream_sid, GOODBYE_MARK)))
         return actions
@@ -747,20 +670,15 @@ class CallBridge:
             ]
         return []
 
-    # --- tools ------------------------------------------------------------------------
+    # --- tools (the timing of their results: `tool_results`) --------------------------
 
     def _on_tool_call(self, msg: agent.ToolCall) -> list[Action]:
         if self.state is not State.LIVE:
             return [
                 Log.warning("tool.call_ignored", tool_call_id=msg.call_id, state=self.state.value)
             ]
-        if msg.call_id in self._seen_tool_calls:
+        if not self._results.called(msg, self._current_reply):
             return [Log.warning("tool.duplicate_call", tool_call_id=msg.call_id)]
-        self._seen_tool_calls.add(msg.call_id)
-        self._tool_reply[msg.call_id] = self._current_reply
-        raw = msg.arguments if msg.arguments is not UNSET else msg.args
-        recorded = raw if isinstance(raw, dict) else {"raw": str(raw)[:2000]}
-        self._tool_started[msg.call_id] = (msg.name, recorded, self._clock())
         log = Log.debug("tool.called", tool_call_id=msg.call_id, name=msg.name)
         tool = self._tools.get(msg.name)
         if tool is None:
@@ -782,12 +700,10 @@ class CallBridge:
         return [log, RunTool(msg.call_id, tool, arguments)]
 
     def _on_tool_finished(self, msg: ToolFinished) -> list[Action]:
-        if msg.call_id not in self._tool_reply or any(
-            held.call_id == msg.call_id for held in self._held_results
-        ):
+        held = self._results.finished(msg)
+        if held is None:
             return [Log.warning("tool.result_for_unknown_call", tool_call_id=msg.call_id)]
-        if self._tool_reply[msg.call_id] in self._interrupted_replies:
-            del self._tool_reply[msg.call_id]
+        if not held:
             log, record = self._tool_done(msg, discarded=True)
             return [
                 log,
@@ -796,112 +712,105 @@ class CallBridge:
                 ),
                 record,
             ]
-        self._held_results.append(msg)
         log, record = self._tool_done(msg)
-        if self._results_may_flow:
+        if self._results.may_flow:
             return [log, record, *self._flush_results()]
         return [log, record]
 
     def _flush_results(self) -> list[Action]:
-        if self.state is not State.LIVE or self._agent != "open" or not self._held_results:
+        if self.state is not State.LIVE or self._agent != "open" or not self._results.has_held():
             return []
-        actions: list[Action] = []
-        for result in self._held_results:
-            self._tool_reply.pop(result.call_id, None)
-            actions.append(
-                SendToAgent(
-                    agent.encode_tool_result(result.call_id, result.result, result.is_error)
-                )
-            )
-        self._held_results.clear()
-        return actions
+        return [
+            SendToAgent(agent.encode_tool_result(r.call_id, r.result, r.is_error))
+            for r in self._results.take()
+        ]
 
     def _discard_results_of(self, reply_id: str | None) -> list[Action]:
-        # Reference §4.4: results of an interrupted reply are discarded. Tools of that reply
-        # still running are discarded when they finish (their reply stays fenced).
-        self._interrupted_replies.add(reply_id)
-        kept: list[ToolFinished] = []
-        discarded: list[ToolFinished] = []
-        for result in self._held_results:
-            (discarded if self._tool_reply.get(result.call_id) == reply_id else kept).append(result)
-        self._held_results = kept
-        for result in discarded:
-            del self._tool_reply[result.call_id]
-            self._tool_started.pop(result.call_id, None)
         return [
-            Log.info("tool.result_discarded", tool_call_id=r.call_id, why="reply interrupted")
-            for r in discarded
+            Log.info("tool.result_discarded", tool_call_id=call_id, why="reply interrupted")
+            for call_id in self._results.interrupted(reply_id)
         ]
+
+    def _tool_done(self, msg: ToolFinished, *, discarded: bool = False) -> tuple[Log, Record]:
+        """The tool call's one INFO line (`tool.called` is DEBUG: a call is worth one line,
+        once its outcome is known) and its record."""
+        name, arguments, duration_ms = self._results.outcome(msg.call_id)
+        log = Log.info(
+            "tool.finished",
+            tool_call_id=msg.call_id,
+            name=name,
+            is_error=msg.is_error,
+            duration_ms=duration_ms,
+        )
+        record = self._records.tool(
+            tool_call_id=msg.call_id,
+            name=name,
+            arguments=arguments,
+            result=msg.result,
+            is_error=msg.is_error,
+            duration_ms=duration_ms,
+            discarded=discarded,
+        )
+        return log, record
+
+    # --- timers: what each does when it fires ------------------------------------------
+
+    def _on_timer(self, msg: TimerFired) -> list[Action]:
+        handler = self._timer_handlers.get(msg.name)
+        return [] if handler is None else handler(msg)
+
+    def _retry_budget_spent(self, _: TimerFired) -> list[Action]:
+        self._reconnect.budget_spent = True
+        if self.end_reason is None and self.state in (
+            State.RECONNECTING,
+            State.RESUMING,
+            State.CONFIGURING,
+        ):
+            return self._fail(self._gave_up_reason(), "gave up reconnecting to the agent")
+        return []
+
+    def _idle_check(self, msg: TimerFired) -> list[Action]:
+        """Ends a stream that sent no audio for the idle period (`call_limits.IdleLimit`)."""
+        seconds = self._idle.seconds
+        if self.end_reason is not None or not seconds:
+            return []
+        out = self._idle.check(seconds, self._clock(), self.frames_from_twilio, msg.media_at)
+        if isinstance(out, StartTimer):
+            return [out]
+        return [Log.warning("twilio.idle", detail=out), *self._end(EndReason.TWILIO_IDLE, out)]
+
+    def _call_length_reached(self, _: TimerFired) -> list[Action]:
+        return self._wrap_up() if self.end_reason is None else []
+
+    def _no_goodbye_in_time(self, _: TimerFired) -> list[Action]:
+        if self.end_reason is None:
+            return self._end(self._wrap_up_reason, "no goodbye in time")
+        return []
+
+    def _no_ready_in_time(self, _: TimerFired) -> list[Action]:
+        if self.state in (State.CONFIGURING, State.RESUMING):
+            # The server is stuck: try again on a new socket (within the retry budget).
+            return [Log.warning("agent.no_ready_in_time"), *self._close_agent()]
+        return []
+
+    def _no_session_ended_in_time(self, _: TimerFired) -> list[Action]:
+        if self._agent == "open":
+            return [Log.warning("agent.no_session_ended"), *self._close_agent()]
+        return []
+
+    def _apology_played(self, _: TimerFired) -> list[Action]:
+        return self._hang_up() if self.state is State.APOLOGIZING else []
 
     # --- ending -----------------------------------------------------------------------
 
-    def _on_timer(self, msg: TimerFired) -> list[Action]:
-        if msg.name == RETRY_BUDGET_TIMER:
-            self._retry_budget_spent = True
-            if self.end_reason is None and self.state in (
-                State.RECONNECTING,
-                State.RESUMING,
-                State.CONFIGURING,
-            ):
-                reason = (
-                    EndReason.AGENT_DROPPED if self._session_lost else EndReason.AGENT_UNAVAILABLE
-                )
-                return self._fail(reason, "gave up reconnecting to the agent")
-            return []
-        if msg.name == IDLE_TIMER:
-            return self._idle_check(msg.media_at)
-        if msg.name == MAX_CALL_TIMER and self.end_reason is None:
-            return self._wrap_up()
-        if msg.name == WRAP_UP_TIMER and self.end_reason is None:
-            return self._end(self._wrap_up_reason, "no goodbye in time")
-        if msg.name == READY_TIMER and self.state in (State.CONFIGURING, State.RESUMING):
-            # The server is stuck: try again on a new socket (within the retry budget).
-            return [Log.warning("agent.no_ready_in_time"), *self._close_agent()]
-        if msg.name == SESSION_END_TIMER and self._agent == "open":
-            return [Log.warning("agent.no_session_ended"), *self._close_agent()]
-        if msg.name == APOLOGY_TIMER and self.state is State.APOLOGIZING:
-            return self._hang_up()
-        return []
-
-    def _idle_check(self, media_at: float | None) -> list[Action]:
-        """Ends a stream that sent no audio for the idle period. Audio counted since the
-        last check came at `media_at` if the runner says (its pace), else (a frame count
-        alone tells no time) by now; the next check is due when the period would run out,
-        or a quarter period on, when the time of the audio is not known."""
-        if self.end_reason is not None or not self._idle_seconds:
-            return []
-        now = self._clock()
-        if self.frames_from_twilio != self._media_at_last_tick:
-            self._media_at_last_tick = self.frames_from_twilio
-            seen = now if media_at is None else max(media_at, self._last_media_at)
-            self._last_media_at = min(seen, now)  # not in the future, whatever the clocks
-        quiet = now - self._last_media_at
-        if quiet >= self._idle_seconds:
-            detail = f"no media for {self._idle_seconds:g} s"
-            return [
-                Log.warning("twilio.idle", detail=detail),
-                *self._end(EndReason.TWILIO_IDLE, detail),
-            ]
-        if media_at is None:
-            return [StartTimer(IDLE_TIMER, self._idle_seconds / _IDLE_TICKS)]
-        wait = max(self._idle_seconds - quiet, _IDLE_RECHECK_MIN_SECONDS)
-        return [StartTimer(IDLE_TIMER, wait)]
-
     def _wrap_up(self, reason: EndReason = EndReason.MAX_DURATION) -> list[Action]:
         """The agent says goodbye, then we hang up (maximum length reached, or shutting down)."""
-        if self._wrapping_up:
+        if self._length.wrapping_up:
             return []
         if self.state is not State.LIVE or self._agent != "open":
             return self._end(reason)
-        self._wrapping_up = True
         self._wrap_up_reason = reason
-        shutdown = reason is EndReason.SERVER_SHUTDOWN
-        instructions = SHUTDOWN_INSTRUCTIONS if shutdown else WRAP_UP_INSTRUCTIONS
-        return [
-            Log.info("call.wrapping_up", reason=reason.value, within_seconds=self._wrap_up_seconds),
-            SendToAgent(agent.encode_reply_create(instructions)),
-            StartTimer(WRAP_UP_TIMER, self._wrap_up_seconds),
-        ]
+        return self._length.wrap_up(reason.value, shutdown=reason is EndReason.SERVER_SHUTDOWN)
 
     def _on_server_shutdown(self, msg: ServerShutdown) -> list[Action]:
         log = Log.info("call.server_shutdown", polite=msg.polite)
@@ -916,11 +825,11 @@ class CallBridge:
         self.end_reason = reason
         self.end_detail = detail
         self.state = State.ENDING
-        actions: list[Action] = [CancelTimer(READY_TIMER)]
+        actions: list[Action] = [CancelTimer(Timer.READY)]
         if self._agent == "open":
             actions += [
                 SendToAgent(agent.SESSION_END),
-                StartTimer(SESSION_END_TIMER, self._end_wait),
+                StartTimer(Timer.SESSION_END, self._end_wait),
             ]
         actions += self._hang_up(1008 if reason is EndReason.TWILIO_PROTOCOL_ERROR else 1000)
         return actions + self._finish_if_closed()
@@ -933,19 +842,19 @@ class CallBridge:
         self.end_detail = detail
         actions: list[Action] = [
             Log.error("call.failed", reason=reason.value, detail=detail),
-            self._error_record("bridge", reason.value, detail),
-            CancelTimer(READY_TIMER),
+            self._records.error("bridge", reason.value, detail),
+            CancelTimer(Timer.READY),
         ]
         if self._agent == "open":
             actions += [SendToAgent(agent.SESSION_END), *self._close_agent()]
         if self._twilio_open and self.stream_sid is not None and self._apology:
             self.state = State.APOLOGIZING
             sid = self.stream_sid
-            actions += self._clear()  # whatever the agent was saying stops first
+            actions += self._barge_in.clear(sid)  # whatever the agent was saying stops first
             actions += [SendToTwilio(twilio.encode_media(sid, p)) for p in self._apology]
             actions += [
                 SendToTwilio(twilio.encode_mark(sid, APOLOGY_MARK)),
-                StartTimer(APOLOGY_TIMER, self._apology_seconds + 3.0),
+                StartTimer(Timer.APOLOGY, self._apology_seconds + 3.0),
             ]
             return actions
         self.state = State.ENDING
@@ -964,19 +873,7 @@ class CallBridge:
             return []
         self.state = State.DONE
         reason = self.end_reason.value if self.end_reason else "unknown"
-        timers = (
-            SESSION_END_TIMER,
-            APOLOGY_TIMER,
-            IDLE_TIMER,
-            MAX_CALL_TIMER,
-            WRAP_UP_TIMER,
-            RETRY_BUDGET_TIMER,
-            READY_TIMER,
-        )
-        closed = records.CallClosed(
-            self.call_id,
-            self._next_seq(),
-            self._wall(),
+        closed = self._records.closed(
             ended_by=_ENDED_BY.get(self.end_reason, "bridge") if self.end_reason else "bridge",
             reason=reason,
             frames_from_twilio=self.frames_from_twilio,
@@ -986,101 +883,19 @@ class CallBridge:
             resumes=self.resumes,
         )
         return [
-            *(CancelTimer(t) for t in timers),
+            *(CancelTimer(t) for t in _CANCELLED_AT_THE_END),
             *self._settled_replies(everything=True),
-            Record(closed),
+            closed,
             Finished(reason),
         ]
 
     # --- the call's record ------------------------------------------------------------
 
-    def _next_seq(self) -> int:
-        self._record_seq += 1
-        return self._record_seq - 1
-
-    def _error_record(
-        self, source: Literal["agent", "twilio", "bridge", "tool"], code: str, message: str
-    ) -> Record:
-        entry = records.CallError(
-            self.call_id, self._next_seq(), self._wall(), source, code, message[:500]
-        )
-        return Record(entry)
-
-    def _tool_done(self, msg: ToolFinished, *, discarded: bool = False) -> tuple[Log, Record]:
-        """The tool call's one INFO line (`tool.called` is DEBUG: a call is worth one line,
-        once its outcome is known) and its record."""
-        name, arguments, started = self._tool_started.pop(msg.call_id, ("?", {}, self._clock()))
-        duration_ms = round((self._clock() - started) * 1000, 1)
-        log = Log.info(
-            "tool.finished",
-            tool_call_id=msg.call_id,
-            name=name,
-            is_error=msg.is_error,
-            duration_ms=duration_ms,
-        )
-        entry = records.ToolInvocation(
-            self.call_id,
-            self._next_seq(),
-            self._wall(),
-            tool_call_id=msg.call_id,
-            name=name,
-            arguments=arguments,
-            result=msg.result,
-            is_error=msg.is_error,
-            duration_ms=duration_ms,
-            discarded=discarded,
-        )
-        return log, Record(entry)
-
     def _settled_replies(self, *, everything: bool = False) -> list[Action]:
         actions: list[Action] = []
         for reply in self._ledger.settled(everything=everything):
-            actions.extend(self._reply_records(reply))
+            actions.extend(self._records.reply(reply))
         return actions
-
-    def _reply_records(self, reply: ReplyPlayout) -> list[Action]:
-        out: list[Action] = []
-        # A reply that said nothing (no words, no audible audio: a tool's silent pre-amble,
-        # a reply cut off in its silent lead-in) is no line of the transcript.
-        if reply.text or reply.first_audible_sent_at is not None:
-            out.append(
-                Record(
-                    records.TranscriptLine(
-                        self.call_id,
-                        self._next_seq(),
-                        self._wall(),
-                        "agent",
-                        reply.text,
-                        reply_id=reply.reply_id,
-                        interrupted=reply.interrupted,
-                        generated_seconds=round(reply.generated_seconds, 3),
-                        heard_seconds=round(reply.heard_seconds, 3),
-                    )
-                )
-            )
-        turn, audible_turn = reply.turn_ended_at, reply.audible_turn_ended_at
-        if turn is not None or (audible_turn is not None and reply.first_audible_sent_at):
-            # To the reply's first audio (its silent lead-in, as a rule), and to its first
-            # audible audio, which may come in a later reply than the turn's first one.
-            out.append(
-                Record(
-                    records.TurnLatency(
-                        self.call_id,
-                        self._next_seq(),
-                        self._wall(),
-                        reply.reply_id,
-                        to_first_audio_sent_ms=_ms_since(turn, reply.first_sent_at),
-                        to_first_audio_played_ms=_ms_since(turn, reply.first_played_at),
-                        to_first_audible_sent_ms=_ms_since(
-                            audible_turn, reply.first_audible_sent_at
-                        ),
-                        to_first_audible_played_ms=_ms_since(
-                            audible_turn, reply.first_audible_played_at
-                        ),
-                    )
-                )
-            )
-        return out
 
     def _ignore(self, _: object) -> list[Action]:
         return []

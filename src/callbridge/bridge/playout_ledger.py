@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 BYTES_PER_SECOND = 8000  # μ-law, 8 kHz
 MARK_EVERY_BYTES = 2000  # a quarter of a second
@@ -41,6 +42,18 @@ _PREFIX_LEN, _SUFFIX_LEN = len(MARK_PREFIX), len(_END_SUFFIX)
 # character alone (see `_compiled.pyx`): both paths judge every chunk alike.
 AUDIBLE_SHARE = 16
 _QUIET_BYTES = bytes(b for b in range(256) if b & 0x60 == 0x60)
+
+
+class FastPathMarks(NamedTuple):
+    """What the compiled fast path is told of the ledger's marks. It sends the marks
+    `relay_window` makes room for, named `prefix` and a number (the window gives the next
+    number), and judges chunks audible as `is_audible` does (`audible_share`). After each
+    mark, the next is due `every_bytes` further on: the fast path subtracts each chunk's
+    size from the window's budget and adds `every_bytes` when a mark goes."""
+
+    prefix: str
+    every_bytes: int
+    audible_share: int
 
 
 def is_audible(data: bytes) -> bool:
@@ -113,19 +126,11 @@ class PlayoutLedger:
         self._by_id[reply_id] = reply
         self._current = reply
 
-    def audio_sent(
-        self, reply_id: str | None, audio_bytes: int, data: bytes | None = None
-    ) -> str | None:
-        """Count a chunk sent to Twilio; returns a mark name to send after it, when one is due."""
-        if self.count_unmarked(reply_id, audio_bytes):
-            return None
-        return self.count_marked(reply_id, audio_bytes, data)
-
     def count_unmarked(self, reply_id: str | None, audio_bytes: int) -> bool:
         """Count a chunk that needs no mark after it and return True; or count nothing and
         return False when a mark is due (the reply's first chunk, or a quarter second
         crossed, or the reply's first audible chunk not found yet); then `count_marked`
-        counts it. `audio_sent` is the two in one."""
+        counts it."""
         reply = self._by_id.get(reply_id)
         if reply is None:
             return False
@@ -137,14 +142,10 @@ class PlayoutLedger:
         return True
 
     def relay_window(self, fenced: Container[str | None]) -> tuple[str | None, int, int, int, bool]:
-        """What the audio fast path may do until the next event, in one call (the bridge
-        asks after every event): relay the current reply's audio, unless it is `fenced`,
-        up to as many bytes as `count_marked` would take before a mark is due (the
-        reply's id and that budget; 0: none); the numbers of the marks sent and not yet
-        echoed (the first, and the next to send); and whether only quiet chunks may be
-        relayed (the reply's first audible chunk not found yet: that one comes here). The
-        fast path numbers the marks it sends from that next one, and may hold back the
-        echo of any mark in that window for `marks_echoed` (see `count_relayed`)."""
+        """What the fast path may do until the next event: (the current reply's id, unless
+        `fenced`, else None; the bytes it may relay before a mark is due; the first mark
+        not echoed; the next mark's number; quiet chunks only?). It numbers the marks it
+        sends from that next one, and may hold back echoes of the marks in between."""
         pending = self._pending
         next_mark = self._next_mark
         first = pending[0][0] if pending else next_mark
@@ -319,6 +320,9 @@ class PlayoutLedger:
         self._next_mark += 1
         self._pending.append((number, reply.index, reply.bytes_sent))
         return f"{MARK_PREFIX}{number}{_END_SUFFIX if end else ''}"
+
+
+FAST_PATH_MARKS = FastPathMarks(MARK_PREFIX, MARK_EVERY_BYTES, AUDIBLE_SHARE)
 
 
 def _mark_after(bytes_sent: int) -> int:

@@ -26,8 +26,8 @@ BUILT_AGAINST_PICOWS = CALLBRIDGE_PICOWS_VERSION.decode()
 
 
 # --- base64 audio, relayed as the text it arrived in ----------------------------------
-# Audio is relayed without decoding its base64 and encoding it again (that was a third of
-# the fast path's instructions): the text is checked here and copied out as is. Only
+# Audio is relayed without decoding its base64 and encoding it again, the costliest part
+# of relaying a frame otherwise: the text is checked here and copied out as is. Only
 # canonical base64 passes, text that decoding and encoding again gives back unchanged,
 # so a relayed frame is byte for byte the one the full path would send; anything else
 # (other padding, stray bits, escapes, whitespace) takes the full path, which decodes it.
@@ -116,9 +116,9 @@ def base64_size(raw):
 
 # --- frames written around the text relayed ---------------------------------------------
 # The frames the fast path writes are the full path's encoders' output with a hole where
-# the base64 text (or a mark's number) goes: the bytes around it are made once (see
-# `frames.py`), and a frame is those bytes and the text copied together, with no message
-# struct built, encoded and freed a frame.
+# the base64 text (or a mark's number) goes: the bytes around it are made once by the wire
+# modules (`twilio.media_stream.relay_parts`, `agent.events.input_audio_parts`) and passed
+# in; a frame is those bytes and the text copied together, no message struct built a frame.
 
 cdef inline char* _put(char* out, bytes part) noexcept:
     cdef Py_ssize_t n = PyBytes_GET_SIZE(part)
@@ -272,7 +272,7 @@ cdef class TwilioAudioSocket(AudioSocket):
                             mark_type, str mark_prefix, echo_clock):
         """How to read Twilio's frames (`decode` to `media_type`, its payload a
         `msgspec.Raw`), write the agent's (the payload between `input_audio_parts`, two
-        bytes), and pace them (the runner's GCRA, its clock); which echoes of our marks to
+        bytes), and pace them (`bridge.pacing`, by `clock`); which echoes of our marks to
         hold back (`mark_type`, named `mark_prefix` and a number) and what to time them by."""
         self._decode = decode
         self._media_type = media_type
@@ -294,11 +294,12 @@ cdef class TwilioAudioSocket(AudioSocket):
             PyObject_GetBuffer(message.media.payload, &text, PyBUF_SIMPLE)
             try:
                 if _base64_size(<const unsigned char*>text.buf, text.len) > 0:
+                    # `bridge.pacing.admit_media`, on the parameters it was configured
+                    # with; a frame it refuses takes the full path (refused, counted).
                     now = self._clock()
                     due = self.media_due
                     if due < now:
                         due = now
-                    # Too far ahead of real time: the full path refuses, counts, logs.
                     if due - now <= self._slack_seconds:
                         self.media_due = due + self._frame_seconds
                         self.relayed_frames += 1
@@ -335,7 +336,7 @@ cdef class AgentAudioSocket(AudioSocket):
     cdef TwilioAudioSocket _twilio  # where the reply's audio goes while the route is open
     cdef object _reply_id
     cdef object _stream_sid  # the stream the four parts below are for
-    cdef Py_ssize_t _budget  # a mark goes after the chunk that makes this many bytes go
+    cdef Py_ssize_t _budget  # bytes before a mark is due: a mark after the chunk that spends it
     cdef bint _quiet_only  # only chunks not audible: the first audible one takes the full path
     cdef Py_ssize_t _audible_share
     cdef long long relayed_frames
@@ -360,8 +361,9 @@ cdef class AgentAudioSocket(AudioSocket):
                             Py_ssize_t audible_share=16):
         """How to read the agent's frames (`decode`; audio to `audio_type`, its data a
         `msgspec.Raw`) and write Twilio's (`frame_parts(stream_sid)`: the bytes around
-        a media message's text and around a mark's number), the marks due every
-        `mark_every` bytes of a reply, and what audible is (`_audible`'s share)."""
+        a media message's text and around a mark's number), how far apart marks are
+        (`mark_every` bytes) and what audible is (`_audible`'s share): the ledger's
+        `FastPathMarks`."""
         if mark_every <= 0:
             raise ValueError(f"mark_every must be positive, not {mark_every}")
         if audible_share <= 0:
@@ -381,7 +383,7 @@ cdef class AgentAudioSocket(AudioSocket):
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
         cdef TwilioAudioSocket twilio = self._twilio
-        cdef Py_ssize_t size, over
+        cdef Py_ssize_t size
         cdef long long mark
         cdef Py_buffer text
         # Decoded here with or without a route: the agent's other events are delivered
@@ -400,19 +402,19 @@ cdef class AgentAudioSocket(AudioSocket):
                             <const unsigned char*>text.buf, text.len, self._audible_share)):
                         self.relayed_frames += 1
                         self.relayed_bytes += size
-                        if size < self._budget:
-                            self._budget -= size
+                        self._budget -= size
+                        if self._budget > 0:
                             mark = -1
                         else:
-                            # The mark `count_marked` would make; the next one is due on
-                            # the next boundary.
+                            # A mark is due (the ledger's rule, `FastPathMarks`): the next
+                            # number, and the next budget `_mark_every` further on.
                             mark = twilio._next_mark
                             twilio._next_mark += 1
                             if self._marks is None:
                                 self._marks = []
                             self._marks.append(self.relayed_bytes)
-                            over = size - self._budget
-                            self._budget = self._mark_every - over % self._mark_every
+                            while self._budget <= 0:
+                                self._budget += self._mark_every
                         self._write(<WSTransport>twilio.direct, <const char*>text.buf,
                                     text.len, mark)
                         return

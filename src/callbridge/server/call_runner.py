@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any
 
 from callbridge import fast_path as fast_path_module
 from callbridge.agent import events as agent
 from callbridge.agent.dial import AgentDialer
 from callbridge.agent.socket import AgentConnectError, AgentSocket
+from callbridge.bridge import pacing
 from callbridge.bridge.actions import (
     Action,
     CancelTimer,
@@ -45,8 +45,8 @@ from callbridge.bridge.inputs import (
     ToolFinished,
     TwilioClosed,
 )
-from callbridge.bridge.playout_ledger import AUDIBLE_SHARE, MARK_EVERY_BYTES, MARK_PREFIX
-from callbridge.fast_path import Relayed, frames
+from callbridge.bridge.playout_ledger import FAST_PATH_MARKS
+from callbridge.fast_path import Relayed
 from callbridge.logs import EventLogger
 from callbridge.records.entries import RecordEntry
 from callbridge.tools import run_tool
@@ -58,16 +58,13 @@ from callbridge.twilio.socket import TwilioSocket
 # If the bridge has not finished this long after the Twilio socket closed, something is
 # wrong: close whatever is left rather than keep a socket (and a bill) open.
 _FINISH_GRACE_SECONDS = 10.0
-_MEDIA_FRAME_SECONDS = 0.02  # Twilio sends one 20 ms frame every 20 ms
-# How far ahead of real time caller audio may run: 50 frames at once (a burst after a
-# stall), then one every 20 ms. The half frame absorbs float rounding in the sums.
-_MEDIA_SLACK_SECONDS = 49.5 * _MEDIA_FRAME_SECONDS
+_admit_media = pacing.admit_media
 _MEDIA = twilio.Media
 _REPLY_AUDIO = agent.ReplyAudio
 _decode_twilio = twilio.decode_strict
 _TWILIO_DECODE_ERRORS = twilio.DECODE_ERRORS
 _INVALID_TEXT = twilio.InvalidText
-_INPUT_AUDIO_PARTS = frames.input_audio_parts()
+_INPUT_AUDIO_PARTS = agent.input_audio_parts()
 # `call.ended`'s counts (see `CallBridge.stats`): always these; those below only if not 0.
 _ENDED_COUNTS = ("frames_from_twilio", "frames_to_agent", "frames_to_twilio")
 _ENDED_COUNTS_IF_ANY = (
@@ -108,15 +105,10 @@ class CallRunner:
         self._admit = admit
         self._record = record
         self._admitted = admit is None
-        self._rate_limit = max_messages_per_second
-        self._window_start = -math.inf
-        self._window_left = 0
-        # Caller audio may not run ahead of real time (the API drops it and complains):
-        # a frame every 20 ms, with a second of slack for jitter and our own stalls. The
-        # due time is kept here, or on the Twilio socket when its fast path relays audio
-        # (so both keep one pace): `_pace` is whichever holds it.
-        self.media_due = -math.inf
-        self._pace: _Paced = self
+        self._messages = pacing.MessageBudget(max_messages_per_second)
+        # Caller audio at real-time pace (`bridge.pacing`): its due time is kept here, or
+        # on the Twilio socket when its fast path relays audio (so both keep one pace).
+        self._pace: pacing.Paced = pacing.MediaPace()
         self.rate_limited_frames = 0
         self.fast_path_frames = 0  # audio frames the sockets relayed under the bridge's routes
         self.fast_path_marks = 0  # marks they sent after those frames
@@ -127,8 +119,7 @@ class CallRunner:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._loop: asyncio.AbstractEventLoop  # set by run(): actions are performed inside it
         self._finished = asyncio.Event()
-        # The pace's clock: one function for every call (the fast path calls it a frame, and
-        # a bound method a call would be one more object a frame to fetch from memory).
+        # The pace's clock: one function for every call, not a bound method of each.
         self._now: Callable[[], float] = time.monotonic
         # Both sockets relay the audio the bridge routes to them (see `callbridge.fast_path`)
         # while these are set: asked for, compiled, and both sockets on picows.
@@ -227,16 +218,10 @@ class CallRunner:
             if type(message) is _INVALID_TEXT:
                 return self._invalid_text(message.reason)
         if type(message) is _MEDIA:
-            # Real-time pace (GCRA): each frame is due 20 ms after the one before; a frame
-            # more than a second ahead of when it is due is refused, and counts towards
-            # the flood limit below (caller audio at Twilio's pace never does).
-            pace = self._pace
-            due = pace.media_due
-            if due < now:
-                due = now
-            elif due - now > _MEDIA_SLACK_SECONDS:
+            # A frame refused for its pace counts towards the flood limit below (caller
+            # audio at Twilio's pace never does).
+            if not _admit_media(self._pace, now):
                 return self._media_refused(now)
-            pace.media_due = due + _MEDIA_FRAME_SECONDS
             # No audio route changes here (media_to_agent only counts), so none is taken.
             out = self.bridge.media_to_agent(message)
             if isinstance(out, bytes):
@@ -266,16 +251,12 @@ class CallRunner:
         return False
 
     def _within_message_limit(self, now: float) -> bool:
-        """Flood check in one-second windows: a budget of messages, with the clock compared
-        only when a window's budget is spent. False (and the bridge told) past the limit."""
-        self._window_left -= 1
-        if self._window_left >= 0:
+        """The flood budget (`bridge.pacing`); False (and the bridge told) past it."""
+        if self._messages.spend(now):
             return True
-        if now - self._window_start < 1.0:
-            self._feed(TwilioProtocolError(f"more than {self._rate_limit} messages per second"))
-            return False
-        self._window_start, self._window_left = now, self._rate_limit - 1
-        return True
+        limit = self._messages.limit
+        self._feed(TwilioProtocolError(f"more than {limit} messages per second"))
+        return False
 
     def _media_refused(self, now: float) -> bool:
         self.rate_limited_frames += 1
@@ -375,13 +356,13 @@ class CallRunner:
                 twilio.RelayMedia,
                 _INPUT_AUDIO_PARTS,
                 self._now,
-                _MEDIA_FRAME_SECONDS,
-                _MEDIA_SLACK_SECONDS,
+                pacing.FRAME_SECONDS,
+                pacing.SLACK_SECONDS,
                 twilio.Mark,
-                MARK_PREFIX,
+                FAST_PATH_MARKS.prefix,
                 self.bridge.clock,
             )
-            sock.media_due = self.media_due
+            sock.media_due = self._pace.media_due
             self._fast_twilio = self._pace = sock
 
     def _configure_fast_agent(self, sock: AgentSocket) -> None:
@@ -461,9 +442,9 @@ class CallRunner:
     def _timer_fired(self, name: str) -> None:
         self._timers.pop(name, None)
         try:
-            # Every timer says when caller audio last came (the pace's due time is 20 ms
-            # after the latest frame): the idle check needs no tick of its own for that.
-            self._feed(TimerFired(name, self._pace.media_due - _MEDIA_FRAME_SECONDS))
+            # Every timer says when caller audio last came (by the pace): the idle check
+            # needs no tick of its own for that.
+            self._feed(TimerFired(name, pacing.last_media_at(self._pace)))
         except Exception as exc:
             # A bug in the bridge: end this call as a failed task would, not the loop's
             # default handler (which would log it and let the call limp on).
@@ -492,17 +473,13 @@ def configure_agent_fast_path(sock: fast_path_module.AgentAudioSocket) -> None:
         agent.decode_relay,
         agent.RelayReplyAudio,
         _twilio_frame_parts,
-        MARK_EVERY_BYTES,
-        AUDIBLE_SHARE,
+        FAST_PATH_MARKS.every_bytes,
+        FAST_PATH_MARKS.audible_share,
     )
 
 
 def _twilio_frame_parts(stream_sid: str) -> tuple[bytes, bytes, bytes, bytes]:
-    return frames.twilio_parts(stream_sid, MARK_PREFIX)
-
-
-class _Paced(Protocol):
-    media_due: float
+    return twilio.relay_parts(stream_sid, FAST_PATH_MARKS.prefix)
 
 
 async def _reraise(exc: Exception) -> None:

@@ -206,7 +206,7 @@ class RelayMarkName(msgspec.Struct, gc=False):
 
 
 class RelayOutboundMark(_Outbound, tag="mark"):
-    """`_OutMark` with the name written by the fast path (see `fast_path/frames.py`)."""
+    """`_OutMark` with the name written by the fast path (see `relay_parts`)."""
 
     mark: RelayMarkName
 
@@ -216,9 +216,6 @@ class _OutClear(_Outbound, tag="clear"):
 
 
 _encoder = msgspec.json.Encoder()
-# For the compiled fast path's frames (`fast_path/frames.py`): encode_struct of a Relay
-# message writes what the full path's encoder writes for the same message.
-encode_struct = _encoder.encode
 
 
 def encode_media(stream_sid: str, payload: bytes) -> bytes:
@@ -231,3 +228,31 @@ def encode_mark(stream_sid: str, name: str) -> bytes:
 
 def encode_clear(stream_sid: str) -> bytes:
     return _encoder.encode(_OutClear(stream_sid))
+
+
+# --- the bytes around what the compiled fast path relays --------------------------------
+# The fast path writes the frames the encoders above write, without building and encoding
+# a message a frame: each frame is the encoder's output for a Relay message with a hole
+# where the relayed text goes (the base64 audio as the JSON string it arrived as, or a
+# mark's number), cut at the hole once, and the text copied in between. A NUL byte is
+# never in JSON that msgspec writes (it escapes control characters in strings), so the
+# one the hole puts there can only be the hole.
+_HOLE = b"\x00"
+
+
+def _around(encoded: bytes) -> tuple[bytes, bytes]:
+    head, hole, tail = encoded.partition(_HOLE)
+    if not hole or _HOLE in tail:
+        raise ValueError(f"not one hole in {encoded!r}")
+    return head, tail
+
+
+def relay_parts(stream_sid: str, mark_prefix: str) -> tuple[bytes, bytes, bytes, bytes]:
+    """For one stream: the bytes around a `media` message's base64 text (a JSON string),
+    and around the number of a mark named `mark_prefix` and that number."""
+    if msgspec.json.encode(mark_prefix) != b'"%s"' % mark_prefix.encode():
+        raise ValueError(f"mark prefix {mark_prefix!r} is not plain JSON text")
+    media = RelayOutboundMedia(stream_sid, RelayOutboundPayload(msgspec.Raw(_HOLE)))
+    name = msgspec.Raw(b'"' + mark_prefix.encode() + _HOLE + b'"')
+    mark = RelayOutboundMark(stream_sid, RelayMarkName(name))
+    return (*_around(_encoder.encode(media)), *_around(_encoder.encode(mark)))
