@@ -20,7 +20,8 @@ MAX_AGENT_MESSAGE_BYTES = 4 * 1024 * 1024
 # the bridge reconnects) rather than buffering audio without end.
 MAX_UNSENT_BYTES = 1024 * 1024
 # No frame for this long and we ping; no pong within the second figure and the socket is
-# closed: a black-holed connection is noticed in about 4.5 s, not when TCP gives up.
+# closed: a black-holed connection is noticed within the sum of the two, not when TCP
+# gives up.
 PING_AFTER_IDLE_SECONDS = 3.0
 PONG_TIMEOUT_SECONDS = 1.5
 CONNECT_TIMEOUT_SECONDS = 10.0
