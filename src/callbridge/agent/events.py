@@ -145,7 +145,7 @@ _decoder = msgspec.json.Decoder(AgentEvent)
 _generic = msgspec.json.Decoder()
 
 
-# The per-frame path calls the decoder itself (one Python call less a frame) and, when it
+# The per-frame path calls the decoder itself (saving a Python call per frame) and, when it
 # raises (one of DECODE_ERRORS: msgspec's, or UnicodeDecodeError for text that is not
 # UTF-8), `undecodable`: together they are `decode`.
 DECODE_ERRORS = (msgspec.DecodeError, UnicodeError)
