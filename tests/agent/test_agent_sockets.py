@@ -28,7 +28,7 @@ from callbridge.agent.connection import (
     AgentTransport,
     agent_dialer,
 )
-from tests.socket_helpers import flood_until_closed, one_route_server
+from tests.helpers.socket_helpers import flood_until_closed, one_route_server
 
 READY = b'{"type":"session.ready","session_id":"sess_1"}'
 

@@ -15,7 +15,7 @@ from callbridge.server.picows_streams import PICOWS_STREAMS
 from callbridge.server.state import APP_STATE
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from tests.conftest import BOTH_STREAM_SERVERS, RunningServer, ServerFactory
-from tests.raw_twilio import announce, connect_stream, sign, start_frame, twilio_session
+from tests.helpers.raw_twilio import announce, connect_stream, sign, start_frame, twilio_session
 
 SOCKET_CLASS = {"picows": "PicowsTwilioSocket", "aiohttp": "AiohttpTwilioSocket"}
 

@@ -20,7 +20,7 @@ from callbridge.server.twilio_socket import (
     TwilioSocket,
 )
 from callbridge.twilio import media_stream as twilio
-from tests.socket_helpers import flood_until_closed, one_route_server
+from tests.helpers.socket_helpers import flood_until_closed, one_route_server
 
 
 @dataclass

@@ -19,7 +19,7 @@ from referencing.jsonschema import DRAFT202012
 from callbridge.records.entries import CallClosed, CallOpened, CallStatusChanged
 from callbridge.records.store import CallStore
 from callbridge.server.records_api import RECORDS_STORE, add_routes
-from tests.log_events import caught
+from tests.helpers.log_events import caught
 
 from .conftest import T0, Backend, StoreFactory, full_call
 

@@ -30,7 +30,7 @@ from callbridge.logs import EventLogger
 from callbridge.server.call_runner import CallRunner
 from callbridge.server.twilio_socket import EventHandler, TextHandler
 from callbridge.twilio import media_stream as twilio
-from tests.log_events import Events, caught
+from tests.helpers.log_events import Events, caught
 
 
 class _TwilioSocket:
