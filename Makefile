@@ -1,6 +1,7 @@
 # Everything a fresh clone needs: `make serve` and `make test` set themselves up.
-# `make serve` installs what the server needs; `make test` adds the developer tools. Both
-# are pinned by requirements.lock, and each install runs again only when its inputs change.
+# `make serve` installs what the server needs; `make test` adds the developer tools and the
+# fake agent's `testing` extra. Both are pinned by requirements.lock, and each install runs
+# again only when its inputs change.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: install serve test lint typecheck pytest lock clean bench
 
-# The server and the developer tools.
+# The server, the developer tools and the testing extra.
 install: $(DEV_STAMP)
 
 $(SERVER_STAMP): pyproject.toml requirements.lock setup.py src/callbridge/fast_path/_compiled.pyx
@@ -19,10 +20,11 @@ $(SERVER_STAMP): pyproject.toml requirements.lock setup.py src/callbridge/fast_p
 	@$(BIN)/python -m pip install --quiet -c requirements.lock -e .
 	@touch $@
 
-# The `dev` extra's packages on their own: installing '.[dev]' would build callbridge again.
+# The `dev` and `testing` extras' packages on their own: installing '.[dev,testing]' would
+# build callbridge again. `testing` is what the fake agent needs (`callbridge fake-agent`).
 $(DEV_STAMP): $(SERVER_STAMP)
 	@echo "Installing the developer tools (ruff, mypy, pytest, ...) into $(VENV) (first run only)..."
-	@$(BIN)/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["dev"]))' > $(VENV)/dev-requirements.txt
+	@$(BIN)/python -c 'import tomllib; extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]; print("\n".join(extras["dev"] + extras["testing"]))' > $(VENV)/dev-requirements.txt
 	@$(BIN)/python -m pip install --quiet -c requirements.lock -r $(VENV)/dev-requirements.txt
 	@touch $@
 

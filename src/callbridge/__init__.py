@@ -1,10 +1,11 @@
 """callbridge: put AssemblyAI voice agents on the phone through Twilio Media Streams.
 
 A bot is a `Bot` with `@tool` functions; run it with `CALLBRIDGE_BOT=mypkg.mybot:bot`.
+These names are the library's public face; `callbridge.testing` holds the test doubles.
 """
 
 from callbridge.bot import Bot
-from callbridge.tools import ToolError, tool
+from callbridge.tools import Tool, ToolError, tool
 
-__all__ = ["Bot", "ToolError", "__version__", "tool"]
+__all__ = ["Bot", "Tool", "ToolError", "__version__", "tool"]
 __version__ = "0.1.0"

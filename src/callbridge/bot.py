@@ -54,12 +54,6 @@ class Bot:
             raise ValueError(f"duplicate tool names: {', '.join(sorted(duplicates))}")
         object.__setattr__(self, "tools", tools)  # a copy: the list passed in may change later
 
-    def tool_named(self, name: str) -> Tool | None:
-        for item in self.tools:
-            if item.name == name:
-                return item
-        return None
-
     def session_config(self, direction: Direction, voice: str | None = None) -> dict[str, Any]:
         """The `session` object of the first `session.update` for a call.
 

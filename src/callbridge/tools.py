@@ -38,6 +38,8 @@ _SUPPORTED_TYPES = (
 
 @dataclass(frozen=True)
 class Tool:
+    """What `@tool` makes of a function: its definition for the agent and how to run it."""
+
     name: str
     description: str
     function: Callable[..., Any]

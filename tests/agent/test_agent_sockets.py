@@ -24,7 +24,7 @@ from callbridge.agent import events as agent
 from callbridge.agent.dial import agent_dialer
 from callbridge.agent.socket import AgentConnectError, AgentSocket, AgentTransport
 from callbridge.transport import MAX_UNSENT_BYTES
-from tests.socket_helpers import flood_until_closed, one_route_server
+from tests.helpers.socket_helpers import flood_until_closed, one_route_server
 
 READY = b'{"type":"session.ready","session_id":"sess_1"}'
 

@@ -11,7 +11,7 @@ from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import TwilioSimulator
 from callbridge.tools import tool
 from tests.conftest import AUTH_TOKEN, PUBLIC_URL, ServerFactory
-from tests.log_events import caught
+from tests.helpers.log_events import caught
 
 
 @tool

@@ -27,7 +27,7 @@ from tests.conftest import (
     ServerFactory,
     free_port,
 )
-from tests.server_process import serve_env, start_serve
+from tests.helpers.server_process import serve_env, start_serve
 
 GREETING = "Hello, records test."
 BOT = Bot(system_prompt="x", greeting=GREETING, tools=(generate_random_number,))

@@ -14,8 +14,8 @@ import pytest
 from callbridge.server import shared_port
 from callbridge.server.connections import connections_per_client
 from tests.conftest import RunningServer, ServerFactory, make_settings
-from tests.log_events import caught
-from tests.raw_twilio import twilio_session
+from tests.helpers.log_events import caught
+from tests.helpers.raw_twilio import twilio_session
 
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 

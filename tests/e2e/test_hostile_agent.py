@@ -10,7 +10,7 @@ import pytest
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import TwilioSimulator
 from tests.conftest import BOTH_AUDIO_PATHS
-from tests.log_events import caught
+from tests.helpers.log_events import caught
 
 BOTH_AGENT_SOCKETS = pytest.mark.parametrize(
     "agent_transport", ["picows", "aiohttp"], indirect=True

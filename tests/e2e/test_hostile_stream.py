@@ -18,8 +18,8 @@ from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import TwilioSimulator
 from tests.conftest import BOTH_AUDIO_PATHS, BOTH_STREAM_SERVERS, RunningServer
 from tests.e2e.test_call_records import fetch_record
-from tests.log_events import caught
-from tests.raw_twilio import (
+from tests.helpers.log_events import caught
+from tests.helpers.raw_twilio import (
     CALL_SID,
     STREAM_SID,
     announce,

@@ -25,7 +25,7 @@ from tests.conftest import (
     RunningServer,
     ServerFactory,
 )
-from tests.log_events import caught
+from tests.helpers.log_events import caught
 
 GREETING = "Hello there."
 

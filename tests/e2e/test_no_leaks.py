@@ -16,7 +16,7 @@ import pytest
 from callbridge.server.state import APP_STATE
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from tests.conftest import BOTH_STREAM_SERVERS, RunningServer
-from tests.raw_twilio import announce, connect_stream, start_frame, twilio_session
+from tests.helpers.raw_twilio import announce, connect_stream, start_frame, twilio_session
 
 # Streams served by picows (the default) and by aiohttp (fewer calls: the bridge is the
 # same; this run covers aiohttp's sockets).

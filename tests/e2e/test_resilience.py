@@ -15,8 +15,8 @@ from callbridge.testing.fake_agent import ConnectFailure, FakeVoiceAgent
 from callbridge.testing.twilio_simulator import SimulatedCall, TwilioSimulator
 from callbridge.tools import tool
 from tests.conftest import API_KEY, AUTH_TOKEN, PUBLIC_URL, ServerFactory
-from tests.log_events import caught
-from tests.tcp_proxy import BlackHoleProxy
+from tests.helpers.log_events import caught
+from tests.helpers.tcp_proxy import BlackHoleProxy
 
 LONG_GREETING = "Thanks for calling the resilience test line, this greeting is long on purpose."
 

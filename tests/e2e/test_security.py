@@ -27,8 +27,8 @@ from tests.conftest import (
 )
 from tests.e2e.test_call_records import fetch_record
 from tests.e2e.test_inbound_call import frame_indices, indexed_frames
-from tests.log_events import caught
-from tests.raw_twilio import (
+from tests.helpers.log_events import caught
+from tests.helpers.raw_twilio import (
     CALL_SID,
     announce,
     connect_stream,

@@ -12,32 +12,12 @@ import pytest
 
 from callbridge.server import picows_streams
 from callbridge.server.picows_streams import PICOWS_STREAMS
-from callbridge.server.shared_port import route_of
 from callbridge.server.state import APP_STATE
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from tests.conftest import BOTH_STREAM_SERVERS, RunningServer, ServerFactory
-from tests.raw_twilio import announce, connect_stream, sign, start_frame, twilio_session
+from tests.helpers.raw_twilio import announce, connect_stream, sign, start_frame, twilio_session
 
 SOCKET_CLASS = {"picows": "PicowsTwilioSocket", "aiohttp": "AiohttpTwilioSocket"}
-
-
-@pytest.mark.parametrize(
-    ("head", "route"),
-    [
-        (b"GET /media-stream/abc HTTP/1.1\r\n", "stream"),
-        (b"GET /outbound-stream/abc HTTP/1.1\r\n", "stream"),
-        (b"POST /twiml HTTP/1.1\r\n", "http"),
-        (b"GET /healthz HTTP/1.1\r\n", "http"),
-        (b"GET /media-streams HTTP/1.1\r\n", "http"),
-        (b"POST /media-stream/abc HTTP/1.1\r\n", "http"),
-        (b"\x16\x03\x01\x02\x00", "http"),  # TLS: aiohttp answers it (badly) as before
-        (b"GET /med", None),
-        (b"G", None),
-        (b"", None),
-    ],
-)
-def test_route_of_the_first_bytes(head: bytes, route: str | None) -> None:
-    assert route_of(head) == route
 
 
 async def live_socket_class(server: RunningServer, fake_agent: FakeVoiceAgent) -> str:

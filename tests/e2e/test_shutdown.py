@@ -13,7 +13,7 @@ import pytest
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import TwilioSimulator
 from tests.conftest import AUTH_TOKEN, PUBLIC_URL, free_port
-from tests.server_process import serve_env, start_serve
+from tests.helpers.server_process import serve_env, start_serve
 
 pytestmark = pytest.mark.slow
 CALLS = 20

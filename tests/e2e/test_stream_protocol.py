@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import BOTH_STREAM_SERVERS, RunningServer, ServerFactory
 from tests.e2e.test_shared_port import upgrade_request
-from tests.raw_twilio import announce, sign, twilio_session
+from tests.helpers.raw_twilio import announce, sign, twilio_session
 
 # The frame checks are picows's socket's (aiohttp's reader makes them itself, but answers
 # any close with 1000); pings are held to the limit by both.

@@ -18,7 +18,7 @@ from callbridge.twilio.aiohttp import AiohttpTwilioSocket
 from callbridge.twilio.media_stream import TwilioProtocolError
 from callbridge.twilio.picows import PicowsTwilioSocket
 from callbridge.twilio.socket import TwilioSocket
-from tests.socket_helpers import flood_until_closed, one_route_server
+from tests.helpers.socket_helpers import flood_until_closed, one_route_server
 
 
 @dataclass

@@ -38,7 +38,7 @@ from callbridge.records.entries import (
     TurnLatency,
 )
 from callbridge.records.store import CallStore, StoreLimits
-from tests.log_events import Events, caught
+from tests.helpers.log_events import Events, caught
 
 PG_HOST, PG_PORT, PG_DATABASE = "127.0.0.1", 5432, "test"
 INSTANCE = "test-box"

@@ -23,7 +23,7 @@ from callbridge.records.store import CallStore
 from callbridge.server.records_api import RECORDS_STORE, add_routes
 from callbridge.server.state import APP_STATE, AppState
 from callbridge.twilio.signatures import TwilioAuthenticator
-from tests.log_events import caught
+from tests.helpers.log_events import caught
 
 from .conftest import T0, Backend, StoreFactory, full_call
 

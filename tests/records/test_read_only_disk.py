@@ -31,7 +31,7 @@ from callbridge.testing.audio import silence, tone
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import TwilioSimulator
 from tests.conftest import AUTH_TOKEN, PUBLIC_URL, free_port
-from tests.server_process import serve_env
+from tests.helpers.server_process import serve_env
 
 pytestmark = pytest.mark.slow
 

@@ -31,7 +31,7 @@ from callbridge.server.call_runner import CallRunner
 from callbridge.twilio import media_stream as twilio
 from callbridge.twilio.media_stream import TwilioProtocolError
 from callbridge.twilio.socket import EventHandler, TextHandler
-from tests.log_events import Events, caught
+from tests.helpers.log_events import Events, caught
 
 
 class _TwilioSocket:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from callbridge.logs import EventLogger
 from callbridge.server.log_throttle import LogThrottle
-from tests.log_events import caught
+from tests.helpers.log_events import caught
 
 
 class Clock:

@@ -1,6 +1,6 @@
 """AssemblyAI Voice Agent API wire format: typed server events, encoders. No I/O.
 
-Field names follow the live protocol (see shared/reference/assemblyai-voice-agent.md).
+Field names follow the live protocol (https://www.assemblyai.com/docs/voice-agents).
 Decoding is tolerant: unknown events and older shapes (an error frame without `type`,
 tool arguments under `args`) become values the bridge can act on, never exceptions, for
 any bytes. A frame that is not UTF-8 becomes `InvalidText`: the socket's protocol error.
@@ -145,7 +145,7 @@ _decoder = msgspec.json.Decoder(AgentEvent)
 _generic = msgspec.json.Decoder()
 
 
-# The per-frame path calls the decoder itself (one Python call less a frame) and, when it
+# The per-frame path calls the decoder itself (saving a Python call per frame) and, when it
 # raises (one of DECODE_ERRORS: msgspec's, or UnicodeDecodeError for text that is not
 # UTF-8), `undecodable`: together they are `decode`.
 DECODE_ERRORS = (msgspec.DecodeError, UnicodeError)
@@ -296,8 +296,10 @@ def encode_reply_create(instructions: str | None = None) -> bytes:
     return _encoder.encode(_ReplyCreate(instructions))
 
 
-# How the bridge treats each error code (reference §6.3), compared lower-cased because the
-# docs and the live service disagree on case.
+# How the bridge treats each `session.error` code, compared lower-cased because the API's
+# documentation (https://www.assemblyai.com/docs/voice-agents) and the live service disagree
+# on case. No retry fixes credentials, access or an unknown agent; capacity and internal
+# errors may clear on a new connection; a refused resume needs a fresh session.
 NEVER_RETRY_CODES = frozenset({"unauthorized", "forbidden", "session_forbidden", "agent_not_found"})
 RETRYABLE_CODES = frozenset(
     {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -226,6 +227,17 @@ def fake_agent(
     api_key: Annotated[str, typer.Option(help="The key the fake accepts.")] = "fake-agent-key",
 ) -> None:
     """Run a fake Voice Agent API on loopback: calls with no AssemblyAI account."""
+    # It checks what it receives against the API's schema with these, which come with
+    # callbridge's `testing` extra only (the server and `simulate` do without them).
+    for module in ("jsonschema", "yaml"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            fail(
+                f"the fake agent needs callbridge's testing extra (no module {module!r}): "
+                "pip install 'callbridge[testing]' (in a checkout: make install)",
+                EXIT_CONFIG,
+            )
     from callbridge.cli.fake_agent import (
         DEMO_SCRIPT,
         FakeAgentCommandError,

@@ -41,7 +41,6 @@ else:
 
 COMPILED = not WHY_NOT_COMPILED
 
-AudioSocket = _module.AudioSocket
 TwilioAudioSocket = _module.TwilioAudioSocket
 AgentAudioSocket = _module.AgentAudioSocket
 take_relayed = _module.take_relayed
@@ -52,7 +51,6 @@ __all__ = [
     "COMPILED",
     "WHY_NOT_COMPILED",
     "AgentAudioSocket",
-    "AudioSocket",
     "Relayed",
     "TwilioAudioSocket",
     "end_routes",

@@ -50,9 +50,6 @@ class CallRegistry:
         if info.call_sid:
             self._by_call_sid[info.call_sid] = info.call_id
 
-    def get(self, call_id: str) -> CallInfo | None:
-        return self._known.get(call_id)
-
     def call_id_for_sid(self, call_sid: str) -> str | None:
         return self._by_call_sid.get(call_sid)
 

@@ -1,8 +1,8 @@
 """The main port: Media Streams to picows, everything else to aiohttp.
 
 Twilio's stream sockets carry nearly all of the traffic, and picows handles their frames
-in C callbacks: the whole server spends a quarter less CPU per relayed frame than with
-aiohttp's stream routes (README, Performance). aiohttp serves the webhooks, health checks
+in C callbacks: the whole server spends less CPU per relayed frame than with aiohttp's
+stream routes (README, Performance). aiohttp serves the webhooks, health checks
 and records API. Both share one port: the first bytes of each new connection are peeked at
 (not read), and the socket goes, untouched, to the library that serves its request. The
 choice is made once per connection; a keep-alive connection that began with a webhook

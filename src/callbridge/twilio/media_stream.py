@@ -58,7 +58,7 @@ class RelayMedia(_Inbound, tag="media"):
     """`Media` as the compiled fast path reads it: the same fields, the payload left as the
     base64 text it arrived in. The fast path checks that text itself (canonical base64:
     what decoding and encoding it again would give) and relays it as is, which saves a
-    base64 decode and encode a frame; anything else takes the full path, `Media`."""
+    base64 decode and encode per frame; anything else takes the full path, `Media`."""
 
     media: RelayMediaInfo
     stream_sid: str | None = None
@@ -126,7 +126,7 @@ _decoder = msgspec.json.Decoder(MediaStreamMessage)
 _generic = msgspec.json.Decoder()
 
 
-# The per-frame path calls the decoder itself (one Python call less a frame) and, when it
+# The per-frame path calls the decoder itself (saving a Python call per frame) and, when it
 # raises (one of DECODE_ERRORS: msgspec's, or UnicodeDecodeError for text that is not
 # UTF-8), `undecodable`: together they are `decode`.
 DECODE_ERRORS = (msgspec.DecodeError, UnicodeError)

@@ -26,8 +26,8 @@ class PicowsTwilioSocket(PicowsSocket, fast_path.TwilioAudioSocket):
     the caller audio the bridge lets it relay, see `callbridge.fast_path`)."""
 
     # No instance dict: picows calls the compiled frame callback through Cython's check
-    # for a Python override, which looks for one in the instance dict: one object less to
-    # fetch from memory a frame. `PicowsSocket`'s attributes are among these.
+    # for a Python override, which looks for one in the instance dict; without a dict there
+    # is nothing to look up on each frame. `PicowsSocket`'s attributes are among these.
     __slots__ = (
         "_controls",
         "_early",
@@ -98,8 +98,8 @@ class PicowsTwilioSocket(PicowsSocket, fast_path.TwilioAudioSocket):
             return  # picows delivers the rest of a read even after we disconnect
         kind = frame.msg_type
         if kind is _TEXT and frame.fin and not (frame.rsv1 or frame.rsv2 or frame.rsv3):
-            # Nearly every frame: `_text` written out, one Python call less a frame (`_text`
-            # serves the rare rest: reassembled fragments, frames from before serve()).
+            # Nearly every frame: `_text` written out, saving a Python call per frame
+            # (`_text` serves the rare rest: reassembled fragments, frames from before serve()).
             on_text = self._on_text
             if on_text is None:
                 self._early.append(bytes(frame.get_payload_as_memoryview()))
@@ -139,7 +139,7 @@ class PicowsTwilioSocket(PicowsSocket, fast_path.TwilioAudioSocket):
             self._fragments.skip(frame)
 
     if not fast_path.COMPILED:
-        on_ws_frame = _on_frame  # every frame takes the full path: one Python call less
+        on_ws_frame = _on_frame  # every frame takes the full path: called directly
 
     # --- internals --------------------------------------------------------------------
 
