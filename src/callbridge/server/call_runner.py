@@ -189,7 +189,7 @@ class CallRunner:
                 fields[name] = stats[name]
         self.log.info("call.ended", **fields)
 
-    async def end(self, event: object) -> None:
+    def end(self, event: object) -> None:
         """Feed an event from outside the call (server shutdown, say)."""
         self._feed(event)
 

@@ -90,24 +90,24 @@ async def drain(
     log.info("server.draining", live_calls=len(state.registry.live), drain_seconds=drain_seconds)
     if not await _wait_for_calls(state, drain_seconds, now):
         log.info("server.ending_calls", live_calls=len(state.registry.live), polite=True)
-        await _end_calls(state, polite=True)
+        _end_calls(state, polite=True)
         if not await _wait_for_calls(state, _GOODBYE_WAIT_SECONDS, now):
             log.warning("server.ending_calls", live_calls=len(state.registry.live), polite=False)
-            await _end_calls(state, polite=False)
+            _end_calls(state, polite=False)
             await _wait_for_calls(state, _FORCED_WAIT_SECONDS, asyncio.Event())
 
 
 async def end_calls_now(state: AppState) -> None:
     """For the app's shutdown hook: whatever is still live ends at once."""
     state.shutting_down = True
-    await _end_calls(state, polite=False)
+    _end_calls(state, polite=False)
     await _wait_for_calls(state, _FORCED_WAIT_SECONDS, asyncio.Event())
 
 
-async def _end_calls(state: AppState, *, polite: bool) -> None:
+def _end_calls(state: AppState, *, polite: bool) -> None:
     for runner in list(state.registry.live.values()):
         with contextlib.suppress(Exception):
-            await runner.end(ServerShutdown(polite=polite))
+            runner.end(ServerShutdown(polite=polite))
 
 
 async def _wait_for_calls(state: AppState, seconds: float, interrupt: asyncio.Event) -> bool:
@@ -128,7 +128,7 @@ async def _wait_for_calls(state: AppState, seconds: float, interrupt: asyncio.Ev
             waiter.cancel()
     if interrupt.is_set():
         if state.registry.live:
-            await _end_calls(state, polite=False)
+            _end_calls(state, polite=False)
             await _wait_for_calls(state, _FORCED_WAIT_SECONDS, asyncio.Event())
         return True
     return not state.registry.live
