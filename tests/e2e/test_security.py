@@ -357,6 +357,26 @@ async def test_refused_requests_are_logged_once_per_client_and_reason(
     ]
 
 
+async def test_refused_streams_are_logged_once_per_client_and_reason(
+    server: RunningServer, fake_agent: FakeVoiceAgent
+) -> None:
+    with caught() as events:
+        async with twilio_session() as http:
+            call = await announce(http, server)
+            for _ in range(20):
+                await assert_stream_refused(http, server, call, signature="Zm9yZ2Vk")
+            for n in range(20):
+                other = await announce(http, server, f"CA{n:032x}")
+                ws = await connect_stream(http, server, other)
+                await refused_after_start(ws, start_frame(None, call_sid=f"CA{n:032x}"))
+    refused = events.fields_of("stream.refused")
+    assert [(f["reason"], f["client"]) for f in refused] == [
+        ("stream signature does not match", "127.0.0.1"),
+        ("wrong stream token", "127.0.0.1"),
+    ]
+    assert fake_agent.connections == 0
+
+
 async def test_a_second_twiml_request_for_a_live_call_leaves_it_alone(
     server: RunningServer, fake_agent: FakeVoiceAgent
 ) -> None:

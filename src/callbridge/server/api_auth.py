@@ -76,7 +76,7 @@ def _refused(request: web.Request, reason: str) -> None:
     interval, with a count of the rest); never the token itself."""
     resource = request.match_info.route.resource
     refused(
-        request.app,
+        request.app[APP_STATE].refusals,
         _log,
         "api.refused",
         client=request.remote,

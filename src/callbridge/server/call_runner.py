@@ -234,10 +234,8 @@ class CallRunner:
         if not self._within_message_limit(now):
             return False
         if not self._admitted and type(message) is twilio.Start:
-            refusal = self._admit(message) if self._admit else None
-            if refusal is not None:
-                self.log.warning("stream.refused", reason=refusal)
-                return False
+            if self._admit is not None and self._admit(message) is not None:
+                return False  # `admit` logged why
             self._admitted = True
         self._feed(message)
         return True

@@ -7,15 +7,14 @@ that key; the next line let through says how many were left out since the last o
 (`suppressed=K`). Nothing is lost from view: a flood shows up as a line every interval
 with its count.
 
-`refusals(owner)` is the one throttle of a server (its application or its state) for the
-WARNING lines about refused requests: webhooks, stream upgrades, the records API and
-/metrics. Anything else that needs "once per client" can use a `LogThrottle` of its own.
+A server keeps one for the WARNING lines about refused requests (`AppState.refusals`):
+webhooks, stream upgrades, the records API and /metrics. Anything else that needs "once
+per client" can use a `LogThrottle` of its own.
 """
 
 from __future__ import annotations
 
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -68,23 +67,15 @@ class LogThrottle:
         return True
 
 
-_REFUSALS: weakref.WeakKeyDictionary[object, LogThrottle] = weakref.WeakKeyDictionary()
-
-
-def refusals(owner: object) -> LogThrottle:
-    """The throttle for lines about refused requests, one per server (`owner`: its aiohttp
-    application, or anything else that lives as long as it), made when first asked for."""
-    throttle = _REFUSALS.get(owner)
-    if throttle is None:
-        throttle = _REFUSALS[owner] = LogThrottle()
-    return throttle
-
-
 def refused(
-    owner: object, log: EventLogger, event: str, *, client: str | None, reason: str, **fields: Any
+    throttle: LogThrottle,
+    log: EventLogger,
+    event: str,
+    *,
+    client: str | None,
+    reason: str,
+    **fields: Any,
 ) -> bool:
     """A WARNING line about a refused request, at most one per interval per (event, client,
     reason). `reason` must be a fixed text (never the request's own): it is part of the key."""
-    return refusals(owner).warning(
-        log, event, (client, reason), client=client, reason=reason, **fields
-    )
+    return throttle.warning(log, event, (client, reason), client=client, reason=reason, **fields)

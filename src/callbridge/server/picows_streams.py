@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable
 from urllib.parse import unquote
 
 import aiofastnet
@@ -37,6 +36,18 @@ from callbridge.twilio.picows import PicowsTwilioSocket
 _ROUTES: dict[str, Direction] = {"media-stream": "inbound", "outbound-stream": "outbound"}
 
 
+_READ_BUFFER_BYTES = 4096  # Twilio's frames are a few hundred bytes
+
+
+def _peer_host(conn: socket.socket) -> str | None:
+    """The client's address, as aiohttp's `request.remote` gives it (for log lines)."""
+    try:
+        peer = conn.getpeername()
+    except OSError:
+        return None
+    return str(peer[0]) if isinstance(peer, tuple) else None
+
+
 class PicowsStreams:
     def __init__(self, state: AppState) -> None:
         self._state = state
@@ -44,7 +55,7 @@ class PicowsStreams:
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._log = EventLogger("server")
-        self._new_protocol: Callable[[], asyncio.BaseProtocol] | None = None
+        self._serving = False
 
     @property
     def serving(self) -> bool:
@@ -54,9 +65,9 @@ class PicowsStreams:
     async def start(self) -> None:
         try:
             factory = server_protocol_factory(
-                self._upgrade,
+                lambda request: self._upgrade(request, None),
                 max_frame_size=self._state.settings.callbridge_max_message_bytes,
-                read_buffer_init_size=4096,  # Twilio's frames are ~300 bytes
+                read_buffer_init_size=_READ_BUFFER_BYTES,
             )
             factory()  # a picows release that changed its protocol fails here, not per call
         except Exception as exc:  # whatever it is, aiohttp can serve the streams instead
@@ -69,18 +80,24 @@ class PicowsStreams:
         ready = asyncio.Event()
         self._supervisor = asyncio.create_task(self._supervise(ready))
         await ready.wait()
-        self._new_protocol = factory
+        self._serving = True
         self._state.picows_streams = True
 
     async def accept(self, conn: socket.socket) -> None:
         """Serve a stream's socket; its bytes are still unread (the main port peeked)."""
-        assert self._new_protocol is not None, "accept() before start()"
+        assert self._serving, "accept() before start()"
+        client = _peer_host(conn)
+        new_protocol = server_protocol_factory(
+            lambda request: self._upgrade(request, client),
+            max_frame_size=self._state.settings.callbridge_max_message_bytes,
+            read_buffer_init_size=_READ_BUFFER_BYTES,
+        )
         loop = asyncio.get_running_loop()
-        await aiofastnet.connect_accepted_socket(loop, self._new_protocol, conn)
+        await aiofastnet.connect_accepted_socket(loop, new_protocol, conn)
 
     async def stop(self) -> None:
         """Stop accepting; wait for the calls still running (the caller has ended them)."""
-        self._new_protocol = None
+        self._serving = False
         self._state.picows_streams = False
         self._stopping.set()
         if self._supervisor is not None:
@@ -93,7 +110,9 @@ class PicowsStreams:
             await self._stopping.wait()
             self._calls = None  # no new calls; the group waits for the running ones
 
-    def _upgrade(self, request: WSUpgradeRequest) -> WSListener | WSUpgradeResponseWithListener:
+    def _upgrade(
+        self, request: WSUpgradeRequest, client: str | None
+    ) -> WSListener | WSUpgradeResponseWithListener:
         raw_path, _, raw_query = request.path.decode("latin-1").partition("?")
         path = unquote(raw_path)  # as aiohttp's routes see it
         route, _, call_id = path.strip("/").partition("/")
@@ -110,6 +129,7 @@ class PicowsStreams:
                 call_id,
                 log,
                 lambda: state.auth.check_stream_request(path, raw_query, headers, as_received),
+                client,
             )
         except StreamRefused as exc:
             return _refusal(exc.status, str(exc))
@@ -117,19 +137,24 @@ class PicowsStreams:
             return _refusal(503, "not serving calls")
         settings = state.settings
         return PicowsTwilioSocket(
-            lambda sock: self._start(call_id, direction, sock, log),
+            lambda sock: self._start(call_id, direction, sock, log, client),
             max_bytes=settings.callbridge_max_message_bytes,
             max_messages_per_second=settings.callbridge_max_messages_per_second,
         )
 
     def _start(
-        self, call_id: str, direction: Direction, sock: PicowsTwilioSocket, log: EventLogger
+        self,
+        call_id: str,
+        direction: Direction,
+        sock: PicowsTwilioSocket,
+        log: EventLogger,
+        client: str | None,
     ) -> None:
         calls = self._calls
         try:
             if calls is None:
                 raise StreamRefused(503, "shutting down")
-            runner = start_call(self._state, call_id, direction, sock, log)
+            runner = start_call(self._state, call_id, direction, sock, log, client)
         except StreamRefused:
             sock.abort(WSCloseCode.POLICY_VIOLATION)
             return

@@ -14,6 +14,7 @@ from callbridge.logs import EventLogger
 from callbridge.records.entries import RecordEntry
 from callbridge.records.store import CallStore
 from callbridge.server.call_registry import CallRegistry
+from callbridge.server.log_throttle import LogThrottle
 from callbridge.twilio.signatures import TwilioAuthenticator
 
 
@@ -27,6 +28,8 @@ class AppState:
     records: CallStore
     registry: CallRegistry = field(default_factory=CallRegistry)
     log: EventLogger = field(default_factory=lambda: EventLogger("server"))
+    # Lines about refused requests, at a bounded rate per client and reason.
+    refusals: LogThrottle = field(default_factory=LogThrottle)
     http: aiohttp.ClientSession | None = None
     shutting_down: bool = False
     warned_public_url: bool = False

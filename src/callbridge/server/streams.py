@@ -20,6 +20,7 @@ from callbridge.bridge.call_bridge import CallBridge
 from callbridge.logs import EventLogger
 from callbridge.server.call_runner import CallRunner
 from callbridge.server.connections import on_reused_connection
+from callbridge.server.log_throttle import refused
 from callbridge.server.state import APP_STATE, AppState
 from callbridge.twilio.aiohttp import AiohttpTwilioSocket
 from callbridge.twilio.media_stream import Start
@@ -34,21 +35,37 @@ class StreamRefused(Exception):
 
 
 def admit_stream(
-    state: AppState, call_id: str, log: EventLogger, check_signature: Callable[[], None]
+    state: AppState,
+    call_id: str,
+    log: EventLogger,
+    check_signature: Callable[[], None],
+    client: str | None,
 ) -> None:
-    """Raise StreamRefused (after logging why) unless this upgrade may become a call."""
+    """Raise StreamRefused (after logging why, throttled per client and reason) unless this
+    upgrade may become a call."""
     try:
         check_signature()  # raises SignatureError
     except SignatureError as exc:
-        log.warning("stream.refused", reason=str(exc))
+        checked = exc.url.partition("?")[0] if exc.url else None
+        refused(
+            state.refusals,
+            log,
+            "stream.refused",
+            client=client,
+            reason=exc.reason,
+            checked_url=checked,
+        )
         raise StreamRefused(403, "forbidden") from None
-    _refuse_a_second_stream(state, call_id, log)
+    _refuse_a_second_stream(state, call_id, log, client)
 
 
-def _refuse_a_second_stream(state: AppState, call_id: str, log: EventLogger) -> None:
+def _refuse_a_second_stream(
+    state: AppState, call_id: str, log: EventLogger, client: str | None
+) -> None:
     if call_id in state.registry.live:
         # Twilio has been seen opening a second socket for one call: two voices at once.
-        log.warning("stream.refused", reason="a stream for this call is already live")
+        reason = "a stream for this call is already live"
+        refused(state.refusals, log, "stream.refused", client=client, reason=reason)
         raise StreamRefused(409, "duplicate stream")
 
 
@@ -58,19 +75,23 @@ def start_call(
     direction: Direction,
     twilio_socket: TwilioSocket,
     log: EventLogger,
+    client: str | None,
 ) -> CallRunner:
     """The call's bridge and runner, registered as live (run it with `run_call`).
 
     Raises StreamRefused if another stream for the call went live since `admit_stream`
     (the upgrade awaits in between)."""
-    _refuse_a_second_stream(state, call_id, log)
+    _refuse_a_second_stream(state, call_id, log, client)
     settings = state.settings
 
     def admit(start: Start) -> str | None:
         token = start.start.custom_parameters.get("token")
-        return state.registry.redeem_token(
+        refusal = state.registry.redeem_token(
             call_id, token if isinstance(token, str) else None, start.start.call_sid or None
         )
+        if refusal is not None:
+            refused(state.refusals, log, "stream.refused", client=client, reason=refusal)
+        return refusal
 
     bridge = CallBridge(
         session_config=state.bot.session_config(direction, settings.agent_voice),
@@ -125,7 +146,9 @@ async def _serve_stream(request: web.Request, direction: Direction) -> web.Strea
     call_id = request.match_info["call_id"]
     log = EventLogger("call", call_id=call_id)
     try:
-        admit_stream(state, call_id, log, lambda: state.auth.check_stream_upgrade(request))
+        admit_stream(
+            state, call_id, log, lambda: state.auth.check_stream_upgrade(request), request.remote
+        )
     except StreamRefused as exc:
         raise _http_error(exc) from None
     if state.http is None:
@@ -157,7 +180,7 @@ async def _serve_stream(request: web.Request, direction: Direction) -> web.Strea
         ws, request.transport, state.settings.callbridge_max_messages_per_second
     )
     try:
-        runner = start_call(state, call_id, direction, twilio_socket, log)
+        runner = start_call(state, call_id, direction, twilio_socket, log, request.remote)
     except StreamRefused:
         await twilio_socket.close(aiohttp.WSCloseCode.POLICY_VIOLATION)
         return ws

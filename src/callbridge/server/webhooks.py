@@ -37,7 +37,7 @@ async def _signed_form(request: web.Request) -> MultiDictProxy[Any]:
         # here: one fixed reason, none of the request's own text, no traceback.
         reason = _unreadable(exc)
         refused(
-            request.app,
+            state.refusals,
             state.log,
             "webhook.bad_request",
             client=request.remote,
@@ -49,7 +49,7 @@ async def _signed_form(request: web.Request) -> MultiDictProxy[Any]:
         state.auth.check_webhook(request, form)
     except SignatureError as exc:
         refused(
-            request.app,
+            state.refusals,
             state.log,
             "webhook.refused",
             client=request.remote,
@@ -267,9 +267,10 @@ def _number(form: MultiDictProxy[Any], name: str) -> int | None:
 
 def _invalid(request: web.Request, exc: _InvalidField) -> web.HTTPBadRequest:
     reason = f"invalid {exc.name}"
+    state = request.app[APP_STATE]
     refused(
-        request.app,
-        request.app[APP_STATE].log,
+        state.refusals,
+        state.log,
         "webhook.bad_request",
         client=request.remote,
         reason=reason,
