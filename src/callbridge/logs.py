@@ -96,6 +96,17 @@ def configure(level: str = "INFO", fmt: str = "auto") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    # The libraries' own warnings and errors (a request handler that raised, a task whose
+    # exception nobody retrieved) go through the same formatter: one line each, with any
+    # traceback in its `exception` field, never a bare multi-line traceback.
+    for name in _LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        library.handlers[:] = [handler]
+        library.setLevel(max(logging.WARNING, root.level))
+        library.propagate = False
+
+
+_LIBRARY_LOGGERS = ("aiohttp", "asyncio")
 
 
 class EventLogger:

@@ -7,7 +7,9 @@ import logging
 import math
 from pathlib import Path
 
-from callbridge.logs import ConsoleFormatter, JsonFormatter
+import pytest
+
+from callbridge.logs import ConsoleFormatter, JsonFormatter, configure
 
 
 def _line(**fields: object) -> dict[str, object]:
@@ -75,3 +77,27 @@ def test_console_fields_stay_readable_and_one_line() -> None:
     assert line.endswith(
         'call.ended detail="no media for 30 s" dropped=before-ready:1,ending:2 x=-'
     )
+
+
+def test_library_errors_are_one_json_line_with_the_traceback_in_its_own_field(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    library = logging.getLogger("aiohttp.server")
+    touched = [logging.getLogger(n) for n in ("callbridge", "aiohttp", "asyncio")]
+    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in touched]
+    try:
+        configure("INFO", "json")
+        try:
+            raise ValueError("bad body")
+        except ValueError:
+            library.exception("Error handling request from %s", "192.0.2.7")
+        library.info("below the libraries' level")
+    finally:
+        for lg, (handlers, level, propagate) in zip(touched, saved, strict=True):
+            lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    line = json.loads(lines[0])
+    assert line["logger"] == "aiohttp.server"
+    assert line["event"] == "Error handling request from 192.0.2.7"
+    assert "Traceback" in line["exception"] and "ValueError: bad body" in line["exception"]
