@@ -72,6 +72,26 @@ def test_fake_agent_without_the_testing_extra_says_how_to_install_it(
     assert f"no module {modules[0]!r}" in ran.stderr
 
 
+def test_importing_the_fake_agent_without_the_testing_extra_says_how_to_install_it(
+    tmp_path: Path,
+) -> None:
+    ran = subprocess.run(
+        [sys.executable, "-c", "from callbridge.testing import FakeVoiceAgent"],
+        cwd=tmp_path,
+        env=without(tmp_path / "blocked", *TESTING_EXTRA),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 1
+    assert (
+        ran.stderr.strip()
+        .splitlines()[-1]
+        .startswith("ImportError: callbridge's fake Voice Agent API needs the testing extra")
+    ), ran.stderr
+    assert "pip install 'callbridge[testing]'" in ran.stderr
+
+
 async def test_the_server_and_simulate_run_without_the_testing_extra(
     tmp_path: Path, fake_agent: FakeVoiceAgent
 ) -> None:

@@ -15,11 +15,17 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Any, Literal
 
-import yaml
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
-from referencing import Registry
-from referencing.jsonschema import DRAFT202012
+try:
+    import yaml
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
+    from referencing import Registry
+    from referencing.jsonschema import DRAFT202012
+except ImportError as exc:  # the `testing` extra is not installed
+    raise ImportError(
+        f"callbridge's fake Voice Agent API needs the testing extra ({exc}): "
+        "pip install 'callbridge[testing]'"
+    ) from exc
 
 SPEC_FILE = "voice-agent-api.asyncapi.yaml"
 _BASE_URI = "urn:callbridge:voice-agent-api"
