@@ -14,6 +14,8 @@ from callbridge.twilio import media_stream as twilio
 
 
 class BargeIn:
+    __slots__ = ("_ledger", "fenced")
+
     def __init__(self, ledger: PlayoutLedger) -> None:
         self._ledger = ledger
         # Cut-off replies, whose late audio is dropped. Bounded: only recent ones matter.

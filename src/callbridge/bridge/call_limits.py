@@ -26,6 +26,8 @@ SHUTDOWN_INSTRUCTIONS = (
 class IdleLimit:
     """Ends a stream that sent no audio for `seconds` (None: no limit)."""
 
+    __slots__ = ("_frames_at_last_check", "_last_media_at", "seconds")
+
     def __init__(self, seconds: float | None, now: float) -> None:
         self.seconds = seconds
         self._frames_at_last_check = 0
@@ -59,6 +61,8 @@ class IdleLimit:
 class CallLength:
     """The maximum length: the agent wraps up `wrap_up_seconds` before it (or when the
     server shuts down), and the call ends once its goodbye has played."""
+
+    __slots__ = ("goodbye_reply", "max_seconds", "wrap_up_seconds", "wrapping_up")
 
     def __init__(self, max_seconds: float | None, wrap_up_seconds: float) -> None:
         self.max_seconds = max_seconds

@@ -18,6 +18,18 @@ _RETRY_MAX_DELAY = 4.0
 
 
 class Reconnect:
+    __slots__ = (
+        "_connect_retry_seconds",
+        "_jitter",
+        "_reconnect_seconds",
+        "attempt",
+        "budget_spent",
+        "fresh_sessions",
+        "resume_refused",
+        "resumes",
+        "session_lost",
+    )
+
     def __init__(
         self,
         *,

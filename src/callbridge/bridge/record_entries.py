@@ -16,6 +16,8 @@ def _ms_since(start: float | None, at: float | None) -> float | None:
 
 
 class RecordEntries:
+    __slots__ = ("_seq", "_wall", "call_id")
+
     def __init__(self, call_id: str, wall_clock: Callable[[], float]) -> None:
         self.call_id = call_id
         self._wall = wall_clock

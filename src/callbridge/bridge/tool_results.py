@@ -20,6 +20,8 @@ from callbridge.bridge.recent_ids import RecentIds
 
 
 class ToolResults:
+    __slots__ = ("_clock", "_held", "_interrupted", "_reply_of", "_seen", "_started", "may_flow")
+
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self.may_flow = True  # right after reply.done: a result may go at once
