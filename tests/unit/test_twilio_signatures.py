@@ -241,3 +241,9 @@ def test_tokens_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -
     assert tokens_match(token, token)
     assert not tokens_match(token, token[::-1])
     assert compared == [(token.encode(), token.encode()), (token.encode(), token[::-1].encode())]
+
+
+def test_a_refusal_logs_the_checked_url_without_the_callers_query() -> None:
+    exc = SignatureError("signature does not match", "https://bridge.example.test/twiml?x=evil")
+    assert exc.checked_url == "https://bridge.example.test/twiml"
+    assert SignatureError("missing X-Twilio-Signature").checked_url is None

@@ -46,14 +46,13 @@ def admit_stream(
     try:
         check_signature()  # raises SignatureError
     except SignatureError as exc:
-        checked = exc.url.partition("?")[0] if exc.url else None
         refused(
             state.refusals,
             log,
             "stream.refused",
             client=client,
             reason=exc.reason,
-            checked_url=checked,
+            checked_url=exc.checked_url,
         )
         raise StreamRefused(403, "forbidden") from None
     _refuse_a_second_stream(state, call_id, log, client)

@@ -35,16 +35,7 @@ async def _signed_form(request: web.Request) -> MultiDictProxy[Any]:
     except _FORM_ERRORS as exc:
         # Read before the signature can be checked (it covers the form), so anyone can get
         # here: one fixed reason, none of the request's own text, no traceback.
-        reason = _unreadable(exc)
-        refused(
-            state.refusals,
-            state.log,
-            "webhook.bad_request",
-            client=request.remote,
-            reason=reason,
-            path=request.path,
-        )
-        raise web.HTTPBadRequest(text=f"bad request: {reason}\n") from None
+        raise _bad_request(request, _unreadable(exc)) from None
     try:
         state.auth.check_webhook(request, form)
     except SignatureError as exc:
@@ -55,7 +46,7 @@ async def _signed_form(request: web.Request) -> MultiDictProxy[Any]:
             client=request.remote,
             reason=exc.reason,
             path=request.path,
-            checked_url=_without_query(exc.url),
+            checked_url=exc.checked_url,
         )
         raise web.HTTPForbidden(text="forbidden\n") from None
     return form
@@ -84,14 +75,6 @@ def _unreadable(exc: Exception) -> str:
     return "malformed form body"
 
 
-def _without_query(url: str | None) -> str | None:
-    """The URL a signature was checked against, without its query (the caller's text)."""
-    if url is None:
-        return None
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))[:300]
-
-
 def _say_and_hang_up(text: str) -> web.Response:
     response = VoiceResponse()
     response.say(text)
@@ -113,7 +96,7 @@ async def _connect_twiml(request: web.Request, *, direction: str, stream_path: s
         call_sid = _field(form, "CallSid")
         from_number, to_number = _field(form, "From"), _field(form, "To")
     except _InvalidField as exc:
-        raise _invalid(request, exc) from None
+        raise _bad_request(request, f"invalid {exc.name}") from None
     return _answer_call(request, direction, stream_path, call_sid, from_number, to_number)
 
 
@@ -186,7 +169,7 @@ async def call_status(request: web.Request) -> web.Response:
         from_number, to_number = _field(form, "From"), _field(form, "To")
         sip_response = _field(form, "SipResponseCode")  # logged only
     except _InvalidField as exc:
-        raise _invalid(request, exc) from None
+        raise _bad_request(request, f"invalid {exc.name}") from None
     call_id = state.registry.call_id_for_sid(call_sid) if call_sid else None
     if call_sid and status:
         state.record(
@@ -265,8 +248,8 @@ def _number(form: MultiDictProxy[Any], name: str) -> int | None:
     return int(value)
 
 
-def _invalid(request: web.Request, exc: _InvalidField) -> web.HTTPBadRequest:
-    reason = f"invalid {exc.name}"
+def _bad_request(request: web.Request, reason: str) -> web.HTTPBadRequest:
+    """A 400 and one line (throttled per client and reason); `reason` is fixed text."""
     state = request.app[APP_STATE]
     refused(
         state.refusals,

@@ -40,6 +40,14 @@ class SignatureError(Exception):
         self.reason = reason
         self.url = url
 
+    @property
+    def checked_url(self) -> str | None:
+        """`url` without its query (the caller's own text), short enough to log."""
+        if self.url is None:
+            return None
+        parts = urlsplit(self.url)
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))[:300]
+
 
 class TwilioAuthenticator:
     def __init__(self, settings: Settings) -> None:
