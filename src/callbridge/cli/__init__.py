@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -118,16 +119,51 @@ def call(
         str | None,
         typer.Option("--from", help="Your Twilio number (default TWILIO_PHONE_NUMBER)."),
     ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            metavar="NAME=VALUE",
+            help="A custom parameter for the bot's set-up; repeat for more. Signed into the "
+            "URL Twilio fetches, so the server can trust it (limits: docs/placing-calls.md).",
+        ),
+    ] = None,
+    bot: Annotated[
+        str | None, typer.Option("--bot", help="The bot to answer with (default: the server's).")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help='Print {"call_id": ..., "call_sid": ...}.')
+    ] = False,
 ) -> None:
-    """Place an outbound call: the agent speaks first with the bot's outbound prompt."""
+    """Place an outbound call: the agent speaks first with the bot's outbound prompt.
+
+    Prints the Call SID (with --json, our call id too). Needs only the settings for placing
+    calls, so it can run on another machine than the server."""
+    from callbridge.twilio.call_parameters import ParameterError, parse_assignment
     from callbridge.twilio.rest import OutboundCallError, place_call
 
+    parameters: dict[str, str] = {}
+    for text in param or ():
+        try:
+            name, value = parse_assignment(text)
+        except ParameterError as exc:
+            fail(f"--param {exc}", EXIT_CONFIG)
+        if name in parameters:
+            fail(f"--param {name} given twice", EXIT_CONFIG)
+        parameters[name] = value
     settings = settings_or_exit()
     try:
-        sid = place_call(settings, to=to, from_=from_)
+        placed = place_call(settings, to=to, from_=from_, parameters=parameters, bot=bot)
     except OutboundCallError as exc:
+        if exc.field == "bot":
+            fail(f"--bot: {exc}", EXIT_CONFIG)
+        if exc.field is not None and exc.field.startswith("parameters"):
+            fail(f"--param: {exc}", EXIT_CONFIG)
         fail(str(exc), exc.exit_code)
-    typer.echo(sid)
+    if json_output:
+        typer.echo(json.dumps({"call_id": placed.call_id, "call_sid": placed.call_sid}))
+    else:
+        typer.echo(placed.call_sid)
 
 
 @app.command()

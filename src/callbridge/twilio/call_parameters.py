@@ -40,6 +40,7 @@ __all__ = [
     "Refusal",
     "decode",
     "encode",
+    "normalize_number",
     "parameters_key",
     "parse_assignment",
     "validate",
@@ -121,7 +122,9 @@ def normalize_number(to: str) -> str:
     number = text.translate(_PHONE_PUNCTUATION)
     if _PHONE.fullmatch(number):
         return number
-    raise ParameterError("to", f"{to} is not a valid phone number (use E.164, e.g. +15551234567)")
+    raise ParameterError(
+        "to", f"{to[:50]} is not a valid phone number (use E.164, e.g. +15551234567)"
+    )
 
 
 def parse_assignment(text: str) -> tuple[str, str]:
