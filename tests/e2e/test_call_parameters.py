@@ -92,6 +92,7 @@ async def test_parameters_from_the_command_reach_the_calls_info(
     url = rest.created[0]["Url"][0]
     assert "Alice" in url and "mac=" in url  # signed into the URL Twilio fetches
     call = await rest.wait_for_call()
+    await call.wait_started()  # the webhook has answered
     assert call.webhook_status == 200
     await events.wait_for("call.announced")
     announced = events.fields_of("call.announced")[0]

@@ -139,6 +139,7 @@ def call(
 
     Prints the Call SID (with --json, our call id too). Needs only the settings for placing
     calls, so it can run on another machine than the server."""
+    from callbridge.server.call_registry import new_call_id
     from callbridge.twilio.call_parameters import ParameterError, parse_assignment
     from callbridge.twilio.rest import OutboundCallError, place_call
 
@@ -153,7 +154,14 @@ def call(
         parameters[name] = value
     settings = settings_or_exit()
     try:
-        placed = place_call(settings, to=to, from_=from_, parameters=parameters, bot=bot)
+        placed = place_call(
+            settings,
+            call_id=new_call_id(),
+            to=to,
+            from_=from_,
+            parameters=parameters,
+            bot=bot,
+        )
     except OutboundCallError as exc:
         if exc.field == "bot":
             fail(f"--bot: {exc}", EXIT_CONFIG)

@@ -11,7 +11,6 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from callbridge.config import Settings
-from callbridge.server.call_registry import new_call_id
 from callbridge.twilio import call_parameters
 
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
@@ -57,13 +56,15 @@ class PlacedCall(NamedTuple):
 def place_call(
     settings: Settings,
     *,
+    call_id: str,
     to: str | None = None,
     from_: str | None = None,
     parameters: Mapping[str, str] | None = None,
     bot: str | None = None,
 ) -> PlacedCall:
     """Ask Twilio to call `to`; when answered it fetches our /outbound-twiml, whose query
-    carries our call id, the parameters and the bot, signed (`call_parameters`).
+    carries `call_id` (ours, from `new_call_id`), the parameters and the bot, signed
+    (`call_parameters`).
 
     OutboundCallError before anything is placed for parameters beyond the limits (its
     `field` names the culprit), missing settings or a number that is not E.164."""
@@ -85,7 +86,6 @@ def place_call(
         )
     client = twilio_client(settings)
     assert settings.auth_token is not None  # twilio_client checked it
-    call_id = new_call_id()
     try:
         to = call_parameters.normalize_number(to)  # as Twilio sends it back in `To`
         query = call_parameters.encode(
