@@ -30,11 +30,16 @@ import msgspec
 
 __all__ = [
     "DEFAULT_TTL_SECONDS",
+    "EXPIRED",
+    "MALFORMED",
     "MAX_BOT_NAME_CHARS",
     "MAX_KEY_CHARS",
     "MAX_PARAMETERS",
     "MAX_QUERY_CHARS",
     "MAX_VALUE_CHARS",
+    "OTHER_NUMBER",
+    "TAMPERED",
+    "TOO_LARGE",
     "CallParameters",
     "ParameterError",
     "Refusal",
