@@ -137,8 +137,10 @@ def call(
 ) -> None:
     """Place an outbound call: the agent speaks first with the bot's outbound prompt.
 
-    Prints the Call SID (with --json, our call id too). Needs only the settings for placing
-    calls, so it can run on another machine than the server."""
+    Prints the Call SID, and our call id too with --json.
+
+    Needs only the settings for placing calls: it can run on another machine than the server.
+    """
     from callbridge.server.call_registry import new_call_id
     from callbridge.twilio.call_parameters import ParameterError, parse_assignment
     from callbridge.twilio.rest import OutboundCallError, place_call
