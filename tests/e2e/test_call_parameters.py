@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import pytest
@@ -21,6 +22,7 @@ from callbridge.testing.twilio_simulator import TwilioSimulator
 from callbridge.twilio import call_parameters
 from tests.conftest import AUTH_TOKEN, PUBLIC_URL, RunningServer, ServerFactory
 from tests.e2e.test_outbound_call import CALLEE, OUR_NUMBER, run_call_command
+from tests.e2e.test_simulate_command import SIGNED, simulate
 from tests.helpers.log_events import Events, caught
 
 KEY = call_parameters.parameters_key(AUTH_TOKEN)
@@ -235,3 +237,30 @@ async def test_the_command_refuses_what_is_beyond_the_limits(
     assert len(lines) == 1, err
     assert says in lines[0]
     assert rest.created == []  # nothing placed
+
+
+async def test_simulate_places_an_answered_outbound_call_with_parameters(
+    server: RunningServer, fake_agent: FakeVoiceAgent, tmp_path: Path, events: Events
+) -> None:
+    status, _, err = await simulate(
+        tmp_path,
+        "--outbound",
+        "--param",
+        "name=Alice",
+        "--bot",
+        "sales",
+        "--seconds",
+        "2",
+        "--server",
+        server.url,
+        env=SIGNED,
+    )
+    assert status == 0, err
+    announced = events.fields_of("call.announced")
+    assert [(a["bot"], a["parameters"]) for a in announced] == [("sales", ["name"])]
+
+
+async def test_simulate_wants_outbound_for_parameters(tmp_path: Path) -> None:
+    status, _, err = await simulate(tmp_path, "--param", "name=Alice", env=SIGNED)
+    assert status == 2
+    assert "--param and --bot need --outbound" in err
