@@ -311,3 +311,26 @@ async def test_a_serve_process_places_the_call(fake_agent: FakeVoiceAgent, tmp_p
             proc.terminate()
             await proc.wait()
             await rest.stop()
+
+
+async def test_a_body_sent_in_pieces_is_read_whole(placing: Placing) -> None:
+    body = json.dumps({"to": CALLEE, "parameters": {"name": "Alice"}}).encode()
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield body[:10]
+        await asyncio.sleep(0.2)  # the input's shape: a client that pauses mid-body
+        yield body[10:]
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            placing.server.url + "/api/calls",
+            data=pieces(),
+            headers={**AUTH, "Content-Type": "application/json"},
+        ) as response,
+    ):
+        answer = await checked(response)
+        assert response.status == 201, answer
+    call = await placing.rest.wait_for_call()
+    await call.wait_started()
+    await call.hangup()

@@ -91,7 +91,12 @@ async def _body(request: web.Request) -> dict[str, Any]:
         raise _Invalid("invalid_body", f"send a JSON object with Content-Type: {_JSON}")
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise _Invalid("invalid_body", f"the body is larger than {MAX_BODY_BYTES} bytes")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    raw = bytearray()
+    while len(raw) <= MAX_BODY_BYTES:  # read() returns what has arrived: loop to the end
+        chunk = await request.content.read(MAX_BODY_BYTES + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
     if len(raw) > MAX_BODY_BYTES:
         raise _Invalid("invalid_body", f"the body is larger than {MAX_BODY_BYTES} bytes")
     try:
