@@ -110,7 +110,7 @@ async def _connect_twiml(request: web.Request, *, direction: str, stream_path: s
         call_sid,
         from_number,
         to_number,
-        parameters=placed.parameters if placed else {},
+        parameters=dict(placed.parameters) if placed else {},  # a dict: records encode it
         call_id=placed.call_id if placed else None,
         bot_name=placed.bot if placed else None,
     )
