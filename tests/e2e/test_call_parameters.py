@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
+import msgspec
 import pytest
 
 from callbridge.server.call_registry import CallInfo
@@ -103,6 +104,8 @@ async def test_parameters_from_the_command_reach_the_calls_info(
     assert announced["parameters"] == ["name", "order"]
     info = call_info(server, placed["call_id"])
     assert dict(info.parameters) == {"name": "Alice Smith", "order": "12&34=5"}
+    # The call record encodes them: a plain mapping, not a read-only proxy.
+    assert json.loads(msgspec.json.encode(info.parameters)) == dict(info.parameters)
     assert info.bot_name == "sales"
     assert info.call_sid == placed["call_sid"]
     await fake_agent.wait_for_session()
