@@ -12,11 +12,12 @@ from aiohttp import web
 from callbridge.bot import Bot
 from callbridge.config import Settings
 from callbridge.records.store import CallStore
-from callbridge.server import records_api, streams, webhooks
+from callbridge.server import calls_api, records_api, streams, webhooks
 from callbridge.server.connections import FIRST_REQUESTS, FirstRequests, note_first_request
 from callbridge.server.lifecycle import end_calls_now
 from callbridge.server.metrics import METRICS, CallMetrics, metrics_endpoint
 from callbridge.server.picows_streams import PICOWS_STREAMS, PicowsStreams
+from callbridge.server.placed_calls import PLACED_CALLS, PlacedCalls
 from callbridge.server.records_api import RECORDS_STORE
 from callbridge.server.state import APP_STATE, AppState
 from callbridge.twilio.signatures import TwilioAuthenticator
@@ -57,6 +58,8 @@ def build_app(settings: Settings, bot: Bot) -> web.Application:
     app.router.add_get("/healthz", webhooks.healthz)
     app.router.add_get("/readyz", webhooks.readyz)
     records_api.add_routes(app)
+    calls_api.add_routes(app)
+    app[PLACED_CALLS] = PlacedCalls(settings.auth_token)
     app[RECORDS_STORE] = state.records
     metrics = CallMetrics(
         lambda: _live_by_direction(state),

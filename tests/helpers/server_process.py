@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import API_KEY, AUTH_TOKEN, PUBLIC_URL
@@ -26,8 +27,11 @@ def serve_env(agent_url: str, port: int, folder: Path, **extra: str) -> dict[str
     }
 
 
-async def start_serve(env: dict[str, str], folder: Path) -> asyncio.subprocess.Process:
-    """Start the server and return once it logs that it is listening."""
+async def start_serve(
+    env: dict[str, str], folder: Path, on_line: Callable[[bytes], None] | None = None
+) -> asyncio.subprocess.Process:
+    """Start the server and return once it logs that it is listening; `on_line` gets each
+    later line of its log."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -41,7 +45,7 @@ async def start_serve(env: dict[str, str], folder: Path) -> asyncio.subprocess.P
     while b'"server.listening"' not in (line := await asyncio.wait_for(proc.stderr.readline(), 30)):
         assert line, "server exited before listening"
     # Keep reading: a server that logs more than the pipe holds would block on its next line.
-    drain = asyncio.get_running_loop().create_task(_drain(proc.stderr))
+    drain = asyncio.get_running_loop().create_task(_drain(proc.stderr, on_line))
     _draining.add(drain)  # ends at EOF, when the process has exited
     drain.add_done_callback(_draining.discard)
     return proc
@@ -50,6 +54,10 @@ async def start_serve(env: dict[str, str], folder: Path) -> asyncio.subprocess.P
 _draining: set[asyncio.Task[None]] = set()
 
 
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.read(65536):
-        pass
+async def _drain(stream: asyncio.StreamReader, on_line: Callable[[bytes], None] | None) -> None:
+    if on_line is None:
+        while await stream.read(65536):
+            pass
+        return
+    while line := await stream.readline():
+        on_line(line)

@@ -102,6 +102,15 @@ def test_a_signed_webhook_is_accepted_once() -> None:
     assert refused.value.url == "https://bridge.example.test/twiml"
 
 
+def test_the_query_is_checked_exactly_as_twilio_requested_it() -> None:
+    # Twilio signs the URL as encoded: a decoded query ("%20" read as a space) would not match.
+    auth = authenticator(public_url="https://bridge.example.test")
+    fields = form(("CallSid", "CA1"))
+    path = "/outbound-twiml?to=%2B15557654321&p.name=Al%20ice&p.x=a%26b"
+    signature = TWILIO.compute_signature("https://bridge.example.test" + path, fields)
+    auth.check_webhook(post(path, signature), fields)
+
+
 def test_unsigned_and_missigned_webhooks_are_refused() -> None:
     auth = authenticator(public_url="https://bridge.example.test")
     fields = form(("CallSid", "CA1"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -118,16 +119,70 @@ def call(
         str | None,
         typer.Option("--from", help="Your Twilio number (default TWILIO_PHONE_NUMBER)."),
     ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", metavar="NAME=VALUE", help=_PARAM_HELP),
+    ] = None,
+    bot: Annotated[
+        str | None, typer.Option("--bot", help="The bot to answer with (default: the server's).")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help='Print {"call_id": ..., "call_sid": ...}.')
+    ] = False,
 ) -> None:
-    """Place an outbound call: the agent speaks first with the bot's outbound prompt."""
+    """Place an outbound call: the agent speaks first with the bot's outbound prompt.
+
+    Prints the Call SID, and our call id too with --json.
+
+    Needs only the settings for placing calls: it can run on another machine than the server.
+    """
+    from callbridge.server.call_registry import new_call_id
     from callbridge.twilio.rest import OutboundCallError, place_call
 
+    parameters = _parameters(param)
     settings = settings_or_exit()
     try:
-        sid = place_call(settings, to=to, from_=from_)
+        placed = place_call(
+            settings,
+            call_id=new_call_id(),
+            to=to,
+            from_=from_,
+            parameters=parameters,
+            bot=bot,
+        )
     except OutboundCallError as exc:
+        if exc.field == "bot":
+            fail(f"--bot: {exc}", EXIT_CONFIG)
+        if exc.field is not None and exc.field.startswith("parameters"):
+            fail(f"--param: {exc}", EXIT_CONFIG)
         fail(str(exc), exc.exit_code)
-    typer.echo(sid)
+    if json_output:
+        typer.echo(json.dumps({"call_id": placed.call_id, "call_sid": placed.call_sid}))
+    else:
+        typer.echo(placed.call_sid)
+
+
+_PARAM_HELP = (
+    "A custom parameter for the bot's set-up; repeat for more. Signed into the URL Twilio "
+    "fetches, so the server can trust it (limits: docs/placing-calls.md)."
+)
+
+
+def _parameters(given: list[str] | None) -> dict[str, str]:
+    """`--param name=value` options as a dict; exit status 2 for a malformed or repeated one
+    (the limits are checked where the parameters are signed)."""
+    from callbridge.twilio.call_parameters import ParameterError, parse_assignment
+
+    parameters: dict[str, str] = {}
+    for text in given or ():
+        try:
+            name, value = parse_assignment(text)
+        except ParameterError as exc:
+            fail(f"--param {exc}", EXIT_CONFIG)
+        if name in parameters:
+            fail(f"--param {name} given twice", EXIT_CONFIG)
+        parameters[name] = value
+    return parameters
 
 
 @app.command()
@@ -175,12 +230,26 @@ def simulate(
     outbound: Annotated[
         bool, typer.Option(help="Simulate an answered outbound call instead.")
     ] = False,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            metavar="NAME=VALUE",
+            help="With --outbound: a custom parameter, as `callbridge call --param` gives it.",
+        ),
+    ] = None,
+    bot: Annotated[
+        str | None, typer.Option("--bot", help="With --outbound: the bot to answer with.")
+    ] = None,
 ) -> None:
     """Run one call against a running server, as Twilio would, without a phone."""
     from callbridge.cli.simulate import SimulationError, caller_audio, run_simulation
 
     if wav is not None and beep is not None:
         fail("give --wav or --beep, not both", EXIT_CONFIG)
+    if (param or bot is not None) and not outbound:
+        fail("--param and --bot need --outbound: only a placed call carries them", EXIT_CONFIG)
+    parameters = _parameters(param)
     settings = settings_or_exit()
     try:
         summary = asyncio.run(
@@ -192,6 +261,8 @@ def simulate(
                 seconds=seconds,
                 outbound=outbound,
                 speak_after=speak_after,
+                parameters=parameters,
+                bot=bot,
             )
         )
     except SimulationError as exc:

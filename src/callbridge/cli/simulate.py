@@ -14,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
 
 from callbridge.config import Settings
+from callbridge.server.call_registry import new_call_id
 from callbridge.testing.audio import (
     SAMPLE_RATE,
     WavError,
@@ -27,6 +30,7 @@ from callbridge.testing.audio import (
     write_stereo_ulaw_as_wav,
 )
 from callbridge.testing.twilio_simulator import CallEndedError, SimulatedCall, TwilioSimulator
+from callbridge.twilio import call_parameters
 
 EXTRA_SECONDS = 10.0  # how long the caller stays on after speaking, for the agent to answer
 GREETING_QUIET_SECONDS = 0.7  # silence after audio that tells the caller the greeting is over
@@ -62,6 +66,8 @@ async def run_simulation(
     seconds: float | None = None,
     outbound: bool = False,
     speak_after: float | None = None,
+    parameters: Mapping[str, str] | None = None,
+    bot: str | None = None,
 ) -> str:
     """Run one call and return a summary of it.
 
@@ -77,7 +83,7 @@ async def run_simulation(
         record_timeline=True,
     )
     async with simulator:
-        call = await _place(simulator, settings, outbound)
+        call = await _place(simulator, settings, outbound, _signed_query(settings, parameters, bot))
         _check_webhook(call, settings, server_url)
         with contextlib.suppress(TimeoutError, CallEndedError):
             async with asyncio.timeout(seconds):
@@ -90,14 +96,39 @@ async def run_simulation(
     return _summary(call, record)
 
 
-async def _place(simulator: TwilioSimulator, settings: Settings, outbound: bool) -> SimulatedCall:
+def _callee(settings: Settings) -> str:
+    return settings.target_phone_number or "+15552223333"
+
+
+def _signed_query(settings: Settings, parameters: Mapping[str, str] | None, bot: str | None) -> str:
+    """The query `callbridge call` would sign for these parameters ('' for none)."""
+    if not parameters and bot is None:
+        return ""
+    try:
+        # A server without the token (the local demo) takes them unverified.
+        query = call_parameters.encode(
+            call_id=new_call_id(),
+            to=_callee(settings),
+            key=call_parameters.parameters_key(settings.auth_token or "unset"),
+            now=time.time(),
+            parameters=parameters,
+            bot=bot,
+        )
+    except call_parameters.ParameterError as exc:
+        raise SimulationError(f"--{'bot' if exc.field == 'bot' else 'param'}: {exc}") from None
+    return "?" + query
+
+
+async def _place(
+    simulator: TwilioSimulator, settings: Settings, outbound: bool, query: str
+) -> SimulatedCall:
     if not outbound:
         return await simulator.place_inbound_call()
     return await simulator.answer_outbound_call(
         call_sid="CA" + secrets.token_hex(16),
-        url=f"{simulator.public_url}/outbound-twiml",
+        url=f"{simulator.public_url}/outbound-twiml{query}",
         from_=settings.twilio_phone_number or "+15550001111",
-        to=settings.target_phone_number or "+15552223333",
+        to=_callee(settings),
     )
 
 

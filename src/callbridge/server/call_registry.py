@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import string
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,9 @@ class CallInfo:
     to_number: str | None = None
     stream_token: str | None = None  # single use: cleared once a stream presents it
     created: float = field(default_factory=time.monotonic)
+    # A placed call's custom parameters and bot, from its signed TwiML URL.
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    bot_name: str | None = None
 
 
 _LETTERS_AND_DIGITS = string.ascii_letters + string.digits

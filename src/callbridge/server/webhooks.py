@@ -4,6 +4,7 @@ the health endpoints."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -14,6 +15,7 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 from callbridge.records.entries import CallStatusChanged
 from callbridge.server.call_registry import CallInfo, new_call_id
 from callbridge.server.log_throttle import refused
+from callbridge.server.placed_calls import placed_call
 from callbridge.server.state import APP_STATE, AppState
 from callbridge.twilio.signatures import SignatureError, new_stream_token
 
@@ -97,7 +99,21 @@ async def _connect_twiml(request: web.Request, *, direction: str, stream_path: s
         from_number, to_number = _field(form, "From"), _field(form, "To")
     except _InvalidField as exc:
         raise _bad_request(request, f"invalid {exc.name}") from None
-    return _answer_call(request, direction, stream_path, call_sid, from_number, to_number)
+    # A placed call's id, bot and parameters, signed into the URL's query (403 if forged).
+    placed = (
+        placed_call(request, to=to_number, call_sid=call_sid) if direction == "outbound" else None
+    )
+    return _answer_call(
+        request,
+        direction,
+        stream_path,
+        call_sid,
+        from_number,
+        to_number,
+        parameters=dict(placed.parameters) if placed else {},  # a dict: records encode it
+        call_id=placed.call_id if placed else None,
+        bot_name=placed.bot if placed else None,
+    )
 
 
 def _answer_call(
@@ -107,6 +123,10 @@ def _answer_call(
     call_sid: str | None,
     from_number: str | None,
     to_number: str | None,
+    *,
+    parameters: Mapping[str, str],
+    call_id: str | None,
+    bot_name: str | None,
 ) -> web.Response:
     state = request.app[APP_STATE]
     log = state.log.bind(call_sid=call_sid, direction=direction)
@@ -132,12 +152,14 @@ def _answer_call(
         return _say_and_hang_up(BUSY_TEXT)
 
     info = CallInfo(
-        call_id=new_call_id(),
+        call_id=call_id or new_call_id(),
         direction=direction,
         call_sid=call_sid,
         from_number=from_number,
         to_number=to_number,
         stream_token=new_stream_token(),
+        parameters=parameters,
+        bot_name=bot_name,
     )
     state.registry.announce(info)
     stream_url = f"{_public_ws_base(request, state)}/{stream_path}/{info.call_id}"
@@ -153,7 +175,14 @@ def _answer_call(
     if info.to_number:
         stream.parameter(name="to", value=info.to_number[:100])
     response.append(connect)
-    log.info("call.announced", call_id=info.call_id, from_=info.from_number, to=info.to_number)
+    log.info(
+        "call.announced",
+        call_id=info.call_id,
+        from_=info.from_number,
+        to=info.to_number,
+        bot=info.bot_name,
+        parameters=sorted(info.parameters),  # names only: values may be personal
+    )
     return web.Response(text=str(response), content_type=_TWIML)
 
 

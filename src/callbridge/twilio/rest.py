@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
+from typing import NamedTuple
+
 from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from callbridge.config import Settings
+from callbridge.twilio import call_parameters
 
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
+REST_TIMEOUT_SECONDS = 15.0
 
 
 class OutboundCallError(Exception):
-    def __init__(self, message: str, exit_code: int = 1) -> None:
+    """Why a call was not placed. `field`: the input at fault (`to`, `parameters`, ...),
+    if it was ours to refuse; `rest`: Twilio refused it or could not be reached."""
+
+    def __init__(
+        self, message: str, exit_code: int = 1, *, field: str | None = None, rest: bool = False
+    ) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.field = field
+        self.rest = rest
 
 
 def twilio_client(settings: Settings) -> Client:
@@ -21,22 +35,49 @@ def twilio_client(settings: Settings) -> Client:
         raise OutboundCallError(
             "configuration error: TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set", 2
         )
+    # A Twilio that does not answer is an error after a while, not a wait for ever (the
+    # server places calls from worker threads).
+    http = TwilioHttpClient(timeout=REST_TIMEOUT_SECONDS)
     if settings.twilio_api_base_url:
         # An empty environment keeps TWILIO_EDGE/TWILIO_REGION from rewriting the host.
-        client = Client(settings.twilio_account_sid, settings.auth_token, environment={})
+        client = Client(
+            settings.twilio_account_sid, settings.auth_token, environment={}, http_client=http
+        )
         client.api.base_url = settings.twilio_api_base_url
         return client
-    return Client(settings.twilio_account_sid, settings.auth_token)
+    return Client(settings.twilio_account_sid, settings.auth_token, http_client=http)
 
 
-def place_call(settings: Settings, *, to: str | None = None, from_: str | None = None) -> str:
-    """Ask Twilio to call `to`; when answered it fetches our /outbound-twiml. Returns the SID."""
+class PlacedCall(NamedTuple):
+    call_id: str  # ours, assigned here and carried in the signed TwiML URL
+    call_sid: str  # Twilio's
+
+
+def place_call(
+    settings: Settings,
+    *,
+    call_id: str,
+    to: str | None = None,
+    from_: str | None = None,
+    parameters: Mapping[str, str] | None = None,
+    bot: str | None = None,
+) -> PlacedCall:
+    """Ask Twilio to call `to`; when answered it fetches our /outbound-twiml, whose query
+    carries `call_id` (ours, from `new_call_id`), the parameters and the bot, signed
+    (`call_parameters`).
+
+    OutboundCallError before anything is placed for parameters beyond the limits (its
+    `field` names the culprit), missing settings or a number that is not E.164."""
     to = to or settings.target_phone_number
     from_ = from_ or settings.twilio_phone_number
     if not to:
-        raise OutboundCallError("no number to call: pass one or set TARGET_PHONE_NUMBER", 2)
+        raise OutboundCallError(
+            "no number to call: pass one or set TARGET_PHONE_NUMBER", 2, field="to"
+        )
     if not from_:
-        raise OutboundCallError("no caller ID: pass --from or set TWILIO_PHONE_NUMBER", 2)
+        raise OutboundCallError(
+            "no caller ID: pass --from or set TWILIO_PHONE_NUMBER", 2, field="from"
+        )
     if not settings.public_url:
         raise OutboundCallError(
             "configuration error: PUBLIC_URL must be set: Twilio fetches "
@@ -44,23 +85,36 @@ def place_call(settings: Settings, *, to: str | None = None, from_: str | None =
             2,
         )
     client = twilio_client(settings)
+    assert settings.auth_token is not None  # twilio_client checked it
+    try:
+        to = call_parameters.normalize_number(to)  # as Twilio sends it back in `To`
+        query = call_parameters.encode(
+            call_id=call_id,
+            to=to,
+            key=call_parameters.parameters_key(settings.auth_token),
+            now=time.time(),
+            parameters=parameters,
+            bot=bot,
+        )
+    except call_parameters.ParameterError as exc:
+        raise OutboundCallError(str(exc), field=exc.field) from None
     try:
         call = client.calls.create(
             to=to,
             from_=from_,
-            url=f"{settings.public_url}/outbound-twiml",
+            url=f"{settings.public_url}/outbound-twiml?{query}",
             method="POST",
             status_callback=f"{settings.public_url}/call-status",
             status_callback_event=STATUS_EVENTS,
             status_callback_method="POST",
         )
     except TwilioRestException as exc:
-        raise OutboundCallError(explain_rest_error(exc, to=to, from_=from_)) from None
+        raise OutboundCallError(explain_rest_error(exc, to=to, from_=from_), rest=True) from None
     except TwilioException as exc:
-        raise OutboundCallError(f"Twilio request failed: {exc}") from None
+        raise OutboundCallError(f"Twilio request failed: {exc}", rest=True) from None
     except OSError as exc:  # requests' connection errors derive from OSError
-        raise OutboundCallError(f"could not reach Twilio: {exc}") from None
-    return str(call.sid)
+        raise OutboundCallError(f"could not reach Twilio: {exc}", rest=True) from None
+    return PlacedCall(call_id=call_id, call_sid=str(call.sid))
 
 
 def explain_rest_error(exc: TwilioRestException, *, to: str, from_: str) -> str:

@@ -61,7 +61,10 @@ class TwilioAuthenticator:
     def public_url(self, request: web.Request) -> str:
         """The https:// URL Twilio called for this request (path and query included)."""
         url = request.rel_url
-        return self._public_url_of(url.path, url.query_string, request.headers, str(request.url))
+        # The query as sent: Twilio signs it encoded, and yarl's query_string decodes some of it.
+        return self._public_url_of(
+            url.path, url.raw_query_string, request.headers, str(request.url)
+        )
 
     def _public_url_of(
         self, path: str, query: str, headers: Mapping[str, str], as_received: str
@@ -91,7 +94,7 @@ class TwilioAuthenticator:
     def check_stream_upgrade(self, request: web.Request) -> None:
         """The upgrade is signed over the wss:// stream URL with no parameters."""
         url = request.rel_url
-        self.check_stream_request(url.path, url.query_string, request.headers, str(request.url))
+        self.check_stream_request(url.path, url.raw_query_string, request.headers, str(request.url))
 
     def check_stream_request(
         self, path: str, query: str, headers: Mapping[str, str], as_received: str
