@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 from callbridge.tools import Tool, tool
+from callbridge.verbs import VERB_TOOLS, CallVerbs, Transfer, Voicemail
 
 Direction = Literal["inbound", "outbound"]
 DEFAULT_VOICE = "alba"
@@ -32,6 +33,8 @@ class Bot:
     `greeting` is spoken verbatim as soon as the session is ready (leave it None for the
     agent to wait for the caller); outbound calls use `outbound_prompt` and
     `outbound_greeting` when set, so the agent speaks first to the person it called.
+    `transfer`, `keypad_out` and `voicemail` let the agent act on the call itself (see
+    `callbridge.verbs`).
     """
 
     system_prompt: str
@@ -40,6 +43,9 @@ class Bot:
     outbound_greeting: str | None = None
     voice: str = DEFAULT_VOICE
     tools: Sequence[Tool] = field(default_factory=tuple)
+    transfer: Transfer | None = None
+    keypad_out: bool = False
+    voicemail: Voicemail | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.tools, Tool) or not isinstance(self.tools, Iterable):
@@ -52,6 +58,9 @@ class Bot:
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
             raise ValueError(f"duplicate tool names: {', '.join(sorted(duplicates))}")
+        taken = VERB_TOOLS.intersection(names)
+        if taken:
+            raise ValueError(f"tool names reserved for callbridge's verbs: {', '.join(taken)}")
         object.__setattr__(self, "tools", tools)  # a copy: the list passed in may change later
 
     def session_config(self, direction: Direction, voice: str | None = None) -> dict[str, Any]:
@@ -66,11 +75,16 @@ class Bot:
             "system_prompt": prompt,
             "input": {"format": {"encoding": "audio/pcmu"}},
             "output": {"voice": voice or self.voice, "format": {"encoding": "audio/pcmu"}},
-            "tools": [t.definition() for t in self.tools],
+            "tools": [t.definition() for t in self.tools] + self.verbs.tool_definitions(),
         }
         if greeting:  # the API rejects greeting: null; omitting it means "listen first"
             session["greeting"] = greeting
         return session
+
+    @property
+    def verbs(self) -> CallVerbs:
+        """What the agent may do to the call itself."""
+        return CallVerbs(self.transfer, self.keypad_out, self.voicemail)
 
 
 def _not_a_tool(item: object) -> str:

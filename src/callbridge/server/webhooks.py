@@ -275,3 +275,15 @@ def _public_ws_base(request: web.Request, state: AppState) -> str:
     parts = urlsplit(public)
     scheme = "wss" if parts.scheme == "https" else "ws"
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+# For the other webhooks of a call (`verb_webhooks.py`): the same checks.
+signed_form = _signed_form
+
+
+def text_field(request: web.Request, form: MultiDictProxy[Any], name: str) -> str | None:
+    """A short printable text field (None if absent), else a 400 for the request."""
+    try:
+        return _field(form, name)
+    except _InvalidField as exc:
+        raise _bad_request(request, f"invalid {exc.name}") from None
