@@ -5,9 +5,12 @@ Twilio simulator, the fake Twilio REST API and the fake Voice Agent API."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -16,6 +19,7 @@ from callbridge.bot import Bot
 from callbridge.testing.fake_agent import FakeSession, FakeVoiceAgent
 from callbridge.testing.twilio_rest_fake import FakeTwilioRest
 from callbridge.testing.twilio_simulator import SimulatedCall, TwilioSimulator
+from callbridge.twilio.rest import place_call
 from callbridge.verbs import Transfer, TransferTarget, Voicemail
 from tests.conftest import (
     API_TOKEN,
@@ -226,3 +230,107 @@ async def wait_for_record(rig: Rig, call_sid: str) -> None:
                 if response.status == 200:
                     return
             await asyncio.sleep(0.1)  # the records' commit is not an event we can await
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+async def run_cli(rig: Rig, *args: str, folder: Path) -> tuple[int, str, str]:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "CALLBRIDGE_API_TOKEN": API_TOKEN,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "callbridge.cli",
+        "calls",
+        *args,
+        "--server",
+        rig.server.url,
+        env=env,
+        cwd=folder,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_transfer_and_digits_from_the_command_line(rig: Rig, tmp_path: Path) -> None:
+    call, session = await answered_call(rig)
+    code, out, err = await run_cli(rig, "digits", call.call_sid, "9#", folder=tmp_path)
+    assert (code, out) == (0, f"sending 2 keys on {call.call_sid}\n"), err
+    await call.wait_streams(2, timeout=10)
+    assert call.digits_played == ["9#"]
+    call.dial_outcome = "completed"
+    code, out, err = await run_cli(rig, "transfer", call.call_sid, "a person", folder=tmp_path)
+    assert (code, out) == (0, f"transferring {call.call_sid} to a person\n"), err
+    await call.wait_dialed(timeout=15)
+    await session.wait_for("session.end", timeout=10)
+    await call.wait_ended(timeout=10)
+    code, out, err = await run_cli(rig, "digits", "no-such-call", "1", folder=tmp_path)
+    assert (code, out) == (1, "")
+    assert err.strip().splitlines() == [
+        "callbridge: the server refused (404): no live call with that id or CallSid here"
+    ]
+
+
+# --- voicemail: answering-machine detection -------------------------------------------------
+
+
+async def outbound_call(rig: Rig) -> tuple[SimulatedCall, FakeSession, str]:
+    rig.rest.answered_by = None  # each test sends the verdict itself
+    settings = rig.server.settings
+    sid = await asyncio.to_thread(
+        place_call, settings, to="+15557654321", from_="+15550001111", voicemail=True
+    )
+    created = rig.rest.created[0]
+    assert created["MachineDetection"] == ["DetectMessageEnd"]
+    assert created["AsyncAmd"] == ["true"]
+    assert created["AsyncAmdStatusCallback"] == [f"{PUBLIC_URL}/amd-status"]
+    call = await rig.rest.wait_for_call()
+    session = await rig.agent.wait_for_session()
+    await call.wait_started()
+    return call, session, sid
+
+
+async def test_a_machine_gets_the_voicemail_message_then_the_call_ends(rig: Rig) -> None:
+    with caught() as events:
+        call, session, sid = await outbound_call(rig)
+        status, _ = await rig.rest.send_amd_verdict(sid, "machine_end_beep")
+        assert status == 204
+        told = await session.wait_for(instructions_with("please call us back"), timeout=10)
+        await call.wait_ended(timeout=20)
+        await events.wait_for("call.ended")
+    # The whole message played before the line closed.
+    message = str(told["instructions"])
+    assert bytes(call.heard).endswith(rig.agent.reply_audio_for(message))
+    assert call.end_reason == "server-closed"
+    assert events.fields_of("call.ended")[0]["reason"] == "voicemail-left"
+    assert events.fields_of("call.answered_by")[0]["answered_by"] == "machine_end_beep"
+
+
+async def test_a_fax_is_hung_up_on(rig: Rig) -> None:
+    with caught() as events:
+        call, session, sid = await outbound_call(rig)
+        await rig.rest.send_amd_verdict(sid, "fax")
+        await session.wait_for("session.end", timeout=10)
+        await call.wait_ended(timeout=10)
+        await events.wait_for("call.ended")
+    assert events.fields_of("call.ended")[0]["reason"] == "fax"
+
+
+@pytest.mark.parametrize("verdict", ["human", "unknown", "machine_start"])
+async def test_a_person_or_no_verdict_changes_nothing(rig: Rig, verdict: str) -> None:
+    with caught() as events:
+        call, session, sid = await outbound_call(rig)
+        await rig.rest.send_amd_verdict(sid, verdict)
+        await events.wait_for("call.answered_by")
+    heard = len(call.heard)
+    await session.say("Still here.")
+    await call.wait_heard(heard + len(rig.agent.reply_audio_for("Still here.")), timeout=10)
+    assert not call.ended.is_set()
+    assert "reply.create" not in [m.get("type") for m in session.received]
+    await call.hangup()

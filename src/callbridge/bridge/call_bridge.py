@@ -678,7 +678,10 @@ class CallBridge:
         self._verbs.reply_started(msg.reply_id)
         self._length.reply_started(msg.reply_id)
         self._results.may_flow = False
-        return [Log.debug("agent.reply_started", reply_id=msg.reply_id)]
+        log = Log.debug("agent.reply_started", reply_id=msg.reply_id)
+        if self._verbs.message_pending:  # a machine answered before the agent was ready
+            return [log, *self._leave_message()]
+        return [log]
 
     def _on_reply_audio(self, msg: agent.ReplyAudio) -> list[Action]:
         out = self.audio_to_twilio(msg)
@@ -1163,9 +1166,22 @@ class CallBridge:
         voicemail = self._verbs.config.voicemail
         if voicemail is None:
             return [log, *self._end(EndReason.ANSWERING_MACHINE)]
-        if self._verbs.busy or self.stream_sid is None or self.state is not State.LIVE:
-            return [log, Log.warning("voicemail.skipped", why="the call is not live or busy")]
-        actions: list[Action] = [log]
+        if self._verbs.busy:
+            return [log, Log.warning("voicemail.skipped", why="another action is under way")]
+        greeting_due = self._verbs.replies_started == 0 and "greeting" in self._session_config
+        if self.state is not State.LIVE or (greeting_due and self._current_reply is None):
+            # Not live yet, or the greeting not begun: the message replaces the first reply.
+            self._verbs.message_pending = True
+            return [log]
+        return [log, *self._leave_message()]
+
+    def _leave_message(self) -> list[Action]:
+        """Stop what the agent says to the machine; have it say the voicemail message."""
+        voicemail = self._verbs.config.voicemail
+        self._verbs.message_pending = False
+        if voicemail is None or self.stream_sid is None:
+            return []
+        actions: list[Action] = []
         # Whatever the agent was saying to the machine stops; the message is said anew.
         if self._current_reply is not None:
             self._fenced_replies.add(self._current_reply)

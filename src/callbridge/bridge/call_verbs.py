@@ -38,8 +38,7 @@ TRANSFER_NOT_STARTED_INSTRUCTIONS = (
     "and ask how else you can help."
 )
 VOICEMAIL_INSTRUCTIONS = (
-    "You have reached an answering machine and the recording has started. Say this "
-    "message, word for word, and nothing else: {message}"
+    "An answering machine is recording. Say this, word for word, and nothing else: {message}"
 )
 # What each failed DialCallStatus means, told to the agent.
 DIAL_FAILURES = {
@@ -69,7 +68,9 @@ class VerbState:
         "answered_by",
         "config",
         "digits",
+        "message_pending",
         "phase",
+        "replies_started",
         "reply",
         "target",
         "tool_call_id",
@@ -86,6 +87,8 @@ class VerbState:
         self._awaiting_reply = False
         self.transfer_outcome: str | None = None
         self.answered_by: str | None = None
+        self.message_pending = False  # leave the voicemail message once the agent speaks
+        self.replies_started = 0
 
     @property
     def busy(self) -> bool:
@@ -137,6 +140,7 @@ class VerbState:
         self._awaiting_reply = True
 
     def reply_started(self, reply_id: str | None) -> None:
+        self.replies_started += 1
         if self._awaiting_reply and self.reply is None:
             self.reply = reply_id
 

@@ -12,7 +12,13 @@ from typing import Annotated, NoReturn
 import typer
 
 from callbridge.cli.exit import EXIT_CONFIG, EXIT_FAILED, fail, settings_or_exit, warn_unknown
-from callbridge.config import ConfigError, load_settings, security_problem, unknown_variables
+from callbridge.config import (
+    ConfigError,
+    Settings,
+    load_settings,
+    security_problem,
+    unknown_variables,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -22,6 +28,7 @@ app = typer.Typer(
 
 
 def _register_record_commands() -> None:
+    from callbridge.cli import call_verbs  # noqa: F401  (its commands join `calls`)
     from callbridge.cli.records import calls_app, db_app
 
     app.add_typer(calls_app, name="calls")
@@ -118,16 +125,36 @@ def call(
         str | None,
         typer.Option("--from", help="Your Twilio number (default TWILIO_PHONE_NUMBER)."),
     ] = None,
+    voicemail: Annotated[
+        bool,
+        typer.Option(
+            "--voicemail",
+            help="Listen for an answering machine; the agent leaves the bot's voicemail "
+            "message on one (the default when the bot's Voicemail has detect=True).",
+        ),
+    ] = False,
 ) -> None:
     """Place an outbound call: the agent speaks first with the bot's outbound prompt."""
     from callbridge.twilio.rest import OutboundCallError, place_call
 
     settings = settings_or_exit()
+    voicemail = voicemail or bot_detects_voicemail(settings)
     try:
-        sid = place_call(settings, to=to, from_=from_)
+        sid = place_call(settings, to=to, from_=from_, voicemail=voicemail)
     except OutboundCallError as exc:
         fail(str(exc), exc.exit_code)
     typer.echo(sid)
+
+
+def bot_detects_voicemail(settings: Settings) -> bool:
+    """Whether the configured bot asks for answering-machine detection on its calls."""
+    from callbridge.bot import BotLoadError, load_bot
+
+    try:
+        bot = load_bot(settings.callbridge_bot)
+    except BotLoadError as exc:
+        fail(f"configuration error: CALLBRIDGE_BOT: {exc}", EXIT_CONFIG)
+    return bot.voicemail is not None and bot.voicemail.detect
 
 
 @app.command()

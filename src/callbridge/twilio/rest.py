@@ -29,8 +29,17 @@ def twilio_client(settings: Settings) -> Client:
     return Client(settings.twilio_account_sid, settings.auth_token)
 
 
-def place_call(settings: Settings, *, to: str | None = None, from_: str | None = None) -> str:
-    """Ask Twilio to call `to`; when answered it fetches our /outbound-twiml. Returns the SID."""
+def place_call(
+    settings: Settings,
+    *,
+    to: str | None = None,
+    from_: str | None = None,
+    voicemail: bool = False,
+) -> str:
+    """Ask Twilio to call `to`; when answered it fetches our /outbound-twiml. Returns the SID.
+
+    `voicemail`: Twilio listens for an answering machine while the call goes on
+    (asynchronous detection, so a person is never kept waiting) and tells /amd-status."""
     to = to or settings.target_phone_number
     from_ = from_ or settings.twilio_phone_number
     if not to:
@@ -44,6 +53,14 @@ def place_call(settings: Settings, *, to: str | None = None, from_: str | None =
             2,
         )
     client = twilio_client(settings)
+    detection: dict[str, str] = {}
+    if voicemail:
+        detection = {
+            "machine_detection": "DetectMessageEnd",
+            "async_amd": "true",
+            "async_amd_status_callback": f"{settings.public_url}/amd-status",
+            "async_amd_status_callback_method": "POST",
+        }
     try:
         call = client.calls.create(
             to=to,
@@ -53,6 +70,7 @@ def place_call(settings: Settings, *, to: str | None = None, from_: str | None =
             status_callback=f"{settings.public_url}/call-status",
             status_callback_event=STATUS_EVENTS,
             status_callback_method="POST",
+            **detection,
         )
     except TwilioRestException as exc:
         raise OutboundCallError(explain_rest_error(exc, to=to, from_=from_)) from None
