@@ -9,7 +9,7 @@ from importlib import resources
 import aiohttp
 from aiohttp import web
 
-from callbridge.bot import Bot
+from callbridge.bot import Bot, with_settings
 from callbridge.config import Settings
 from callbridge.records.store import CallStore
 from callbridge.server import records_api, streams, verb_webhooks, verbs_api, webhooks
@@ -35,6 +35,7 @@ def load_apology() -> tuple[tuple[bytes, ...], float]:
 
 
 def build_app(settings: Settings, bot: Bot) -> web.Application:
+    bot = with_settings(bot, settings)
     payloads, seconds = load_apology()
     state = AppState(
         settings=settings,

@@ -5,6 +5,7 @@ holds the built-in default.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import inspect
@@ -17,10 +18,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from callbridge.tools import Tool, tool
-from callbridge.verbs import VERB_TOOLS, CallVerbs, Transfer, Voicemail
+from callbridge.verbs import VERB_TOOLS, CallVerbs, Transfer, TransferTarget, Voicemail
+
+if TYPE_CHECKING:
+    from callbridge.config import Settings
 
 Direction = Literal["inbound", "outbound"]
 DEFAULT_VOICE = "alba"
@@ -259,3 +263,15 @@ bot = Bot(
     voice=DEFAULT_VOICE,
     tools=(generate_random_number,),
 )
+
+
+def with_settings(chosen: Bot, settings: Settings) -> Bot:
+    """The built-in bot as the settings make it: with CALLBRIDGE_TRANSFER_TO, it may hand
+    callers to "a person" there. Any other bot is its own."""
+    if chosen is not bot or not settings.callbridge_transfer_to:
+        return chosen
+    person = TransferTarget(PERSON, settings.callbridge_transfer_to)
+    return dataclasses.replace(chosen, transfer=Transfer(targets=(person,)))
+
+
+PERSON = "a person"

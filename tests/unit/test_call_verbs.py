@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from callbridge.agent import events as agent
+from callbridge.bot import bot as default_bot
+from callbridge.bot import with_settings
 from callbridge.bridge.actions import (
     Action,
     CloseAgent,
@@ -33,6 +35,7 @@ from callbridge.bridge.verb_events import (
 )
 from callbridge.twilio import media_stream as twilio
 from callbridge.verbs import CallVerbs, Transfer, TransferTarget, Voicemail
+from tests.conftest import make_settings
 from tests.unit.test_call_bridge import STREAM, start_frame
 
 PERSON = "+15550009999"
@@ -247,3 +250,12 @@ def test_one_verb_at_a_time() -> None:
     assert (
         bridge.verb_refusal("transfer", "sales") == "another action is under way (sending-digits)"
     )
+
+
+def test_the_built_in_bot_offers_a_person_only_with_transfer_to_set() -> None:
+    assert "transfer_call" not in str(default_bot.session_config("inbound")["tools"])
+    settings = make_settings(callbridge_transfer_to="sip:desk@pbx.example.com")
+    tools = with_settings(default_bot, settings).session_config("inbound")["tools"]
+    [transfer] = [t for t in tools if t["name"] == "transfer_call"]
+    assert transfer["parameters"]["properties"]["target"]["enum"] == ["a person"]
+    assert "pbx.example.com" not in json.dumps(tools)  # the model never sees the address
