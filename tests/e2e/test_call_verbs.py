@@ -8,9 +8,10 @@ import asyncio
 import os
 import re
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -136,6 +137,18 @@ async def test_an_answered_transfer_ends_the_agent_session(rig: Rig) -> None:
     assert events.fields_of("call.ended")[0]["reason"] == "transferred"
     update = rig.rest.updated[0][1]["Twiml"][0]
     assert re.search(rf"<Number[^>]*>{re.escape(PERSON)}</Number>", update)
+    record = await wait_for_record(rig, call.call_sid, lambda r: r["ended_at"] is not None)
+    [action] = record["actions"]
+    assert (action["verb"], action["outcome"], action["target"]) == (
+        "transfer",
+        "answered",
+        "a person",
+    )
+    assert action["started_at"] <= action["at"]
+    assert record["end_reason"] == "transferred"
+    assert await metric_lines(rig, "callbridge_call_actions_total") == [
+        'callbridge_call_actions_total{outcome="answered",verb="transfer"} 1.0'
+    ]
 
 
 async def test_transfer_waits_for_the_announcement_to_be_heard(rig: Rig) -> None:
@@ -219,8 +232,11 @@ async def test_a_verb_for_an_ended_call_is_a_clear_409_or_404(rig: Rig) -> None:
     assert (status, body["error"]) == (409, "call_ended")
 
 
-async def wait_for_record(rig: Rig, call_sid: str) -> None:
-    """Until the call's record is in the database (committed about once a second)."""
+async def wait_for_record(
+    rig: Rig, call_sid: str, until: Callable[[dict[str, Any]], bool] = lambda _: True
+) -> dict[str, Any]:
+    """The call's record once it says what `until` looks for (records are committed
+    about once a second)."""
     async with aiohttp.ClientSession() as http, asyncio.timeout(10):
         while True:
             async with http.get(
@@ -228,8 +244,21 @@ async def wait_for_record(rig: Rig, call_sid: str) -> None:
                 headers={"Authorization": f"Bearer {API_TOKEN}"},
             ) as response:
                 if response.status == 200:
-                    return
+                    body: dict[str, Any] = await response.json()
+                    if until(body):
+                        return body
             await asyncio.sleep(0.1)  # the records' commit is not an event we can await
+
+
+async def metric_lines(rig: Rig, name: str) -> list[str]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{rig.server.url}/metrics", headers={"Authorization": f"Bearer {API_TOKEN}"}
+        ) as response,
+    ):
+        text = await response.text()
+    return [line for line in text.splitlines() if line.startswith(name)]
 
 
 # --- the command line ---------------------------------------------------------------------
@@ -310,6 +339,11 @@ async def test_a_machine_gets_the_voicemail_message_then_the_call_ends(rig: Rig)
     assert call.end_reason == "server-closed"
     assert events.fields_of("call.ended")[0]["reason"] == "voicemail-left"
     assert events.fields_of("call.answered_by")[0]["answered_by"] == "machine_end_beep"
+    record = await wait_for_record(rig, sid, lambda r: r["ended_at"] is not None)
+    assert [(a["verb"], a["outcome"]) for a in record["actions"]] == [
+        ("amd", "machine_end_beep"),
+        ("voicemail", "left"),
+    ]
 
 
 async def test_a_fax_is_hung_up_on(rig: Rig) -> None:
@@ -320,6 +354,8 @@ async def test_a_fax_is_hung_up_on(rig: Rig) -> None:
         await call.wait_ended(timeout=10)
         await events.wait_for("call.ended")
     assert events.fields_of("call.ended")[0]["reason"] == "fax"
+    record = await wait_for_record(rig, sid, lambda r: r["ended_at"] is not None)
+    assert [(a["verb"], a["outcome"]) for a in record["actions"]] == [("amd", "fax")]
 
 
 @pytest.mark.parametrize("verdict", ["human", "unknown", "machine_start"])

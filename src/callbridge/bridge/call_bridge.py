@@ -1052,7 +1052,7 @@ class CallBridge:
 
     def _start_transfer(self, name: str, tool_call_id: str | None) -> list[Action]:
         """The agent tells the caller first; the dial follows once that has played."""
-        target = self._verbs.begin_transfer(name, tool_call_id)
+        target = self._verbs.begin_transfer(name, tool_call_id, self._records.now())
         announce = ANNOUNCE_INSTRUCTIONS.format(name=target.name)
         actions: list[Action] = [
             Log.info("transfer.announcing", target=target.name),
@@ -1109,6 +1109,7 @@ class CallBridge:
             return actions + self._digits_done(msg.error)
         target = self._verbs.target
         self._verbs.transfer_outcome = "not-started"
+        actions.append(self._transfer_record("not-started"))
         self._verbs.finish()  # a tool call was answered when the announcement began
         if target is not None:
             actions += self._tell_agent(TRANSFER_NOT_STARTED_INSTRUCTIONS.format(name=target.name))
@@ -1127,6 +1128,7 @@ class CallBridge:
         self._handover.expect("transfer-failed")
         return [
             Log.info("transfer.failed", target=name, dial_status=msg.status),
+            self._transfer_record(msg.status),
             *self._handover.wait_longer(REATTACH_SECONDS),
         ]
 
@@ -1140,40 +1142,44 @@ class CallBridge:
         """The person has the caller: end the agent session now (it is billed while open)."""
         assert self._verbs.target is not None
         log = Log.info("transfer.answered", target=self._verbs.target.name)
+        record = self._transfer_record("answered")
         self._verbs.finish()
         self._handover.expect(None)
-        return [log, *self._end(EndReason.TRANSFERRED)]
+        return [log, record, *self._end(EndReason.TRANSFERRED)]
 
     def _digits_done(self, error: str | None) -> list[Action]:
         call_id = self._verbs.finish()
         self._handover.expect(None)
+        record = self._records.action("digits", "sent" if error is None else "failed")
         if call_id is None:
-            return []
+            return [record]
         result = tool_result(sent=True) if error is None else "the keys could not be sent"
-        return self._on_tool_finished(ToolFinished(call_id, result, error is not None))
+        return [record, *self._on_tool_finished(ToolFinished(call_id, result, error is not None))]
 
     def _on_amd_verdict(self, msg: AmdVerdict) -> list[Action]:
         """Who answered an outbound call, by Twilio's answering-machine detection."""
         verdict = msg.answered_by
         self._verbs.answered_by = verdict
         log = Log.info("call.answered_by", answered_by=verdict)
+        record = self._records.action("amd", verdict)
         if self.end_reason is not None:
-            return [log]
+            return [log, record]
         if verdict == "fax":
-            return [log, *self._end(EndReason.FAX)]
+            return [log, record, *self._end(EndReason.FAX)]
         if verdict not in MESSAGE_END:
-            return [log]  # a person, unknown, or a machine still greeting: carry on
+            return [log, record]  # a person, unknown, or a machine still greeting: carry on
         voicemail = self._verbs.config.voicemail
         if voicemail is None:
-            return [log, *self._end(EndReason.ANSWERING_MACHINE)]
+            return [log, record, *self._end(EndReason.ANSWERING_MACHINE)]
         if self._verbs.busy:
-            return [log, Log.warning("voicemail.skipped", why="another action is under way")]
+            skipped = Log.warning("voicemail.skipped", why="another action is under way")
+            return [log, record, skipped]
         greeting_due = self._verbs.replies_started == 0 and "greeting" in self._session_config
         if self.state is not State.LIVE or (greeting_due and self._current_reply is None):
             # Not live yet, or the greeting not begun: the message replaces the first reply.
             self._verbs.message_pending = True
-            return [log]
-        return [log, *self._leave_message()]
+            return [log, record]
+        return [log, record, *self._leave_message()]
 
     def _leave_message(self) -> list[Action]:
         """Stop what the agent says to the machine; have it say the voicemail message."""
@@ -1199,7 +1205,16 @@ class CallBridge:
     def _hang_up_after_message(self) -> list[Action]:
         """The voicemail message has played: end the call (the session, then the line)."""
         self._verbs.finish()
-        return self._end(EndReason.VOICEMAIL_LEFT)
+        return [self._records.action("voicemail", "left"), *self._end(EndReason.VOICEMAIL_LEFT)]
+
+    def _transfer_record(self, outcome: str) -> Record:
+        target = self._verbs.target
+        return self._records.action(
+            "transfer",
+            outcome,
+            target=target.name if target else None,
+            started_at=self._verbs.started_at,
+        )
 
     def _tell_agent(self, instructions: str) -> list[Action]:
         if self._agent != "open":

@@ -72,6 +72,7 @@ class VerbState:
         "phase",
         "replies_started",
         "reply",
+        "started_at",
         "target",
         "tool_call_id",
         "transfer_outcome",
@@ -86,6 +87,7 @@ class VerbState:
         self.reply: str | None = None  # the reply that must play before the verb acts
         self._awaiting_reply = False
         self.transfer_outcome: str | None = None
+        self.started_at: float | None = None  # when the transfer began (wall clock)
         self.answered_by: str | None = None
         self.message_pending = False  # leave the voicemail message once the agent speaks
         self.replies_started = 0
@@ -113,7 +115,7 @@ class VerbState:
             return f"another action is under way ({self.phase.value})"
         return None
 
-    def begin_transfer(self, name: str, tool_call_id: str | None) -> TransferTarget:
+    def begin_transfer(self, name: str, tool_call_id: str | None, now: float) -> TransferTarget:
         assert self.config.transfer is not None
         target = self.config.transfer.target(name)
         assert target is not None
@@ -121,6 +123,7 @@ class VerbState:
         self.target = target
         self.tool_call_id = tool_call_id
         self.transfer_outcome = None
+        self.started_at = now
         self._await_next_reply()
         return target
 
