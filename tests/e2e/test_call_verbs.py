@@ -25,6 +25,7 @@ from callbridge.verbs import Transfer, TransferTarget, Voicemail
 from tests.conftest import (
     API_TOKEN,
     AUTH_TOKEN,
+    BOTH_AUDIO_PATHS,
     BOTH_STREAM_SERVERS,
     PUBLIC_URL,
     RunningServer,
@@ -88,6 +89,7 @@ def instructions_with(text: str) -> object:
     return match
 
 
+@BOTH_AUDIO_PATHS
 @BOTH_STREAM_SERVERS
 async def test_a_failed_transfer_brings_the_caller_back_to_the_same_session(rig: Rig) -> None:
     with caught() as events:  # from the start: a call logs at the level it began with

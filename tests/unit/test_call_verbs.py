@@ -16,6 +16,7 @@ from callbridge.bridge.actions import (
     CloseAgent,
     Finished,
     HangUp,
+    Record,
     RedirectCall,
     SendToAgent,
     SendToTwilio,
@@ -27,6 +28,7 @@ from callbridge.bridge.inputs import AgentClosed, AgentOpened, TimerFired, Twili
 from callbridge.bridge.timers import Timer
 from callbridge.bridge.verb_events import (
     AmdVerdict,
+    CallCompleted,
     DialEnded,
     DigitsRequested,
     RedirectFinished,
@@ -259,3 +261,14 @@ def test_the_built_in_bot_offers_a_person_only_with_transfer_to_set() -> None:
     [transfer] = [t for t in tools if t["name"] == "transfer_call"]
     assert transfer["parameters"]["properties"]["target"]["enum"] == ["a person"]
     assert "pbx.example.com" not in json.dumps(tools)  # the model never sees the address
+
+
+def test_the_caller_hanging_up_between_streams_ends_the_call_at_once() -> None:
+    bridge = live()
+    announce_and_dial(bridge)
+    bridge.handle(STOP)
+    bridge.handle(TwilioClosed())
+    out = bridge.handle(CallCompleted())
+    assert bridge.end_reason is EndReason.STREAM_STOPPED
+    [record] = [a.entry for a in of(Record, out)]
+    assert (record.verb, record.outcome, record.target) == ("transfer", "canceled", "sales")

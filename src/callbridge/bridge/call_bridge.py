@@ -71,6 +71,7 @@ from callbridge.bridge.timers import Timer
 from callbridge.bridge.tool_results import ToolResults
 from callbridge.bridge.verb_events import (
     AmdVerdict,
+    CallCompleted,
     DialEnded,
     DigitsRequested,
     RedirectFinished,
@@ -289,6 +290,7 @@ class CallBridge:
             DialEnded: self._on_dial_ended,
             TransferAnswered: self._on_transfer_answered,
             AmdVerdict: self._on_amd_verdict,
+            CallCompleted: self._on_call_completed,
         }
         self._timer_handlers: dict[str, Callable[[TimerFired], list[Action]]] = {
             Timer.READY: self._no_ready_in_time,
@@ -998,6 +1000,14 @@ class CallBridge:
             text = TRANSFER_FAILED_INSTRUCTIONS.format(name=self._verbs.target.name, why=why_failed)
             actions += self._tell_agent(text)
         return actions
+
+    def _on_call_completed(self, _: CallCompleted) -> list[Action]:
+        """The caller hung up while the call had no stream (ringing a transfer, say)."""
+        if self.end_reason is not None or not self._handover.waiting:
+            return []
+        dialing = self._verbs.phase in (Phase.REDIRECTING, Phase.DIALING)
+        outcome = [self._transfer_record("canceled")] if dialing else []
+        return [*outcome, *self._end(EndReason.STREAM_STOPPED, "the call ended between streams")]
 
     def _no_stream_in_time(self, _: TimerFired) -> list[Action]:
         if self.end_reason is not None or not self._handover.waiting:

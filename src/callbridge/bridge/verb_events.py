@@ -37,6 +37,10 @@ class TransferAnswered(msgspec.Struct, frozen=True):
     """The person the caller is transferred to picked up."""
 
 
+class CallCompleted(msgspec.Struct, frozen=True):
+    """Twilio says the call is over (its status callback), whatever its streams did."""
+
+
 class AmdVerdict(msgspec.Struct, frozen=True):
     """Twilio's answering-machine detection says who answered (AnsweredBy)."""
 
