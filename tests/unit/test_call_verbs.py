@@ -272,3 +272,12 @@ def test_the_caller_hanging_up_between_streams_ends_the_call_at_once() -> None:
     assert bridge.end_reason is EndReason.STREAM_STOPPED
     [record] = [a.entry for a in of(Record, out)]
     assert (record.verb, record.outcome, record.target) == ("transfer", "canceled", "sales")
+
+
+def test_a_verdict_before_the_session_is_ready_is_acted_on_once_it_is() -> None:
+    bridge = CallBridge(session_config={"system_prompt": "hi"}, tools=[], verbs=VERBS)
+    bridge.handle(start_frame(name="Ann"))
+    bridge.handle(AgentOpened())
+    assert instructions(bridge.handle(AmdVerdict("machine_end_beep"))) == []
+    out = bridge.handle(agent.SessionReady(session_id="sess_1"))
+    assert "Call us back, Ann." in instructions(out)[0]

@@ -628,6 +628,8 @@ class CallBridge:
             actions.append(Log.warning("agent.fresh_session", session_id=msg.session_id))
             return actions
         actions.append(Log.info("agent.ready", session_id=msg.session_id))
+        if self._verbs.message_pending and "greeting" not in self._session_config:
+            actions += self._leave_message()  # a machine answered; the agent would wait
         return actions
 
     def _on_session_updated(self, _: agent.SessionUpdated) -> list[Action]:
