@@ -372,3 +372,19 @@ async def test_a_person_or_no_verdict_changes_nothing(rig: Rig, verdict: str) ->
     assert not call.ended.is_set()
     assert "reply.create" not in [m.get("type") for m in session.received]
     await call.hangup()
+
+
+@pytest.mark.parametrize(
+    "path", ["/calls/abc/dial-ended", "/calls/abc/transfer-answered", "/amd-status"]
+)
+async def test_the_verbs_callbacks_take_only_signed_requests(rig: Rig, path: str) -> None:
+    form = {"CallSid": "CA" + "0" * 32, "DialCallStatus": "completed", "AnsweredBy": "fax"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            rig.server.url + path, data=form, headers={"X-Twilio-Signature": "forged"}
+        ) as response,
+    ):
+        assert response.status == 403
+    status, _ = await rig.simulator.request(PUBLIC_URL + path, "POST", form)
+    assert status in (200, 204)  # the same request signed by Twilio is taken
