@@ -388,3 +388,23 @@ async def test_the_verbs_callbacks_take_only_signed_requests(rig: Rig, path: str
         assert response.status == 403
     status, _ = await rig.simulator.request(PUBLIC_URL + path, "POST", form)
     assert status in (200, 204)  # the same request signed by Twilio is taken
+
+
+@BOTH_STREAM_SERVERS
+async def test_keypad_tones_on_an_outbound_call_keep_its_conversation(rig: Rig) -> None:
+    rig.rest.answered_by = None
+    sid = await asyncio.to_thread(
+        place_call, rig.server.settings, to="+15557654321", from_="+15550001111"
+    )
+    call = await rig.rest.wait_for_call()
+    session = await rig.agent.wait_for_session()
+    await call.wait_started()
+    tool_call = await session.call_tool("send_digits", {"digits": "3"}, after_tool="Ok.")
+    await call.wait_streams(2, timeout=10)
+    await session.wait_for("tool.result", timeout=10)
+    assert session.tool_results[tool_call]["is_error"] is False
+    assert call.digits_played == ["3"]
+    assert call.stream_url is not None and "/outbound-stream/" in call.stream_url
+    assert call.call_sid == sid and len(rig.agent.sessions) == 1
+    await call.hangup()
+    await session.wait_for("session.end")
