@@ -40,6 +40,7 @@ from callbridge.bridge.call_limits import CallLength, IdleLimit
 from callbridge.bridge.call_verbs import (
     ANNOUNCE_INSTRUCTIONS,
     ANNOUNCE_SECONDS,
+    CALL_ENDED,
     DIAL_ANSWERED,
     DIAL_FAILURES,
     DIAL_SLACK_SECONDS,
@@ -1023,7 +1024,7 @@ class CallBridge:
     def verb_refusal(self, verb: str, argument: object) -> str | None:
         """Why this verb cannot be done now (None: it can), for the API to answer with."""
         if self.end_reason is not None:
-            return "the call has ended"
+            return CALL_ENDED
         if self.state is not State.LIVE or self.stream_sid is None or self._agent != "open":
             return f"the call is not live ({self.state.value})"
         if verb == "transfer":

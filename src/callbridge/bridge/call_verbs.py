@@ -15,6 +15,7 @@ import json
 
 from callbridge.verbs import CallVerbs, TransferTarget, digits_problem
 
+CALL_ENDED = "the call has ended"  # why a verb cannot be done, wherever it is asked for
 VERB_MARK = "callbridge-verb-ready"  # sent after the reply the verb waits for
 # At most this long for the announcement (or the voicemail message) to be generated and
 # played; then the verb goes ahead all the same.

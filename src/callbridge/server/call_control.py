@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 from twilio.base.exceptions import TwilioException, TwilioRestException
 
 from callbridge.bridge.actions import RedirectCall
+from callbridge.bridge.call_verbs import CALL_ENDED
 from callbridge.server.state import AppState
 from callbridge.twilio import call_twiml
 from callbridge.twilio.rest import OutboundCallError, twilio_client
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 _STREAM_PATHS = {"inbound": "media-stream", "outbound": "outbound-stream"}
 # Twilio's codes for a call that is over (or was never ours): the verb has nothing to act on.
 _CALL_GONE = frozenset({20404, 21220})
-CALL_ENDED = "the call has ended"
 
 
 def dial_ended_path(call_id: str) -> str:

@@ -13,6 +13,7 @@ import msgspec
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
+from callbridge.bridge.call_verbs import CALL_ENDED
 from callbridge.server.api_auth import authorize, error_response, json_response
 from callbridge.server.call_runner import CallRunner
 from callbridge.server.records_api import RECORDS_STORE
@@ -69,7 +70,7 @@ async def _verb(request: web.Request, verb: str, field: str) -> web.Response:
         return await _not_live(request, key)
     refusal = runner.request_verb(verb, argument)
     if refusal is not None:
-        code = "call_ended" if refusal == "the call has ended" else "not_possible"
+        code = "call_ended" if refusal == CALL_ENDED else "not_possible"
         return error_response(409, code, refusal)
     return json_response(202, {"call_id": runner.call_id, "verb": verb, "status": "started"})
 
@@ -93,5 +94,5 @@ async def _not_live(request: web.Request, key: str) -> web.Response:
     except (SQLAlchemyError, OSError, TimeoutError):
         record = None
     if record is not None:
-        return error_response(409, "call_ended", "the call has ended")
+        return error_response(409, "call_ended", CALL_ENDED)
     return error_response(404, "not_found", "no live call with that id or CallSid here")
