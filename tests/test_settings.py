@@ -108,3 +108,14 @@ def test_hostname_read_as_public_url_must_be_https_too() -> None:
     )
     assert settings.public_url == "https://y.ngrok.app"
     assert load_settings(_env_file=None, hostname="3f2a9c1d7e4b").public_url is None
+
+
+@pytest.mark.parametrize("value", ["+15551234567", "sip:desk@pbx.example.com"])
+def test_transfer_to_is_a_number_or_a_sip_address(value: str) -> None:
+    assert load_settings(_env_file=None, callbridge_transfer_to=value).callbridge_transfer_to
+
+
+@pytest.mark.parametrize("value", ["5551234567", "desk@example.com", "tel:+1555"])
+def test_transfer_to_anything_else_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^CALLBRIDGE_TRANSFER_TO: must be an E\.164 number"):
+        load_settings(_env_file=None, callbridge_transfer_to=value)

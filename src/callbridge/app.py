@@ -9,10 +9,17 @@ from importlib import resources
 import aiohttp
 from aiohttp import web
 
-from callbridge.bot import Bot
+from callbridge.bot import Bot, with_settings
 from callbridge.config import Settings
 from callbridge.records.store import CallStore
-from callbridge.server import calls_api, records_api, streams, webhooks
+from callbridge.server import (
+    calls_api,
+    records_api,
+    streams,
+    verb_webhooks,
+    verbs_api,
+    webhooks,
+)
 from callbridge.server.connections import FIRST_REQUESTS, FirstRequests, note_first_request
 from callbridge.server.lifecycle import end_calls_now
 from callbridge.server.metrics import METRICS, CallMetrics, metrics_endpoint
@@ -36,6 +43,7 @@ def load_apology() -> tuple[tuple[bytes, ...], float]:
 
 
 def build_app(settings: Settings, bot: Bot) -> web.Application:
+    bot = with_settings(bot, settings)
     payloads, seconds = load_apology()
     state = AppState(
         settings=settings,
@@ -55,11 +63,16 @@ def build_app(settings: Settings, bot: Bot) -> web.Application:
     app.router.add_post("/call-status", webhooks.call_status)
     app.router.add_get("/media-stream/{call_id}", streams.inbound_stream)
     app.router.add_get("/outbound-stream/{call_id}", streams.outbound_stream)
+    # A call's later streams (re-attaching to it): a URL of their own, signed anew.
+    app.router.add_get("/media-stream/{call_id}/{stream:[A-Za-z0-9]+}", streams.inbound_stream)
+    app.router.add_get("/outbound-stream/{call_id}/{stream:[A-Za-z0-9]+}", streams.outbound_stream)
     app.router.add_get("/healthz", webhooks.healthz)
     app.router.add_get("/readyz", webhooks.readyz)
     records_api.add_routes(app)
     calls_api.add_routes(app)
     app[PLACED_CALLS] = PlacedCalls(settings.auth_token)
+    verb_webhooks.add_routes(app)
+    verbs_api.add_routes(app)
     app[RECORDS_STORE] = state.records
     metrics = CallMetrics(
         lambda: _live_by_direction(state),

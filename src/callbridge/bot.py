@@ -5,6 +5,7 @@ holds the built-in default.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import inspect
@@ -17,9 +18,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from callbridge.tools import Tool, tool
+from callbridge.verbs import VERB_TOOLS, CallVerbs, Transfer, TransferTarget, Voicemail
+
+if TYPE_CHECKING:
+    from callbridge.config import Settings
 
 Direction = Literal["inbound", "outbound"]
 DEFAULT_VOICE = "alba"
@@ -32,6 +37,8 @@ class Bot:
     `greeting` is spoken verbatim as soon as the session is ready (leave it None for the
     agent to wait for the caller); outbound calls use `outbound_prompt` and
     `outbound_greeting` when set, so the agent speaks first to the person it called.
+    `transfer`, `keypad_out` and `voicemail` let the agent act on the call itself (see
+    `callbridge.verbs`).
     """
 
     system_prompt: str
@@ -40,6 +47,9 @@ class Bot:
     outbound_greeting: str | None = None
     voice: str = DEFAULT_VOICE
     tools: Sequence[Tool] = field(default_factory=tuple)
+    transfer: Transfer | None = None
+    keypad_out: bool = False
+    voicemail: Voicemail | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.tools, Tool) or not isinstance(self.tools, Iterable):
@@ -52,6 +62,9 @@ class Bot:
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
             raise ValueError(f"duplicate tool names: {', '.join(sorted(duplicates))}")
+        taken = VERB_TOOLS.intersection(names)
+        if taken:
+            raise ValueError(f"tool names reserved for callbridge's verbs: {', '.join(taken)}")
         object.__setattr__(self, "tools", tools)  # a copy: the list passed in may change later
 
     def session_config(self, direction: Direction, voice: str | None = None) -> dict[str, Any]:
@@ -66,11 +79,16 @@ class Bot:
             "system_prompt": prompt,
             "input": {"format": {"encoding": "audio/pcmu"}},
             "output": {"voice": voice or self.voice, "format": {"encoding": "audio/pcmu"}},
-            "tools": [t.definition() for t in self.tools],
+            "tools": [t.definition() for t in self.tools] + self.verbs.tool_definitions(),
         }
         if greeting:  # the API rejects greeting: null; omitting it means "listen first"
             session["greeting"] = greeting
         return session
+
+    @property
+    def verbs(self) -> CallVerbs:
+        """What the agent may do to the call itself."""
+        return CallVerbs(self.transfer, self.keypad_out, self.voicemail)
 
 
 def _not_a_tool(item: object) -> str:
@@ -245,3 +263,15 @@ bot = Bot(
     voice=DEFAULT_VOICE,
     tools=(generate_random_number,),
 )
+
+
+def with_settings(chosen: Bot, settings: Settings) -> Bot:
+    """The built-in bot as the settings make it: with CALLBRIDGE_TRANSFER_TO, it may hand
+    callers to "a person" there. Any other bot is its own."""
+    if chosen is not bot or not settings.callbridge_transfer_to:
+        return chosen
+    person = TransferTarget(PERSON, settings.callbridge_transfer_to)
+    return dataclasses.replace(chosen, transfer=Transfer(targets=(person,)))
+
+
+PERSON = "a person"

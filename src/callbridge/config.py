@@ -15,6 +15,8 @@ from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from callbridge.verbs import is_address
+
 DEFAULT_AGENT_URL = "wss://agents.assemblyai.com/v1/ws"
 _E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 _ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
@@ -66,6 +68,8 @@ class Settings(BaseSettings):
     max_calls: int = Field(default=200, ge=1, le=100_000)
     max_call_seconds: float = Field(default=3600.0, ge=5, le=4 * 3600)
     callbridge_idle_seconds: float = Field(default=10.0, ge=1, le=600)
+    # The built-in bot's transfer target, "a person": an E.164 number or a sip: address.
+    callbridge_transfer_to: str | None = None
     callbridge_max_messages_per_second: int = Field(default=200, ge=60, le=100_000)
     # Connections: how long a client may take to send a request, how long an idle
     # keep-alive connection is kept, and how many connections one address may hold
@@ -123,6 +127,13 @@ class Settings(BaseSettings):
     def _public_https(cls, value: str | None) -> str | None:
         if value is not None:
             _require_https(value)
+        return value
+
+    @field_validator("callbridge_transfer_to")
+    @classmethod
+    def _transfer_to(cls, value: str | None) -> str | None:
+        if value is not None and not is_address(value):
+            raise ValueError("must be an E.164 number (+15551234567) or a sip: address")
         return value
 
     @field_validator("twilio_account_sid")

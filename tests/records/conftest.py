@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from callbridge.records import database
 from callbridge.records.entries import (
     AgentSessionStarted,
+    CallAction,
     CallClosed,
     CallError,
     CallOpened,
@@ -324,6 +325,7 @@ def full_call(call_id: str = "call-1", call_sid: str = "CA" + "1" * 32) -> list[
         AgentSessionStarted(call_id, 8, T0 + 6.0, "sess-b", resumed=True),
         CallError(call_id, 9, T0 + 6.1, "agent", "connection_lost", "resumed within 30 s"),
         TranscriptLine(call_id, 10, T0 + 7.0, "caller", "Great, thanks, bye."),
+        CallAction(call_id, 12, T0 + 7.5, "transfer", "busy", "a person", T0 + 6.5),
         CallClosed(
             call_id,
             11,

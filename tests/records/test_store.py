@@ -182,6 +182,17 @@ def expected_detail() -> dict[str, Any]:
                 "message": "resumed within 30 s",
             }
         ],
+        "actions": [
+            {
+                "seq": 12,
+                "at": iso(T0 + 7.5),
+                "offset_seconds": 7.5,
+                "verb": "transfer",
+                "outcome": "busy",
+                "target": "a person",
+                "started_at": iso(T0 + 6.5),
+            }
+        ],
         "audio": {
             "frames_from_twilio": 400,
             "frames_to_agent": 390,

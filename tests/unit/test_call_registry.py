@@ -110,3 +110,16 @@ def test_call_ids_are_unguessable_and_never_look_like_an_option() -> None:
     assert len(ids) == 2000
     assert all(len(call_id) >= 22 for call_id in ids)  # a letter or digit, then 128 bits
     assert not any(call_id.startswith(("-", "_")) for call_id in ids)
+
+
+def test_a_reissued_token_admits_the_calls_next_stream_once() -> None:
+    registry = CallRegistry()
+    registry.announce(CallInfo("c1", "inbound", call_sid="CA1", stream_token="first"))
+    assert registry.redeem_token("c1", "first", "CA1") is None
+    assert registry.reissue_token("unknown") is None
+    token = registry.reissue_token("c1")
+    assert token is not None and token != "first"
+    assert registry.redeem_token("c1", "first", "CA1") == "wrong stream token"
+    assert registry.redeem_token("c1", token, "CA2") == "stream is for another CallSid"
+    assert registry.redeem_token("c1", token, "CA1") is None
+    assert registry.redeem_token("c1", token, "CA1") == "stream token already used"

@@ -72,6 +72,7 @@ class _ScriptedBridge:
         self.end_detail = ""
         self.session_id = None
         self.stats: dict[str, Any] = {}
+        self.awaiting_stream = False  # its calls end with their stream
 
     def handle(self, event: object) -> list[Action]:
         self.fed.append(event)

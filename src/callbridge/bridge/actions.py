@@ -38,6 +38,16 @@ class HangUp(msgspec.Struct, frozen=True):
     code: int = 1000  # 1008 (policy violation) when the peer broke our limits
 
 
+class RedirectCall(msgspec.Struct, frozen=True):
+    """Replace the call's TwiML through the REST API (the stream ends; the call goes on):
+    `verb` "transfer" dials `to`, "digits" plays `digits` and opens a new stream.
+    Answer with RedirectFinished."""
+
+    verb: str
+    to: str = ""
+    digits: str = ""
+
+
 class RunTool(msgspec.Struct, frozen=True):
     call_id: str
     tool: Tool
@@ -93,6 +103,7 @@ Action = (
     | OpenAgent
     | CloseAgent
     | HangUp
+    | RedirectCall
     | RunTool
     | StartTimer
     | CancelTimer

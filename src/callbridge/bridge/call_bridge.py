@@ -29,6 +29,7 @@ from callbridge.bridge.actions import (
     Log,
     OpenAgent,
     Record,
+    RedirectCall,
     RunTool,
     SendToAgent,
     SendToTwilio,
@@ -36,6 +37,23 @@ from callbridge.bridge.actions import (
 )
 from callbridge.bridge.barge_in import BargeIn
 from callbridge.bridge.call_limits import CallLength, IdleLimit
+from callbridge.bridge.call_verbs import (
+    ANNOUNCE_INSTRUCTIONS,
+    ANNOUNCE_SECONDS,
+    CALL_ENDED,
+    DIAL_ANSWERED,
+    DIAL_FAILURES,
+    DIAL_SLACK_SECONDS,
+    DIGITS_WAIT_SECONDS,
+    MESSAGE_SECONDS,
+    TRANSFER_FAILED_INSTRUCTIONS,
+    TRANSFER_NOT_STARTED_INSTRUCTIONS,
+    VERB_MARK,
+    VOICEMAIL_INSTRUCTIONS,
+    Phase,
+    VerbState,
+    tool_result,
+)
 from callbridge.bridge.inputs import (
     AgentClosed,
     AgentOpened,
@@ -47,14 +65,25 @@ from callbridge.bridge.inputs import (
     TwilioClosed,
 )
 from callbridge.bridge.playout_ledger import PlayoutLedger
+from callbridge.bridge.reattach import REATTACH_SECONDS, StreamHandover
 from callbridge.bridge.reconnect import Reconnect, fresh_config
 from callbridge.bridge.record_entries import RecordEntries
 from callbridge.bridge.timers import Timer
 from callbridge.bridge.tool_results import ToolResults
+from callbridge.bridge.verb_events import (
+    AmdVerdict,
+    CallCompleted,
+    DialEnded,
+    DigitsRequested,
+    RedirectFinished,
+    TransferAnswered,
+    TransferRequested,
+)
 from callbridge.records import entries as records
 from callbridge.tools import Tool
 from callbridge.twilio import media_stream as twilio
 from callbridge.twilio.media_stream import TwilioProtocolError
+from callbridge.verbs import DIGITS_TOOL, MESSAGE_END, TRANSFER_TOOL, CallVerbs
 
 APOLOGY_MARK = "callbridge-apology-played"
 GOODBYE_MARK = "callbridge-goodbye-played"
@@ -109,6 +138,11 @@ class EndReason(enum.StrEnum):
     SERVER_SHUTDOWN = "server-shutdown"
     TWILIO_IDLE = "twilio-idle"  # no media from Twilio for too long
     MAX_DURATION = "max-duration"
+    TRANSFERRED = "transferred"  # the person the caller was transferred to answered
+    NO_NEW_STREAM = "no-new-stream"  # the stream ended for a verb; no new one came
+    VOICEMAIL_LEFT = "voicemail-left"  # the message played on an answering machine
+    ANSWERING_MACHINE = "answering-machine"  # a machine answered; no message to leave
+    FAX = "fax"  # a fax machine answered
 
 
 # Who ended a call, for its record.
@@ -121,6 +155,8 @@ _ENDED_BY: dict[EndReason, records.EndedBy] = {
     EndReason.AGENT_UNAVAILABLE: "agent",
     EndReason.AGENT_DROPPED: "agent",
     EndReason.SERVER_SHUTDOWN: "server",
+    EndReason.TRANSFERRED: "agent",
+    EndReason.VOICEMAIL_LEFT: "agent",
 }
 
 
@@ -137,6 +173,8 @@ _CANCELLED_AT_THE_END = (
     Timer.WRAP_UP,
     Timer.RETRY_BUDGET,
     Timer.READY,
+    Timer.REATTACH,
+    Timer.VERB,
 )
 
 
@@ -164,6 +202,7 @@ class CallBridge:
         jitter: Callable[[], float] = random.random,
         call_id: str = "",
         direction: str = "inbound",
+        verbs: CallVerbs | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -202,6 +241,8 @@ class CallBridge:
         self._barge_in = BargeIn(self._ledger)
         self._fenced_replies = self._barge_in.fenced  # read per reply frame: one look-up
         self._results = ToolResults(clock)
+        self._verbs = VerbState(verbs or CallVerbs())
+        self._handover = StreamHandover()
 
         self._media_dropped = 0  # media frames not relayed (frames_from_twilio is derived)
         self.frames_to_agent = 0
@@ -244,6 +285,13 @@ class CallBridge:
             TimerFired: self._on_timer,
             ServerShutdown: self._on_server_shutdown,
             StreamOpened: self._on_stream_opened,
+            TransferRequested: self._on_transfer_requested,
+            DigitsRequested: self._on_digits_requested,
+            RedirectFinished: self._on_redirect_finished,
+            DialEnded: self._on_dial_ended,
+            TransferAnswered: self._on_transfer_answered,
+            AmdVerdict: self._on_amd_verdict,
+            CallCompleted: self._on_call_completed,
         }
         self._timer_handlers: dict[str, Callable[[TimerFired], list[Action]]] = {
             Timer.READY: self._no_ready_in_time,
@@ -253,6 +301,8 @@ class CallBridge:
             Timer.MAX_CALL: self._call_length_reached,
             Timer.WRAP_UP: self._no_goodbye_in_time,
             Timer.RETRY_BUDGET: self._retry_budget_spent,
+            Timer.REATTACH: self._no_stream_in_time,
+            Timer.VERB: self._verb_ready,
         }
 
     def handle(self, event: object) -> list[Action]:
@@ -403,7 +453,10 @@ class CallBridge:
 
     def _on_start(self, msg: twilio.Start) -> list[Action]:
         if self.state is not State.AWAITING_START:
+            if self.awaiting_stream and not self._twilio_open:
+                return self._reattached(msg)
             return [Log.warning("twilio.duplicate_start")]
+        self._handover.stream_started()
         info = msg.start
         self.stream_sid = info.stream_sid or msg.stream_sid
         self.call_sid = info.call_sid or None
@@ -427,6 +480,8 @@ class CallBridge:
     def _on_mark(self, msg: twilio.Mark) -> list[Action]:
         if self._ledger.mark_echoed(msg.mark.name):
             return self._settled_replies()
+        if msg.mark.name == VERB_MARK:
+            return self._verb_ready()
         if msg.mark.name == APOLOGY_MARK and self.state is State.APOLOGIZING:
             return [CancelTimer(Timer.APOLOGY), *self._hang_up()]
         if msg.mark.name == GOODBYE_MARK and self._length.wrapping_up:
@@ -437,6 +492,8 @@ class CallBridge:
         return [Log.info("caller.dtmf", digit=msg.dtmf.digit)]
 
     def _on_stop(self, _: twilio.Stop) -> list[Action]:
+        if self.end_reason is None and self._handover.expected is not None:
+            return self._stream_handed_over()
         return [Log.info("stream.stopped"), *self._end(EndReason.STREAM_STOPPED)]
 
     def _on_invalid_frame(self, msg: twilio.InvalidFrame) -> list[Action]:
@@ -449,6 +506,8 @@ class CallBridge:
 
     def _on_twilio_closed(self, _: TwilioClosed) -> list[Action]:
         self._twilio_open = False
+        if self.end_reason is None and self._handover.expected is not None:
+            return [] if self._handover.waiting else self._stream_handed_over()
         if self.end_reason is None:
             return self._end(EndReason.TWILIO_DISCONNECTED)
         return self._finish_if_closed()
@@ -570,6 +629,8 @@ class CallBridge:
             actions.append(Log.warning("agent.fresh_session", session_id=msg.session_id))
             return actions
         actions.append(Log.info("agent.ready", session_id=msg.session_id))
+        if self._verbs.message_pending and "greeting" not in self._session_config:
+            actions += self._leave_message()  # a machine answered; the agent would wait
         return actions
 
     def _on_session_updated(self, _: agent.SessionUpdated) -> list[Action]:
@@ -619,9 +680,13 @@ class CallBridge:
     def _on_reply_started(self, msg: agent.ReplyStarted) -> list[Action]:
         self._current_reply = msg.reply_id
         self._ledger.reply_started(msg.reply_id)
+        self._verbs.reply_started(msg.reply_id)
         self._length.reply_started(msg.reply_id)
         self._results.may_flow = False
-        return [Log.debug("agent.reply_started", reply_id=msg.reply_id)]
+        log = Log.debug("agent.reply_started", reply_id=msg.reply_id)
+        if self._verbs.message_pending:  # a machine answered before the agent was ready
+            return [log, *self._leave_message()]
+        return [log]
 
     def _on_reply_audio(self, msg: agent.ReplyAudio) -> list[Action]:
         out = self.audio_to_twilio(msg)
@@ -641,6 +706,7 @@ class CallBridge:
                 actions += self._barge_in.clear(self.stream_sid)
             self._ledger.reply_done(msg.reply_id, interrupted=True)
             actions.extend(self._discard_results_of(msg.reply_id))
+            actions += self._verb_mark_after(msg.reply_id)
             return actions + self._settled_replies()
         self._fenced_replies.discard(msg.reply_id)
         self._results.may_flow = True
@@ -652,7 +718,7 @@ class CallBridge:
         if self._length.is_goodbye(msg.reply_id) and self.stream_sid:
             # Hang up once Twilio has played the goodbye, not when the agent finished sending it.
             actions.append(SendToTwilio(twilio.encode_mark(self.stream_sid, GOODBYE_MARK)))
-        return actions
+        return actions + self._verb_mark_after(msg.reply_id)
 
     def _on_reply_error(self, msg: agent.ReplyError) -> list[Action]:
         return [Log.warning("agent.reply_error", code=msg.code, message=msg.message[:300])]
@@ -680,6 +746,8 @@ class CallBridge:
         if not self._results.called(msg, self._current_reply):
             return [Log.warning("tool.duplicate_call", tool_call_id=msg.call_id)]
         log = Log.debug("tool.called", tool_call_id=msg.call_id, name=msg.name)
+        if msg.name in self._verbs.config.tool_names:
+            return [log, *self._verb_tool_call(msg)]
         tool = self._tools.get(msg.name)
         if tool is None:
             return [
@@ -774,6 +842,8 @@ class CallBridge:
         seconds = self._idle.seconds
         if self.end_reason is not None or not seconds:
             return []
+        if self._handover.waiting:  # no stream, no audio: the re-attach wait bounds this
+            return [StartTimer(Timer.IDLE, seconds)]
         out = self._idle.check(seconds, self._clock(), self.frames_from_twilio, msg.media_at)
         if isinstance(out, StartTimer):
             return [out]
@@ -888,6 +958,281 @@ class CallBridge:
             closed,
             Finished(reason),
         ]
+
+    # --- a call outlives its streams (`reattach`) --------------------------------------
+
+    @property
+    def awaiting_stream(self) -> bool:
+        """Whether a new stream for this call joins it: a redirect of ours ended (or will
+        end) the current one, and the call goes on."""
+        return self.end_reason is None and self._handover.expected is not None
+
+    def _stream_handed_over(self) -> list[Action]:
+        """The stream ended for a verb of ours: keep the agent session, wait for the next."""
+        if self.stream_sid is not None:
+            self._ledger.cleared()  # whatever Twilio still held of ours is gone with it
+        self.stream_sid = None
+        wait = REATTACH_SECONDS
+        phase = self._verbs.phase
+        if phase in (Phase.REDIRECTING, Phase.DIALING) and self._verbs.config.transfer:
+            wait = self._verbs.config.transfer.ring_seconds + DIAL_SLACK_SECONDS
+        elif phase is Phase.SENDING_DIGITS:
+            wait = DIGITS_WAIT_SECONDS
+        return self._handover.stream_ended(wait) or []
+
+    def _reattached(self, msg: twilio.Start) -> list[Action]:
+        info = msg.start
+        self.stream_sid = info.stream_sid or msg.stream_sid
+        self._twilio_open = True
+        _, why, actions = self._handover.stream_started()
+        actions += [
+            Log.info(
+                "stream.reattached",
+                stream_sid=self.stream_sid,
+                why=why,
+                streams=self._handover.streams,
+                session_id=self.session_id,
+            ),
+            *self._idle.start(self._clock()),
+        ]
+        if why == "digits":
+            return actions + self._digits_done(None)
+        if why == "transfer-failed" and self._verbs.target is not None:
+            self._verbs.finish()
+            why_failed = DIAL_FAILURES.get(self._verbs.transfer_outcome or "", "no answer")
+            text = TRANSFER_FAILED_INSTRUCTIONS.format(name=self._verbs.target.name, why=why_failed)
+            actions += self._tell_agent(text)
+        return actions
+
+    def _on_call_completed(self, _: CallCompleted) -> list[Action]:
+        """The caller hung up while the call had no stream (ringing a transfer, say)."""
+        if self.end_reason is not None or not self._handover.waiting:
+            return []
+        dialing = self._verbs.phase in (Phase.REDIRECTING, Phase.DIALING)
+        outcome = [self._transfer_record("canceled")] if dialing else []
+        return [*outcome, *self._end(EndReason.STREAM_STOPPED, "the call ended between streams")]
+
+    def _no_stream_in_time(self, _: TimerFired) -> list[Action]:
+        if self.end_reason is not None or not self._handover.waiting:
+            return []
+        if self._verbs.phase is Phase.SENDING_DIGITS:
+            self._verbs.finish()
+        return self._end(EndReason.NO_NEW_STREAM, "no new stream for the call in time")
+
+    # --- verbs on the call: transfer, digits, voicemail (`call_verbs`) ------------------
+
+    def verb_refusal(self, verb: str, argument: object) -> str | None:
+        """Why this verb cannot be done now (None: it can), for the API to answer with."""
+        if self.end_reason is not None:
+            return CALL_ENDED
+        if self.state is not State.LIVE or self.stream_sid is None or self._agent != "open":
+            return f"the call is not live ({self.state.value})"
+        if verb == "transfer":
+            return self._verbs.transfer_refusal(argument)
+        return self._verbs.digits_refusal(argument)
+
+    def _verb_tool_call(self, msg: agent.ToolCall) -> list[Action]:
+        try:
+            arguments = agent.tool_arguments(msg)
+        except agent.ToolArgumentsError as exc:
+            return self._on_tool_finished(
+                ToolFinished(msg.call_id, f"invalid arguments: {exc}", True)
+            )
+        if msg.name == TRANSFER_TOOL:
+            verb, argument = "transfer", arguments.get("target")
+        else:
+            assert msg.name == DIGITS_TOOL
+            verb, argument = "digits", arguments.get("digits")
+        refusal = self.verb_refusal(verb, argument)
+        if refusal is not None:
+            return self._on_tool_finished(ToolFinished(msg.call_id, refusal, True))
+        assert isinstance(argument, str)
+        if verb == "transfer":
+            return self._start_transfer(argument, msg.call_id)
+        return self._start_digits(argument, msg.call_id)
+
+    def _on_transfer_requested(self, msg: TransferRequested) -> list[Action]:
+        refusal = self.verb_refusal("transfer", msg.target)
+        if refusal is not None:
+            return [Log.warning("transfer.refused", why=refusal)]
+        return self._start_transfer(msg.target, None)
+
+    def _on_digits_requested(self, msg: DigitsRequested) -> list[Action]:
+        refusal = self.verb_refusal("digits", msg.digits)
+        if refusal is not None:
+            return [Log.warning("digits.refused", why=refusal)]
+        return self._start_digits(msg.digits, None)
+
+    def _start_transfer(self, name: str, tool_call_id: str | None) -> list[Action]:
+        """The agent tells the caller first; the dial follows once that has played."""
+        target = self._verbs.begin_transfer(name, tool_call_id, self._records.now())
+        announce = ANNOUNCE_INSTRUCTIONS.format(name=target.name)
+        actions: list[Action] = [
+            Log.info("transfer.announcing", target=target.name),
+            StartTimer(Timer.VERB, ANNOUNCE_SECONDS),
+        ]
+        if tool_call_id is not None:
+            result = tool_result(status="transferring", target=target.name, say=announce)
+            return actions + self._on_tool_finished(ToolFinished(tool_call_id, result, False))
+        return actions + self._tell_agent(announce)
+
+    def _start_digits(self, digits: str, tool_call_id: str | None) -> list[Action]:
+        self._verbs.begin_digits(digits, tool_call_id)
+        self._handover.expect("digits")
+        # The digits themselves stay out of the logs: a menu may ask for an account number.
+        log = Log.info("digits.sending", count=len(digits))
+        return [log, RedirectCall("digits", digits=digits)]
+
+    def _verb_mark_after(self, reply_id: str | None) -> list[Action]:
+        """After the reply a verb waits for, a mark: its echo says the reply was played."""
+        if not self._verbs.is_awaited(reply_id):
+            return []
+        if self.stream_sid is None:
+            return self._verb_ready()
+        return [SendToTwilio(twilio.encode_mark(self.stream_sid, VERB_MARK))]
+
+    def _verb_ready(self, _: TimerFired | None = None) -> list[Action]:
+        """What the caller had to hear has played (or the wait ran out): act."""
+        if self.end_reason is not None:
+            return []
+        phase = self._verbs.ready()
+        if phase is Phase.ANNOUNCING and self._verbs.target is not None:
+            self._verbs.phase = Phase.REDIRECTING
+            self._handover.expect("transfer")
+            target = self._verbs.target
+            return [
+                CancelTimer(Timer.VERB),
+                Log.info("transfer.dialing", target=target.name),
+                RedirectCall("transfer", to=target.to),
+            ]
+        if phase is Phase.LEAVING_MESSAGE:
+            return [CancelTimer(Timer.VERB), *self._hang_up_after_message()]
+        return []
+
+    def _on_redirect_finished(self, msg: RedirectFinished) -> list[Action]:
+        if msg.error is None:
+            if msg.verb == "transfer" and self._verbs.phase is Phase.REDIRECTING:
+                self._verbs.phase = Phase.DIALING
+            return [Log.debug("call.redirected", verb=msg.verb)]
+        self._handover.expect(None)
+        actions: list[Action] = [Log.error("call.redirect_failed", verb=msg.verb, error=msg.error)]
+        if self.end_reason is not None:
+            return actions
+        if msg.verb == "digits":
+            return actions + self._digits_done(msg.error)
+        target = self._verbs.target
+        self._verbs.transfer_outcome = "not-started"
+        actions.append(self._transfer_record("not-started"))
+        self._verbs.finish()  # a tool call was answered when the announcement began
+        if target is not None:
+            actions += self._tell_agent(TRANSFER_NOT_STARTED_INSTRUCTIONS.format(name=target.name))
+        return actions
+
+    def _on_dial_ended(self, msg: DialEnded) -> list[Action]:
+        """The transfer's dial is over: answered (the call is the person's now) or not
+        (the caller comes back to the agent on a new stream)."""
+        if self.end_reason is not None or self._verbs.target is None:
+            return []
+        name = self._verbs.target.name
+        self._verbs.transfer_outcome = msg.status
+        if msg.status in DIAL_ANSWERED:
+            return self._transfer_done()
+        self._verbs.phase = Phase.BACK
+        self._handover.expect("transfer-failed")
+        return [
+            Log.info("transfer.failed", target=name, dial_status=msg.status),
+            self._transfer_record(msg.status),
+            *self._handover.wait_longer(REATTACH_SECONDS),
+        ]
+
+    def _on_transfer_answered(self, _: TransferAnswered) -> list[Action]:
+        if self.end_reason is not None or self._verbs.target is None:
+            return []
+        self._verbs.transfer_outcome = "answered"
+        return self._transfer_done()
+
+    def _transfer_done(self) -> list[Action]:
+        """The person has the caller: end the agent session now (it is billed while open)."""
+        assert self._verbs.target is not None
+        log = Log.info("transfer.answered", target=self._verbs.target.name)
+        record = self._transfer_record("answered")
+        self._verbs.finish()
+        self._handover.expect(None)
+        return [log, record, *self._end(EndReason.TRANSFERRED)]
+
+    def _digits_done(self, error: str | None) -> list[Action]:
+        call_id = self._verbs.finish()
+        self._handover.expect(None)
+        record = self._records.action("digits", "sent" if error is None else "failed")
+        if call_id is None:
+            return [record]
+        result = tool_result(sent=True) if error is None else "the keys could not be sent"
+        return [record, *self._on_tool_finished(ToolFinished(call_id, result, error is not None))]
+
+    def _on_amd_verdict(self, msg: AmdVerdict) -> list[Action]:
+        """Who answered an outbound call, by Twilio's answering-machine detection."""
+        verdict = msg.answered_by
+        self._verbs.answered_by = verdict
+        log = Log.info("call.answered_by", answered_by=verdict)
+        record = self._records.action("amd", verdict)
+        if self.end_reason is not None:
+            return [log, record]
+        if verdict == "fax":
+            return [log, record, *self._end(EndReason.FAX)]
+        if verdict not in MESSAGE_END:
+            return [log, record]  # a person, unknown, or a machine still greeting: carry on
+        voicemail = self._verbs.config.voicemail
+        if voicemail is None:
+            return [log, record, *self._end(EndReason.ANSWERING_MACHINE)]
+        if self._verbs.busy:
+            skipped = Log.warning("voicemail.skipped", why="another action is under way")
+            return [log, record, skipped]
+        greeting_due = self._verbs.replies_started == 0 and "greeting" in self._session_config
+        if self.state is not State.LIVE or (greeting_due and self._current_reply is None):
+            # Not live yet, or the greeting not begun: the message replaces the first reply.
+            self._verbs.message_pending = True
+            return [log, record]
+        return [log, record, *self._leave_message()]
+
+    def _leave_message(self) -> list[Action]:
+        """Stop what the agent says to the machine; have it say the voicemail message."""
+        voicemail = self._verbs.config.voicemail
+        self._verbs.message_pending = False
+        if voicemail is None or self.stream_sid is None:
+            return []
+        actions: list[Action] = []
+        # Whatever the agent was saying to the machine stops; the message is said anew.
+        if self._current_reply is not None:
+            self._fenced_replies.add(self._current_reply)
+            self._current_reply = None
+        actions += self._barge_in.clear(self.stream_sid)
+        self._verbs.begin_message()
+        message = voicemail.text_for(self.custom_parameters)
+        actions += [
+            Log.info("voicemail.leaving_message"),
+            StartTimer(Timer.VERB, MESSAGE_SECONDS),
+            *self._tell_agent(VOICEMAIL_INSTRUCTIONS.format(message=message)),
+        ]
+        return actions
+
+    def _hang_up_after_message(self) -> list[Action]:
+        """The voicemail message has played: end the call (the session, then the line)."""
+        self._verbs.finish()
+        return [self._records.action("voicemail", "left"), *self._end(EndReason.VOICEMAIL_LEFT)]
+
+    def _transfer_record(self, outcome: str) -> Record:
+        target = self._verbs.target
+        return self._records.action(
+            "transfer",
+            outcome,
+            target=target.name if target else None,
+            started_at=self._verbs.started_at,
+        )
+
+    def _tell_agent(self, instructions: str) -> list[Action]:
+        if self._agent != "open":
+            return []
+        return [SendToAgent(agent.encode_reply_create(instructions))]
 
     # --- the call's record ------------------------------------------------------------
 

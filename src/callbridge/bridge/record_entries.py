@@ -54,6 +54,17 @@ class RecordEntries:
             records.ToolInvocation(self.call_id, self._next_seq(), self._wall(), **fields)
         )
 
+    def now(self) -> float:
+        """The wall clock's time, as entries carry it."""
+        return self._wall()
+
+    def action(self, verb: str, outcome: str, **fields: Any) -> Record:
+        return Record(
+            records.CallAction(
+                self.call_id, self._next_seq(), self._wall(), verb, outcome, **fields
+            )
+        )
+
     def closed(self, **fields: Any) -> Record:
         return Record(records.CallClosed(self.call_id, self._next_seq(), self._wall(), **fields))
 

@@ -14,3 +14,5 @@ class Timer(enum.StrEnum):
     MAX_CALL = "max-call"  # the call's length is nearly up: the agent wraps up
     WRAP_UP = "wrap-up"  # no goodbye played in time: end the call
     RETRY_BUDGET = "agent-retry-budget"  # reconnecting took too long: give up
+    REATTACH = "reattach"  # the call waits for its next stream: none came in time
+    VERB = "verb"  # an announcement or a message should have played: act anyway

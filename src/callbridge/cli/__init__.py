@@ -13,7 +13,13 @@ from typing import Annotated, NoReturn
 import typer
 
 from callbridge.cli.exit import EXIT_CONFIG, EXIT_FAILED, fail, settings_or_exit, warn_unknown
-from callbridge.config import ConfigError, load_settings, security_problem, unknown_variables
+from callbridge.config import (
+    ConfigError,
+    Settings,
+    load_settings,
+    security_problem,
+    unknown_variables,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -23,6 +29,7 @@ app = typer.Typer(
 
 
 def _register_record_commands() -> None:
+    from callbridge.cli import call_verbs  # noqa: F401  (its commands join `calls`)
     from callbridge.cli.records import calls_app, db_app
 
     app.add_typer(calls_app, name="calls")
@@ -129,6 +136,14 @@ def call(
     json_output: Annotated[
         bool, typer.Option("--json", help='Print {"call_id": ..., "call_sid": ...}.')
     ] = False,
+    voicemail: Annotated[
+        bool,
+        typer.Option(
+            "--voicemail",
+            help="Listen for an answering machine; the agent leaves the bot's voicemail "
+            "message on one (the default when the bot's Voicemail has detect=True).",
+        ),
+    ] = False,
 ) -> None:
     """Place an outbound call: the agent speaks first with the bot's outbound prompt.
 
@@ -141,6 +156,7 @@ def call(
 
     parameters = _parameters(param)
     settings = settings_or_exit()
+    voicemail = voicemail or bot_detects_voicemail(settings)
     try:
         placed = place_call(
             settings,
@@ -149,6 +165,7 @@ def call(
             from_=from_,
             parameters=parameters,
             bot=bot,
+            voicemail=voicemail,
         )
     except OutboundCallError as exc:
         if exc.field == "bot":
@@ -183,6 +200,17 @@ def _parameters(given: list[str] | None) -> dict[str, str]:
             fail(f"--param {name} given twice", EXIT_CONFIG)
         parameters[name] = value
     return parameters
+
+
+def bot_detects_voicemail(settings: Settings) -> bool:
+    """Whether the configured bot asks for answering-machine detection on its calls."""
+    from callbridge.bot import BotLoadError, load_bot
+
+    try:
+        bot = load_bot(settings.callbridge_bot)
+    except BotLoadError as exc:
+        fail(f"configuration error: CALLBRIDGE_BOT: {exc}", EXIT_CONFIG)
+    return bot.voicemail is not None and bot.voicemail.detect
 
 
 @app.command()

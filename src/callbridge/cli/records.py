@@ -250,6 +250,11 @@ def render_call(call: CallDetail) -> str:
         events.append(
             (err.seq, f"{_offset(err.offset_seconds)}  error   {err.source} {err.code}{message}")
         )
+    for act in call.actions:
+        target = f" to {act.target}" if act.target else ""
+        events.append(
+            (act.seq, f"{_offset(act.offset_seconds)}  {act.verb:<7} {act.outcome}{target}")
+        )
     if events:
         lines.append("")
         lines.extend(line for _, line in sorted(events, key=lambda e: e[0]))

@@ -100,6 +100,21 @@ class CallError(msgspec.Struct, frozen=True):
     message: str = ""
 
 
+class CallAction(msgspec.Struct, frozen=True):
+    """What a verb acting on the call came to: a transfer (its outcome: answered, busy,
+    no-answer, failed, canceled, not-started; `target` its name, `started_at` when the
+    agent began to announce it), keypad tones sent (sent, failed), answering-machine
+    detection (`verb` "amd", the verdict as outcome), a voicemail message left."""
+
+    call_id: str
+    seq: int
+    at: float
+    verb: str
+    outcome: str
+    target: str | None = None
+    started_at: float | None = None
+
+
 class CallClosed(msgspec.Struct, frozen=True):
     call_id: str
     seq: int
@@ -121,5 +136,6 @@ RecordEntry = (
     | ToolInvocation
     | TurnLatency
     | CallError
+    | CallAction
     | CallClosed
 )

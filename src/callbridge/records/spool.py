@@ -26,6 +26,7 @@ import msgspec
 
 from callbridge.records.entries import (
     AgentSessionStarted,
+    CallAction,
     CallClosed,
     CallError,
     CallOpened,
@@ -51,6 +52,7 @@ KINDS: dict[str, type[Any]] = {
         ToolInvocation,
         TurnLatency,
         CallError,
+        CallAction,
         CallClosed,
     )
 }

@@ -43,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from callbridge.records.entries import (
     AgentSessionStarted,
+    CallAction,
     CallClosed,
     CallError,
     CallOpened,
@@ -56,6 +57,7 @@ from callbridge.records.tables import (
     CALL_CHILD_TABLES,
     NO_SEQUENCE,
     agent_sessions,
+    call_actions,
     call_errors,
     call_statuses,
     calls,
@@ -223,6 +225,16 @@ def _entry_row(
             entry.source,
             _text(entry.code),
             _text(entry.message),
+        )
+    if isinstance(entry, CallAction):
+        return call_actions, (
+            entry.call_id,
+            entry.seq,
+            at,
+            _text(entry.verb),
+            _text(entry.outcome),
+            _text(entry.target),
+            None if entry.started_at is None else utc(entry.started_at),
         )
     raise TypeError(f"not a record entry: {type(entry).__name__}")
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from callbridge.twilio.signatures import TOKEN_TTL_SECONDS, tokens_match
+from callbridge.twilio.signatures import TOKEN_TTL_SECONDS, new_stream_token, tokens_match
 
 if TYPE_CHECKING:
     from callbridge.server.call_runner import CallRunner
@@ -81,6 +81,16 @@ class CallRegistry:
             return "stream is for another CallSid"
         info.stream_token = None
         return None
+
+    def reissue_token(self, call_id: str) -> str | None:
+        """A new single-use stream token for a known call (its next stream presents it);
+        None for a call this instance does not know."""
+        info = self._known.get(call_id)
+        if info is None:
+            return None
+        info.stream_token = new_stream_token()
+        info.created = time.monotonic()  # the token's lifetime starts now
+        return info.stream_token
 
     def forget(self, call_id: str) -> None:
         info = self._known.pop(call_id, None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from callbridge import fast_path as fast_path_module
@@ -30,6 +30,7 @@ from callbridge.bridge.actions import (
     Log,
     OpenAgent,
     Record,
+    RedirectCall,
     RunTool,
     SendToAgent,
     SendToTwilio,
@@ -46,9 +47,11 @@ from callbridge.bridge.inputs import (
     TwilioClosed,
 )
 from callbridge.bridge.playout_ledger import FAST_PATH_MARKS
+from callbridge.bridge.verb_events import DigitsRequested, RedirectFinished, TransferRequested
 from callbridge.fast_path import Relayed
 from callbridge.logs import EventLogger
 from callbridge.records.entries import RecordEntry
+from callbridge.server.next_streams import NextStreams
 from callbridge.tools import run_tool
 from callbridge.transport import CloseCode
 from callbridge.twilio import media_stream as twilio
@@ -128,6 +131,9 @@ class CallRunner:
         self._fast_agent: fast_path_module.AgentAudioSocket | None = None
         self._started_at = self._now()  # when run() began: the call's duration in the log
         self.done = asyncio.Event()  # set once run() has returned
+        self._streams = NextStreams()  # streams that re-attach to this call
+        self._perform_redirect: Callable[[CallRunner, RedirectCall], Awaitable[str | None]]
+        self._perform_redirect = _no_redirects
         self.finished_reason: str | None = None
 
     async def run(self) -> None:
@@ -140,6 +146,9 @@ class CallRunner:
                 self._configure_fast_twilio()
                 self._feed(StreamOpened())
                 await self._read_twilio()
+                while (sock := await self._next_stream()) is not None:
+                    self._switch_stream(sock)
+                    await self._read_twilio()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(_FINISH_GRACE_SECONDS):
                         await self._finished.wait()
@@ -156,6 +165,10 @@ class CallRunner:
             with contextlib.suppress(Exception):
                 await self._twilio.close(CloseCode.INTERNAL_ERROR)
         finally:
+            unserved = self._streams.close()
+            if unserved is not None:
+                with contextlib.suppress(Exception):
+                    await unserved.close(CloseCode.OK)
             self._cancel_timers()  # after a crash too
             if self._fast_agent is not None:
                 self._take_relayed()  # for the counts logged below
@@ -192,6 +205,67 @@ class CallRunner:
     def end(self, event: object) -> None:
         """Feed an event from outside the call (server shutdown, say)."""
         self._feed(event)
+
+    # --- a call outlives its streams ----------------------------------------------------
+
+    @property
+    def accepts_stream(self) -> bool:
+        """Whether a new stream for this call joins it (see `bridge/reattach.py`)."""
+        finished = self._finished.is_set() or self.done.is_set()
+        return self.bridge.awaiting_stream and not finished
+
+    def attach(self, sock: TwilioSocket) -> asyncio.Future[None] | None:
+        """Hand the call its next stream; None if it takes none now. The future is done
+        once the call is through with the socket (an aiohttp handler awaits it)."""
+        if not self.accepts_stream:
+            return None
+        return self._streams.offer(sock)
+
+    def request_verb(self, verb: str, argument: str) -> str | None:
+        """Transfer ("transfer", a target's name) or send keypad tones ("digits"), from
+        outside the agent (the API, the command line). None if under way, else why not."""
+        refusal = self.bridge.verb_refusal(verb, argument)
+        if refusal is None:
+            is_transfer = verb == "transfer"
+            self._feed(TransferRequested(argument) if is_transfer else DigitsRequested(argument))
+        return refusal
+
+    def set_redirect(
+        self, perform: Callable[[CallRunner, RedirectCall], Awaitable[str | None]]
+    ) -> None:
+        """How this call's TwiML is replaced (the REST update): returns an error or None."""
+        self._perform_redirect = perform
+
+    async def _next_stream(self) -> TwilioSocket | None:
+        """The stream that re-attaches, once it comes; None when the call is over."""
+        self._streams.served()  # the last socket's reading is done
+        if not self.bridge.awaiting_stream:
+            return None
+        return await self._streams.next(self._finished)
+
+    def _switch_stream(self, sock: TwilioSocket) -> None:
+        """The call's new Twilio socket: its own pace, budget and admission, and the audio
+        fast path's routes between it and the agent's socket."""
+        if self._fast_agent is not None:
+            self._take_relayed()
+        self._end_fast_path()
+        self._twilio = sock
+        self._fast_twilio = None
+        self._pace = pacing.MediaPace()
+        self._messages = pacing.MessageBudget(self._messages.limit)
+        self._admitted = self._admit is None
+        self._configure_fast_twilio()
+        if self._agent is not None and not self._agent.closed:
+            self._configure_fast_agent(self._agent)
+        self.log.info("stream.reattaching")
+
+    async def _redirect(self, action: RedirectCall) -> None:
+        try:
+            error = await self._perform_redirect(self, action)
+        except Exception as exc:  # the adapter's bug: the verb fails, the call goes on
+            self.log.exception("call.redirect_crashed", exc)
+            error = "internal error"
+        self._feed(RedirectFinished(action.verb, error))
 
     # --- reading ----------------------------------------------------------------------
 
@@ -333,6 +407,8 @@ class CallRunner:
                 self._spawn(self._close_twilio(code))
             case RunTool():
                 self._spawn(self._run_tool(action))
+            case RedirectCall():
+                self._spawn(self._redirect(action))
             case StartTimer(name, seconds):
                 self._cancel_timer(name)
                 self._timers[name] = self._loop.call_later(seconds, self._timer_fired, name)
@@ -482,3 +558,7 @@ def _twilio_frame_parts(stream_sid: str) -> tuple[bytes, bytes, bytes, bytes]:
 
 async def _reraise(exc: Exception) -> None:
     raise exc
+
+
+async def _no_redirects(_: CallRunner, __: RedirectCall) -> str | None:
+    return "call control is not configured (TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN)"

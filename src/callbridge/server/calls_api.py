@@ -24,7 +24,7 @@ from callbridge.twilio.rest import OutboundCallError, place_call
 
 # Far above what the limits allow (call_parameters), far below what would cost anything.
 MAX_BODY_BYTES = 64 * 1024
-_FIELDS = frozenset({"to", "from", "parameters", "bot"})
+_FIELDS = frozenset({"to", "from", "parameters", "bot", "voicemail"})
 _JSON = "application/json"
 
 
@@ -54,6 +54,9 @@ async def place(request: web.Request) -> web.Response:
     try:
         body = await _body(request)
         to, from_, parameters, bot = _call_of(body)
+        voicemail = body.get("voicemail", False)
+        if not isinstance(voicemail, bool):
+            raise _Invalid("invalid_field", "voicemail: true or false", "voicemail")
     except _Invalid as exc:
         return _error(400, exc.code, str(exc), exc.field)
     try:
@@ -66,6 +69,7 @@ async def place(request: web.Request) -> web.Response:
             from_=from_,
             parameters=parameters,
             bot=bot,
+            voicemail=voicemail,
         )
     except OutboundCallError as exc:
         if exc.rest:

@@ -24,6 +24,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from callbridge.records.entries import (
+    CallAction,
     CallClosed,
     CallError,
     CallOpened,
@@ -130,9 +131,18 @@ class CallMetrics:
             buckets=_TOOL_BUCKETS,
             registry=r,
         )
+        self.call_actions = Counter(
+            "callbridge_call_actions",
+            "Verbs acting on calls, by verb (transfer, digits, amd, voicemail) and outcome "
+            "(a transfer: answered, busy, no-answer, failed, canceled, not-started; keypad "
+            "tones: sent, failed; amd: Twilio's verdict; voicemail: left).",
+            ["verb", "outcome"],
+            registry=r,
+        )
         # From the agent: bounded. End and drop reasons are the bridge's own, a fixed set.
         self._error_code = BoundedLabel()
         self._tool_name = BoundedLabel(tool_names)
+        self._outcome = BoundedLabel()  # Twilio's words: bounded all the same
 
     def observe(self, entry: RecordEntry) -> None:
         """Count what a call record entry says (called for every entry, before it is stored)."""
@@ -161,6 +171,8 @@ class CallMetrics:
             self.calls_started.labels(entry.direction).inc()
         elif isinstance(entry, CallClosed):
             self._call_closed(entry)
+        elif isinstance(entry, CallAction):
+            self.call_actions.labels(entry.verb, self._outcome(entry.outcome)).inc()
 
     def _call_closed(self, entry: CallClosed) -> None:
         self.calls_ended.labels(entry.ended_by, entry.reason).inc()

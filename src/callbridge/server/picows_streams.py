@@ -29,7 +29,13 @@ from callbridge.bot import Direction
 from callbridge.logs import EventLogger
 from callbridge.server.call_runner import CallRunner
 from callbridge.server.state import AppState
-from callbridge.server.streams import StreamRefused, admit_stream, run_call, start_call
+from callbridge.server.streams import (
+    StreamRefused,
+    admit_stream,
+    reattach_stream,
+    run_call,
+    start_call,
+)
 from callbridge.transport.picows import server_protocol_factory
 from callbridge.twilio.picows import PicowsTwilioSocket
 
@@ -116,8 +122,15 @@ class PicowsStreams:
         raw_path, _, raw_query = request.path.decode("latin-1").partition("?")
         path = unquote(raw_path)  # as aiohttp's routes see it
         route, _, call_id = path.strip("/").partition("/")
+        # A call's later streams have a segment of their own (`call_control.py`).
+        call_id, _, stream = call_id.partition("/")
         direction = _ROUTES.get(route)
-        if request.method != b"GET" or direction is None or not call_id or "/" in call_id:
+        if (
+            request.method != b"GET"
+            or direction is None
+            or not call_id
+            or not (stream == "" or stream.isalnum())
+        ):
             return _refusal(404, "not found")
         state = self._state
         log = EventLogger("call", call_id=call_id)
@@ -151,6 +164,8 @@ class PicowsStreams:
         client: str | None,
     ) -> None:
         calls = self._calls
+        if calls is not None and reattach_stream(self._state, call_id, sock) is not None:
+            return  # the call's runner serves it
         try:
             if calls is None:
                 raise StreamRefused(503, "shutting down")

@@ -9,6 +9,7 @@ stream) and run the call the same way (`start_call`, `run_call`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import aiohttp
@@ -18,6 +19,7 @@ from callbridge.agent.dial import agent_dialer
 from callbridge.bot import Direction
 from callbridge.bridge.call_bridge import CallBridge
 from callbridge.logs import EventLogger
+from callbridge.server.call_control import CallControl
 from callbridge.server.call_runner import CallRunner
 from callbridge.server.connections import on_reused_connection
 from callbridge.server.log_throttle import refused
@@ -55,13 +57,14 @@ def admit_stream(
             checked_url=exc.checked_url,
         )
         raise StreamRefused(403, "forbidden") from None
-    _refuse_a_second_stream(state, call_id, log, client)
+    _refuse_a_second_stream(state, call_id, log, client, reattach=True)
 
 
 def _refuse_a_second_stream(
-    state: AppState, call_id: str, log: EventLogger, client: str | None
+    state: AppState, call_id: str, log: EventLogger, client: str | None, *, reattach: bool
 ) -> None:
-    if call_id in state.registry.live:
+    runner = state.registry.live.get(call_id)
+    if runner is not None and not (reattach and runner.accepts_stream):
         # Twilio has been seen opening a second socket for one call: two voices at once.
         reason = "a stream for this call is already live"
         refused(state.refusals, log, "stream.refused", client=client, reason=reason)
@@ -80,7 +83,7 @@ def start_call(
 
     Raises StreamRefused if another stream for the call went live since `admit_stream`
     (the upgrade awaits in between)."""
-    _refuse_a_second_stream(state, call_id, log, client)
+    _refuse_a_second_stream(state, call_id, log, client, reattach=False)
     settings = state.settings
 
     def admit(start: Start) -> str | None:
@@ -102,6 +105,7 @@ def start_call(
         connect_retry_seconds=settings.callbridge_agent_retry_seconds,
         call_id=call_id,
         direction=direction,
+        verbs=state.bot.verbs,
     )
     runner = CallRunner(
         call_id=call_id,
@@ -119,9 +123,19 @@ def start_call(
         max_messages_per_second=settings.callbridge_max_messages_per_second,
         fast_path=settings.callbridge_fast_path,
     )
+    runner.set_redirect(CallControl(state).redirect)
     state.registry.live[call_id] = runner
     log.info("stream.opened", direction=direction)
     return runner
+
+
+def reattach_stream(
+    state: AppState, call_id: str, twilio_socket: TwilioSocket
+) -> asyncio.Future[None] | None:
+    """Hand a new stream to its live call, if that call waits for one (the call's
+    runner serves it; the future is done when it is through with it)."""
+    runner = state.registry.live.get(call_id)
+    return None if runner is None else runner.attach(twilio_socket)
 
 
 async def run_call(state: AppState, call_id: str, runner: CallRunner) -> None:
@@ -178,6 +192,10 @@ async def _serve_stream(request: web.Request, direction: Direction) -> web.Strea
     twilio_socket = AiohttpTwilioSocket(
         ws, request.transport, state.settings.callbridge_max_messages_per_second
     )
+    served = reattach_stream(state, call_id, twilio_socket)
+    if served is not None:
+        await served  # the call's runner reads this socket; it closes when we return
+        return ws
     try:
         runner = start_call(state, call_id, direction, twilio_socket, log, request.remote)
     except StreamRefused:

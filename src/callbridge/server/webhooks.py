@@ -12,6 +12,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
+from callbridge.bridge.verb_events import CallCompleted
 from callbridge.records.entries import CallStatusChanged
 from callbridge.server.call_registry import CallInfo, new_call_id
 from callbridge.server.log_throttle import refused
@@ -214,6 +215,8 @@ async def call_status(request: web.Request) -> web.Response:
                 to_number=to_number,
             )
         )
+    if status == "completed" and call_id is not None:
+        call_completed(state, call_id)
     state.log.info(
         "call.status",
         call_id=call_id,
@@ -304,3 +307,22 @@ def _public_ws_base(request: web.Request, state: AppState) -> str:
     parts = urlsplit(public)
     scheme = "wss" if parts.scheme == "https" else "ws"
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+# For the other webhooks of a call (`verb_webhooks.py`): the same checks.
+signed_form = _signed_form
+
+
+def text_field(request: web.Request, form: MultiDictProxy[Any], name: str) -> str | None:
+    """A short printable text field (None if absent), else a 400 for the request."""
+    try:
+        return _field(form, name)
+    except _InvalidField as exc:
+        raise _bad_request(request, f"invalid {exc.name}") from None
+
+
+def call_completed(state: AppState, call_id: str) -> None:
+    """Twilio says the call is over: a call waiting for its next stream ends now."""
+    runner = state.registry.live.get(call_id)
+    if runner is not None:
+        runner.end(CallCompleted())

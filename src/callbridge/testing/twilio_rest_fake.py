@@ -14,6 +14,10 @@ implements what callbridge uses of the Call resource
   a call that is no longer in progress. Inbound calls placed by the simulator can be
   updated too: that is how a bridge hangs up or transfers the calls it receives.
 * ``GET .../Calls/{CallSid}.json``: the Call resource.
+* Answering-machine detection: ``MachineDetection`` alone puts ``AnsweredBy`` on the
+  answer's request; with ``AsyncAmd=true`` the answer goes ahead at once and the verdict
+  (`answered_by`, or `send_amd_verdict`) is POSTed, signed, to ``AsyncAmdStatusCallback``
+  with ``MachineDetectionDuration`` once the call's stream has started.
 """
 
 from __future__ import annotations
@@ -97,6 +101,7 @@ class FakeTwilioRest:
         owned_numbers: Iterable[str] = ("+15550001111",),
         verified_numbers: Iterable[str] | None = None,
         callee_audio: bytes = b"",
+        answered_by: str | None = "human",
     ) -> None:
         if auth_token is not None and auth_token != simulator.auth_token:
             # Status callbacks are signed by the simulator: one account, one token.
@@ -107,6 +112,9 @@ class FakeTwilioRest:
         self.owned_numbers = frozenset(owned_numbers)
         self.verified_numbers = None if verified_numbers is None else frozenset(verified_numbers)
         self.callee_audio = callee_audio
+        # The verdict asynchronous AMD reports on its own (None: only `send_amd_verdict`).
+        self.answered_by = answered_by
+        self.amd_callbacks_sent: list[dict[str, str]] = []
         self.base_url = ""
         self.created: list[dict[str, list[str]]] = []
         self.updated: list[tuple[str, dict[str, list[str]]]] = []
@@ -182,6 +190,26 @@ class FakeTwilioRest:
             return await asyncio.wait_for(wait(), timeout)
         except TimeoutError:
             raise TimeoutError(f"no {status!r} callback for {call_sid} in {timeout}s") from None
+
+    async def send_amd_verdict(
+        self, call_sid: str, answered_by: str, duration_ms: int = 2400
+    ) -> tuple[int, str]:
+        """POST asynchronous AMD's verdict for a call created with ``AsyncAmd=true`` to its
+        ``AsyncAmdStatusCallback``, signed; returns the server's (status, body)."""
+        record = self._records.get(call_sid)
+        url = record.first("AsyncAmdStatusCallback") if record else None
+        if record is None or url is None:
+            raise ValueError(f"call {call_sid} asked for no asynchronous AMD callback")
+        params = {
+            "AccountSid": self.account_sid,
+            "AnsweredBy": answered_by,
+            "CallSid": call_sid,
+            "MachineDetectionDuration": str(duration_ms),
+        }
+        method = record.first("AsyncAmdStatusCallbackMethod") or "POST"
+        answer = await self.simulator.request(url, method, params)
+        self.amd_callbacks_sent.append(params)
+        return answer
 
     # -- HTTP handlers -------------------------------------------------------------------
 
@@ -333,8 +361,11 @@ class FakeTwilioRest:
             await self._status(record, "initiated")
             record.status = "ringing"
             await self._status(record, "ringing")
-            amd = {"AnsweredBy": "human"} if record.first("MachineDetection") else None
-            await self.simulator.answer_outbound_call(
+            detect = record.first("MachineDetection")
+            async_amd = (record.first("AsyncAmd") or "").lower() == "true"
+            verdict = self.answered_by or "unknown"
+            amd = {"AnsweredBy": verdict} if detect and not async_amd else None
+            call = await self.simulator.answer_outbound_call(
                 call_sid=record.sid,
                 url=record.first("Url"),
                 twiml=record.first("Twiml") if not record.first("Url") else None,
@@ -345,6 +376,9 @@ class FakeTwilioRest:
                 status_callback=self._hook(record),
                 extra_params=amd,
             )
+            if detect and async_amd and self.answered_by is not None:
+                await call.wait_started(10.0)
+                await self.send_amd_verdict(record.sid, self.answered_by)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -61,13 +61,17 @@ def place_call(
     from_: str | None = None,
     parameters: Mapping[str, str] | None = None,
     bot: str | None = None,
+    voicemail: bool = False,
 ) -> PlacedCall:
     """Ask Twilio to call `to`; when answered it fetches our /outbound-twiml, whose query
     carries `call_id` (ours, from `new_call_id`), the parameters and the bot, signed
     (`call_parameters`).
 
     OutboundCallError before anything is placed for parameters beyond the limits (its
-    `field` names the culprit), missing settings or a number that is not E.164."""
+    `field` names the culprit), missing settings or a number that is not E.164.
+
+    `voicemail`: Twilio listens for an answering machine while the call goes on
+    (asynchronous detection, so a person is never kept waiting) and tells /amd-status."""
     to = to or settings.target_phone_number
     from_ = from_ or settings.twilio_phone_number
     if not to:
@@ -98,6 +102,14 @@ def place_call(
         )
     except call_parameters.ParameterError as exc:
         raise OutboundCallError(str(exc), field=exc.field) from None
+    detection: dict[str, str] = {}
+    if voicemail:
+        detection = {
+            "machine_detection": "DetectMessageEnd",
+            "async_amd": "true",
+            "async_amd_status_callback": f"{settings.public_url}/amd-status",
+            "async_amd_status_callback_method": "POST",
+        }
     try:
         call = client.calls.create(
             to=to,
@@ -107,6 +119,7 @@ def place_call(
             status_callback=f"{settings.public_url}/call-status",
             status_callback_event=STATUS_EVENTS,
             status_callback_method="POST",
+            **detection,
         )
     except TwilioRestException as exc:
         raise OutboundCallError(explain_rest_error(exc, to=to, from_=from_), rest=True) from None

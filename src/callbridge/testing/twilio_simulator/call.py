@@ -1,8 +1,9 @@
 """One simulated phone call: what the caller does, what they hear, the TwiML it runs.
 
 A call runs the TwiML its webhook returns, verb by verb (``<Say>``, ``<Pause>``,
-``<Play>``, ``<Hangup>``, ``<Reject>``, ``<Redirect>``, ``<Dial>``, ``<Connect><Stream>``
-with ``<Parameter>`` and ``action``), the way Twilio documents them at
+``<Play>`` (``digits`` recorded), ``<Hangup>``, ``<Reject>``, ``<Redirect>``, ``<Dial>``
+(the outcome the test sets; the answering party's noun ``url``; the ``action``),
+``<Connect><Stream>`` with ``<Parameter>`` and ``action``), the way Twilio documents them at
 https://www.twilio.com/docs/voice/twiml. Every wait on a call wakes on what it waits for.
 """
 
@@ -107,6 +108,15 @@ class SimulatedCall:
         self.custom_parameters: dict[str, str] = {}
         self.said: list[str] = []
         self.dialed: list[str] = []
+        # What a <Dial> does, for the test to set before it runs: the DialCallStatus
+        # ("completed": the person answered, talked, hung up; "busy", "no-answer",
+        # "failed", "canceled": nobody took the call), and how long an answered person
+        # stays on the line.
+        self.dial_outcome = "completed"
+        self.dial_talk_seconds = 0.0
+        self.dials: list[dict[str, str]] = []  # each <Dial>: its attributes and outcome
+        self.digits_played: list[str] = []  # each <Play digits>, in order
+        self.streams_opened = 0  # <Connect><Stream>s that reached the server
         self.heard = bytearray()
         self.received: list[dict[str, Any]] = []
         self.warnings: list[str] = []
@@ -402,6 +412,8 @@ class SimulatedCall:
                 cause = base  # a verb ran after the last stream: that stream did not end the call
             if tag == "Say":
                 self.said.append((verb.text or "").strip())
+            elif tag == "Play" and verb.get("digits"):
+                self.digits_played.append(verb.get("digits", ""))
             elif tag in ("Pause", "Play"):
                 pass  # no audio is synthesised for them
             elif tag in ("Hangup", "Reject"):
@@ -409,12 +421,10 @@ class SimulatedCall:
             elif tag == "Redirect":
                 follow = (verb.text or "").strip()
             elif tag == "Dial":
-                target = (verb.text or "").strip() or " ".join(
-                    (child.text or "").strip() for child in verb
-                )
-                self.dialed.append(target)  # the dialled party answers and hangs up at once
+                params.update(await self._dial(verb, doc_url))
+                if self._interrupting is not None:
+                    return None
                 follow = verb.get("action")
-                params.update(DialCallStatus="completed", DialCallDuration="0")
             elif tag == "Connect":
                 stream = verb.find("Stream")
                 if stream is None:
@@ -436,6 +446,60 @@ class SimulatedCall:
                     return "webhook-failed"
                 verbs, index, doc_url = next_verbs, 0, self._last_doc_url
         return cause
+
+    async def _dial(self, verb: ET.Element, doc_url: str) -> dict[str, str]:
+        """Ring the <Dial>'s number, client or SIP address; the outcome is `dial_outcome`.
+        An answered party's noun ``url`` is requested on their leg (with ParentCallSid)
+        before they are connected. Returns the action's Dial* parameters."""
+        nouns = [child for child in verb if local_tag(child) in ("Number", "Sip", "Client")]
+        noun = nouns[0] if nouns else None
+        target = (verb.text or "").strip() or " ".join((c.text or "").strip() for c in verb)
+        self.dialed.append(target)
+        outcome = self.dial_outcome
+        child_sid = new_sid("CA")
+        record = {
+            "to": target,
+            "noun": local_tag(noun) if noun is not None else "",
+            "outcome": outcome,
+            **{k: v for k, v in verb.attrib.items()},
+        }
+        self.dials.append(record)
+        self._notify()
+        if outcome not in ("completed", "answered"):
+            return {"DialCallStatus": outcome, "DialCallSid": child_sid}
+        url = noun.get("url") if noun is not None else None
+        if url:
+            leg = self._params("in-progress")
+            leg.update(CallSid=child_sid, ParentCallSid=self.call_sid, To=target, Called=target)
+            leg["Direction"] = "outbound-dial"
+            method = noun.get("method", "POST") if noun is not None else "POST"
+            full = urljoin(doc_url, url)
+            try:
+                status, body = await self.simulator.request(full, method, leg)
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+                self.exchanges.append(HttpExchange(full, method, leg, None, "", exc))
+            else:
+                self.exchanges.append(HttpExchange(full, method, leg, status, body))
+        if self.dial_talk_seconds > 0:
+            await asyncio.sleep(self.dial_talk_seconds)  # the caller and the person talk
+        return {
+            "DialCallStatus": "completed",
+            "DialCallSid": child_sid,
+            "DialCallDuration": str(round(self.dial_talk_seconds)),
+        }
+
+    async def wait_dialed(self, count: int = 1, timeout: float = 5.0) -> dict[str, str]:
+        """The `count`-th <Dial> this call ran (its attributes, target and outcome)."""
+        await self._wait(lambda: len(self.dials) >= count, timeout, f"{count} dials")
+        return self.dials[count - 1]
+
+    async def wait_streams(self, count: int, timeout: float = 5.0) -> None:
+        """Until `count` streams of this call have started (re-attached ones included)."""
+        await self._wait(
+            lambda: self.streams_opened >= count,
+            timeout,
+            f"{count} streams started",
+        )
 
     async def _run_stream(self, element: ET.Element, doc_url: str) -> str:
         """Run one <Connect><Stream>; returns "server-closed" or "stream-failed"."""

@@ -107,6 +107,7 @@ class MediaStream:
         except (ConnectionError, aiohttp.ClientError):
             pass  # the reader below sees the closed socket
         call.stream_sid = sid
+        call.streams_opened += 1
         call._notify()
         loop = asyncio.get_running_loop()
         self.t0 = loop.time()

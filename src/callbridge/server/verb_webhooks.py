@@ -1,0 +1,77 @@
+"""Twilio's callbacks about the verbs acting on a call, each signed like every webhook:
+the transfer's dial (the person answered; the dial is over) and the answering-machine
+detection's verdict."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from callbridge.bridge.verb_events import AmdVerdict, DialEnded, TransferAnswered
+from callbridge.server.call_control import (
+    AMD_STATUS_PATH,
+    CallControl,
+    dial_ended_path,
+    transfer_answered_path,
+)
+from callbridge.server.state import APP_STATE
+from callbridge.server.webhooks import signed_form, text_field
+from callbridge.twilio import call_twiml
+from callbridge.verbs import ANSWERED_BY
+
+_TWIML = "text/xml"
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post(dial_ended_path("{call_id}"), dial_ended)
+    app.router.add_post(transfer_answered_path("{call_id}"), transfer_answered)
+    app.router.add_post(AMD_STATUS_PATH, amd_status)
+
+
+def _twiml(text: str) -> web.Response:
+    return web.Response(text=text, content_type=_TWIML)
+
+
+async def dial_ended(request: web.Request) -> web.Response:
+    """The `<Dial>`'s action: the caller comes back to the agent on a new stream when
+    nobody took the call, else the call is over."""
+    state = request.app[APP_STATE]
+    form = await signed_form(request)
+    status = text_field(request, form, "DialCallStatus") or "failed"
+    call_id = request.match_info["call_id"]
+    runner = state.registry.live.get(call_id)
+    state.log.info("transfer.dial_ended", call_id=call_id, dial_status=status)
+    if runner is None:
+        return _twiml(call_twiml.hangup_twiml())
+    runner.end(DialEnded(status))
+    if runner.accepts_stream:
+        twiml = CallControl(state).reattach_twiml(runner)
+        if twiml is not None:
+            return _twiml(twiml)
+    return _twiml(call_twiml.hangup_twiml())
+
+
+async def transfer_answered(request: web.Request) -> web.Response:
+    """Run on the person's leg when they pick up, before the caller is bridged to them:
+    the agent's session ends now. Empty TwiML connects them."""
+    state = request.app[APP_STATE]
+    await signed_form(request)
+    runner = state.registry.live.get(request.match_info["call_id"])
+    if runner is not None:
+        runner.end(TransferAnswered())
+    return _twiml(call_twiml.empty_twiml())
+
+
+async def amd_status(request: web.Request) -> web.Response:
+    """Asynchronous answering-machine detection's verdict for an outbound call."""
+    state = request.app[APP_STATE]
+    form = await signed_form(request)
+    call_sid = text_field(request, form, "CallSid")
+    answered_by = text_field(request, form, "AnsweredBy")
+    call_id = state.registry.call_id_for_sid(call_sid) if call_sid else None
+    state.log.info("call.amd_verdict", call_id=call_id, call_sid=call_sid, answered_by=answered_by)
+    if answered_by not in ANSWERED_BY:
+        return web.Response(status=204)
+    runner = state.registry.live.get(call_id) if call_id else None
+    if runner is not None:
+        runner.end(AmdVerdict(answered_by))
+    return web.Response(status=204)
