@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from callbridge.server.call_runner import CallRunner
 
 # Twilio opens the stream within seconds of our TwiML; anything older is abandoned.
-_PENDING_TTL_SECONDS = 300.0
+PENDING_TTL_SECONDS = 300.0
 
 
 @dataclass
@@ -85,7 +85,7 @@ class CallRegistry:
         self.live.pop(call_id, None)
 
     def _prune(self) -> None:
-        horizon = time.monotonic() - _PENDING_TTL_SECONDS
+        horizon = time.monotonic() - PENDING_TTL_SECONDS
         for call_id, info in list(self._known.items()):
             if info.created < horizon and call_id not in self.live:
                 self.forget(call_id)
