@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -76,3 +76,28 @@ def nginx_binary() -> str:
         _unavailable("nginx", "apt-get install -y nginx")
     assert found is not None
     return found
+
+
+@pytest.fixture
+async def pg_database_url() -> AsyncIterator[str]:
+    """The records database the instances share: a PostgreSQL schema of this test's own."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    from tests.records.conftest import PG_DATABASE, PG_HOST, PG_PORT, _find_pg_user
+
+    user, why = _find_pg_user()
+    if user is None:
+        _unavailable(f"PostgreSQL at {PG_HOST}:{PG_PORT}/{PG_DATABASE}", why)
+    schema = f"cbscale_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=user, database=PG_DATABASE)
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    options = f"options=-csearch_path%3D{schema}%20-capplication_name%3D{schema}"
+    try:
+        yield f"postgresql://{user}@{PG_HOST}:{PG_PORT}/{PG_DATABASE}?{options}"
+    finally:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            schema,
+        )
+        await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await admin.close()
