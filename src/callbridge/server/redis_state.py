@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+from collections import Counter
 from typing import Any, Literal
 
 import msgspec
@@ -198,6 +199,7 @@ class RedisState(SharedState):
         self._take_lost = self._redis.register_script(_TAKE_LOST)
         self._take_own = self._redis.register_script(_TAKE_OWN)
         self._up = True
+        self.operations_by_kind: Counter[str] = Counter()  # logged at close (the benchmark)
         self._tasks: list[asyncio.Task[None]] = []
         self._log = EventLogger("shared_state", instance_id=instance_id)
         self.subscribed = asyncio.Event()
@@ -242,6 +244,11 @@ class RedisState(SharedState):
             await self._redis.delete(self._key("instance", self.instance_id))
             await self._redis.srem(self._key("instances"), self.instance_id)
         await self._redis.aclose()
+        self._log.info(
+            "shared_state.stopped",
+            operations=dict(self.operations_by_kind),
+            degraded=self.degraded,
+        )
 
     # --- the interface --------------------------------------------------------------------
 
@@ -446,6 +453,7 @@ class RedisState(SharedState):
     async def _call(self, operation: str, pending: Any) -> Any:
         """The awaited result of one Redis operation, or _DOWN (counted, logged once)."""
         self.operations += 1
+        self.operations_by_kind[operation] += 1
         try:
             result = await pending
         except (RedisError, OSError) as exc:
