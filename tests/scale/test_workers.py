@@ -34,6 +34,28 @@ def test_more_than_one_worker_needs_redis(tmp_path: Path) -> None:
     assert "REDIS_URL" in done.stderr and "--workers 2" in done.stderr
 
 
+def test_a_worker_that_cannot_start_stops_the_supervisor(tmp_path: Path) -> None:
+    # Its records spool cannot be made: starting it again would fail the same way.
+    env = serve_env(
+        "ws://127.0.0.1:9/v1/ws",
+        free_port(),
+        tmp_path,
+        REDIS_URL="redis://127.0.0.1:9/0",
+        CALLBRIDGE_SPOOL_PATH=str(tmp_path / "no-such-folder" / "spool.jsonl"),
+    )
+    done = subprocess.run(
+        [*serve_argv(), "--workers", "2"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "workers.worker_refused_to_start" in done.stderr
+    assert "workers.worker_died" not in done.stderr
+
+
 @pytest.mark.slow
 async def test_a_killed_worker_is_started_again(
     tmp_path: Path, fake_agent: FakeVoiceAgent, redis_server: str, redis_prefix: str

@@ -22,6 +22,7 @@ import socket
 import sys
 from pathlib import Path
 
+from callbridge.cli.exit import EXIT_CONFIG
 from callbridge.config import Settings
 from callbridge.logs import EventLogger
 
@@ -51,6 +52,7 @@ class Supervisor:
         self._stopping = False
         self._stop = asyncio.Event()
         self._signals = 0
+        self.status = 0  # the supervisor's exit status
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._log = EventLogger("workers")
 
@@ -68,8 +70,8 @@ class Supervisor:
         async with asyncio.TaskGroup() as tg:
             for number in range(1, self._count + 1):
                 tg.create_task(self._keep(number))
-        self._log.info("workers.stopped")
-        return 0
+        self._log.info("workers.stopped", status=self.status)
+        return self.status
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self._stopping = True
@@ -88,8 +90,10 @@ class Supervisor:
         pause = _FIRST_PAUSE_SECONDS
         while not self._stopping:
             started = loop.time()
+            # A session of its own: a terminal's Ctrl-C reaches the supervisor only, which
+            # passes it on once (a worker told twice would end its calls at once).
             proc = await asyncio.create_subprocess_exec(
-                *self._argv, env=worker_environment(self._settings, number)
+                *self._argv, env=worker_environment(self._settings, number), start_new_session=True
             )
             self._procs[number] = proc
             self._log.info("workers.worker_started", worker=number, pid=proc.pid)
@@ -100,6 +104,11 @@ class Supervisor:
             del self._procs[number]
             if self._stopping:
                 self._log.info("workers.worker_stopped", worker=number, pid=proc.pid, status=status)
+                return
+            if status == EXIT_CONFIG:  # it will not start any better next time
+                self._log.error("workers.worker_refused_to_start", worker=number, status=status)
+                self.status = EXIT_CONFIG
+                self._on_signal(signal.SIGTERM)
                 return
             lived = loop.time() - started
             pause = pause * 2 if lived < _YOUNG_SECONDS else _FIRST_PAUSE_SECONDS

@@ -239,7 +239,14 @@ class RedisState(SharedState):
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        # Gone on purpose: the others need not wait out the heartbeat.
+        # Gone on purpose: what it held is freed now, not when its heartbeat expires.
+        await self._call(
+            "stop",
+            self._take_own(
+                keys=[self._key("calls", self.instance_id), self._key("slots")],
+                args=[self._prefix, self.instance_id],
+            ),
+        )
         with contextlib.suppress(RedisError, OSError):
             await self._redis.delete(self._key("instance", self.instance_id))
             await self._redis.srem(self._key("instances"), self.instance_id)
@@ -353,7 +360,9 @@ class RedisState(SharedState):
         holder = await self.holder(command.call_id)
         if holder is None:
             return CommandResult(delivered=False, error="call is not live")
-        if holder == self.instance_id and command.call_id in self.registry.live:
+        if holder == self.instance_id:
+            if command.call_id not in self.registry.live:  # ended here a moment ago
+                return CommandResult(delivered=False, error="call is not live")
             error = self._on_command(command)
             return CommandResult(delivered=error is None, instance_id=holder, error=error)
         receivers = await self._call(

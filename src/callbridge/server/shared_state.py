@@ -58,6 +58,8 @@ class SharedState(abc.ABC):
         self.instance_id = instance_id
         self.operations = 0  # round trips to the backend (the benchmark and metrics read it)
         self.degraded = 0  # operations answered without the backend
+        self._on_command: CommandHandler = _not_started
+        self._on_instance_lost: InstanceLostHandler = _nobody_told
 
     async def start(
         self, on_command: CommandHandler, on_instance_lost: InstanceLostHandler
@@ -103,6 +105,14 @@ class SharedState(abc.ABC):
     @abc.abstractmethod
     async def send(self, command: Command) -> CommandResult:
         """Deliver a command to the instance holding the call."""
+
+
+def _not_started(command: Command) -> str | None:
+    return "not started"
+
+
+async def _nobody_told(instance_id: str, call_ids: list[str]) -> None:
+    pass
 
 
 class LocalState(SharedState):
