@@ -7,6 +7,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
+from callbridge.server.state import APP_STATE
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import TwilioSimulator
 from tests.conftest import API_TOKEN, AUTH_TOKEN, PUBLIC_URL, RunningServer, ServerFactory
@@ -199,3 +200,39 @@ def _value(metrics: str, name: str) -> float:
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in /metrics")
+
+
+async def test_the_calls_of_an_instance_whose_heartbeat_stopped_are_closed(
+    start_server: ServerFactory, fake_agent: FakeVoiceAgent, redis_server: str, redis_prefix: str
+) -> None:
+    import redis.asyncio as aioredis
+
+    # What an instance that died mid-call leaves in Redis: its calls, and no heartbeat.
+    client = aioredis.Redis.from_url(redis_server, decode_responses=True)
+    try:
+        await client.sadd(f"{redis_prefix}:instances", "ghost")
+        await client.sadd(f"{redis_prefix}:calls:ghost", "call-of-ghost")
+        await client.set(f"{redis_prefix}:live:call-of-ghost", "ghost")
+        with caught() as events:
+            server = await start_server(
+                assemblyai_agent_url=fake_agent.url,
+                redis_url=redis_server,
+                callbridge_redis_prefix=redis_prefix,
+                callbridge_instance_id="survivor",
+                callbridge_instance_timeout_seconds=0.6,
+            )
+            await events.wait_for("call.instance_lost")
+        lost = events.fields_of("call.instance_lost")
+        assert lost == [{"call_id": "call-of-ghost", "lost_instance": "ghost"}]
+        assert await client.smembers(f"{redis_prefix}:instances") == {"survivor"}
+        assert await client.get(f"{redis_prefix}:live:call-of-ghost") is None
+        await server.app[APP_STATE].records.flush()
+        auth = {"Authorization": f"Bearer {API_TOKEN}"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{server.url}/api/calls/call-of-ghost", headers=auth) as resp,
+        ):
+            record = await resp.json()
+        assert (record["ended_by"], record["end_reason"]) == ("instance_lost", "instance lost")
+    finally:
+        await client.aclose()
