@@ -236,3 +236,19 @@ async def test_the_calls_of_an_instance_whose_heartbeat_stopped_are_closed(
         assert (record["ended_by"], record["end_reason"]) == ("instance_lost", "instance lost")
     finally:
         await client.aclose()
+
+
+async def test_two_processes_with_one_instance_id_are_pointed_out(
+    start_server: ServerFactory, fake_agent: FakeVoiceAgent, redis_server: str, redis_prefix: str
+) -> None:
+    with caught() as events:
+        for _ in range(2):
+            await start_server(
+                assemblyai_agent_url=fake_agent.url,
+                redis_url=redis_server,
+                callbridge_redis_prefix=redis_prefix,
+                callbridge_instance_id="same",
+                callbridge_instance_timeout_seconds=0.6,
+            )
+        await events.wait_for("shared_state.instance_id_in_use")
+    assert "CALLBRIDGE_INSTANCE_ID" in str(events.fields_of("shared_state.instance_id_in_use"))

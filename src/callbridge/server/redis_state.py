@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import secrets
 from collections import Counter
 from typing import Any, Literal
 
@@ -99,21 +100,23 @@ return 1
 """
 
 # KEYS: heartbeat, instances, calls of this instance, slots. ARGV: instance, timeout ms,
-# prefix, live ms, then the calls live here (so that a Redis that lost its data learns
-# them again).
+# prefix, live ms, this process's mark, then the calls live here (so that a Redis that lost
+# its data learns them again). Returns the mark the heartbeat had: another process's means
+# two share this instance id.
 _HEARTBEAT = (
     _NOW_MS
     + """
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
+local before = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[5], 'PX', ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3])
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local c = ARGV[i]
   redis.call('SADD', KEYS[3], c)
   redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), c)
   redis.call('SET', ARGV[3] .. ':live:' .. c, ARGV[1], 'NX', 'PX', ARGV[4])
 end
-return 1
+return before or ''
 """
 )
 
@@ -202,7 +205,8 @@ class RedisState(SharedState):
         self.operations_by_kind: Counter[str] = Counter()  # logged at close (the benchmark)
         self._tasks: list[asyncio.Task[None]] = []
         self._log = EventLogger("shared_state", instance_id=instance_id)
-        self.subscribed = asyncio.Event()
+        self._mark = secrets.token_hex(8)  # this process's, in its heartbeat
+        self._namesake_beats = 0
 
     def _key(self, *parts: str) -> str:
         return ":".join((self._prefix, *parts))
@@ -224,7 +228,7 @@ class RedisState(SharedState):
                 args=[self._prefix, self.instance_id],
             ),
         )
-        if left:
+        if left is not _DOWN and left:
             self._log.info("shared_state.freed_former_calls", calls=left)
         await self._beat()
         self._tasks = [
@@ -387,7 +391,7 @@ class RedisState(SharedState):
             await self._beat()
 
     async def _beat(self) -> None:
-        await self._call(
+        before = await self._call(
             "heartbeat",
             self._heartbeat(
                 keys=[
@@ -401,10 +405,12 @@ class RedisState(SharedState):
                     self._timeout_ms,
                     self._prefix,
                     self._live_ms,
+                    self._mark,
                     *self.registry.live,
                 ],
             ),
         )
+        self._note_namesake(before)
         lost = await self._call(
             "take_lost",
             self._take_lost(
@@ -423,20 +429,32 @@ class RedisState(SharedState):
             except Exception as exc:  # the records' business; the heartbeat goes on
                 self._log.exception("shared_state.instance_lost_failed", exc)
 
+    def _note_namesake(self, before: object) -> None:
+        """Another process beating under this instance id (twice running: not just a former
+        run of this one) makes a mess of both's calls: say so, once."""
+        if before is _DOWN or before in ("", self._mark):
+            self._namesake_beats = 0
+            return
+        self._namesake_beats += 1
+        if self._namesake_beats == 2:
+            self._log.error(
+                "shared_state.instance_id_in_use",
+                effect="two processes share one instance id: their calls are mixed up",
+                fix="give each instance its own CALLBRIDGE_INSTANCE_ID",
+            )
+
     async def _listen(self) -> None:
         channel = self._key("control", self.instance_id)
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(channel)
-                self.subscribed.set()
                 self._now_up()
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None:
                         self._dispatch(message.get("data"))
             except (RedisError, OSError) as exc:
-                self.subscribed.clear()
                 self._now_down("listen", exc)
             finally:
                 with contextlib.suppress(Exception):
