@@ -92,6 +92,13 @@ def test_nginx_conf_is_accepted_by_nginx(tmp_path: Path, nginx_binary: str) -> N
     conf = (DEPLOY / "nginx.conf").read_text()
     conf = re.sub(r"server callbridge-\d:3000", "server 127.0.0.1:3000", conf)
     conf = conf.replace("listen 80;", "listen 127.0.0.1:8080;")
+    # And temporary files here, not in the system's folders (a user may not write there).
+    temp = " ".join(
+        f"{kind}_temp_path {tmp_path}/{kind};" for kind in ("client_body", "proxy", "fastcgi")
+    )
+    conf = conf.replace(
+        "http {", f"http {{ {temp} uwsgi_temp_path {tmp_path}/u; scgi_temp_path {tmp_path}/s;", 1
+    )
     (tmp_path / "nginx.conf").write_text(conf)
     done = subprocess.run(
         [
@@ -99,6 +106,8 @@ def test_nginx_conf_is_accepted_by_nginx(tmp_path: Path, nginx_binary: str) -> N
             "-t",
             "-p",
             str(tmp_path),
+            "-e",
+            "stderr",
             "-c",
             str(tmp_path / "nginx.conf"),
             "-g",
