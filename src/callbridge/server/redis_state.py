@@ -62,6 +62,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local limit = tonumber(ARGV[3])
 if limit > 0 and redis.call('ZCARD', KEYS[1]) >= limit then return 0 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[7]) then redis.call('PEXPIRE', KEYS[1], ARGV[7]) end
 redis.call('HSET', KEYS[2], 'h', ARGV[4], 'sid', ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 if ARGV[5] ~= '' then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[7]) end
@@ -116,6 +117,10 @@ for i = 6, #ARGV do
   redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), c)
   redis.call('SET', ARGV[3] .. ':live:' .. c, ARGV[1], 'NX', 'PX', ARGV[4])
 end
+-- Nothing is kept for ever: what no instance refreshes goes.
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[3], ARGV[4])
+redis.call('PEXPIRE', KEYS[4], ARGV[4])
 return before or ''
 """
 )
