@@ -23,7 +23,8 @@ from tests.conftest import API_TOKEN, AUTH_TOKEN, PUBLIC_URL, free_port
 from tests.e2e.test_inbound_call import frame_indices, indexed_frames
 from tests.scale.cluster import Instance, Nginx, instance_env, spread
 
-pytestmark = pytest.mark.slow
+# Several processes start and stop in each: more than the default minute on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 GREETING = default_bot.greeting or ""
 BUSY = "all our lines are busy"

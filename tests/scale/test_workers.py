@@ -57,6 +57,7 @@ def test_a_worker_that_cannot_start_stops_the_supervisor(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)
 async def test_a_killed_worker_is_started_again(
     tmp_path: Path, fake_agent: FakeVoiceAgent, redis_server: str, redis_prefix: str
 ) -> None:
