@@ -108,3 +108,13 @@ def test_hostname_read_as_public_url_must_be_https_too() -> None:
     )
     assert settings.public_url == "https://y.ngrok.app"
     assert load_settings(_env_file=None, hostname="3f2a9c1d7e4b").public_url is None
+
+
+@pytest.mark.parametrize("url", ["redis://h:6379/0", "rediss://:pw@h/1", "unix:///run/r.sock"])
+def test_redis_url_takes_the_redis_schemes(url: str) -> None:
+    assert load_settings(_env_file=None, redis_url=url).redis_url == url
+
+
+def test_redis_url_of_another_kind_is_refused() -> None:
+    with pytest.raises(ConfigError, match="REDIS_URL: must be a redis://"):
+        load_settings(_env_file=None, redis_url="http://h:6379")
