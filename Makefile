@@ -10,7 +10,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: install serve test lint typecheck pytest lock clean bench
 
-# The server, the developer tools and the testing extra.
+# The server, the developer tools and the testing and redis extras.
 install: $(DEV_STAMP)
 
 $(SERVER_STAMP): pyproject.toml requirements.lock setup.py src/callbridge/fast_path/_compiled.pyx
@@ -20,11 +20,12 @@ $(SERVER_STAMP): pyproject.toml requirements.lock setup.py src/callbridge/fast_p
 	@$(BIN)/python -m pip install --quiet -c requirements.lock -e .
 	@touch $@
 
-# The `dev` and `testing` extras' packages on their own: installing '.[dev,testing]' would
-# build callbridge again. `testing` is what the fake agent needs (`callbridge fake-agent`).
+# The `dev`, `testing` and `redis` extras' packages on their own: installing
+# '.[dev,testing,redis]' would build callbridge again. `testing` is what the fake agent needs
+# (`callbridge fake-agent`); `redis`, what several instances need (REDIS_URL).
 $(DEV_STAMP): $(SERVER_STAMP)
 	@echo "Installing the developer tools (ruff, mypy, pytest, ...) into $(VENV) (first run only)..."
-	@$(BIN)/python -c 'import tomllib; extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]; print("\n".join(extras["dev"] + extras["testing"]))' > $(VENV)/dev-requirements.txt
+	@$(BIN)/python -c 'import tomllib; extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]; print("\n".join(extras["dev"] + extras["testing"] + extras["redis"]))' > $(VENV)/dev-requirements.txt
 	@$(BIN)/python -m pip install --quiet -c requirements.lock -r $(VENV)/dev-requirements.txt
 	@touch $@
 

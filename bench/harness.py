@@ -418,6 +418,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "callbridge",
             "callbridge-aiohttp-streams",
             "callbridge-aiohttp",
+            "callbridge-redis",
             "aiohttp",
             "picows",
         ),

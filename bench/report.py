@@ -9,7 +9,7 @@ from typing import Any
 
 P99_TARGET_MS = 20.0
 # The real server: streams on picows (default) or aiohttp; agent socket on picows or aiohttp.
-OURS = ("callbridge", "callbridge-aiohttp-streams", "callbridge-aiohttp")
+OURS = ("callbridge", "callbridge-aiohttp-streams", "callbridge-aiohttp", "callbridge-redis")
 REVISION_PREFIX = "callbridge@"  # callbridge as of a git revision (`--against`)
 HARNESS_CPU_LIMIT = 80.0  # percent of core 1 used by the harness process
 CORE_NOISE_LIMIT = 10.0  # percent of a core used by processes other than ours
@@ -221,7 +221,11 @@ def summarize(runs: list[dict[str, Any]], targets: list[str]) -> dict[str, Any]:
     for ours_name in OURS:
         if ours_name in by_target:
             key = "ratios_" + ours_name.replace("-", "_") + "_to"
-            bases = ("aiohttp", "picows", *(revisions if ours_name == "callbridge" else ()))
+            bases: tuple[str, ...] = ("aiohttp", "picows")
+            if ours_name == "callbridge":
+                bases += revisions
+            if ours_name == "callbridge-redis":
+                bases += ("callbridge",)  # what sharing the live state costs a frame
             summary[key] = _ratios(ours_name, by_target, capacity, bases)
             for base, pairs in _ratios_by_round(ours_name, rounds, bases).items():
                 summary[key][base].update(pairs)
@@ -340,6 +344,14 @@ def footer(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
                 rounds = " ".join(f"x{x:.2f}" for x in each)
                 median = r["cpu_per_frame_ratio_round_median"][n]
                 lines.append(f"  within each round at {n} calls: {rounds}; median x{median:.2f}")
+    for r in runs:
+        if r.get("redis_operations_per_call") is not None:
+            lines.append(
+                f"{r['target']} at {r['calls']} calls: Redis round trips per call "
+                f"{r['redis_operations_per_call']} (set-up and end), per relayed frame "
+                f"{r['redis_operations_per_frame']} (heartbeats only); by kind "
+                f"{r['redis_operations_by_kind']}"
+            )
     lines += instruction_table(runs)
     warnings = []
     for r in runs:

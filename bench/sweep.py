@@ -36,7 +36,10 @@ REPO = Path(__file__).resolve().parent.parent
 TARGETS = ("callbridge", "aiohttp", "picows")
 # Not in the default sweep (--servers): callbridge with Media Streams on aiohttp (the default
 # before one port served them from picows), and with aiohttp both ways.
-EXTRA_TARGETS = ("callbridge-aiohttp-streams", "callbridge-aiohttp")
+# And callbridge sharing its live state through Redis (`--redis`).
+EXTRA_TARGETS = ("callbridge-aiohttp-streams", "callbridge-aiohttp", "callbridge-redis")
+# Redis round trips a call makes (the others are the instance's heartbeat, by the clock).
+PER_CALL_REDIS_OPERATIONS = ("replay", "sid", "holder", "announce", "admit", "end")
 DEFAULT_CALLS = (50, 100, 200, 300, 400, 600)
 AUTH_TOKEN = "bench-auth-token-0123456789abcdef"
 PUBLIC_URL = "https://bench.callbridge.invalid"  # never resolved: only signed over
@@ -99,6 +102,7 @@ def _server_env(
     workdir: Path,
     database_url: str | None = None,
     source: Path | None = None,
+    redis_url: str | None = None,
 ) -> dict[str, str]:
     """`source`: a checkout whose `src/callbridge` the server runs instead of this one's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLBRIDGE_", "TWILIO_"))}
@@ -124,6 +128,9 @@ def _server_env(
         env["CALLBRIDGE_MEDIA_STREAM_TRANSPORT"] = "aiohttp"
     if target == "callbridge-aiohttp":  # aiohttp both ways
         env["CALLBRIDGE_AGENT_TRANSPORT"] = "aiohttp"
+    if target == "callbridge-redis":
+        env["REDIS_URL"] = redis_url or "redis://127.0.0.1:6379/0"
+        env["CALLBRIDGE_REDIS_PREFIX"] = f"bench-{workdir.name}"  # a run's keys are its own
     return env
 
 
@@ -147,6 +154,7 @@ def _log_summary(path: Path) -> dict[str, Any]:
     dropped: Counter[str] = Counter()
     ended: Counter[str] = Counter()
     counters: Counter[str] = Counter()
+    redis: Counter[str] = Counter()
     other: list[str] = []
     with contextlib.suppress(OSError), path.open(encoding="utf-8", errors="replace") as f:
         for line in f:
@@ -168,6 +176,9 @@ def _log_summary(path: Path) -> dict[str, Any]:
                 ended[str(entry.get("reason"))] += 1
                 for reason, count in (entry.get("dropped") or {}).items():
                     dropped[reason] += int(count)
+            if event == "shared_state.stopped":
+                for kind, count in (entry.get("operations") or {}).items():
+                    redis[str(kind)] += int(count)
             if event in ("call.ended", "call.fast_path"):
                 for key in _BRIDGE_COUNTERS:
                     value = entry.get(key)
@@ -179,9 +190,27 @@ def _log_summary(path: Path) -> dict[str, Any]:
         "calls_ended_by_reason": dict(ended),
         "bridge_dropped_frames": dict(dropped),
         "bridge_counters": dict(counters),
+        **({"redis_operations": dict(redis)} if redis else {}),
         "non_json_lines": len(other),
         "non_json_samples": other[:3],
     }
+
+
+def _redis_figures(result: dict[str, Any]) -> None:
+    """With Redis on: its round trips per call (at set-up and end) and per relayed frame."""
+    operations = result["server_log"].get("redis_operations")
+    if not operations:
+        return
+    calls = sum(result["server_log"].get("calls_ended_by_reason", {}).values())
+    per_call = sum(operations.get(kind, 0) for kind in PER_CALL_REDIS_OPERATIONS)
+    frames = sum(
+        result["server_log"]["bridge_counters"].get(k, 0)
+        for k in ("frames_from_twilio", "frames_to_twilio")
+    )
+    result["redis_operations_per_call"] = round(per_call / calls, 2) if calls else None
+    result["redis_operations_by_kind"] = operations
+    total = sum(operations.values())
+    result["redis_operations_per_frame"] = round(total / frames, 6) if frames else None
 
 
 def run_one(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -198,6 +227,7 @@ def run_one(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]
             workdir,
             args.database_url,
             args.revision_trees.get(target),
+            args.redis_url,
         )
         if target.startswith("callbridge"):
             env.update(args.server_env)
@@ -288,6 +318,7 @@ def run_one(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]
         if dump_prefix is not None and "error" not in result:
             _read_instructions(result, Path(f"{dump_prefix}.{server.pid}.1"))
         result["server_log"] = _log_summary(server_log)
+        _redis_figures(result)
         if "error" in result:
             tail = server_log.read_text(encoding="utf-8", errors="replace").splitlines()[-5:]
             result["server_log_tail"] = tail
@@ -533,6 +564,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "with the others, and print callbridge's ratio to it: what a change did",
     )
     p.add_argument(
+        "--redis",
+        action="store_true",
+        help="also run callbridge with its live state in Redis (REDIS_URL), in the same "
+        "rounds: CPU per frame against Redis off, and Redis round trips per call",
+    )
+    p.add_argument(
+        "--redis-url",
+        default="redis://127.0.0.1:6379/0",
+        help="the Redis of --redis (default redis://127.0.0.1:6379/0)",
+    )
+    p.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -546,6 +588,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if bad:
         p.error(f"--server-env takes NAME=VALUE, got {bad[0]!r}")
     args.server_env = dict(item.split("=", 1) for item in args.server_env)
+    if args.redis and "callbridge-redis" not in args.servers:
+        at = args.servers.index("callbridge") + 1 if "callbridge" in args.servers else 0
+        args.servers.insert(at, "callbridge-redis")
     unknown = set(args.servers) - set(TARGETS) - set(EXTRA_TARGETS)
     if unknown:
         p.error(f"unknown servers: {', '.join(sorted(unknown))}")
@@ -625,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
             "profiled": args.profile is not None,
             "callgrind": args.callgrind is not None,
             "server_env": args.server_env,
+            "redis_url": args.redis_url if "callbridge-redis" in args.servers else None,
             "rounds": args.rounds,
             "against": args.against,
             "server_core": SERVER_CORE,

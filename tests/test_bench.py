@@ -415,3 +415,26 @@ def test_ports_are_distinct_and_a_taken_port_is_recognised() -> None:
     assert _port_taken(clash)
     assert not _port_taken({"server_log": {"non_json_samples": []}})
     assert not _port_taken({"error": "the harness crashed"})
+
+
+def test_redis_mode_runs_callbridge_with_redis_beside_it_and_counts_round_trips(
+    tmp_path: Path,
+) -> None:
+    from bench.sweep import _redis_figures, _server_env, parse_args
+
+    args = parse_args(["--redis", "--servers", "callbridge,picows"])
+    assert args.servers == ["callbridge", "callbridge-redis", "picows"]
+    env = _server_env("callbridge-redis", 1, "ws://x", 10, tmp_path, redis_url="redis://r:1/2")
+    assert env["REDIS_URL"] == "redis://r:1/2"
+    assert env["CALLBRIDGE_REDIS_PREFIX"].startswith("bench-")
+    assert "REDIS_URL" not in _server_env("callbridge", 1, "ws://x", 10, tmp_path)
+    result: dict[str, Any] = {
+        "server_log": {
+            "calls_ended_by_reason": {"caller-hangup": 10},
+            "bridge_counters": {"frames_from_twilio": 900, "frames_to_twilio": 1100},
+            "redis_operations": {"announce": 10, "admit": 10, "end": 10, "heartbeat": 4},
+        }
+    }
+    _redis_figures(result)
+    assert result["redis_operations_per_call"] == 3.0
+    assert result["redis_operations_per_frame"] == 34 / 2000

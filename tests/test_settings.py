@@ -119,3 +119,13 @@ def test_transfer_to_is_a_number_or_a_sip_address(value: str) -> None:
 def test_transfer_to_anything_else_is_refused(value: str) -> None:
     with pytest.raises(ConfigError, match=r"^CALLBRIDGE_TRANSFER_TO: must be an E\.164 number"):
         load_settings(_env_file=None, callbridge_transfer_to=value)
+
+
+@pytest.mark.parametrize("url", ["redis://h:6379/0", "rediss://:pw@h/1", "unix:///run/r.sock"])
+def test_redis_url_takes_the_redis_schemes(url: str) -> None:
+    assert load_settings(_env_file=None, redis_url=url).redis_url == url
+
+
+def test_redis_url_of_another_kind_is_refused() -> None:
+    with pytest.raises(ConfigError, match="REDIS_URL: must be a redis://"):
+        load_settings(_env_file=None, redis_url="http://h:6379")

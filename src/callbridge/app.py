@@ -14,6 +14,7 @@ from callbridge.config import Settings
 from callbridge.records.store import CallStore
 from callbridge.server import (
     calls_api,
+    control_api,
     records_api,
     streams,
     verb_webhooks,
@@ -21,11 +22,14 @@ from callbridge.server import (
     webhooks,
 )
 from callbridge.server.connections import FIRST_REQUESTS, FirstRequests, note_first_request
+from callbridge.server.control import command_handler
 from callbridge.server.lifecycle import end_calls_now
+from callbridge.server.lost_instances import close_lost_calls
 from callbridge.server.metrics import METRICS, CallMetrics, metrics_endpoint
 from callbridge.server.picows_streams import PICOWS_STREAMS, PicowsStreams
 from callbridge.server.placed_calls import PLACED_CALLS, PlacedCalls
 from callbridge.server.records_api import RECORDS_STORE
+from callbridge.server.shared_state import SharedState, SharedStateCollector
 from callbridge.server.state import APP_STATE, AppState
 from callbridge.twilio.signatures import TwilioAuthenticator
 
@@ -53,6 +57,8 @@ def build_app(settings: Settings, bot: Bot) -> web.Application:
         auth=TwilioAuthenticator(settings),
         records=CallStore.from_settings(settings),
     )
+    if settings.redis_url is not None:
+        state.shared = _redis_state(settings, state)
     # The main port closes a connection whose first request is not in by the deadline;
     # the middleware tells it which have arrived (and a stream which connection it is on).
     app = web.Application(middlewares=[note_first_request])
@@ -73,6 +79,7 @@ def build_app(settings: Settings, bot: Bot) -> web.Application:
     app[PLACED_CALLS] = PlacedCalls(settings.auth_token)
     verb_webhooks.add_routes(app)
     verbs_api.add_routes(app)
+    control_api.add_routes(app)
     app[RECORDS_STORE] = state.records
     metrics = CallMetrics(
         lambda: _live_by_direction(state),
@@ -80,6 +87,7 @@ def build_app(settings: Settings, bot: Bot) -> web.Application:
         tool_names=(t.name for t in bot.tools),
     )
     state.observe = metrics.observe
+    metrics.registry.register(SharedStateCollector(state.shared))
     app[METRICS] = metrics
     app.router.add_get("/metrics", metrics_endpoint)
     if settings.callbridge_media_stream_transport == "picows":
@@ -89,6 +97,7 @@ def build_app(settings: Settings, bot: Bot) -> web.Application:
     # waits for their calls), then the records (the calls' last entries), then the client.
     app.cleanup_ctx.append(_http_client)
     app.cleanup_ctx.append(_records)
+    app.cleanup_ctx.append(_shared_state)
     app.cleanup_ctx.append(_picows_streams)
     app.on_shutdown.append(_end_live_calls)
     return app
@@ -101,6 +110,35 @@ async def _picows_streams(app: web.Application) -> AsyncIterator[None]:
     yield
     if picows_streams is not None:
         await picows_streams.stop()
+
+
+def _redis_state(settings: Settings, state: AppState) -> SharedState:
+    try:
+        from callbridge.server.redis_state import RedisState
+    except ImportError:
+        raise ValueError(
+            "REDIS_URL: needs the redis client: pip install 'callbridge[redis]'"
+        ) from None
+    assert settings.redis_url is not None
+    return RedisState(
+        state.registry,
+        state.records.instance_id,
+        url=settings.redis_url,
+        prefix=settings.callbridge_redis_prefix,
+        instance_timeout=settings.callbridge_instance_timeout_seconds,
+        when_down=settings.callbridge_redis_down,
+        max_call_seconds=settings.max_call_seconds,
+    )
+
+
+async def _shared_state(app: web.Application) -> AsyncIterator[None]:
+    # After the records (a lost instance's calls are closed there), before the streams.
+    state = app[APP_STATE]
+    await state.shared.start(
+        command_handler(state.registry, state.log), close_lost_calls(state.records, state.log)
+    )
+    yield
+    await state.shared.close()
 
 
 async def _records(app: web.Application) -> AsyncIterator[None]:

@@ -97,6 +97,17 @@ class Settings(BaseSettings):
     callbridge_spool_path: str = "callbridge-spool.jsonl"
     callbridge_instance_id: str | None = None
 
+    # Scale-out (docs/scaling.md): instances answering one line share live state in Redis.
+    redis_url: str | None = None
+    max_calls_global: int | None = Field(default=None, ge=1, le=10_000_000)
+    callbridge_redis_prefix: str = Field(default="callbridge", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    # An instance silent this long is lost: the others close its calls in the records.
+    callbridge_instance_timeout_seconds: float = Field(default=15.0, ge=0.3, le=600)
+    # With Redis unreachable: admit new calls on each instance's own limits, or refuse them.
+    callbridge_redis_down: Literal["local", "refuse"] = "local"
+    # Bind the port with SO_REUSEPORT, beside other processes (`serve --workers` sets it).
+    callbridge_reuse_port: bool = False
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
@@ -108,6 +119,13 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in ("wss", "ws") or not parts.hostname:
             raise ValueError("must be a wss:// URL (ws:// only for local fakes)")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis:// (or rediss://, unix://) URL")
         return value
 
     @field_validator("public_url", "twilio_api_base_url")

@@ -92,7 +92,7 @@ def test_pending_calls_are_recent_unredeemed_and_not_live() -> None:
 
 def test_abandoned_calls_are_forgotten_when_the_next_is_announced() -> None:
     registry = CallRegistry()
-    pending_ttl = call_registry._PENDING_TTL_SECONDS
+    pending_ttl = call_registry.PENDING_TTL_SECONDS
     registry.live["live"] = cast(Any, object())  # its stream came: it stays, however old
     announced(registry, "live", age=pending_ttl + 1)
     announced(registry, "abandoned", age=pending_ttl + 1, call_sid="CA1")

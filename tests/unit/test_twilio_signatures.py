@@ -202,7 +202,7 @@ def test_a_repeat_is_refused_within_the_window_and_accepted_after_it(
     auth = authenticator(public_url="https://bridge.example.test")
     url, signature = stream_signature(1)
     auth.check_stream_signature(url, signature)
-    clock.now += signatures._REPLAY_WINDOW_SECONDS - 1
+    clock.now += signatures.REPLAY_WINDOW_SECONDS - 1
     with pytest.raises(SignatureError, match="replayed request"):
         auth.check_stream_signature(url, signature)
     # The refused repeat did not restart the window: it ends a window after the first.

@@ -43,6 +43,15 @@ _register_record_commands()
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to listen on (HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (PORT).")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=256,
+            help="Server processes sharing the port, restarted if they die (more than one "
+            "needs REDIS_URL).",
+        ),
+    ] = 1,
 ) -> None:
     """Run the bridge server."""
     from callbridge import logs
@@ -75,6 +84,14 @@ def serve(
         bot = load_bot(settings.callbridge_bot)
     except BotLoadError as exc:
         refuse(f"CALLBRIDGE_BOT: {exc}")
+    if workers > 1:
+        if settings.redis_url is None:
+            refuse(
+                f"--workers {workers}: several workers share live calls through Redis; "
+                "set REDIS_URL (or run one worker)"
+            )
+        _supervise(settings, workers, host, port)
+        return
 
     logs.configure(settings.log_level, settings.log_format)
     log = logs.EventLogger("server")
@@ -115,6 +132,15 @@ def serve(
         fail(f"configuration error: {exc}", EXIT_CONFIG)
     except OSError as exc:
         fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+
+
+def _supervise(settings: Settings, workers: int, host: str | None, port: int | None) -> None:
+    from callbridge import logs
+    from callbridge.cli.workers import Supervisor, worker_command
+
+    logs.configure(settings.log_level, settings.log_format)
+    supervisor = Supervisor(settings, workers, worker_command(host, port))
+    raise typer.Exit(asyncio.run(supervisor.run()))
 
 
 @app.command()

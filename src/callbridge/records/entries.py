@@ -12,7 +12,8 @@ from typing import Any, Literal
 import msgspec
 
 Role = Literal["caller", "agent"]
-EndedBy = Literal["caller", "agent", "bridge", "server", "restart"]
+# "instance_lost": the instance holding the call stopped answering; another closed its record.
+EndedBy = Literal["caller", "agent", "bridge", "server", "restart", "instance_lost"]
 
 
 class CallOpened(msgspec.Struct, frozen=True):

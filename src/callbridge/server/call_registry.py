@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from callbridge.server.call_runner import CallRunner
 
 # Twilio opens the stream within seconds of our TwiML; anything older is abandoned.
-_PENDING_TTL_SECONDS = 300.0
+PENDING_TTL_SECONDS = 300.0
 
 
 @dataclass
@@ -82,6 +82,11 @@ class CallRegistry:
         info.stream_token = None
         return None
 
+    def know(self, call_id: str, direction: str, call_sid: str | None) -> None:
+        """A call admitted here whose webhook another instance may have answered."""
+        if call_id not in self._known:
+            self.announce(CallInfo(call_id=call_id, direction=direction, call_sid=call_sid))
+
     def reissue_token(self, call_id: str) -> str | None:
         """A new single-use stream token for a known call (its next stream presents it);
         None for a call this instance does not know."""
@@ -99,7 +104,7 @@ class CallRegistry:
         self.live.pop(call_id, None)
 
     def _prune(self) -> None:
-        horizon = time.monotonic() - _PENDING_TTL_SECONDS
+        horizon = time.monotonic() - PENDING_TTL_SECONDS
         for call_id, info in list(self._known.items()):
             if info.created < horizon and call_id not in self.live:
                 self.forget(call_id)

@@ -61,6 +61,8 @@ from callbridge.twilio.socket import TwilioSocket
 # If the bridge has not finished this long after the Twilio socket closed, something is
 # wrong: close whatever is left rather than keep a socket (and a bill) open.
 _FINISH_GRACE_SECONDS = 10.0
+# Frames held while a stream's admission is awaited (a round trip to the shared state).
+_MAX_HELD_FRAMES = 200
 _admit_media = pacing.admit_media
 _MEDIA = twilio.Media
 _REPLY_AUDIO = agent.ReplyAudio
@@ -92,7 +94,7 @@ class CallRunner:
         bridge: CallBridge,
         dial_agent: AgentDialer,
         log: EventLogger,
-        admit: Callable[[twilio.Start], str | None] | None = None,
+        admit: Callable[[twilio.Start], str | Awaitable[str | None] | None] | None = None,
         max_messages_per_second: int = 200,
         record: Callable[[RecordEntry], None] | None = None,
         fast_path: bool = True,
@@ -108,6 +110,7 @@ class CallRunner:
         self._admit = admit
         self._record = record
         self._admitted = admit is None
+        self._held: list[bytes] | None = None  # frames after `start`, while admitting it
         self._messages = pacing.MessageBudget(max_messages_per_second)
         # Caller audio at real-time pace (`bridge.pacing`): its due time is kept here, or
         # on the Twilio socket when its fast path relays audio (so both keep one pace).
@@ -284,6 +287,8 @@ class CallRunner:
 
     def _on_twilio_text(self, data: bytes | str | memoryview) -> bool:
         """One text frame from Twilio; False ends the stream."""
+        if self._held is not None:
+            return self._hold(data)
         now = self._now()
         try:
             message: object = _decode_twilio(data)
@@ -308,11 +313,37 @@ class CallRunner:
         if not self._within_message_limit(now):
             return False
         if not self._admitted and type(message) is twilio.Start:
-            if self._admit is not None and self._admit(message) is not None:
+            verdict = self._admit(message) if self._admit is not None else None
+            if verdict is not None and not isinstance(verdict, str):
+                self._held = []  # the answer comes from elsewhere: wait for it
+                self._spawn(self._await_admission(message, verdict))
+                return True
+            if verdict is not None:
                 return False  # `admit` logged why
             self._admitted = True
         self._feed(message)
         return True
+
+    def _hold(self, data: bytes | str | memoryview) -> bool:
+        held = self._held
+        assert held is not None
+        if len(held) >= _MAX_HELD_FRAMES:
+            return False
+        held.append(data.encode() if isinstance(data, str) else bytes(data))
+        return True
+
+    async def _await_admission(self, start: twilio.Start, verdict: Awaitable[str | None]) -> None:
+        refusal = await verdict  # `admit` logs a refusal
+        held, self._held = self._held or [], None
+        if refusal is not None:
+            await self._close_twilio(CloseCode.POLICY_VIOLATION)
+            return
+        self._admitted = True
+        self._feed(start)
+        for data in held:
+            if not self._on_twilio_text(data):
+                await self._close_twilio(CloseCode.POLICY_VIOLATION)
+                return
 
     def _invalid_text(self, reason: str) -> bool:
         """A text frame that is not UTF-8: RFC 6455 fails the connection, with close code

@@ -56,6 +56,11 @@ async def serve(app: web.Application, settings: Settings, log: EventLogger) -> N
         _freeze_startup_heap()
         stopping = _Signals()
         await stopping.first.wait()
+        if state.shared.distributed:
+            # Other instances take new calls, and the streams of calls announced here: a
+            # load balancer in front sees the port refuse and goes to one of them.
+            await site.stop()
+            log.info("server.stopped_listening", why="draining; other instances take new calls")
         await drain(app[APP_STATE], settings.drain_seconds, stopping.second, log)
     finally:
         await runner.cleanup()

@@ -96,6 +96,7 @@ class SharedPortSite(web.BaseSite):
         clients: ClientConnections,
         first_requests: FirstRequests | None,
         backlog: int = 1024,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._host = host
@@ -104,6 +105,7 @@ class SharedPortSite(web.BaseSite):
         self._request_timeout = request_timeout
         self._clients = clients
         self._first_requests = first_requests
+        self._reuse_port = reuse_port
         self._supervisor: asyncio.Task[None] | None = None
         self._log = EventLogger("server")
 
@@ -121,7 +123,9 @@ class SharedPortSite(web.BaseSite):
 
     async def start(self) -> None:
         await super().start()
-        self._server = _Listening(await _bind(self._host, self._port, self._backlog))
+        self._server = _Listening(
+            await _bind(self._host, self._port, self._backlog, self._reuse_port)
+        )
         self._supervisor = asyncio.create_task(self._serve(self._server.sockets))
 
     async def stop(self) -> None:
@@ -240,7 +244,7 @@ async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> Non
         loop.remove_reader(fd)
 
 
-async def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:
+async def _bind(host: str, port: int, backlog: int, reuse_port: bool) -> list[socket.socket]:
     """Listening sockets for every address `host` resolves to, as loop.create_server binds."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(
@@ -254,6 +258,8 @@ async def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:  # other processes serve this port too: the kernel spreads them
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
@@ -281,4 +287,5 @@ def main_port_site(runner: web.AppRunner, host: str, port: int) -> SharedPortSit
         request_timeout=settings.callbridge_request_timeout_seconds,
         clients=ClientConnections(connections_per_client(settings)),
         first_requests=app.get(FIRST_REQUESTS),  # None: no middleware to end the watch
+        reuse_port=settings.callbridge_reuse_port,
     )

@@ -15,6 +15,7 @@ from callbridge.records.entries import RecordEntry
 from callbridge.records.store import CallStore
 from callbridge.server.call_registry import CallRegistry
 from callbridge.server.log_throttle import LogThrottle
+from callbridge.server.shared_state import LocalState, SharedState
 from callbridge.twilio.signatures import TwilioAuthenticator
 
 
@@ -37,6 +38,11 @@ class AppState:
     warned_stream_on_aiohttp: bool = False
     # Counts what the records say before they are stored (`server/metrics.py`).
     observe: Callable[[RecordEntry], None] | None = None
+    # What the instances answering one line share (`build_app` sets it from REDIS_URL).
+    shared: SharedState = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.shared = LocalState(self.registry, self.records.instance_id)
 
     def record(self, entry: RecordEntry) -> None:
         """Every record entry goes through here: counted for the metrics, then queued for
@@ -58,6 +64,8 @@ class AppState:
             reasons.append("ASSEMBLYAI_API_KEY is not set")
         if self.shutting_down:
             reasons.append("shutting down")
+        if not self.shared.up and self.settings.callbridge_redis_down == "refuse":
+            reasons.append("Redis is not answering (CALLBRIDGE_REDIS_DOWN=refuse)")
         return reasons
 
 

@@ -10,7 +10,7 @@ stream) and run the call the same way (`start_call`, `run_call`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -86,14 +86,41 @@ def start_call(
     _refuse_a_second_stream(state, call_id, log, client, reattach=False)
     settings = state.settings
 
-    def admit(start: Start) -> str | None:
-        token = start.start.custom_parameters.get("token")
-        refusal = state.registry.redeem_token(
-            call_id, token if isinstance(token, str) else None, start.start.call_sid or None
-        )
+    def logged(refusal: str | None) -> str | None:
         if refusal is not None:
             refused(state.refusals, log, "stream.refused", client=client, reason=refusal)
         return refusal
+
+    def presented(start: Start) -> tuple[str | None, str | None]:
+        token = start.start.custom_parameters.get("token")
+        return (token if isinstance(token, str) else None), start.start.call_sid or None
+
+    admit: Callable[[Start], str | Awaitable[str | None] | None]
+    if state.shared.distributed:
+        admitted_here = False
+
+        async def admit_shared(start: Start) -> str | None:
+            nonlocal admitted_here
+            token, call_sid = presented(start)
+            if admitted_here:
+                # A later stream of a call held here (after a transfer or keypad tones)
+                # presents the token this instance reissued: it is checked here.
+                return logged(state.registry.redeem_token(call_id, token, call_sid))
+            refusal = logged(await state.shared.admit_stream(call_id, token, call_sid))
+            if refusal is None:
+                admitted_here = True
+                # The webhook may have been answered by another instance: know the call
+                # here too, so that its next stream's token can be issued here.
+                state.registry.know(call_id, direction, call_sid)
+            return refusal
+
+        admit = admit_shared
+    else:  # answered in this process, before the next frame is read
+
+        def admit_here(start: Start) -> str | None:
+            return logged(state.registry.redeem_token(call_id, *presented(start)))
+
+        admit = admit_here
 
     bridge = CallBridge(
         session_config=state.bot.session_config(direction, settings.agent_voice),
@@ -144,6 +171,7 @@ async def run_call(state: AppState, call_id: str, runner: CallRunner) -> None:
     finally:
         if state.registry.live.get(call_id) is runner:
             state.registry.forget(call_id)
+        await state.shared.call_ended(call_id)  # frees nothing unless it was live here
 
 
 async def inbound_stream(request: web.Request) -> web.StreamResponse:

@@ -40,7 +40,10 @@ async def _signed_form(request: web.Request) -> MultiDictProxy[Any]:
         # here: one fixed reason, none of the request's own text, no traceback.
         raise _bad_request(request, _unreadable(exc)) from None
     try:
-        state.auth.check_webhook(request, form)
+        digest = state.auth.check_webhook(request, form)
+        if digest is not None and not await state.shared.first_use(digest):
+            # Accepted by another instance already (this one's memory caught it otherwise).
+            raise SignatureError("replayed request", state.auth.public_url(request))
     except SignatureError as exc:
         refused(
             state.refusals,
@@ -104,7 +107,7 @@ async def _connect_twiml(request: web.Request, *, direction: str, stream_path: s
     placed = (
         placed_call(request, to=to_number, call_sid=call_sid) if direction == "outbound" else None
     )
-    return _answer_call(
+    return await _answer_call(
         request,
         direction,
         stream_path,
@@ -117,7 +120,7 @@ async def _connect_twiml(request: web.Request, *, direction: str, stream_path: s
     )
 
 
-def _answer_call(
+async def _answer_call(
     request: web.Request,
     direction: str,
     stream_path: str,
@@ -134,8 +137,8 @@ def _answer_call(
     if state.shutting_down:
         log.info("call.refused_busy", why="shutting down")
         return _say_and_hang_up(BUSY_TEXT)
-    live_id = state.registry.call_id_for_sid(call_sid) if call_sid else None
-    if live_id is not None and live_id in state.registry.live:
+    live_id = await state.shared.call_id_for_sid(call_sid) if call_sid else None
+    if live_id is not None and await state.shared.holder(live_id) is not None:
         # Twilio is asking again for a call whose stream is live. Any TwiML we answered would
         # be run on that call, and a new token and id would take its CallSid from it: answer
         # nothing to run, and leave the live call as it is.
@@ -162,7 +165,10 @@ def _answer_call(
         parameters=parameters,
         bot_name=bot_name,
     )
-    state.registry.announce(info)
+    refusal = await state.shared.announce(info, state.settings.max_calls_global)
+    if refusal is not None:
+        log.warning("call.refused_busy", why=refusal, limit=state.settings.max_calls_global)
+        return _say_and_hang_up(BUSY_TEXT)
     stream_url = f"{_public_ws_base(request, state)}/{stream_path}/{info.call_id}"
     response = VoiceResponse()
     connect = Connect()
@@ -200,7 +206,7 @@ async def call_status(request: web.Request) -> web.Response:
         sip_response = _field(form, "SipResponseCode")  # logged only
     except _InvalidField as exc:
         raise _bad_request(request, f"invalid {exc.name}") from None
-    call_id = state.registry.call_id_for_sid(call_sid) if call_sid else None
+    call_id = await state.shared.call_id_for_sid(call_sid) if call_sid else None
     if call_sid and status:
         state.record(
             CallStatusChanged(
@@ -242,6 +248,9 @@ async def readyz(request: web.Request) -> web.Response:
         "live_calls": len(state.registry.live),
         "max_calls": state.settings.max_calls,
         "signatures_checked": state.auth.enabled,
+        "instance_id": state.shared.instance_id,
+        "shared_state": "redis" if state.shared.distributed else "local",
+        "shared_state_up": state.shared.up,
     }
     return web.json_response(body, status=503 if reasons else 200)
 

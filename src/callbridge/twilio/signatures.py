@@ -24,7 +24,7 @@ from twilio.request_validator import RequestValidator
 
 from callbridge.config import Settings
 
-_REPLAY_WINDOW_SECONDS = 15 * 60
+REPLAY_WINDOW_SECONDS = 15 * 60
 _REPLAY_MEMORY = 200_000  # entries; bounded so a flood of valid requests can't grow it forever
 TOKEN_TTL_SECONDS = 120.0  # Twilio opens the stream within seconds of fetching the TwiML
 
@@ -78,10 +78,12 @@ class TwilioAuthenticator:
             return urlunsplit((proto, host, path, query, ""))
         return as_received
 
-    def check_webhook(self, request: web.Request, form: MultiDictProxy[Any]) -> None:
-        """Raise SignatureError unless this form POST is Twilio's, and new."""
+    def check_webhook(self, request: web.Request, form: MultiDictProxy[Any]) -> bytes | None:
+        """Raise SignatureError unless this form POST is Twilio's, and new to this process.
+        Returns the request's digest, for a replay guard across instances (None: not
+        checked)."""
         if not self.enabled:
-            return
+            return None
         signature = request.headers.get("X-Twilio-Signature")
         if not signature:
             raise SignatureError("missing X-Twilio-Signature")
@@ -89,7 +91,7 @@ class TwilioAuthenticator:
         params = {k: v for k, v in form.items() if isinstance(v, str)}
         if not self._validator.validate(url, _MultiParams(form), signature):
             raise SignatureError("signature does not match", url)
-        self._refuse_replay(signature, url, params)
+        return self._refuse_replay(signature, url, params)
 
     def check_stream_upgrade(self, request: web.Request) -> None:
         """The upgrade is signed over the wss:// stream URL with no parameters."""
@@ -120,19 +122,20 @@ class TwilioAuthenticator:
             raise SignatureError("stream signature does not match", url)
         self._refuse_replay(signature, url, {})
 
-    def _refuse_replay(self, signature: str, url: str, params: dict[str, str]) -> None:
+    def _refuse_replay(self, signature: str, url: str, params: dict[str, str]) -> bytes:
         digest = hashlib.sha256(
             "\n".join([signature, url, *sorted(f"{k}={v}" for k, v in params.items())]).encode()
         ).digest()
         now = time.monotonic()
         while self._seen:
             oldest, at = next(iter(self._seen.items()))
-            if at > now - _REPLAY_WINDOW_SECONDS and len(self._seen) < _REPLAY_MEMORY:
+            if at > now - REPLAY_WINDOW_SECONDS and len(self._seen) < _REPLAY_MEMORY:
                 break
             del self._seen[oldest]
         if digest in self._seen:
             raise SignatureError("replayed request", url)
         self._seen[digest] = now
+        return digest
 
 
 class _MultiParams:

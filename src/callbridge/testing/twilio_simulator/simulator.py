@@ -35,7 +35,8 @@ def _signing_url(url: str) -> str:
 
 
 class TwilioSimulator:
-    """Twilio's side of phone calls, against a server reachable at `server_url`."""
+    """Twilio's side of phone calls, against a server reachable at `server_url` (its
+    streams at `stream_server_url`, when given)."""
 
     def __init__(
         self,
@@ -48,6 +49,7 @@ class TwilioSimulator:
         frame_interval: float = 0.02,
         record_received: bool = True,
         record_timeline: bool = False,
+        stream_server_url: str | None = None,
     ) -> None:
         if playback_rate <= 0 or frame_interval <= 0:
             raise ValueError("playback_rate and frame_interval must be positive")
@@ -65,7 +67,9 @@ class TwilioSimulator:
         self.record_timeline = record_timeline
         self.calls: list[SimulatedCall] = []
         self.validator = RequestValidator(auth_token)
-        scheme, _, rest = self.server_url.partition("://")
+        # Where streams really go, if not to server_url: another instance of the server,
+        # as a load balancer in front of several may send a call's stream.
+        scheme, _, rest = (stream_server_url or self.server_url).rstrip("/").partition("://")
         self._ws_base = ("wss" if scheme == "https" else "ws") + "://" + rest
         self._session: aiohttp.ClientSession | None = None
         self._background: set[asyncio.Task[None]] = set()

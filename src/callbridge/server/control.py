@@ -1,0 +1,51 @@
+"""Commands for a live call, performed on the instance that holds it.
+
+A command (`shared_state.Command`: a name, the call, JSON arguments) may be sent from any
+instance; the shared state carries it to the holder, which looks the name up in `HANDLERS`
+and performs it on the call's runner. A new command is one entry in the table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from callbridge.bridge.inputs import ServerShutdown
+from callbridge.logs import EventLogger
+from callbridge.server.call_registry import CallRegistry
+from callbridge.server.call_runner import CallRunner
+from callbridge.server.shared_state import Command, CommandHandler
+
+# Performs a command on a live call: None if done, else why not (fixed text).
+Handler = Callable[[CallRunner, dict[str, Any]], str | None]
+
+
+def hang_up(runner: CallRunner, args: dict[str, Any]) -> str | None:
+    """End the call now: the agent session ends and the stream closes."""
+    runner.end(ServerShutdown(polite=False))
+    return None
+
+
+HANDLERS: dict[str, Handler] = {"hangup": hang_up}
+
+
+def command_handler(registry: CallRegistry, log: EventLogger) -> CommandHandler:
+    """Performs commands on the calls in `registry` (this instance's live calls)."""
+
+    def perform(command: Command) -> str | None:
+        handler = HANDLERS.get(command.name)
+        if handler is None:
+            return "unknown command"
+        runner = registry.live.get(command.call_id)
+        if runner is None:
+            return "call is not live here"
+        runner.log.info("control.command", command=command.name)
+        try:
+            return handler(runner, command.args)
+        except Exception as exc:  # one bad command must not take the instance down
+            with contextlib.suppress(Exception):
+                log.exception("control.command_failed", exc, call_id=command.call_id)
+            return "command failed"
+
+    return perform

@@ -1,0 +1,254 @@
+"""Two instances in this process sharing live state through a real Redis: a call's webhook
+and its stream on different instances, the guards and the cap across them, commands to the
+instance holding a call, and what happens while Redis is away."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from callbridge.server.state import APP_STATE
+from callbridge.testing.fake_agent import FakeVoiceAgent
+from callbridge.testing.twilio_simulator import TwilioSimulator
+from tests.conftest import API_TOKEN, AUTH_TOKEN, PUBLIC_URL, RunningServer, ServerFactory
+from tests.helpers.log_events import caught
+from tests.helpers.raw_twilio import (
+    CALL_SID,
+    announce,
+    connect_stream,
+    sign,
+    start_frame,
+    twilio_session,
+)
+from tests.records.conftest import TcpProxy
+from tests.scale.conftest import REDIS_HOST, REDIS_PORT, redis_keys
+
+BUSY = "all our lines are busy"
+
+
+async def _pair(
+    start_server: ServerFactory,
+    fake_agent: FakeVoiceAgent,
+    redis_url: str,
+    prefix: str,
+    **overrides: object,
+) -> tuple[RunningServer, RunningServer]:
+    servers = []
+    for name in ("a", "b"):
+        servers.append(
+            await start_server(
+                assemblyai_agent_url=fake_agent.url,
+                redis_url=redis_url,
+                callbridge_redis_prefix=prefix,
+                callbridge_instance_id=name,
+                **overrides,
+            )
+        )
+    return servers[0], servers[1]
+
+
+async def test_a_stream_on_another_instance_is_admitted_once(
+    start_server: ServerFactory, fake_agent: FakeVoiceAgent, redis_server: str, redis_prefix: str
+) -> None:
+    a, b = await _pair(start_server, fake_agent, redis_server, redis_prefix)
+    async with twilio_session() as http:
+        call = await announce(http, a)
+        first = await connect_stream(http, b, call)
+        await first.send_str(start_frame(call.token))
+        session = await fake_agent.wait_for_session()
+        await session.wait_sent("session.ready")
+        call_id = call.stream_path.rsplit("/", 1)[1]
+        assert redis_keys(redis_server, f"{redis_prefix}:live:*") == [
+            f"{redis_prefix}:live:{call_id}"
+        ]
+        # The same stream again, on the instance that answered the webhook: refused.
+        with caught() as events:
+            again = await connect_stream(http, a, call)
+            await again.send_str(start_frame(call.token))
+            closed = await again.receive()
+        assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert again.close_code == 1008
+        reasons = [f["reason"] for f in events.fields_of("stream.refused")]
+        assert reasons == ["a stream for this call is already live"]
+        assert len(fake_agent.sessions) == 1
+        await first.close()
+
+
+async def test_a_replayed_webhook_is_refused_by_the_other_instance(
+    start_server: ServerFactory, fake_agent: FakeVoiceAgent, redis_server: str, redis_prefix: str
+) -> None:
+    a, b = await _pair(start_server, fake_agent, redis_server, redis_prefix)
+    params = {"CallSid": CALL_SID, "From": "+15550001111", "To": "+15552223333"}
+    headers = {"X-Twilio-Signature": sign(f"{PUBLIC_URL}/twiml", params)}
+    async with twilio_session() as http:
+        async with http.post(f"{a.url}/twiml", data=params, headers=headers) as resp:
+            assert resp.status == 200
+        with caught() as events:
+            async with http.post(f"{b.url}/twiml", data=params, headers=headers) as resp:
+                assert resp.status == 403
+    assert [f["reason"] for f in events.fields_of("webhook.refused")] == ["replayed request"]
+
+
+async def test_the_global_cap_holds_across_instances(
+    start_server: ServerFactory, fake_agent: FakeVoiceAgent, redis_server: str, redis_prefix: str
+) -> None:
+    a, b = await _pair(
+        start_server, fake_agent, redis_server, redis_prefix, max_calls=50, max_calls_global=2
+    )
+    async with twilio_session() as http:
+        first = await announce(http, a, call_sid="CA" + "1" * 32)
+        await announce(http, b, call_sid="CA" + "2" * 32)
+        with caught() as events:
+            params = {"CallSid": "CA" + "3" * 32, "From": "+15550001111", "To": "+15552223333"}
+            headers = {"X-Twilio-Signature": sign(f"{PUBLIC_URL}/twiml", params)}
+            async with http.post(f"{a.url}/twiml", data=params, headers=headers) as resp:
+                assert BUSY in await resp.text()
+        assert events.fields_of("call.refused_busy")[0]["why"] == "global call limit reached"
+        # The first call's stream comes and goes (on the other instance): its slot is free.
+        with caught() as events:
+            ws = await connect_stream(http, b, first)
+            await ws.send_str(start_frame(first.token, call_sid="CA" + "1" * 32))
+            await fake_agent.wait_for_session()
+            await ws.close()
+            await events.wait_for("shared_state.call_released")
+        third = await announce(http, a, call_sid="CA" + "4" * 32)
+        assert "<Connect>" in third.twiml
+
+
+async def test_a_hang_up_sent_through_one_instance_ends_a_call_held_by_another(
+    start_server: ServerFactory, fake_agent: FakeVoiceAgent, redis_server: str, redis_prefix: str
+) -> None:
+    a, b = await _pair(start_server, fake_agent, redis_server, redis_prefix)
+    async with TwilioSimulator(
+        a.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL, stream_server_url=b.url
+    ) as sim:
+        call = await sim.place_inbound_call()
+        session = await fake_agent.wait_for_session()
+        await session.wait_sent("session.ready")
+        assert call.stream_url is not None
+        call_id = call.stream_url.rsplit("/", 1)[1]
+        auth = {"Authorization": f"Bearer {API_TOKEN}"}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{a.url}/api/calls/{call_id}/hangup", headers=auth) as resp:
+                assert resp.status == 202
+                assert (await resp.json())["instance_id"] == "b"
+            await call.wait_ended(timeout=10)
+            async with http.post(f"{a.url}/api/calls/{call_id}/hangup", headers=auth) as resp:
+                assert resp.status == 404
+                assert (await resp.json())["error"] == "not_live"
+        await session.wait_for("session.end")
+
+
+@pytest.mark.parametrize("when_down", ["local", "refuse"])
+async def test_with_redis_away_calls_go_on_by_the_operators_choice(
+    start_server: ServerFactory,
+    fake_agent: FakeVoiceAgent,
+    redis_server: str,
+    redis_prefix: str,
+    when_down: str,
+) -> None:
+    proxy = TcpProxy(REDIS_HOST, REDIS_PORT)
+    await proxy.start()
+    try:
+        server = await start_server(
+            assemblyai_agent_url=fake_agent.url,
+            redis_url=f"redis://127.0.0.1:{proxy.port}/0",
+            callbridge_redis_prefix=redis_prefix,
+            callbridge_redis_down=when_down,
+        )
+        async with TwilioSimulator(server.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL) as sim:
+            live = await sim.place_inbound_call()
+            session = await fake_agent.wait_for_session()
+            await session.wait_sent("session.ready")
+            with caught() as events:
+                await proxy.stop()
+                second = await sim.place_inbound_call()
+                await events.wait_for("shared_state.unavailable")
+                if when_down == "local":
+                    await second.wait_started()
+                    await fake_agent.wait_for_session(1)
+                else:
+                    assert "<Connect>" not in second.twiml
+                    async with (
+                        aiohttp.ClientSession() as http,
+                        http.get(f"{server.url}/readyz") as resp,
+                    ):
+                        assert resp.status == 503
+            assert not live.ended.is_set()  # the call in progress went on
+            metrics = await _metrics(server)
+            assert _value(metrics, "callbridge_shared_state_up") == 0
+            assert _value(metrics, "callbridge_shared_state_degraded_total") >= 1
+            with caught() as events:
+                await proxy.start()
+                third = await sim.place_inbound_call()
+                await events.wait_for("shared_state.restored")
+            await third.wait_started()
+            assert _value(await _metrics(server), "callbridge_shared_state_up") == 1
+    finally:
+        await proxy.stop()
+
+
+async def _metrics(server: RunningServer) -> str:
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {API_TOKEN}"}
+        async with http.get(f"{server.url}/metrics", headers=headers) as resp:
+            return await resp.text()
+
+
+def _value(metrics: str, name: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+async def test_the_calls_of_an_instance_whose_heartbeat_stopped_are_closed(
+    start_server: ServerFactory, fake_agent: FakeVoiceAgent, redis_server: str, redis_prefix: str
+) -> None:
+    import redis.asyncio as aioredis
+
+    # What an instance that died mid-call leaves in Redis: its calls, and no heartbeat.
+    client = aioredis.Redis.from_url(redis_server, decode_responses=True)
+    try:
+        await client.sadd(f"{redis_prefix}:instances", "ghost")
+        await client.sadd(f"{redis_prefix}:calls:ghost", "call-of-ghost")
+        await client.set(f"{redis_prefix}:live:call-of-ghost", "ghost")
+        with caught() as events:
+            server = await start_server(
+                assemblyai_agent_url=fake_agent.url,
+                redis_url=redis_server,
+                callbridge_redis_prefix=redis_prefix,
+                callbridge_instance_id="survivor",
+                callbridge_instance_timeout_seconds=0.6,
+            )
+            await events.wait_for("call.instance_lost")
+        lost = events.fields_of("call.instance_lost")
+        assert lost == [{"call_id": "call-of-ghost", "lost_instance": "ghost"}]
+        assert await client.smembers(f"{redis_prefix}:instances") == {"survivor"}
+        assert await client.get(f"{redis_prefix}:live:call-of-ghost") is None
+        await server.app[APP_STATE].records.flush()
+        auth = {"Authorization": f"Bearer {API_TOKEN}"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{server.url}/api/calls/call-of-ghost", headers=auth) as resp,
+        ):
+            record = await resp.json()
+        assert (record["ended_by"], record["end_reason"]) == ("instance_lost", "instance lost")
+    finally:
+        await client.aclose()
+
+
+async def test_two_processes_with_one_instance_id_are_pointed_out(
+    start_server: ServerFactory, fake_agent: FakeVoiceAgent, redis_server: str, redis_prefix: str
+) -> None:
+    with caught() as events:
+        for _ in range(2):
+            await start_server(
+                assemblyai_agent_url=fake_agent.url,
+                redis_url=redis_server,
+                callbridge_redis_prefix=redis_prefix,
+                callbridge_instance_id="same",
+                callbridge_instance_timeout_seconds=0.6,
+            )
+        await events.wait_for("shared_state.instance_id_in_use")
+    assert "CALLBRIDGE_INSTANCE_ID" in str(events.fields_of("shared_state.instance_id_in_use"))
