@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from importlib import resources
 
 import aiohttp
@@ -12,7 +12,7 @@ from aiohttp import web
 from callbridge.bot import Bot
 from callbridge.config import Settings
 from callbridge.records.store import CallStore
-from callbridge.server import records_api, streams, webhooks
+from callbridge.server import records_api, session_api, streams, webhooks
 from callbridge.server.connections import FIRST_REQUESTS, FirstRequests, note_first_request
 from callbridge.server.lifecycle import end_calls_now
 from callbridge.server.metrics import METRICS, CallMetrics, metrics_endpoint
@@ -34,11 +34,17 @@ def load_apology() -> tuple[tuple[bytes, ...], float]:
     return payloads, len(audio) / 8000
 
 
-def build_app(settings: Settings, bot: Bot) -> web.Application:
+def build_app(
+    settings: Settings, bot: Bot, bots: Mapping[str, Bot] | None = None
+) -> web.Application:
+    """The application; `bot` answers the numbers CALLBRIDGE_NUMBERS leaves out, `bots` are
+    the others by name (CALLBRIDGE_BOTS)."""
     payloads, seconds = load_apology()
     state = AppState(
         settings=settings,
         bot=bot,
+        bots=dict(bots or {}),
+        numbers=settings.bot_numbers,
         apology_payloads=payloads,
         apology_seconds=seconds,
         auth=TwilioAuthenticator(settings),
@@ -57,11 +63,12 @@ def build_app(settings: Settings, bot: Bot) -> web.Application:
     app.router.add_get("/healthz", webhooks.healthz)
     app.router.add_get("/readyz", webhooks.readyz)
     records_api.add_routes(app)
+    session_api.add_routes(app)
     app[RECORDS_STORE] = state.records
     metrics = CallMetrics(
         lambda: _live_by_direction(state),
         state.records.stats,
-        tool_names=(t.name for t in bot.tools),
+        tool_names=sorted({t.name for b in state.bots.values() for t in b.tools}),
     )
     state.observe = metrics.observe
     app[METRICS] = metrics

@@ -19,6 +19,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
+from callbridge.call_setup import CallConfig, CallSetup, SetupFunction
+from callbridge.session_options import SessionOptions
+from callbridge.session_plan import plan_session
 from callbridge.tools import Tool, tool
 
 Direction = Literal["inbound", "outbound"]
@@ -32,6 +35,12 @@ class Bot:
     `greeting` is spoken verbatim as soon as the session is ready (leave it None for the
     agent to wait for the caller); outbound calls use `outbound_prompt` and
     `outbound_greeting` when set, so the agent speaks first to the person it called.
+
+    `options` are the session's other options (`SessionOptions`: keyterms, turn
+    detection, volume, a stored agent's id, ...), checked here against the API's limits.
+    `setup`, a function of a `CallSetup` (sync or async), decides each call's own
+    configuration (`CallConfig`), or refuses it (`Refuse`) or sends it on (`Forward`, to
+    a number in `forward_to` only).
     """
 
     system_prompt: str
@@ -40,8 +49,22 @@ class Bot:
     outbound_greeting: str | None = None
     voice: str = DEFAULT_VOICE
     tools: Sequence[Tool] = field(default_factory=tuple)
+    options: SessionOptions = field(default_factory=SessionOptions)
+    setup: SetupFunction | None = None
+    forward_to: Sequence[str] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.options, SessionOptions):
+            raise TypeError("Bot(options=...) takes a SessionOptions(...)")
+        self.options.check()  # SessionOptionError names each field outside the API's limits
+        if self.setup is not None and not callable(self.setup):
+            raise TypeError("Bot(setup=...) takes a function of a CallSetup")
+        if isinstance(self.forward_to, str):
+            raise TypeError("Bot(forward_to=...) takes a tuple or list of numbers")
+        object.__setattr__(self, "forward_to", tuple(self.forward_to))
+        self._check_tools()
+
+    def _check_tools(self) -> None:
         if isinstance(self.tools, Tool) or not isinstance(self.tools, Iterable):
             raise TypeError("Bot(tools=...) takes a tuple or list of tools, such as tools=(a, b)")
         tools = tuple(self.tools)
@@ -55,22 +78,9 @@ class Bot:
         object.__setattr__(self, "tools", tools)  # a copy: the list passed in may change later
 
     def session_config(self, direction: Direction, voice: str | None = None) -> dict[str, Any]:
-        """The `session` object of the first `session.update` for a call.
-
-        μ-law both ways: it is Twilio's native format, so audio crosses untouched.
-        """
-        outbound = direction == "outbound"
-        prompt = (self.outbound_prompt if outbound else None) or self.system_prompt
-        greeting = (self.outbound_greeting if outbound else None) or self.greeting
-        session: dict[str, Any] = {
-            "system_prompt": prompt,
-            "input": {"format": {"encoding": "audio/pcmu"}},
-            "output": {"voice": voice or self.voice, "format": {"encoding": "audio/pcmu"}},
-            "tools": [t.definition() for t in self.tools],
-        }
-        if greeting:  # the API rejects greeting: null; omitting it means "listen first"
-            session["greeting"] = greeting
-        return session
+        """The `session` object of the first `session.update` for a call with the bot's
+        defaults (see `callbridge.session_plan` for a call's own)."""
+        return plan_session(self, direction, voice).first_update
 
 
 def _not_a_tool(item: object) -> str:
@@ -237,11 +247,37 @@ OUTBOUND_PROMPT = (
     "everything you say is read aloud."
 )
 
+OUTBOUND_GREETING = "Hi, this is the callbridge demo assistant calling. Do you have a moment?"
+_MAX_NAME_CHARS = 40
+
+
+async def demo_setup(call: CallSetup) -> CallConfig | None:
+    """Each call's own configuration: an outbound call placed with a `name` parameter
+    greets that person by name; an inbound call's prompt knows the caller's number (and
+    city, when Twilio sends it). async because it never blocks: it runs on the event loop,
+    with no worker thread."""
+    if call.direction == "outbound":
+        name = " ".join(call.parameters.get("name", "").split())[:_MAX_NAME_CHARS]
+        if not name:
+            return None
+        return CallConfig(
+            greeting=f"Hi {name}, this is the callbridge demo assistant calling. "
+            "Do you have a moment?",
+            system_prompt=f"{OUTBOUND_PROMPT} The person you called is {name}.",
+        )
+    about = f" The caller is calling from {call.from_number or 'a withheld number'}"
+    city = call.twilio.get("CallerCity")
+    if city:
+        about += f", in or near {city.title()}"
+    return CallConfig(system_prompt=f"{SYSTEM_PROMPT}{about}.")
+
+
 bot = Bot(
     system_prompt=SYSTEM_PROMPT,
     greeting="Hi! Thanks for calling. How can I help you today?",
     outbound_prompt=OUTBOUND_PROMPT,
-    outbound_greeting="Hi, this is the callbridge demo assistant calling. Do you have a moment?",
+    outbound_greeting=OUTBOUND_GREETING,
     voice=DEFAULT_VOICE,
     tools=(generate_random_number,),
+    setup=demo_setup,
 )

@@ -41,6 +41,7 @@ from callbridge.records.tables import (
     call_errors,
     call_statuses,
     calls,
+    session_configs,
     tool_calls,
     transcript_entries,
     turn_latencies,
@@ -145,6 +146,19 @@ class ErrorItem(msgspec.Struct, kw_only=True):
     message: str
 
 
+class SessionConfigItem(msgspec.Struct, kw_only=True):
+    seq: int
+    at: datetime.datetime
+    offset_seconds: float
+    config: dict[str, Any]
+
+
+class SetupItem(msgspec.Struct, kw_only=True):
+    outcome: str  # configured | defaults | refused | forwarded | failed
+    detail: str | None
+    error: str | None
+
+
 class AudioCounts(msgspec.Struct, kw_only=True):
     frames_from_twilio: int | None
     frames_to_agent: int | None
@@ -163,6 +177,10 @@ class CallDetail(CallSummary, kw_only=True):
     turn_latencies: list[TurnLatencyItem]
     errors: list[ErrorItem]
     audio: AudioCounts
+    bot: str | None
+    parameters: dict[str, str | None]
+    setup: SetupItem | None
+    session_configs: list[SessionConfigItem]
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +403,13 @@ async def get_call(conn: AsyncConnection, key: str) -> CallDetail | None:
     tools = await _items(conn, tool_calls, ToolCallItem, call_id, offset)
     latencies = await _items(conn, turn_latencies, TurnLatencyItem, call_id, offset)
     errors = await _items(conn, call_errors, ErrorItem, call_id, offset)
+    configs = await _items(conn, session_configs, SessionConfigItem, call_id, offset)
+    outcome = m["setup_outcome"]
+    setup = (
+        SetupItem(outcome=outcome, detail=m["setup_detail"], error=m["setup_error"])
+        if outcome is not None
+        else None
+    )
     resumed_sessions = sum(1 for s in sessions if s.resumed)
     return CallDetail(
         **{f: getattr(summary, f) for f in CallSummary.__struct_fields__},
@@ -403,6 +428,10 @@ async def get_call(conn: AsyncConnection, key: str) -> CallDetail | None:
             frames_to_twilio=m["frames_to_twilio"],
             dropped=dict(m["dropped_frames"] or {}),
         ),
+        bot=m["bot_name"],
+        parameters=dict(m["parameters"] or {}),
+        setup=setup,
+        session_configs=configs,
     )
 
 

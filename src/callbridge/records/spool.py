@@ -29,8 +29,10 @@ from callbridge.records.entries import (
     CallClosed,
     CallError,
     CallOpened,
+    CallSetupDone,
     CallStatusChanged,
     RecordEntry,
+    SessionConfigured,
     ToolInvocation,
     TranscriptLine,
     TurnLatency,
@@ -52,6 +54,8 @@ KINDS: dict[str, type[Any]] = {
         TurnLatency,
         CallError,
         CallClosed,
+        CallSetupDone,
+        SessionConfigured,
     )
 }
 

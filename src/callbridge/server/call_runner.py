@@ -46,6 +46,7 @@ from callbridge.bridge.inputs import (
     TwilioClosed,
 )
 from callbridge.bridge.playout_ledger import FAST_PATH_MARKS
+from callbridge.call import Call
 from callbridge.fast_path import Relayed
 from callbridge.logs import EventLogger
 from callbridge.records.entries import RecordEntry
@@ -129,6 +130,7 @@ class CallRunner:
         self._started_at = self._now()  # when run() began: the call's duration in the log
         self.done = asyncio.Event()  # set once run() has returned
         self.finished_reason: str | None = None
+        self.call: Call | None = None  # what the call's tools are given (`server.call_control`)
 
     async def run(self) -> None:
         """Serve the call until both sockets are closed. Never raises (bar cancellation)."""
@@ -430,7 +432,7 @@ class CallRunner:
                 await self._twilio.close(code)
 
     async def _run_tool(self, action: RunTool) -> None:
-        outcome = await run_tool(action.tool, action.arguments)
+        outcome = await run_tool(action.tool, action.arguments, self.call)
         if outcome.failure is not None:
             self.log.exception(
                 "tool.raised", outcome.failure, tool_call_id=action.call_id, name=action.tool.name

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -37,6 +37,12 @@ class AppState:
     warned_stream_on_aiohttp: bool = False
     # Counts what the records say before they are stored (`server/metrics.py`).
     observe: Callable[[RecordEntry], None] | None = None
+    # Every bot by name (`default` is `bot`), and the bot's name for each number listed.
+    bots: Mapping[str, Bot] = field(default_factory=dict)
+    numbers: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.bots = {"default": self.bot, **self.bots}
 
     def record(self, entry: RecordEntry) -> None:
         """Every record entry goes through here: counted for the metrics, then queued for

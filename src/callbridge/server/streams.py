@@ -18,6 +18,7 @@ from callbridge.agent.dial import agent_dialer
 from callbridge.bot import Direction
 from callbridge.bridge.call_bridge import CallBridge
 from callbridge.logs import EventLogger
+from callbridge.server.call_control import call_for, call_plan
 from callbridge.server.call_runner import CallRunner
 from callbridge.server.connections import on_reused_connection
 from callbridge.server.log_throttle import refused
@@ -92,9 +93,13 @@ def start_call(
             refused(state.refusals, log, "stream.refused", client=client, reason=refusal)
         return refusal
 
+    info = state.registry.info(call_id)
+    plan = call_plan(state, info, direction)
     bridge = CallBridge(
-        session_config=state.bot.session_config(direction, settings.agent_voice),
-        tools=state.bot.tools,
+        session_config=plan.first_update,
+        tools=plan.tools,
+        follow_up=plan.follow_up,
+        setup_error=info.setup_error if info is not None else None,
         apology_payloads=state.apology_payloads,
         apology_seconds=state.apology_seconds,
         idle_seconds=settings.callbridge_idle_seconds,
@@ -119,6 +124,7 @@ def start_call(
         max_messages_per_second=settings.callbridge_max_messages_per_second,
         fast_path=settings.callbridge_fast_path,
     )
+    runner.call = call_for(state, info, call_id, direction, runner, plan)
     state.registry.live[call_id] = runner
     log.info("stream.opened", direction=direction)
     return runner

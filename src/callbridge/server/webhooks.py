@@ -4,14 +4,18 @@ the health endpoints."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 from multidict import MultiDictProxy
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from callbridge.records.entries import CallStatusChanged
+from callbridge.bot_routing import choose_bot
+from callbridge.call_setup import CallSetup
+from callbridge.records.entries import CallSetupDone, CallStatusChanged
+from callbridge.server.bot_setup import decide
 from callbridge.server.call_registry import CallInfo, new_call_id
 from callbridge.server.log_throttle import refused
 from callbridge.server.state import APP_STATE, AppState
@@ -97,17 +101,33 @@ async def _connect_twiml(request: web.Request, *, direction: str, stream_path: s
         from_number, to_number = _field(form, "From"), _field(form, "To")
     except _InvalidField as exc:
         raise _bad_request(request, f"invalid {exc.name}") from None
-    return _answer_call(request, direction, stream_path, call_sid, from_number, to_number)
+    return await _answer_call(
+        request,
+        direction,
+        stream_path,
+        call_sid,
+        from_number,
+        to_number,
+        twilio_fields=_twilio_fields(form),
+    )
 
 
-def _answer_call(
+async def _answer_call(
     request: web.Request,
     direction: str,
     stream_path: str,
     call_sid: str | None,
     from_number: str | None,
     to_number: str | None,
+    *,
+    parameters: Mapping[str, str] | None = None,
+    call_id: str | None = None,
+    bot_name: str | None = None,
+    twilio_fields: Mapping[str, str] | None = None,
 ) -> web.Response:
+    """Answer Twilio's request for a call's TwiML: the agent's stream, or what the bot's
+    set-up decided instead. `parameters`, `call_id` and `bot_name` come with a call placed
+    by callbridge (its custom parameters, its pre-assigned id, the bot asked for)."""
     state = request.app[APP_STATE]
     log = state.log.bind(call_sid=call_sid, direction=direction)
     if state.shutting_down:
@@ -132,13 +152,62 @@ def _answer_call(
         return _say_and_hang_up(BUSY_TEXT)
 
     info = CallInfo(
-        call_id=new_call_id(),
+        call_id=call_id or new_call_id(),
         direction=direction,
         call_sid=call_sid,
         from_number=from_number,
         to_number=to_number,
-        stream_token=new_stream_token(),
+        parameters=dict(parameters or {}),
     )
+    log = log.bind(call_id=info.call_id)
+    name, problem = choose_bot(
+        state.bots, state.numbers, direction, from_number, to_number, bot_name
+    )
+    if problem is not None:
+        log.warning("call.unknown_bot", problem=problem, using=name)
+    info.bot_name = name
+    setup = CallSetup(
+        call_id=info.call_id,
+        direction=_direction(direction),
+        call_sid=call_sid,
+        from_number=from_number,
+        to_number=to_number,
+        parameters=info.parameters,
+        twilio=dict(twilio_fields or {}),
+        bot_name=name,
+    )
+    decision = await decide(
+        state.bots[name],
+        setup,
+        state.settings.agent_voice,
+        state.settings.callbridge_setup_timeout_seconds,
+        log,
+    )
+    state.record(
+        CallSetupDone(
+            call_id=info.call_id,
+            at=time.time(),
+            direction=direction,
+            outcome=decision.outcome,
+            bot_name=name,
+            parameters=dict(info.parameters),
+            error=decision.error,
+            detail=decision.detail,
+            call_sid=call_sid,
+            from_number=from_number,
+            to_number=to_number,
+        )
+    )
+    if decision.plan is None:
+        # Refused or sent elsewhere: no stream, no agent session. Known by its CallSid
+        # still, so that its status callbacks join its record.
+        state.registry.announce(info)
+        assert decision.twiml is not None
+        log.info(f"call.{decision.outcome}", bot=name, detail=decision.detail)
+        return web.Response(text=str(decision.twiml), content_type=_TWIML)
+    info.plan = decision.plan
+    info.setup_error = decision.error
+    info.stream_token = new_stream_token()
     state.registry.announce(info)
     stream_url = f"{_public_ws_base(request, state)}/{stream_path}/{info.call_id}"
     response = VoiceResponse()
@@ -153,8 +222,42 @@ def _answer_call(
     if info.to_number:
         stream.parameter(name="to", value=info.to_number[:100])
     response.append(connect)
-    log.info("call.announced", call_id=info.call_id, from_=info.from_number, to=info.to_number)
+    log.info(
+        "call.announced",
+        from_=info.from_number,
+        to=info.to_number,
+        bot=name,
+        setup=decision.outcome,
+    )
     return web.Response(text=str(response), content_type=_TWIML)
+
+
+def _direction(direction: str) -> Literal["inbound", "outbound"]:
+    return "outbound" if direction == "outbound" else "inbound"
+
+
+# Twilio's webhook fields for the bot's set-up (CallerCity and the like): short printable
+# text only, and not too many of them.
+_MAX_TWILIO_FIELDS = 64
+_MAX_FIELD_NAME = 64
+
+
+def _twilio_fields(form: MultiDictProxy[Any]) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for name, value in form.items():
+        if len(fields) >= _MAX_TWILIO_FIELDS:
+            break
+        if (
+            isinstance(value, str)
+            and value
+            and len(value) <= _MAX_FIELD_CHARS
+            and value.isprintable()
+            and len(name) <= _MAX_FIELD_NAME
+            and name.isprintable()
+            and name not in fields
+        ):
+            fields[name] = value
+    return fields
 
 
 async def call_status(request: web.Request) -> web.Response:
