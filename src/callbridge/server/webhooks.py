@@ -101,15 +101,7 @@ async def _connect_twiml(request: web.Request, *, direction: str, stream_path: s
         from_number, to_number = _field(form, "From"), _field(form, "To")
     except _InvalidField as exc:
         raise _bad_request(request, f"invalid {exc.name}") from None
-    return await _answer_call(
-        request,
-        direction,
-        stream_path,
-        call_sid,
-        from_number,
-        to_number,
-        twilio_fields=_twilio_fields(form),
-    )
+    return await _answer_call(request, direction, stream_path, call_sid, from_number, to_number)
 
 
 async def _answer_call(
@@ -123,7 +115,6 @@ async def _answer_call(
     parameters: Mapping[str, str] | None = None,
     call_id: str | None = None,
     bot_name: str | None = None,
-    twilio_fields: Mapping[str, str] | None = None,
 ) -> web.Response:
     """Answer Twilio's request for a call's TwiML: the agent's stream, or what the bot's
     set-up decided instead. `parameters`, `call_id` and `bot_name` come with a call placed
@@ -173,7 +164,8 @@ async def _answer_call(
         from_number=from_number,
         to_number=to_number,
         parameters=info.parameters,
-        twilio=dict(twilio_fields or {}),
+        # The form was read (and its signature checked) already: aiohttp keeps it.
+        twilio=_twilio_fields(await request.post()),
         bot_name=name,
     )
     decision = await decide(
