@@ -142,12 +142,18 @@ def _import(name: str, attribute: str, folder: Path) -> ModuleType:
         raise BotLoadError(f"cannot import {name!r}: {_failure(exc)}") from exc
 
 
+# Bot files imported by path, so that several bots of one file share one import of it.
+_FILES: dict[Path, ModuleType] = {}
+
+
 def _import_file(where: str, folder: Path) -> ModuleType:
     path = (folder / Path(where).expanduser()).resolve()
     if not path.is_file():
         raise BotLoadError(f"no such file: {path}")
     if path.suffix != ".py":
         raise BotLoadError(f"{path} is not a Python file (.py)")
+    if path in _FILES:
+        return _FILES[path]
     # As `python path/to/file.py` would: the file can import the modules beside it.
     _put_on_path(path.parent)
     name = path.stem
@@ -163,6 +169,7 @@ def _import_file(where: str, folder: Path) -> ModuleType:
     except Exception as exc:
         del sys.modules[name]
         raise BotLoadError(f"cannot import {_shown(str(path))}: {_failure(exc)}") from exc
+    _FILES[path] = module
     return module
 
 

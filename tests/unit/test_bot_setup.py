@@ -4,13 +4,14 @@ call goes to (`bot_routing.py`), and the built-in bot's own set-up."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from callbridge import Bot, CallConfig, CallSetup, Forward, Refuse, SessionOptions
-from callbridge.bot import OUTBOUND_GREETING, SYSTEM_PROMPT, demo_setup
-from callbridge.bot_routing import choose_bot
+from callbridge.bot import OUTBOUND_GREETING, SYSTEM_PROMPT, BotLoadError, demo_setup
+from callbridge.bot_routing import choose_bot, load_bots
 from callbridge.config import ConfigError, load_settings, parse_bots, parse_numbers
 from callbridge.logs import EventLogger
 from callbridge.server.bot_setup import decide
@@ -147,3 +148,19 @@ async def test_the_built_in_bot_knows_the_callers_number_and_city() -> None:
     withheld = await demo_setup(setup_for(from_number=None))
     assert withheld is not None and withheld.system_prompt is not None
     assert "a withheld number" in withheld.system_prompt
+
+
+def test_bots_of_one_file_share_one_import_of_it(tmp_path: Path) -> None:
+    (tmp_path / "twobots.py").write_text(
+        "from pathlib import Path\n"
+        "from callbridge import Bot\n"
+        "with open(Path(__file__).with_suffix('.log'), 'a') as f:\n"
+        "    f.write('imported\\n')\n"
+        "a = Bot(system_prompt='a')\n"
+        "b = Bot(system_prompt='b')\n"
+    )
+    bots = load_bots({"default": "./twobots.py:a", "other": "twobots.py:b"}, tmp_path)
+    assert [bots["default"].system_prompt, bots["other"].system_prompt] == ["a", "b"]
+    assert (tmp_path / "twobots.log").read_text() == "imported\n"
+    with pytest.raises(BotLoadError, match="CALLBRIDGE_BOTS: bot 'third' \\(nope:x\\): "):
+        load_bots({"third": "nope:x"}, tmp_path)

@@ -195,7 +195,8 @@ async def _answer_call(
         # still, so that its status callbacks join its record.
         state.registry.announce(info)
         assert decision.twiml is not None
-        log.info(f"call.{decision.outcome}", bot=name, detail=decision.detail)
+        event = "call.forwarded" if decision.outcome == "forwarded" else "call.setup_refused"
+        log.info(event, bot=name, detail=decision.detail)
         return web.Response(text=str(decision.twiml), content_type=_TWIML)
     info.plan = decision.plan
     info.setup_error = decision.error
