@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from twilio.twiml.voice_response import VoiceResponse
 
 from callbridge.bot import Bot
+from callbridge.bot_routing import choose_bot
 from callbridge.call_setup import CallConfig, CallSetup, Forward, Refuse
 from callbridge.logs import EventLogger
+from callbridge.records.entries import CallSetupDone
+from callbridge.server.call_registry import CallInfo
+from callbridge.server.state import AppState
 from callbridge.session_plan import SessionPlan, plan_session
 
 _REFUSE_REASONS = ("busy", "rejected")
@@ -31,6 +37,88 @@ class SetupDecision:
     twiml: VoiceResponse | None = None  # the answer when refused or forwarded
     error: str | None = None
     detail: str | None = None  # refused: the reason; forwarded: the number
+
+
+async def set_up_call(
+    state: AppState,
+    info: CallInfo,
+    bot_name: str | None,
+    form: Mapping[str, Any],
+    log: EventLogger,
+) -> SetupDecision:
+    """Choose the call's bot, run its set-up with Twilio's webhook `form`, record what it
+    decided, and keep it in `info` (the bot's name, the session planned, the error)."""
+    name, problem = choose_bot(
+        state.bots, state.numbers, info.direction, info.from_number, info.to_number, bot_name
+    )
+    if problem is not None:
+        log.warning("call.unknown_bot", problem=problem, using=name)
+    info.bot_name = name
+    setup = CallSetup(
+        call_id=info.call_id,
+        direction="outbound" if info.direction == "outbound" else "inbound",
+        call_sid=info.call_sid,
+        from_number=info.from_number,
+        to_number=info.to_number,
+        parameters=info.parameters,
+        twilio=twilio_fields(form),
+        bot_name=name,
+    )
+    settings = state.settings
+    decision = await decide(
+        state.bots[name],
+        setup,
+        settings.agent_voice,
+        settings.callbridge_setup_timeout_seconds,
+        log,
+    )
+    info.plan = decision.plan
+    info.setup_error = decision.error
+    state.record(
+        CallSetupDone(
+            call_id=info.call_id,
+            at=time.time(),
+            direction=info.direction,
+            outcome=decision.outcome,
+            bot_name=name,
+            parameters=dict(info.parameters),
+            error=decision.error,
+            detail=decision.detail,
+            call_sid=info.call_sid,
+            from_number=info.from_number,
+            to_number=info.to_number,
+        )
+    )
+    if decision.outcome in ("refused", "forwarded"):
+        event = "call.forwarded" if decision.outcome == "forwarded" else "call.setup_refused"
+        log.info(event, bot=name, detail=decision.detail)
+    return decision
+
+
+# Twilio's webhook fields, for the set-up (CallerCity and the like): short printable text
+# only, and not too many of them.
+_MAX_TWILIO_FIELDS = 64
+_MAX_FIELD_NAME = 64
+_MAX_FIELD_CHARS = 256
+
+
+def twilio_fields(form: Mapping[str, Any]) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for name, value in form.items():
+        if len(fields) >= _MAX_TWILIO_FIELDS:
+            break
+        if (
+            isinstance(name, str)
+            and isinstance(value, str)
+            and value
+            and len(value) <= _MAX_FIELD_CHARS
+            and value.isprintable()
+            and len(name) <= _MAX_FIELD_NAME
+            and name.isprintable()
+            and name not in fields
+        ):
+            fields[name] = value
+    return fields
 
 
 async def decide(

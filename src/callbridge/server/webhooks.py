@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 from multidict import MultiDictProxy
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from callbridge.bot_routing import choose_bot
-from callbridge.call_setup import CallSetup
-from callbridge.records.entries import CallSetupDone, CallStatusChanged
-from callbridge.server.bot_setup import decide
+from callbridge.records.entries import CallStatusChanged
+from callbridge.server.bot_setup import set_up_call
 from callbridge.server.call_registry import CallInfo, new_call_id
 from callbridge.server.log_throttle import refused
 from callbridge.server.state import APP_STATE, AppState
@@ -151,55 +149,13 @@ async def _answer_call(
         parameters=dict(parameters or {}),
     )
     log = log.bind(call_id=info.call_id)
-    name, problem = choose_bot(
-        state.bots, state.numbers, direction, from_number, to_number, bot_name
-    )
-    if problem is not None:
-        log.warning("call.unknown_bot", problem=problem, using=name)
-    info.bot_name = name
-    setup = CallSetup(
-        call_id=info.call_id,
-        direction=_direction(direction),
-        call_sid=call_sid,
-        from_number=from_number,
-        to_number=to_number,
-        parameters=info.parameters,
-        # The form was read (and its signature checked) already: aiohttp keeps it.
-        twilio=_twilio_fields(await request.post()),
-        bot_name=name,
-    )
-    decision = await decide(
-        state.bots[name],
-        setup,
-        state.settings.agent_voice,
-        state.settings.callbridge_setup_timeout_seconds,
-        log,
-    )
-    state.record(
-        CallSetupDone(
-            call_id=info.call_id,
-            at=time.time(),
-            direction=direction,
-            outcome=decision.outcome,
-            bot_name=name,
-            parameters=dict(info.parameters),
-            error=decision.error,
-            detail=decision.detail,
-            call_sid=call_sid,
-            from_number=from_number,
-            to_number=to_number,
-        )
-    )
-    if decision.plan is None:
+    # The form was read (and its signature checked) already: aiohttp keeps it.
+    decision = await set_up_call(state, info, bot_name, await request.post(), log)
+    if decision.twiml is not None:
         # Refused or sent elsewhere: no stream, no agent session. Known by its CallSid
         # still, so that its status callbacks join its record.
         state.registry.announce(info)
-        assert decision.twiml is not None
-        event = "call.forwarded" if decision.outcome == "forwarded" else "call.setup_refused"
-        log.info(event, bot=name, detail=decision.detail)
         return web.Response(text=str(decision.twiml), content_type=_TWIML)
-    info.plan = decision.plan
-    info.setup_error = decision.error
     info.stream_token = new_stream_token()
     state.registry.announce(info)
     stream_url = f"{_public_ws_base(request, state)}/{stream_path}/{info.call_id}"
@@ -219,38 +175,10 @@ async def _answer_call(
         "call.announced",
         from_=info.from_number,
         to=info.to_number,
-        bot=name,
+        bot=info.bot_name,
         setup=decision.outcome,
     )
     return web.Response(text=str(response), content_type=_TWIML)
-
-
-def _direction(direction: str) -> Literal["inbound", "outbound"]:
-    return "outbound" if direction == "outbound" else "inbound"
-
-
-# Twilio's webhook fields for the bot's set-up (CallerCity and the like): short printable
-# text only, and not too many of them.
-_MAX_TWILIO_FIELDS = 64
-_MAX_FIELD_NAME = 64
-
-
-def _twilio_fields(form: MultiDictProxy[Any]) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for name, value in form.items():
-        if len(fields) >= _MAX_TWILIO_FIELDS:
-            break
-        if (
-            isinstance(value, str)
-            and value
-            and len(value) <= _MAX_FIELD_CHARS
-            and value.isprintable()
-            and len(name) <= _MAX_FIELD_NAME
-            and name.isprintable()
-            and name not in fields
-        ):
-            fields[name] = value
-    return fields
 
 
 async def call_status(request: web.Request) -> web.Response:
