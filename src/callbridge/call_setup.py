@@ -59,7 +59,8 @@ class CallConfig:
 @dataclass(frozen=True)
 class Refuse:
     """Do not answer with the agent. `reason="busy"` plays a busy tone, `"rejected"` the
-    network's rejection; with `say`, the caller hears that text, then the call ends."""
+    network's rejection; with `say`, the caller hears that text, then the call ends. A call
+    callbridge placed (already answered) is simply hung up, or hears `say` first."""
 
     reason: Literal["busy", "rejected"] = "busy"
     say: str | None = None

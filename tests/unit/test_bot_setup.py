@@ -164,3 +164,14 @@ def test_bots_of_one_file_share_one_import_of_it(tmp_path: Path) -> None:
     assert (tmp_path / "twobots.log").read_text() == "imported\n"
     with pytest.raises(BotLoadError, match="CALLBRIDGE_BOTS: bot 'third' \\(nope:x\\): "):
         load_bots({"third": "nope:x"}, tmp_path)
+
+
+async def test_a_refused_outbound_call_is_hung_up_not_rejected() -> None:
+    async def setup(call: CallSetup) -> Refuse:
+        return Refuse()
+
+    bot = Bot(system_prompt="x", setup=setup)
+    outbound = await decide(bot, setup_for("outbound"), None, 1.0, LOG)
+    assert outbound.outcome == "refused" and "<Hangup />" in str(outbound.twiml)
+    inbound = await decide(bot, setup_for("inbound"), None, 1.0, LOG)
+    assert '<Reject reason="busy" />' in str(inbound.twiml)

@@ -156,7 +156,8 @@ async def decide(
             )
         return SetupDecision("configured", plan)
     if isinstance(result, Refuse):
-        return _refuse(result) or defaults("failed", "Refuse: invalid reason or say text")
+        refusal = _refuse(result, setup.direction)
+        return refusal or defaults("failed", "Refuse: invalid reason or say text")
     if isinstance(result, Forward):
         if result.to not in bot.forward_to:
             error = "Forward: the number is not in the bot's forward_to list"
@@ -184,7 +185,7 @@ async def _run(bot: Bot, setup: CallSetup, timeout: float) -> object:
     return result
 
 
-def _refuse(result: Refuse) -> SetupDecision | None:
+def _refuse(result: Refuse, direction: str) -> SetupDecision | None:
     if result.reason not in _REFUSE_REASONS:
         return None
     response = VoiceResponse()
@@ -193,6 +194,8 @@ def _refuse(result: Refuse) -> SetupDecision | None:
             return None
         response.say(result.say)
         response.hangup()
+    elif direction == "outbound":
+        response.hangup()  # <Reject> is for incoming calls; the one we placed is answered
     else:
         response.reject(reason=result.reason)
     return SetupDecision("refused", twiml=response, detail=result.reason)
