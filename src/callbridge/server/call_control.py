@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,7 +26,8 @@ from callbridge.tools import Tool
 
 class RunnerControl:
     def __init__(self, runner: CallRunner, tools_by_name: Mapping[str, Tool]) -> None:
-        self._runner = runner
+        # Weak: the runner holds the call, which holds this; a tool may keep the call.
+        self._runner = weakref.ref(runner)
         self._tools_by_name = dict(tools_by_name)
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
@@ -45,8 +47,9 @@ class RunnerControl:
             self._loop.call_soon_threadsafe(self._feed, event)
 
     def _feed(self, event: UpdateSession) -> None:
-        if not self._runner.done.is_set():
-            self._runner.end(event)
+        runner = self._runner()
+        if runner is not None and not runner.done.is_set():
+            runner.end(event)
 
 
 def call_plan(state: AppState, info: CallInfo | None, direction: str) -> SessionPlan:
