@@ -100,16 +100,17 @@ class SessionOptions:
     this version; it wins over everything else, so use it with care.
     """
 
+    # Lists and mappings are left out of the hash, so a Bot stays hashable with them.
     agent_id: str | None = None
-    keyterms: Sequence[str] | None = None  # at most 100 names or codes to boost
+    keyterms: Sequence[str] | None = field(default=None, hash=False)  # at most 100 to boost
     transcription_prompt: str | None = None  # context for speech-to-text, up to 1750 chars
     transcription_mode: TranscriptionMode | None = None
-    language_codes: Sequence[str] | None = None
+    language_codes: Sequence[str] | None = field(default=None, hash=False)
     voice_focus: VoiceFocus | None = None
     voice_focus_threshold: float | None = None  # 0 to 1
     turn_detection: TurnDetection | None = None
     volume: float | None = None  # output volume, 0 to 100
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def problems(self) -> list[OptionProblem]:
         """Every value outside the API's limits (empty: all good)."""

@@ -217,3 +217,9 @@ def test_a_stored_agent_is_named_alone_and_the_mutable_fields_follow() -> None:
         Bot(system_prompt="", options=SessionOptions(agent_id="agent_1")), "inbound"
     )
     assert bare.follow_up is None
+
+
+def test_a_bot_with_list_options_stays_hashable() -> None:
+    options = SessionOptions(keyterms=["a"], language_codes=["en"], extra={"x": {"y": 1}})
+    bot = Bot(system_prompt="x", options=options)
+    assert {bot: 1}[bot] == 1
