@@ -638,3 +638,27 @@ async def test_a_stored_agent_is_named_alone_then_gets_the_mutable_fields(
     await call.wait_heard(len(fake_agent.reply_audio_for("Stored greeting.")))
     assert session.config["input"]["keyterms"] == ["Brompton"]
     await call.hangup()
+
+
+async def test_calls_being_set_up_count_against_max_calls(
+    start_server: ServerFactory, fake_agent: FakeVoiceAgent, sim_for: Any
+) -> None:
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def slow(call: CallSetup) -> None:
+        entered.set()
+        await release.wait()
+
+    bot = Bot(system_prompt="x", greeting="Hi.", setup=slow)
+    server = await start_server(bot=bot, assemblyai_agent_url=fake_agent.url, max_calls=1)
+    sim = sim_for(server)
+    first = asyncio.create_task(sim.place_inbound_call())
+    await entered.wait()
+    second = await sim.place_inbound_call()
+    assert "<Stream" not in second.twiml and "all our lines are busy" in second.twiml
+    release.set()
+    call = await first
+    assert "<Stream" in call.twiml
+    await fake_agent.wait_for_session()
+    await call.hangup()

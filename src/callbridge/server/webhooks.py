@@ -147,17 +147,18 @@ async def _answer_call(
         from_number=from_number,
         to_number=to_number,
         parameters=dict(parameters or {}),
+        stream_token=new_stream_token(),
     )
+    # Announced before the bot's set-up runs: a call being set up counts against MAX_CALLS.
+    state.registry.announce(info)
     log = log.bind(call_id=info.call_id)
     # The form was read (and its signature checked) already: aiohttp keeps it.
     decision = await set_up_call(state, info, bot_name, await request.post(), log)
     if decision.twiml is not None:
-        # Refused or sent elsewhere: no stream, no agent session. Known by its CallSid
-        # still, so that its status callbacks join its record.
-        state.registry.announce(info)
+        # Refused or sent elsewhere: no stream, no agent session. Still known by its
+        # CallSid, so that its status callbacks join its record.
+        info.stream_token = None
         return web.Response(text=str(decision.twiml), content_type=_TWIML)
-    info.stream_token = new_stream_token()
-    state.registry.announce(info)
     stream_url = f"{_public_ws_base(request, state)}/{stream_path}/{info.call_id}"
     response = VoiceResponse()
     connect = Connect()
