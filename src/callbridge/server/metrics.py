@@ -27,6 +27,7 @@ from callbridge.records.entries import (
     CallClosed,
     CallError,
     CallOpened,
+    CallSetupDone,
     RecordEntry,
     ToolInvocation,
     TurnLatency,
@@ -104,7 +105,7 @@ class CallMetrics:
         )
         self.errors = Counter(
             "callbridge_call_errors",
-            "Errors in calls, by source (agent, twilio, bridge, tool) and code.",
+            "Errors in calls, by source (agent, twilio, bridge, tool, setup) and code.",
             ["source", "code"],
             registry=r,
         )
@@ -130,9 +131,17 @@ class CallMetrics:
             buckets=_TOOL_BUCKETS,
             registry=r,
         )
+        self.setups = Counter(
+            "callbridge_call_setups",
+            "Calls by bot and what its set-up decided (configured, defaults, refused, "
+            "forwarded; failed: the bot's defaults were used).",
+            ["bot", "outcome"],
+            registry=r,
+        )
         # From the agent: bounded. End and drop reasons are the bridge's own, a fixed set.
         self._error_code = BoundedLabel()
         self._tool_name = BoundedLabel(tool_names)
+        self._bot_name = BoundedLabel()
 
     def observe(self, entry: RecordEntry) -> None:
         """Count what a call record entry says (called for every entry, before it is stored)."""
@@ -161,6 +170,8 @@ class CallMetrics:
             self.calls_started.labels(entry.direction).inc()
         elif isinstance(entry, CallClosed):
             self._call_closed(entry)
+        elif isinstance(entry, CallSetupDone):
+            self.setups.labels(self._bot_name(entry.bot_name or "default"), entry.outcome).inc()
 
     def _call_closed(self, entry: CallClosed) -> None:
         self.calls_ended.labels(entry.ended_by, entry.reason).inc()
