@@ -111,7 +111,9 @@ async def start_server(
 ) -> AsyncIterator[ServerFactory]:
     runners: list[web.AppRunner] = []
 
-    async def start(bot: Bot = default_bot, **overrides: Any) -> RunningServer:
+    async def start(
+        bot: Bot = default_bot, bots: dict[str, Bot] | None = None, **overrides: Any
+    ) -> RunningServer:
         if agent_transport is not None:
             overrides.setdefault("callbridge_agent_transport", agent_transport)
         if twilio_transport is not None:
@@ -124,7 +126,7 @@ async def start_server(
         overrides.setdefault("callbridge_spool_path", str(folder / "spool.jsonl"))
         overrides.setdefault("callbridge_api_token", API_TOKEN)
         settings = make_settings(**overrides)
-        app = build_app(settings, bot)
+        app = build_app(settings, bot, bots)
         runner = app_runner(app, settings)
         await runner.setup()
         site = main_port_site(runner, "127.0.0.1", 0)

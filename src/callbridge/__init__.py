@@ -5,7 +5,25 @@ These names are the library's public face; `callbridge.testing` holds the test d
 """
 
 from callbridge.bot import Bot
+from callbridge.call import Call, SessionUpdateError
+from callbridge.call_setup import CallConfig, CallSetup, Forward, Refuse
+from callbridge.session_options import SessionOptionError, SessionOptions, TurnDetection
 from callbridge.tools import Tool, ToolError, tool
 
-__all__ = ["Bot", "Tool", "ToolError", "__version__", "tool"]
+__all__ = [
+    "Bot",
+    "Call",
+    "CallConfig",
+    "CallSetup",
+    "Forward",
+    "Refuse",
+    "SessionOptionError",
+    "SessionOptions",
+    "SessionUpdateError",
+    "Tool",
+    "ToolError",
+    "TurnDetection",
+    "__version__",
+    "tool",
+]
 __version__ = "0.1.0"

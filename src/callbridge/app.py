@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from importlib import resources
 
 import aiohttp
@@ -16,6 +16,7 @@ from callbridge.server import (
     calls_api,
     control_api,
     records_api,
+    session_api,
     streams,
     verb_webhooks,
     verbs_api,
@@ -46,12 +47,18 @@ def load_apology() -> tuple[tuple[bytes, ...], float]:
     return payloads, len(audio) / 8000
 
 
-def build_app(settings: Settings, bot: Bot) -> web.Application:
+def build_app(
+    settings: Settings, bot: Bot, bots: Mapping[str, Bot] | None = None
+) -> web.Application:
+    """The application; `bot` answers the numbers CALLBRIDGE_NUMBERS leaves out, `bots` are
+    the others by name (CALLBRIDGE_BOTS)."""
     bot = with_settings(bot, settings)
     payloads, seconds = load_apology()
     state = AppState(
         settings=settings,
         bot=bot,
+        bots=dict(bots or {}),
+        numbers=settings.bot_numbers,
         apology_payloads=payloads,
         apology_seconds=seconds,
         auth=TwilioAuthenticator(settings),
@@ -80,11 +87,12 @@ def build_app(settings: Settings, bot: Bot) -> web.Application:
     verb_webhooks.add_routes(app)
     verbs_api.add_routes(app)
     control_api.add_routes(app)
+    session_api.add_routes(app)
     app[RECORDS_STORE] = state.records
     metrics = CallMetrics(
         lambda: _live_by_direction(state),
         state.records.stats,
-        tool_names=(t.name for t in bot.tools),
+        tool_names=sorted({t.name for b in state.bots.values() for t in b.tools}),
     )
     state.observe = metrics.observe
     metrics.registry.register(SharedStateCollector(state.shared))

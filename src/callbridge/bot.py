@@ -20,6 +20,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
+from callbridge.call_setup import CallConfig, CallSetup, SetupFunction
+from callbridge.session_options import SessionOptions
+from callbridge.session_plan import plan_session
 from callbridge.tools import Tool, tool
 from callbridge.verbs import VERB_TOOLS, CallVerbs, Transfer, TransferTarget, Voicemail
 
@@ -39,6 +42,12 @@ class Bot:
     `outbound_greeting` when set, so the agent speaks first to the person it called.
     `transfer`, `keypad_out` and `voicemail` let the agent act on the call itself (see
     `callbridge.verbs`).
+
+    `options` are the session's other options (`SessionOptions`: keyterms, turn
+    detection, volume, a stored agent's id, ...), checked here against the API's limits.
+    `setup`, a function of a `CallSetup` (sync or async), decides each call's own
+    configuration (`CallConfig`), or refuses it (`Refuse`) or sends it on (`Forward`, to
+    a number in `forward_to` only).
     """
 
     system_prompt: str
@@ -50,8 +59,22 @@ class Bot:
     transfer: Transfer | None = None
     keypad_out: bool = False
     voicemail: Voicemail | None = None
+    options: SessionOptions = field(default_factory=SessionOptions)
+    setup: SetupFunction | None = None
+    forward_to: Sequence[str] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.options, SessionOptions):
+            raise TypeError("Bot(options=...) takes a SessionOptions(...)")
+        self.options.check()  # SessionOptionError names each field outside the API's limits
+        if self.setup is not None and not callable(self.setup):
+            raise TypeError("Bot(setup=...) takes a function of a CallSetup")
+        if isinstance(self.forward_to, str):
+            raise TypeError("Bot(forward_to=...) takes a tuple or list of numbers")
+        object.__setattr__(self, "forward_to", tuple(self.forward_to))
+        self._check_tools()
+
+    def _check_tools(self) -> None:
         if isinstance(self.tools, Tool) or not isinstance(self.tools, Iterable):
             raise TypeError("Bot(tools=...) takes a tuple or list of tools, such as tools=(a, b)")
         tools = tuple(self.tools)
@@ -68,22 +91,9 @@ class Bot:
         object.__setattr__(self, "tools", tools)  # a copy: the list passed in may change later
 
     def session_config(self, direction: Direction, voice: str | None = None) -> dict[str, Any]:
-        """The `session` object of the first `session.update` for a call.
-
-        μ-law both ways: it is Twilio's native format, so audio crosses untouched.
-        """
-        outbound = direction == "outbound"
-        prompt = (self.outbound_prompt if outbound else None) or self.system_prompt
-        greeting = (self.outbound_greeting if outbound else None) or self.greeting
-        session: dict[str, Any] = {
-            "system_prompt": prompt,
-            "input": {"format": {"encoding": "audio/pcmu"}},
-            "output": {"voice": voice or self.voice, "format": {"encoding": "audio/pcmu"}},
-            "tools": [t.definition() for t in self.tools] + self.verbs.tool_definitions(),
-        }
-        if greeting:  # the API rejects greeting: null; omitting it means "listen first"
-            session["greeting"] = greeting
-        return session
+        """The `session` object of the first `session.update` for a call with the bot's
+        defaults (see `callbridge.session_plan` for a call's own)."""
+        return plan_session(self, direction, voice).first_update
 
     @property
     def verbs(self) -> CallVerbs:
@@ -150,12 +160,18 @@ def _import(name: str, attribute: str, folder: Path) -> ModuleType:
         raise BotLoadError(f"cannot import {name!r}: {_failure(exc)}") from exc
 
 
+# Bot files imported by path, so that several bots of one file share one import of it.
+_FILES: dict[Path, ModuleType] = {}
+
+
 def _import_file(where: str, folder: Path) -> ModuleType:
     path = (folder / Path(where).expanduser()).resolve()
     if not path.is_file():
         raise BotLoadError(f"no such file: {path}")
     if path.suffix != ".py":
         raise BotLoadError(f"{path} is not a Python file (.py)")
+    if path in _FILES:
+        return _FILES[path]
     # As `python path/to/file.py` would: the file can import the modules beside it.
     _put_on_path(path.parent)
     name = path.stem
@@ -171,6 +187,7 @@ def _import_file(where: str, folder: Path) -> ModuleType:
     except Exception as exc:
         del sys.modules[name]
         raise BotLoadError(f"cannot import {_shown(str(path))}: {_failure(exc)}") from exc
+    _FILES[path] = module
     return module
 
 
@@ -255,13 +272,39 @@ OUTBOUND_PROMPT = (
     "everything you say is read aloud."
 )
 
+OUTBOUND_GREETING = "Hi, this is the callbridge demo assistant calling. Do you have a moment?"
+_MAX_NAME_CHARS = 40
+
+
+async def demo_setup(call: CallSetup) -> CallConfig | None:
+    """Each call's own configuration: an outbound call placed with a `name` parameter
+    greets that person by name; an inbound call's prompt knows the caller's number (and
+    city, when Twilio sends it). async because it never blocks: it runs on the event loop,
+    with no worker thread."""
+    if call.direction == "outbound":
+        name = " ".join(call.parameters.get("name", "").split())[:_MAX_NAME_CHARS]
+        if not name:
+            return None
+        return CallConfig(
+            greeting=f"Hi {name}, this is the callbridge demo assistant calling. "
+            "Do you have a moment?",
+            system_prompt=f"{OUTBOUND_PROMPT} The person you called is {name}.",
+        )
+    about = f" The caller is calling from {call.from_number or 'a withheld number'}"
+    city = call.twilio.get("CallerCity")
+    if city:
+        about += f", in or near {city.title()}"
+    return CallConfig(system_prompt=f"{SYSTEM_PROMPT}{about}.")
+
+
 bot = Bot(
     system_prompt=SYSTEM_PROMPT,
     greeting="Hi! Thanks for calling. How can I help you today?",
     outbound_prompt=OUTBOUND_PROMPT,
-    outbound_greeting="Hi, this is the callbridge demo assistant calling. Do you have a moment?",
+    outbound_greeting=OUTBOUND_GREETING,
     voice=DEFAULT_VOICE,
     tools=(generate_random_number,),
+    setup=demo_setup,
 )
 
 

@@ -33,6 +33,50 @@ _REMOVED = {
 }
 
 
+DEFAULT_BOT_NAME = "default"  # CALLBRIDGE_BOT's, for the numbers CALLBRIDGE_NUMBERS leaves out
+_BOT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
+
+
+def _pairs(text: str, what: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in text.replace(",", " ").split():
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"expected {what} pairs separated by spaces or commas, got {item!r}")
+        pairs.append((key, value))
+    return pairs
+
+
+def parse_bots(text: str) -> dict[str, str]:
+    """CALLBRIDGE_BOTS: `name=module:attribute` or `name=path/to/file.py:attribute` pairs."""
+    bots: dict[str, str] = {}
+    for name, spec in _pairs(text, "name=module:attribute"):
+        if not _BOT_NAME.match(name):
+            raise ValueError(
+                f"bot name {name!r}: a letter, then letters, digits, '-' or '_' (40 at most)"
+            )
+        if name == DEFAULT_BOT_NAME:
+            raise ValueError(f"bot name {name!r} is CALLBRIDGE_BOT's; pick another name")
+        if name in bots:
+            raise ValueError(f"bot {name!r} is named twice")
+        if ":" not in spec:
+            raise ValueError(f"bot {name!r}: expected module:attribute, got {spec!r}")
+        bots[name] = spec
+    return bots
+
+
+def parse_numbers(text: str) -> dict[str, str]:
+    """CALLBRIDGE_NUMBERS: `+15551230001=botname` pairs."""
+    numbers: dict[str, str] = {}
+    for number, name in _pairs(text, "+number=botname"):
+        if not _E164.match(number):
+            raise ValueError(f"{number!r} is not an E.164 number such as +15551234567")
+        if number in numbers:
+            raise ValueError(f"{number} is listed twice")
+        numbers[number] = name
+    return numbers
+
+
 class ConfigError(Exception):
     """One line naming the variable and what is wrong with it."""
 
@@ -57,6 +101,12 @@ class Settings(BaseSettings):
     twilio_api_base_url: str | None = None
     agent_voice: str | None = None
     callbridge_bot: str = "callbridge.bot:bot"
+    # More bots by name (`sales=mybots:sales support=./support.py:bot`), and which Twilio
+    # number each answers (`+15551230001=sales`); numbers not listed get CALLBRIDGE_BOT.
+    callbridge_bots: str | None = None
+    callbridge_numbers: str | None = None
+    # How long a bot's per-call set-up may take before the call gets the bot's defaults.
+    callbridge_setup_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
     database_url: str = "sqlite:///callbridge.db"  # call records
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -167,6 +217,42 @@ class Settings(BaseSettings):
         if value is not None and not _E164.match(value):
             raise ValueError("must be an E.164 number such as +15551234567")
         return value
+
+    @field_validator("callbridge_bots")
+    @classmethod
+    def _bots(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_bots(value)  # ValueError says what is wrong
+        return value
+
+    @field_validator("callbridge_numbers")
+    @classmethod
+    def _numbers(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_numbers(value)
+        return value
+
+    @model_validator(mode="after")
+    def _numbers_name_bots(self) -> Settings:
+        if self.callbridge_numbers:
+            named = {DEFAULT_BOT_NAME, *parse_bots(self.callbridge_bots or "")}
+            for number, name in parse_numbers(self.callbridge_numbers).items():
+                if name not in named:
+                    raise ValueError(
+                        f"CALLBRIDGE_NUMBERS: {number} is given to bot {name!r}, which "
+                        f"CALLBRIDGE_BOTS does not name (named: {', '.join(sorted(named))})"
+                    )
+        return self
+
+    @property
+    def bot_specs(self) -> dict[str, str]:
+        """Every bot by name: `default` is CALLBRIDGE_BOT, the others CALLBRIDGE_BOTS's."""
+        return {DEFAULT_BOT_NAME: self.callbridge_bot, **parse_bots(self.callbridge_bots or "")}
+
+    @property
+    def bot_numbers(self) -> dict[str, str]:
+        """The bot's name for each Twilio number listed in CALLBRIDGE_NUMBERS."""
+        return parse_numbers(self.callbridge_numbers or "")
 
     @field_validator("agent_voice")
     @classmethod

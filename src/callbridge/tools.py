@@ -22,6 +22,8 @@ import msgspec
 import pydantic
 from pydantic_core import to_jsonable_python
 
+from callbridge.call import Call
+
 DEFAULT_TIMEOUT_SECONDS = 20.0  # phone callers hear dead air while a tool runs
 _MIN_TIMEOUT, _MAX_TIMEOUT = 1.0, 300.0  # the API's accepted range
 
@@ -46,6 +48,8 @@ class Tool:
     arguments_model: type[pydantic.BaseModel]
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     execution_mode: str = "interactive"
+    # The parameter annotated `Call`, if any: filled with the call, never shown to the model.
+    call_parameter: str | None = None
     # The parameters' JSON Schema, built once when the tool is made: a type the agent cannot
     # be told about fails here, at import, instead of on every call.
     parameters_schema: dict[str, Any] = field(init=False, repr=False, compare=False)
@@ -89,9 +93,14 @@ class Tool:
             raise ToolError(f"invalid arguments: {problems}") from None
         return {name: getattr(model, name) for name in type(model).model_fields}
 
-    async def run(self, arguments: dict[str, Any]) -> str:
-        """Run with validated arguments and return the JSON-encoded result."""
+    async def run(self, arguments: dict[str, Any], call: Call | None = None) -> str:
+        """Run with validated arguments (and the call, if it takes one) and return the
+        JSON-encoded result."""
         kwargs = self.parse_arguments(arguments)
+        if self.call_parameter is not None:
+            if call is None:
+                raise ToolError(f"{self.name} can only run during a call")
+            kwargs[self.call_parameter] = call
         if inspect.iscoroutinefunction(self.function):
             result = await self.function(**kwargs)
         else:
@@ -140,6 +149,7 @@ def tool(
             function=fn,
             arguments_model=_arguments_model(fn),
             timeout_seconds=timeout_seconds,
+            call_parameter=_call_parameter(fn),
         )
 
     if function is not None:
@@ -156,6 +166,8 @@ def _arguments_model(fn: Callable[..., Any]) -> type[pydantic.BaseModel]:
             continue
         if param.name not in hints:
             raise TypeError(f"tool {fn.__name__}: parameter {param.name!r} needs a type hint")
+        if hints[param.name] is Call:
+            continue  # callbridge fills it in; the model never sees it
         _check_describable(fn, param.name, hints[param.name])
         default = ... if param.default is param.empty else param.default
         fields[param.name] = (hints[param.name], default)
@@ -165,6 +177,13 @@ def _arguments_model(fn: Callable[..., Any]) -> type[pydantic.BaseModel]:
         **fields,
     )
     return model
+
+
+def _call_parameter(fn: Callable[..., Any]) -> str | None:
+    names = [n for n, hint in _resolved_hints(fn).items() if hint is Call and n != "return"]
+    if len(names) > 1:
+        raise TypeError(f"tool {fn.__name__}: only one parameter may take the Call")
+    return names[0] if names else None
 
 
 def _check_describable(fn: Callable[..., Any], name: str, hint: Any) -> None:
@@ -228,7 +247,7 @@ class ToolOutcome:
     failure: BaseException | None = None  # for the log: the exception a tool raised
 
 
-async def run_tool(tool: Tool, arguments: dict[str, Any]) -> ToolOutcome:
+async def run_tool(tool: Tool, arguments: dict[str, Any], call: Call | None = None) -> ToolOutcome:
     """Run a tool under its deadline and turn every way it can go wrong into an error result.
 
     The text of an error result is read by the model, so it is short and says nothing of
@@ -236,7 +255,7 @@ async def run_tool(tool: Tool, arguments: dict[str, Any]) -> ToolOutcome:
     """
     try:
         async with asyncio.timeout(tool.run_timeout):
-            return ToolOutcome(await tool.run(arguments), False)
+            return ToolOutcome(await tool.run(arguments, call), False)
     except ToolError as exc:
         return ToolOutcome(str(exc) or f"{tool.name} failed", True)
     except TimeoutError:

@@ -15,6 +15,7 @@ from urllib.parse import quote, urlencode
 import msgspec
 import pytest
 
+from callbridge.bot import bot as default_bot
 from callbridge.server.call_registry import CallInfo
 from callbridge.server.state import APP_STATE
 from callbridge.testing.fake_agent import FakeVoiceAgent
@@ -27,6 +28,12 @@ from tests.e2e.test_simulate_command import SIGNED, simulate
 from tests.helpers.log_events import Events, caught
 
 KEY = call_parameters.parameters_key(AUTH_TOKEN)
+
+
+@pytest.fixture
+async def server(start_server: ServerFactory, fake_agent: FakeVoiceAgent) -> RunningServer:
+    # A second bot by name, so that a placed call's `bot` has one to choose.
+    return await start_server(assemblyai_agent_url=fake_agent.url, bots={"sales": default_bot})
 
 
 @pytest.fixture

@@ -4,13 +4,16 @@ what the caller actually heard measured by the playout ledger."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 
 from callbridge.bot import Bot, bot, generate_random_number
@@ -33,19 +36,29 @@ GREETING = "Hello, records test."
 BOT = Bot(system_prompt="x", greeting=GREETING, tools=(generate_random_number,))
 
 
-def on_disk(folder: Path, needle: bytes) -> bool:
-    files = [*folder.glob("spool.jsonl*"), *folder.glob("calls.db*")]
-    return any(needle in f.read_bytes() for f in files if f.is_file())
+def agent_line_on_disk(folder: Path, text: str) -> bool:
+    """The agent's transcript line `text` is in the spool or the database (not merely
+    the greeting in the session's configuration, which comes first)."""
+    needle = msgspec.json.encode({"role": "agent", "text": text})[1:-1]
+    if any(needle in f.read_bytes() for f in folder.glob("spool.jsonl*") if f.is_file()):
+        return True
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{folder}/calls.db?mode=ro", uri=True)) as db:
+            row = db.execute(
+                "SELECT 1 FROM callbridge_transcript_entries WHERE text = ?", (text,)
+            ).fetchone()
+    except sqlite3.Error:
+        return False
+    return row is not None
 
 
-async def until_on_disk(folder: Path, text: str, timeout: float = 5.0) -> None:
-    """Poll (bounded) until `text` appears in the spool or the database files."""
+async def until_agent_line_on_disk(folder: Path, text: str, timeout: float = 5.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
-        if on_disk(folder, text.encode()):
+        if agent_line_on_disk(folder, text):
             return
         await asyncio.sleep(0.02)
-    pytest.fail(f"{text!r} never reached the spool or the database")
+    pytest.fail(f"the agent's line {text!r} never reached the spool or the database")
 
 
 def live_runner(server: RunningServer) -> CallRunner:
@@ -180,7 +193,7 @@ async def test_server_killed_mid_call_closes_the_call_as_interrupted_on_restart(
     session = await fake_agent.wait_for_session()
     await session.wait_sent("reply.done", timeout=10)  # the greeting: entries were made
     # Killed only once the greeting's transcript is on disk (spool, or already in the database).
-    await until_on_disk(tmp_path, bot.greeting or "")
+    await until_agent_line_on_disk(tmp_path, bot.greeting or "")
     first.send_signal(signal.SIGKILL)
     await first.wait()
     await sim.close()

@@ -32,8 +32,10 @@ from callbridge.records.entries import (
     CallClosed,
     CallError,
     CallOpened,
+    CallSetupDone,
     CallStatusChanged,
     RecordEntry,
+    SessionConfigured,
     ToolInvocation,
     TranscriptLine,
     TurnLatency,
@@ -281,6 +283,17 @@ def full_call(call_id: str = "call-1", call_sid: str = "CA" + "1" * 32) -> list[
     """One call with every kind of entry, as the bridge would submit it."""
     return [
         CallStatusChanged(call_sid, "ringing", T0 - 2, sequence=1),
+        CallSetupDone(
+            call_id,
+            T0 - 1,
+            "outbound",
+            "configured",
+            bot_name="shop",
+            parameters={"name": "Alice", "ticket": "42"},
+            call_sid=call_sid,
+            from_number="+15551230000",
+            to_number="+15557650000",
+        ),
         CallOpened(
             call_id,
             0,
@@ -326,6 +339,18 @@ def full_call(call_id: str = "call-1", call_sid: str = "CA" + "1" * 32) -> list[
         CallError(call_id, 9, T0 + 6.1, "agent", "connection_lost", "resumed within 30 s"),
         TranscriptLine(call_id, 10, T0 + 7.0, "caller", "Great, thanks, bye."),
         CallAction(call_id, 12, T0 + 7.5, "transfer", "busy", "a person", T0 + 6.5),
+        SessionConfigured(
+            call_id,
+            13,
+            T0 + 7.6,
+            {
+                "system_prompt": "You call Alice about her bike.",
+                "greeting": "Hi Alice, this is the bike shop.",
+                "input": {"keyterms": ["Brompton"], "transcription_prompt": "A bike shop."},
+                "output": {"voice": "alba", "volume": 80},
+                "tools": [{"type": "function", "name": "repair_status"}],
+            },
+        ),
         CallClosed(
             call_id,
             11,

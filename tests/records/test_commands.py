@@ -146,7 +146,10 @@ async def test_show_tells_the_conversation(backend: Backend, recorded: dict[str,
             "   +6.10s  error   agent connection_lost: resumed within 30 s",
             "   +7.00s  caller  Great, thanks, bye.",
             "   +7.50s  transfer busy to a person",
+            "   +7.60s  config  voice alba; tools repair_status; prompt 'You call Alice about her"
+            " bike.'; keyterms 1",
         ]
+        assert "  Bot shop; set-up: configured\n  Parameters: name=Alice, ticket=42\n" in out
 
 
 async def test_show_json_is_the_api_shape(backend: Backend, recorded: dict[str, Any]) -> None:
@@ -260,4 +263,6 @@ async def test_show_a_call_kept_without_its_words(
         "   +1.00s  caller  (words not stored)",
         "   +2.00s  agent   (words not stored)  [interrupted: heard 0.50s of 2.00s]",
         "   +3.00s  tool    lookup(arguments not stored) -> result not stored",
+        "   +0.50s  config  voice alba; prompt (not stored)",
     ]
+    assert "  Parameters: name=(not stored)\n" in result.stdout

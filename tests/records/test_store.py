@@ -20,7 +20,9 @@ from callbridge.records import spool
 from callbridge.records.entries import (
     CallClosed,
     CallOpened,
+    CallSetupDone,
     CallStatusChanged,
+    SessionConfigured,
     ToolInvocation,
     TranscriptLine,
 )
@@ -38,6 +40,7 @@ ENTRY_TABLES = {
     "callbridge_tool_calls": 2,
     "callbridge_turn_latencies": 1,
     "callbridge_call_errors": 1,
+    "callbridge_session_configs": 1,
 }
 
 
@@ -199,6 +202,23 @@ def expected_detail() -> dict[str, Any]:
             "frames_to_twilio": 350,
             "dropped": {"before_ready": 10, "after_clear": 3},
         },
+        "bot": "shop",
+        "parameters": {"name": "Alice", "ticket": "42"},
+        "setup": {"outcome": "configured", "detail": None, "error": None},
+        "session_configs": [
+            {
+                "seq": 13,
+                "at": iso(T0 + 7.6),
+                "offset_seconds": 7.6,
+                "config": {
+                    "system_prompt": "You call Alice about her bike.",
+                    "greeting": "Hi Alice, this is the bike shop.",
+                    "input": {"keyterms": ["Brompton"], "transcription_prompt": "A bike shop."},
+                    "output": {"voice": "alba", "volume": 80},
+                    "tools": [{"type": "function", "name": "repair_status"}],
+                },
+            }
+        ],
     }
 
 
@@ -517,12 +537,33 @@ async def test_retention_runs_again_on_its_interval(
     assert await backend.count("callbridge_calls") == 0
 
 
-WORDS = ("Zanzibar", "marmalade", "platypus", "quokka-7731")
+WORDS = (
+    "Zanzibar",
+    "marmalade",
+    "platypus",
+    "quokka-7731",
+    "Philomena",
+    "Wombatwear",
+    "Aardvarkia",
+    "Xylophonix",
+)
 
 
 def wordy_call() -> list[Any]:
     return [
+        CallSetupDone("quiet", T0 - 1, "inbound", "configured", "default", {"name": WORDS[4]}),
         CallOpened("quiet", 0, T0, "inbound", call_sid="CA" + "4" * 32),
+        SessionConfigured(
+            "quiet",
+            5,
+            T0 + 0.5,
+            {
+                "system_prompt": f"Greet {WORDS[4]}",
+                "greeting": f"Hello {WORDS[5]}",
+                "input": {"keyterms": [WORDS[6]], "transcription_prompt": WORDS[7]},
+                "output": {"voice": "alba"},
+            },
+        ),
         TranscriptLine("quiet", 1, T0 + 1, "caller", f"I live in {WORDS[0]}"),
         TranscriptLine("quiet", 2, T0 + 2, "agent", f"Lovely {WORDS[1]}", "r1", True, 2.0, 0.5),
         ToolInvocation("quiet", 3, T0 + 3, "t1", "lookup", {"animal": WORDS[2]}, WORDS[3]),
@@ -554,6 +595,11 @@ async def test_without_transcripts_no_words_reach_the_spool_or_the_database(
     assert [t.text for t in detail.transcript] == [None, None]
     assert detail.transcript[1].interrupted and detail.transcript[1].heard_seconds == 0.5
     assert [(t.name, t.arguments, t.result) for t in detail.tool_calls] == [("lookup", None, None)]
+    assert detail.parameters == {"name": None}
+    [config] = detail.session_configs
+    assert config.config["system_prompt"] is None and config.config["greeting"] is None
+    assert config.config["input"] == {"keyterms": None, "transcription_prompt": None}
+    assert config.config["output"] == {"voice": "alba"}
     dumped = await backend.dump()
     assert "lookup" in dumped
     for word in WORDS:

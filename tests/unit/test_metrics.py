@@ -6,6 +6,7 @@ from callbridge.records.entries import (
     CallClosed,
     CallError,
     CallOpened,
+    CallSetupDone,
     CallStatusChanged,
     ToolInvocation,
     TurnLatency,
@@ -112,3 +113,13 @@ def test_labels_from_outside_are_bounded() -> None:
     }
     assert len(codes) == 51 and "other" in codes
     assert value(m, "callbridge_call_errors_total", source="agent", code="other") == 150
+
+
+def test_set_ups_are_counted_by_bot_and_outcome() -> None:
+    m = new_metrics()
+    m.observe(CallSetupDone("c1", 0.0, "inbound", "configured", bot_name="sales"))
+    m.observe(CallSetupDone("c2", 0.0, "inbound", "failed", bot_name="sales", error="late"))
+    m.observe(CallSetupDone("c3", 0.0, "outbound", "refused"))
+    assert value(m, "callbridge_call_setups_total", bot="sales", outcome="configured") == 1
+    assert value(m, "callbridge_call_setups_total", bot="sales", outcome="failed") == 1
+    assert value(m, "callbridge_call_setups_total", bot="default", outcome="refused") == 1

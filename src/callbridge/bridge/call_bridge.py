@@ -63,11 +63,13 @@ from callbridge.bridge.inputs import (
     TimerFired,
     ToolFinished,
     TwilioClosed,
+    UpdateSession,
 )
 from callbridge.bridge.playout_ledger import PlayoutLedger
 from callbridge.bridge.reattach import REATTACH_SECONDS, StreamHandover
 from callbridge.bridge.reconnect import Reconnect, fresh_config
 from callbridge.bridge.record_entries import RecordEntries
+from callbridge.bridge.session_changes import SessionChanges, merged
 from callbridge.bridge.timers import Timer
 from callbridge.bridge.tool_results import ToolResults
 from callbridge.bridge.verb_events import (
@@ -190,6 +192,8 @@ class CallBridge:
         *,
         session_config: Mapping[str, Any],
         tools: Sequence[Tool],
+        follow_up: Mapping[str, Any] | None = None,
+        setup_error: str | None = None,
         apology_payloads: Sequence[bytes] = (),
         apology_seconds: float = 0.0,
         ready_timeout: float = 15.0,
@@ -212,6 +216,10 @@ class CallBridge:
         self._ledger = PlayoutLedger(clock)
         self._records = RecordEntries(call_id, wall_clock)
         self._session_config = dict(session_config)
+        # A stored agent's mutable fields, sent once each new session is ready.
+        self._follow_up = dict(follow_up) if follow_up else None
+        self._unsent: SessionChanges | None = None  # changes the live session lacks
+        self._setup_error = setup_error  # the bot's set-up failed: recorded with the call
         self._tools = {t.name: t for t in tools}
         self._apology = tuple(apology_payloads)
         self._apology_seconds = apology_seconds
@@ -242,6 +250,7 @@ class CallBridge:
         self._fenced_replies = self._barge_in.fenced  # read per reply frame: one look-up
         self._results = ToolResults(clock)
         self._verbs = VerbState(verbs or CallVerbs())
+        self._verb_tools = self._verbs.config.tool_definitions()  # kept beside new tools
         self._handover = StreamHandover()
 
         self._media_dropped = 0  # media frames not relayed (frames_from_twilio is derived)
@@ -292,6 +301,7 @@ class CallBridge:
             TransferAnswered: self._on_transfer_answered,
             AmdVerdict: self._on_amd_verdict,
             CallCompleted: self._on_call_completed,
+            UpdateSession: self._on_update_session,
         }
         self._timer_handlers: dict[str, Callable[[TimerFired], list[Action]]] = {
             Timer.READY: self._no_ready_in_time,
@@ -471,11 +481,14 @@ class CallBridge:
             from_number=params.get("from"),
             to_number=params.get("to"),
         )
-        return [
+        actions: list[Action] = [
             Log.info("stream.started", call_sid=self.call_sid, stream_sid=self.stream_sid),
             opened,
-            OpenAgent(),
         ]
+        if self._setup_error is not None:
+            actions.append(self._records.error("setup", "setup_failed", self._setup_error))
+        actions.append(OpenAgent())
+        return actions
 
     def _on_mark(self, msg: twilio.Mark) -> list[Action]:
         if self._ledger.mark_echoed(msg.mark.name):
@@ -538,6 +551,7 @@ class CallBridge:
             first = agent.encode_session_resume(self.session_id)
         else:
             self.state = State.CONFIGURING
+            self._unsent = None  # the new session's configuration has every change
             first = agent.encode_session_update(
                 self._session_config
                 if self.session_id is None
@@ -615,6 +629,7 @@ class CallBridge:
             CancelTimer(Timer.READY),
             CancelTimer(Timer.RETRY_BUDGET),
             self._records.session_started(msg.session_id, resumed),
+            *self._session_updates(resumed),
         ]
         if resumed:
             self._reconnect.resumes += 1
@@ -633,8 +648,54 @@ class CallBridge:
             actions += self._leave_message()  # a machine answered; the agent would wait
         return actions
 
-    def _on_session_updated(self, _: agent.SessionUpdated) -> list[Action]:
-        return [Log.debug("agent.session_updated")]
+    def _on_session_updated(self, msg: agent.SessionUpdated) -> list[Action]:
+        if not isinstance(msg.config, dict):  # older servers send no config
+            return [Log.debug("agent.session_updated")]
+        return [Log.debug("agent.session_updated"), self._records.session_configured(msg.config)]
+
+    # --- changing the live session (what may change: `session_changes`) ---------------
+
+    def _on_update_session(self, msg: UpdateSession) -> list[Action]:
+        changes = msg.changes
+        names = changes.names()
+        if self.end_reason is not None:
+            return [Log.warning("agent.session_update_dropped", fields=names, why="call ending")]
+        if changes.tools is not None:
+            self._tools = {t.name: t for t in changes.tools}
+        # A new session after a lost one starts with the changes made.
+        if self._follow_up is not None:
+            self._follow_up = merged(self._follow_up, changes, self._verb_tools)
+        else:
+            self._session_config = merged(self._session_config, changes, self._verb_tools)
+        log = Log.info("agent.session_update", fields=names, source=msg.source)
+        if self.state is State.LIVE and self._agent == "open":
+            return [log, SendToAgent(agent.encode_session_update(changes.wire(self._verb_tools)))]
+        # Sent once the session is ready (a resumed one lacks it).
+        unsent = self._unsent
+        self._unsent = (
+            changes
+            if unsent is None
+            else SessionChanges(
+                *(
+                    getattr(changes, n) if getattr(changes, n) is not None else getattr(unsent, n)
+                    for n in SessionChanges.__struct_fields__
+                )
+            )
+        )
+        return [log]
+
+    def _session_updates(self, resumed: bool) -> list[Action]:
+        """What a session needs once ready: a stored agent's mutable fields (a new session
+        only), then the changes made while it was not live."""
+        actions: list[Action] = []
+        if not resumed and self._follow_up:
+            actions.append(SendToAgent(agent.encode_session_update(self._follow_up)))
+        if self._unsent is not None:
+            actions.append(
+                SendToAgent(agent.encode_session_update(self._unsent.wire(self._verb_tools)))
+            )
+            self._unsent = None
+        return actions
 
     def _on_session_error(self, msg: agent.SessionError) -> list[Action]:
         kind = agent.classify_error(msg, configuring=self.state is State.CONFIGURING)

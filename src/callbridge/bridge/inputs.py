@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import msgspec
 
+from callbridge.bridge.session_changes import SessionChanges
+
 
 class StreamOpened(msgspec.Struct, frozen=True):
     """Twilio's socket is open; the call's clocks (idle, maximum length) start now."""
@@ -53,3 +55,11 @@ class ServerShutdown(msgspec.Struct, frozen=True):
     """
 
     polite: bool = False
+
+
+class UpdateSession(msgspec.Struct, frozen=True):
+    """Change the live session (checked already: `session_changes.check_changes`); from a
+    tool or an operator, as `source` says."""
+
+    changes: SessionChanges
+    source: str = "tool"

@@ -77,5 +77,7 @@ class Reconnect:
 def fresh_config(session_config: Mapping[str, Any]) -> dict[str, Any]:
     """For a new session after the old one was lost: no second greeting, an apology."""
     config = dict(session_config)
+    if "agent_id" in config:
+        return config  # a stored agent is named alone; its own greeting plays
     config["greeting"] = LOST_YOU_GREETING
     return config

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from callbridge.bridge.actions import Record
 from callbridge.bridge.playout_ledger import ReplyPlayout
 from callbridge.records import entries as records
+from callbridge.records.config_redaction import hide_secrets
 
 
 def _ms_since(start: float | None, at: float | None) -> float | None:
@@ -31,7 +32,10 @@ class RecordEntries:
         return Record(records.CallOpened(self.call_id, self._next_seq(), self._wall(), **fields))
 
     def error(
-        self, source: Literal["agent", "twilio", "bridge", "tool"], code: str, message: str
+        self,
+        source: Literal["agent", "twilio", "bridge", "tool", "setup"],
+        code: str,
+        message: str,
     ) -> Record:
         entry = records.CallError(
             self.call_id, self._next_seq(), self._wall(), source, code, message[:500]
@@ -42,6 +46,14 @@ class RecordEntries:
         return Record(
             records.AgentSessionStarted(
                 self.call_id, self._next_seq(), self._wall(), session_id, resumed
+            )
+        )
+
+    def session_configured(self, config: dict[str, Any]) -> Record:
+        """The configuration the agent confirmed; secrets never reach the record."""
+        return Record(
+            records.SessionConfigured(
+                self.call_id, self._next_seq(), self._wall(), hide_secrets(config)
             )
         )
 

@@ -56,7 +56,8 @@ def serve(
     """Run the bridge server."""
     from callbridge import logs
     from callbridge.app import build_app
-    from callbridge.bot import BotLoadError, load_bot
+    from callbridge.bot import BotLoadError
+    from callbridge.bot_routing import load_bots
     from callbridge.records.spool import SpoolError
     from callbridge.server import lifecycle
 
@@ -81,9 +82,9 @@ def serve(
     if problem is not None:
         refuse(problem)
     try:
-        bot = load_bot(settings.callbridge_bot)
+        bots = load_bots(settings.bot_specs)  # CALLBRIDGE_BOT's is `default`
     except BotLoadError as exc:
-        refuse(f"CALLBRIDGE_BOT: {exc}")
+        refuse(str(exc))
     if workers > 1:
         if settings.redis_url is None:
             refuse(
@@ -120,9 +121,11 @@ def serve(
         public_url=settings.public_url,
         agent_url=settings.assemblyai_agent_url,
         bot=settings.callbridge_bot,
+        bots=sorted(bots),
+        numbers=len(settings.bot_numbers),
     )
     try:
-        application = build_app(settings, bot)
+        application = build_app(settings, bots["default"], bots)
     except ValueError as exc:  # an unusable DATABASE_URL, say
         fail(f"configuration error: {exc}", EXIT_CONFIG)
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 import typer
@@ -216,6 +216,7 @@ def render_call(call: CallDetail) -> str:
     else:
         when += ", not ended"
     lines.append(when)
+    lines.extend(_setup_lines(call))
     if call.statuses:
         timeline = ", ".join(
             f"{s.status} {_offset((s.at - call.started_at).total_seconds()).strip()}"
@@ -245,6 +246,8 @@ def render_call(call: CallDetail) -> str:
         events.append((tool.seq, f"{_offset(tool.offset_seconds)}  tool    {_tool(tool)}"))
     for lat in call.turn_latencies:
         events.append((lat.seq, f"{_offset(lat.offset_seconds)}  latency {_latency(lat)}"))
+    for c in call.session_configs:
+        events.append((c.seq, f"{_offset(c.offset_seconds)}  config  {_config(c.config)}"))
     for err in call.errors:
         message = f": {err.message}" if err.message else ""
         events.append(
@@ -259,6 +262,49 @@ def render_call(call: CallDetail) -> str:
         lines.append("")
         lines.extend(line for _, line in sorted(events, key=lambda e: e[0]))
     return "\n".join(lines)
+
+
+def _setup_lines(call: CallDetail) -> list[str]:
+    """The bot, what its set-up decided, and the custom parameters."""
+    lines = []
+    if call.bot is not None or call.setup is not None:
+        line = f"  Bot {call.bot or '-'}"
+        setup = call.setup
+        if setup is not None:
+            line += f"; set-up: {setup.outcome}"
+            if setup.detail:
+                line += f" ({setup.detail})"
+            if setup.error:
+                line += f": {setup.error}"
+        lines.append(line)
+    if call.parameters:
+        shown = ", ".join(
+            f"{name}={value if value is not None else '(not stored)'}"
+            for name, value in sorted(call.parameters.items())
+        )
+        lines.append(f"  Parameters: {shown}")
+    return lines
+
+
+def _config(config: dict[str, Any]) -> str:
+    """The confirmed configuration in one line: what a reader checks first."""
+    parts = []
+    output = config.get("output")
+    if isinstance(output, dict) and output.get("voice"):
+        parts.append(f"voice {output['voice']}")
+    tools = config.get("tools")
+    if isinstance(tools, list):
+        names = [t.get("name") for t in tools if isinstance(t, dict)]
+        parts.append(f"tools {', '.join(str(n) for n in names) or 'none'}")
+    prompt = config.get("system_prompt")
+    if isinstance(prompt, str):
+        parts.append(f"prompt {prompt[:60]!r}{'...' if len(prompt) > 60 else ''}")
+    elif "system_prompt" in config:
+        parts.append("prompt (not stored)")
+    inputs = config.get("input")
+    if isinstance(inputs, dict) and isinstance(inputs.get("keyterms"), list):
+        parts.append(f"keyterms {len(inputs['keyterms'])}")
+    return "; ".join(parts) or "(empty)"
 
 
 def _offset(seconds: float) -> str:

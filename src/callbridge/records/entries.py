@@ -28,6 +28,23 @@ class CallOpened(msgspec.Struct, frozen=True):
     instance_id: str | None = None
 
 
+class CallSetupDone(msgspec.Struct, frozen=True):
+    """What the bot's set-up decided for a call, when Twilio asked for its TwiML: before
+    the call's stream (or instead of one, for a refused or forwarded call)."""
+
+    call_id: str
+    at: float
+    direction: str
+    outcome: str  # configured | defaults | refused | forwarded | failed (defaults used)
+    bot_name: str | None = None
+    parameters: dict[str, str] = msgspec.field(default_factory=dict)
+    error: str | None = None  # why the set-up failed (outcome "failed")
+    detail: str | None = None  # refused: the reason; forwarded: the number dialled
+    call_sid: str | None = None
+    from_number: str | None = None
+    to_number: str | None = None
+
+
 class CallStatusChanged(msgspec.Struct, frozen=True):
     """A Twilio status callback. Arrives by CallSid, possibly before or after the stream."""
 
@@ -92,11 +109,21 @@ class TurnLatency(msgspec.Struct, frozen=True):
     to_first_audible_played_ms: float | None = None
 
 
+class SessionConfigured(msgspec.Struct, frozen=True):
+    """The session configuration the agent confirmed (`session.updated`'s `config`), at the
+    start and after each change, with secrets hidden."""
+
+    call_id: str
+    seq: int
+    at: float
+    config: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
 class CallError(msgspec.Struct, frozen=True):
     call_id: str
     seq: int
     at: float
-    source: Literal["agent", "twilio", "bridge", "tool"]
+    source: Literal["agent", "twilio", "bridge", "tool", "setup"]
     code: str
     message: str = ""
 
@@ -131,11 +158,13 @@ class CallClosed(msgspec.Struct, frozen=True):
 
 RecordEntry = (
     CallOpened
+    | CallSetupDone
     | CallStatusChanged
     | AgentSessionStarted
     | TranscriptLine
     | ToolInvocation
     | TurnLatency
+    | SessionConfigured
     | CallError
     | CallAction
     | CallClosed

@@ -42,6 +42,7 @@ from callbridge.records.tables import (
     call_errors,
     call_statuses,
     calls,
+    session_configs,
     tool_calls,
     transcript_entries,
     turn_latencies,
@@ -156,6 +157,19 @@ class ActionItem(msgspec.Struct, kw_only=True):
     started_at: datetime.datetime | None
 
 
+class SessionConfigItem(msgspec.Struct, kw_only=True):
+    seq: int
+    at: datetime.datetime
+    offset_seconds: float
+    config: dict[str, Any]
+
+
+class SetupItem(msgspec.Struct, kw_only=True):
+    outcome: str  # configured | defaults | refused | forwarded | failed
+    detail: str | None
+    error: str | None
+
+
 class AudioCounts(msgspec.Struct, kw_only=True):
     frames_from_twilio: int | None
     frames_to_agent: int | None
@@ -175,6 +189,10 @@ class CallDetail(CallSummary, kw_only=True):
     errors: list[ErrorItem]
     actions: list[ActionItem]
     audio: AudioCounts
+    bot: str | None
+    parameters: dict[str, str | None]
+    setup: SetupItem | None
+    session_configs: list[SessionConfigItem]
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,6 +416,13 @@ async def get_call(conn: AsyncConnection, key: str) -> CallDetail | None:
     latencies = await _items(conn, turn_latencies, TurnLatencyItem, call_id, offset)
     errors = await _items(conn, call_errors, ErrorItem, call_id, offset)
     actions = await _items(conn, call_actions, ActionItem, call_id, offset)
+    configs = await _items(conn, session_configs, SessionConfigItem, call_id, offset)
+    outcome = m["setup_outcome"]
+    setup = (
+        SetupItem(outcome=outcome, detail=m["setup_detail"], error=m["setup_error"])
+        if outcome is not None
+        else None
+    )
     resumed_sessions = sum(1 for s in sessions if s.resumed)
     return CallDetail(
         **{f: getattr(summary, f) for f in CallSummary.__struct_fields__},
@@ -417,6 +442,10 @@ async def get_call(conn: AsyncConnection, key: str) -> CallDetail | None:
             frames_to_twilio=m["frames_to_twilio"],
             dropped=dict(m["dropped_frames"] or {}),
         ),
+        bot=m["bot_name"],
+        parameters=dict(m["parameters"] or {}),
+        setup=setup,
+        session_configs=configs,
     )
 
 

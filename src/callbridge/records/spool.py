@@ -30,8 +30,10 @@ from callbridge.records.entries import (
     CallClosed,
     CallError,
     CallOpened,
+    CallSetupDone,
     CallStatusChanged,
     RecordEntry,
+    SessionConfigured,
     ToolInvocation,
     TranscriptLine,
     TurnLatency,
@@ -54,6 +56,8 @@ KINDS: dict[str, type[Any]] = {
         CallError,
         CallAction,
         CallClosed,
+        CallSetupDone,
+        SessionConfigured,
     )
 }
 

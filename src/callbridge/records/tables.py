@@ -106,6 +106,13 @@ calls = Table(
     Column("frames_to_agent", BigInteger),
     Column("frames_to_twilio", BigInteger),
     Column("dropped_frames", json_type()),
+    # What the bot's set-up decided (migration 0003): the bot, the custom parameters the
+    # call was placed with (values NULL when STORE_TRANSCRIPTS=false), and the outcome.
+    Column("bot_name", String),
+    Column("parameters", json_type()),
+    Column("setup_outcome", String),
+    Column("setup_detail", String),
+    Column("setup_error", Text),
     Index("ix_callbridge_calls_started", "started_at", "call_id"),
     Index("ix_callbridge_calls_call_sid", "call_sid"),
     Index("ix_callbridge_calls_open", "instance_id", "ended_at"),
@@ -199,6 +206,17 @@ call_actions = Table(
     Column("started_at", UtcDateTime),
 )
 
+# The session configuration the agent confirmed, at the start and after each change
+# (migration 0003). Secrets are never stored; prompts and greetings only with transcripts.
+session_configs = Table(
+    "callbridge_session_configs",
+    metadata,
+    Column("call_id", String, primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("at", UtcDateTime, nullable=False),
+    Column("config", json_type(), nullable=False),
+)
+
 # The tables whose rows belong to one call by call_id (purged with it).
 CALL_CHILD_TABLES = (
     agent_sessions,
@@ -207,4 +225,5 @@ CALL_CHILD_TABLES = (
     turn_latencies,
     call_errors,
     call_actions,
+    session_configs,
 )

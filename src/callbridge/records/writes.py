@@ -41,14 +41,17 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from callbridge.records import config_redaction
 from callbridge.records.entries import (
     AgentSessionStarted,
     CallAction,
     CallClosed,
     CallError,
     CallOpened,
+    CallSetupDone,
     CallStatusChanged,
     RecordEntry,
+    SessionConfigured,
     ToolInvocation,
     TranscriptLine,
     TurnLatency,
@@ -61,6 +64,7 @@ from callbridge.records.tables import (
     call_errors,
     call_statuses,
     calls,
+    session_configs,
     tool_calls,
     transcript_entries,
     turn_latencies,
@@ -72,7 +76,11 @@ RESTART_REASON = "interrupted by restart"
 
 def without_words(entry: RecordEntry) -> RecordEntry:
     """The entry as stored with STORE_TRANSCRIPTS=false: no transcript text, no tool
-    arguments or results."""
+    arguments or results, no prompt or greeting, no custom parameters' values."""
+    if isinstance(entry, SessionConfigured):
+        return msgspec.structs.replace(entry, config=config_redaction.without_words(entry.config))
+    if isinstance(entry, CallSetupDone) and any(entry.parameters.values()):
+        return msgspec.structs.replace(entry, parameters=dict.fromkeys(entry.parameters, ""))
     if isinstance(entry, TranscriptLine) and entry.text:
         return msgspec.structs.replace(entry, text="")
     if isinstance(entry, ToolInvocation) and (entry.arguments or entry.result is not None):
@@ -134,6 +142,7 @@ async def apply(
     if not store_transcripts:
         entries = [without_words(e) for e in entries]
     opened: dict[str, CallOpened] = {}
+    set_up: dict[str, CallSetupDone] = {}
     closed: dict[str, CallClosed] = {}
     statuses: list[CallStatusChanged] = []
     first_seen: dict[str, datetime.datetime] = {}
@@ -147,6 +156,8 @@ async def apply(
             first_seen[entry.call_id] = at
         if isinstance(entry, CallOpened):
             opened[entry.call_id] = entry
+        elif isinstance(entry, CallSetupDone):
+            set_up[entry.call_id] = entry
         elif isinstance(entry, CallClosed):
             closed[entry.call_id] = entry
         else:
@@ -155,12 +166,14 @@ async def apply(
 
     if statuses:
         await _insert_statuses(conn, statuses)
+    if set_up:
+        await _set_up_calls(conn, list(set_up.values()), store_transcripts)
     if opened:
         await _open_calls(conn, list(opened.values()))
     placeholders = [
         {"call_id": call_id, "started_at": at, "opened": False}
         for call_id, at in first_seen.items()
-        if call_id not in opened and call_id not in known_calls
+        if call_id not in opened and call_id not in set_up and call_id not in known_calls
     ]
     if placeholders:
         # Entries before their CallOpened (or without one): the row exists, to be completed.
@@ -171,8 +184,8 @@ async def apply(
         await _close_calls(conn, list(closed.values()))
     if statuses:
         await _apply_statuses(conn, statuses)
-    if opened or closed:
-        await _refresh_statuses(conn, [*opened, *closed])
+    if opened or closed or set_up:
+        await _refresh_statuses(conn, [*opened, *closed, *set_up])
 
 
 def _entry_row(
@@ -217,6 +230,8 @@ def _entry_row(
             entry.to_first_audible_sent_ms,
             entry.to_first_audible_played_ms,
         )
+    if isinstance(entry, SessionConfigured):
+        return session_configs, (entry.call_id, entry.seq, at, _json(entry.config))
     if isinstance(entry, CallError):
         return call_errors, (
             entry.call_id,
@@ -340,6 +355,52 @@ async def _open_calls(conn: AsyncConnection, opened: Sequence[CallOpened]) -> No
                 "opened": True,
             }
             for e in opened
+        ],
+    )
+
+
+async def _set_up_calls(
+    conn: AsyncConnection, set_up: Sequence[CallSetupDone], store_transcripts: bool
+) -> None:
+    """A call's row from what its set-up decided, before (or instead of) its stream."""
+    sids = [e.call_sid for e in set_up if e.call_sid]
+    if sids:
+        await _drop_stubs(conn, sids)
+    stmt = _insert(conn, calls)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[calls.c.call_id],
+        set_={
+            "call_sid": func.coalesce(calls.c.call_sid, stmt.excluded.call_sid),
+            "direction": func.coalesce(calls.c.direction, stmt.excluded.direction),
+            "from_number": func.coalesce(calls.c.from_number, stmt.excluded.from_number),
+            "to_number": func.coalesce(calls.c.to_number, stmt.excluded.to_number),
+            "bot_name": stmt.excluded.bot_name,
+            "parameters": stmt.excluded.parameters,
+            "setup_outcome": stmt.excluded.setup_outcome,
+            "setup_detail": stmt.excluded.setup_detail,
+            "setup_error": stmt.excluded.setup_error,
+        },
+    )
+    await conn.execute(
+        stmt,
+        [
+            {
+                "call_id": e.call_id,
+                "call_sid": _text(e.call_sid),
+                "direction": e.direction,
+                "from_number": _text(e.from_number),
+                "to_number": _text(e.to_number),
+                "started_at": utc(e.at),
+                "opened": False,
+                "bot_name": _text(e.bot_name),
+                "parameters": _json(
+                    e.parameters if store_transcripts else dict.fromkeys(e.parameters)
+                ),
+                "setup_outcome": _text(e.outcome),
+                "setup_detail": _text(e.detail),
+                "setup_error": _text(e.error),
+            }
+            for e in set_up
         ],
     )
 

@@ -13,6 +13,7 @@ from callbridge.twilio.signatures import TOKEN_TTL_SECONDS, new_stream_token, to
 
 if TYPE_CHECKING:
     from callbridge.server.call_runner import CallRunner
+    from callbridge.session_plan import SessionPlan
 
 # Twilio opens the stream within seconds of our TwiML; anything older is abandoned.
 PENDING_TTL_SECONDS = 300.0
@@ -27,9 +28,12 @@ class CallInfo:
     to_number: str | None = None
     stream_token: str | None = None  # single use: cleared once a stream presents it
     created: float = field(default_factory=time.monotonic)
-    # A placed call's custom parameters and bot, from its signed TwiML URL.
+    # The custom parameters given when the call was placed, and the bot chosen for it.
     parameters: Mapping[str, str] = field(default_factory=dict)
     bot_name: str | None = None
+    # What the bot's set-up decided: the agent's session, and why it failed (if it did).
+    plan: SessionPlan | None = None
+    setup_error: str | None = None
 
 
 _LETTERS_AND_DIGITS = string.ascii_letters + string.digits
@@ -53,6 +57,10 @@ class CallRegistry:
         self._known[info.call_id] = info
         if info.call_sid:
             self._by_call_sid[info.call_sid] = info.call_id
+
+    def info(self, call_id: str) -> CallInfo | None:
+        """What the webhook learnt and decided about a call it announced."""
+        return self._known.get(call_id)
 
     def call_id_for_sid(self, call_sid: str) -> str | None:
         return self._by_call_sid.get(call_sid)

@@ -48,6 +48,7 @@ from callbridge.bridge.inputs import (
 )
 from callbridge.bridge.playout_ledger import FAST_PATH_MARKS
 from callbridge.bridge.verb_events import DigitsRequested, RedirectFinished, TransferRequested
+from callbridge.call import Call
 from callbridge.fast_path import Relayed
 from callbridge.logs import EventLogger
 from callbridge.records.entries import RecordEntry
@@ -138,6 +139,8 @@ class CallRunner:
         self._perform_redirect: Callable[[CallRunner, RedirectCall], Awaitable[str | None]]
         self._perform_redirect = _no_redirects
         self.finished_reason: str | None = None
+        # What the call's tools are given (`server.runner_control`).
+        self.call: Call | None = None
 
     async def run(self) -> None:
         """Serve the call until both sockets are closed. Never raises (bar cancellation)."""
@@ -537,7 +540,7 @@ class CallRunner:
                 await self._twilio.close(code)
 
     async def _run_tool(self, action: RunTool) -> None:
-        outcome = await run_tool(action.tool, action.arguments)
+        outcome = await run_tool(action.tool, action.arguments, self.call)
         if outcome.failure is not None:
             self.log.exception(
                 "tool.raised", outcome.failure, tool_call_id=action.call_id, name=action.tool.name

@@ -28,6 +28,7 @@ from callbridge.records.entries import (
     CallClosed,
     CallError,
     CallOpened,
+    CallSetupDone,
     RecordEntry,
     ToolInvocation,
     TurnLatency,
@@ -105,7 +106,7 @@ class CallMetrics:
         )
         self.errors = Counter(
             "callbridge_call_errors",
-            "Errors in calls, by source (agent, twilio, bridge, tool) and code.",
+            "Errors in calls, by source (agent, twilio, bridge, tool, setup) and code.",
             ["source", "code"],
             registry=r,
         )
@@ -139,10 +140,18 @@ class CallMetrics:
             ["verb", "outcome"],
             registry=r,
         )
+        self.setups = Counter(
+            "callbridge_call_setups",
+            "Calls by bot and what its set-up decided (configured, defaults, refused, "
+            "forwarded; failed: the bot's defaults were used).",
+            ["bot", "outcome"],
+            registry=r,
+        )
         # From the agent: bounded. End and drop reasons are the bridge's own, a fixed set.
         self._error_code = BoundedLabel()
         self._tool_name = BoundedLabel(tool_names)
         self._outcome = BoundedLabel()  # Twilio's words: bounded all the same
+        self._bot_name = BoundedLabel()
 
     def observe(self, entry: RecordEntry) -> None:
         """Count what a call record entry says (called for every entry, before it is stored)."""
@@ -173,6 +182,8 @@ class CallMetrics:
             self._call_closed(entry)
         elif isinstance(entry, CallAction):
             self.call_actions.labels(entry.verb, self._outcome(entry.outcome)).inc()
+        elif isinstance(entry, CallSetupDone):
+            self.setups.labels(self._bot_name(entry.bot_name or "default"), entry.outcome).inc()
 
     def _call_closed(self, entry: CallClosed) -> None:
         self.calls_ended.labels(entry.ended_by, entry.reason).inc()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -40,9 +40,13 @@ class AppState:
     observe: Callable[[RecordEntry], None] | None = None
     # What the instances answering one line share (`build_app` sets it from REDIS_URL).
     shared: SharedState = field(init=False)
+    # Every bot by name (`default` is `bot`), and the bot's name for each number listed.
+    bots: Mapping[str, Bot] = field(default_factory=dict)
+    numbers: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.shared = LocalState(self.registry, self.records.instance_id)
+        self.bots = {"default": self.bot, **self.bots}
 
     def record(self, entry: RecordEntry) -> None:
         """Every record entry goes through here: counted for the metrics, then queued for

@@ -23,6 +23,7 @@ from callbridge.server.call_control import CallControl
 from callbridge.server.call_runner import CallRunner
 from callbridge.server.connections import on_reused_connection
 from callbridge.server.log_throttle import refused
+from callbridge.server.runner_control import call_bot, call_for, call_plan
 from callbridge.server.state import APP_STATE, AppState
 from callbridge.twilio.aiohttp import AiohttpTwilioSocket
 from callbridge.twilio.media_stream import Start
@@ -122,9 +123,13 @@ def start_call(
 
         admit = admit_here
 
+    info = state.registry.info(call_id)
+    plan = call_plan(state, info, direction)
     bridge = CallBridge(
-        session_config=state.bot.session_config(direction, settings.agent_voice),
-        tools=state.bot.tools,
+        session_config=plan.first_update,
+        tools=plan.tools,
+        follow_up=plan.follow_up,
+        setup_error=info.setup_error if info is not None else None,
         apology_payloads=state.apology_payloads,
         apology_seconds=state.apology_seconds,
         idle_seconds=settings.callbridge_idle_seconds,
@@ -132,7 +137,7 @@ def start_call(
         connect_retry_seconds=settings.callbridge_agent_retry_seconds,
         call_id=call_id,
         direction=direction,
-        verbs=state.bot.verbs,
+        verbs=call_bot(state, info).verbs,
     )
     runner = CallRunner(
         call_id=call_id,
@@ -151,6 +156,7 @@ def start_call(
         fast_path=settings.callbridge_fast_path,
     )
     runner.set_redirect(CallControl(state).redirect)
+    runner.call = call_for(state, info, call_id, direction, runner, plan)
     state.registry.live[call_id] = runner
     log.info("stream.opened", direction=direction)
     return runner

@@ -14,6 +14,7 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from callbridge.bridge.verb_events import CallCompleted
 from callbridge.records.entries import CallStatusChanged
+from callbridge.server.bot_setup import set_up_call
 from callbridge.server.call_registry import CallInfo, new_call_id
 from callbridge.server.log_throttle import refused
 from callbridge.server.placed_calls import placed_call
@@ -128,10 +129,13 @@ async def _answer_call(
     from_number: str | None,
     to_number: str | None,
     *,
-    parameters: Mapping[str, str],
-    call_id: str | None,
-    bot_name: str | None,
+    parameters: Mapping[str, str] | None = None,
+    call_id: str | None = None,
+    bot_name: str | None = None,
 ) -> web.Response:
+    """Answer Twilio's request for a call's TwiML: the agent's stream, or what the bot's
+    set-up decided instead. `parameters`, `call_id` and `bot_name` come with a call placed
+    by callbridge (its custom parameters, its pre-assigned id, the bot asked for)."""
     state = request.app[APP_STATE]
     log = state.log.bind(call_sid=call_sid, direction=direction)
     if state.shutting_down:
@@ -161,14 +165,23 @@ async def _answer_call(
         call_sid=call_sid,
         from_number=from_number,
         to_number=to_number,
+        parameters=dict(parameters or {}),  # a dict: records encode it
         stream_token=new_stream_token(),
-        parameters=parameters,
-        bot_name=bot_name,
     )
     refusal = await state.shared.announce(info, state.settings.max_calls_global)
     if refusal is not None:
         log.warning("call.refused_busy", why=refusal, limit=state.settings.max_calls_global)
         return _say_and_hang_up(BUSY_TEXT)
+    # Announced (above) before the bot's set-up runs: a call being set up counts against
+    # MAX_CALLS.
+    log = log.bind(call_id=info.call_id)
+    # The form was read (and its signature checked) already: aiohttp keeps it.
+    decision = await set_up_call(state, info, bot_name, await request.post(), log)
+    if decision.twiml is not None:
+        # Refused or sent elsewhere: no stream, no agent session. Still known by its
+        # CallSid, so that its status callbacks join its record.
+        info.stream_token = None
+        return web.Response(text=str(decision.twiml), content_type=_TWIML)
     stream_url = f"{_public_ws_base(request, state)}/{stream_path}/{info.call_id}"
     response = VoiceResponse()
     connect = Connect()
@@ -184,10 +197,10 @@ async def _answer_call(
     response.append(connect)
     log.info(
         "call.announced",
-        call_id=info.call_id,
         from_=info.from_number,
         to=info.to_number,
         bot=info.bot_name,
+        setup=decision.outcome,
         parameters=sorted(info.parameters),  # names only: values may be personal
     )
     return web.Response(text=str(response), content_type=_TWIML)
