@@ -12,7 +12,7 @@ from aiohttp import web
 from callbridge.bot import Bot
 from callbridge.config import Settings
 from callbridge.records.store import CallStore
-from callbridge.server import records_api, streams, webhooks
+from callbridge.server import records_api, streams, verbs_api, webhooks
 from callbridge.server.connections import FIRST_REQUESTS, FirstRequests, note_first_request
 from callbridge.server.lifecycle import end_calls_now
 from callbridge.server.metrics import METRICS, CallMetrics, metrics_endpoint
@@ -57,6 +57,7 @@ def build_app(settings: Settings, bot: Bot) -> web.Application:
     app.router.add_get("/healthz", webhooks.healthz)
     app.router.add_get("/readyz", webhooks.readyz)
     records_api.add_routes(app)
+    verbs_api.add_routes(app)
     app[RECORDS_STORE] = state.records
     metrics = CallMetrics(
         lambda: _live_by_direction(state),

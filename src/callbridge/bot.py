@@ -19,7 +19,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
+from callbridge.bridge.silence import SilenceRules
+from callbridge.keypad_input import KeypadRules
 from callbridge.tools import Tool, tool
+from callbridge.verbs import end_call
 
 Direction = Literal["inbound", "outbound"]
 DEFAULT_VOICE = "alba"
@@ -32,6 +35,11 @@ class Bot:
     `greeting` is spoken verbatim as soon as the session is ready (leave it None for the
     agent to wait for the caller); outbound calls use `outbound_prompt` and
     `outbound_greeting` when set, so the agent speaks first to the person it called.
+
+    `keypad` gathers the keys a caller presses into entries for the agent; `silence`
+    says when the agent checks in on a caller who says nothing, and how often before it
+    hangs up (None: the server's CALLBRIDGE_SILENCE_* settings). The agent can hang up
+    when `end_call` (from `callbridge.verbs`) is among the tools.
     """
 
     system_prompt: str
@@ -40,6 +48,8 @@ class Bot:
     outbound_greeting: str | None = None
     voice: str = DEFAULT_VOICE
     tools: Sequence[Tool] = field(default_factory=tuple)
+    keypad: KeypadRules = field(default_factory=KeypadRules)
+    silence: SilenceRules | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.tools, Tool) or not isinstance(self.tools, Iterable):
@@ -227,7 +237,8 @@ SYSTEM_PROMPT = (
     "You are a friendly, concise assistant answering a phone call. Keep answers to one or "
     "two short sentences, speak naturally, and never use lists, markdown or emoji: "
     "everything you say is read aloud. If the caller asks for a random number, use the "
-    "generate_random_number tool."
+    "generate_random_number tool. When the caller says goodbye or has nothing more to ask, "
+    "use the end_call tool, then say a short goodbye."
 )
 
 OUTBOUND_PROMPT = (
@@ -243,5 +254,5 @@ bot = Bot(
     outbound_prompt=OUTBOUND_PROMPT,
     outbound_greeting="Hi, this is the callbridge demo assistant calling. Do you have a moment?",
     voice=DEFAULT_VOICE,
-    tools=(generate_random_number,),
+    tools=(generate_random_number, end_call),
 )

@@ -14,13 +14,15 @@ import copy
 import inspect
 import re
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Annotated, Any, overload
 
 import msgspec
 import pydantic
 from pydantic_core import to_jsonable_python
+
+from callbridge.keypad_input import Keypad
 
 DEFAULT_TIMEOUT_SECONDS = 20.0  # phone callers hear dead air while a tool runs
 _MIN_TIMEOUT, _MAX_TIMEOUT = 1.0, 300.0  # the API's accepted range
@@ -46,6 +48,9 @@ class Tool:
     arguments_model: type[pydantic.BaseModel]
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     execution_mode: str = "interactive"
+    # Parameters the caller types on the keypad (`Annotated[str, Keypad(...)]`): not in
+    # `arguments_model`, so the model never sees them; the bridge gathers them.
+    keypad_arguments: Mapping[str, Keypad] = field(default_factory=dict)
     # The parameters' JSON Schema, built once when the tool is made: a type the agent cannot
     # be told about fails here, at import, instead of on every call.
     parameters_schema: dict[str, Any] = field(init=False, repr=False, compare=False)
@@ -66,6 +71,12 @@ class Tool:
         """Our own deadline, a little below the API's so the agent gets our error, not its own."""
         return max(0.5, self.timeout_seconds - min(1.0, self.timeout_seconds * 0.1))
 
+    @property
+    def agent_timeout_seconds(self) -> float:
+        """How long the agent waits for the result: the run, and the caller's keypad entry."""
+        entry = sum(k.timeout_seconds + 10.0 for k in self.keypad_arguments.values())
+        return min(_MAX_TIMEOUT, self.timeout_seconds + entry)
+
     def definition(self) -> dict[str, Any]:
         """The flat (not OpenAI-nested) tool definition for `session.update`."""
         return {
@@ -74,7 +85,7 @@ class Tool:
             "description": self.description,
             "parameters": copy.deepcopy(self.parameters_schema),
             "execution_mode": self.execution_mode,
-            "timeout_seconds": self.timeout_seconds,
+            "timeout_seconds": self.agent_timeout_seconds,
         }
 
     def parse_arguments(self, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -89,9 +100,12 @@ class Tool:
             raise ToolError(f"invalid arguments: {problems}") from None
         return {name: getattr(model, name) for name in type(model).model_fields}
 
-    async def run(self, arguments: dict[str, Any]) -> str:
-        """Run with validated arguments and return the JSON-encoded result."""
+    async def run(self, arguments: dict[str, Any], keypad: Mapping[str, str] | None = None) -> str:
+        """Run with validated arguments (and the keys entered for the keypad arguments)
+        and return the JSON-encoded result."""
         kwargs = self.parse_arguments(arguments)
+        entered = keypad or {}
+        kwargs.update({name: entered.get(name, "") for name in self.keypad_arguments})
         if inspect.iscoroutinefunction(self.function):
             result = await self.function(**kwargs)
         else:
@@ -140,6 +154,7 @@ def tool(
             function=fn,
             arguments_model=_arguments_model(fn),
             timeout_seconds=timeout_seconds,
+            keypad_arguments=_keypad_arguments(fn),
         )
 
     if function is not None:
@@ -156,6 +171,8 @@ def _arguments_model(fn: Callable[..., Any]) -> type[pydantic.BaseModel]:
             continue
         if param.name not in hints:
             raise TypeError(f"tool {fn.__name__}: parameter {param.name!r} needs a type hint")
+        if _keypad_of(hints[param.name]) is not None:
+            continue  # the caller types it: the model is not told of it
         _check_describable(fn, param.name, hints[param.name])
         default = ... if param.default is param.empty else param.default
         fields[param.name] = (hints[param.name], default)
@@ -165,6 +182,27 @@ def _arguments_model(fn: Callable[..., Any]) -> type[pydantic.BaseModel]:
         **fields,
     )
     return model
+
+
+def _keypad_of(hint: Any) -> Keypad | None:
+    if typing.get_origin(hint) is Annotated:
+        for extra in hint.__metadata__:
+            if isinstance(extra, Keypad):
+                return extra
+    return None
+
+
+def _keypad_arguments(fn: Callable[..., Any]) -> dict[str, Keypad]:
+    hints = _resolved_hints(fn)
+    found: dict[str, Keypad] = {}
+    for name, hint in hints.items():
+        spec = _keypad_of(hint)
+        if spec is None or name == "return":
+            continue
+        if typing.get_args(hint)[0] is not str:
+            raise TypeError(f"tool {fn.__name__}: keypad parameter {name!r} must be a str")
+        found[name] = spec
+    return found
 
 
 def _check_describable(fn: Callable[..., Any], name: str, hint: Any) -> None:
@@ -194,7 +232,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _resolved_hints(fn: Callable[..., Any]) -> dict[str, Any]:
     try:
-        return typing.get_type_hints(fn)
+        return typing.get_type_hints(fn, include_extras=True)
     except Exception as exc:  # unresolvable forward references in a user's module
         raise TypeError(f"tool {fn.__name__}: cannot resolve type hints: {exc}") from exc
 
@@ -228,7 +266,9 @@ class ToolOutcome:
     failure: BaseException | None = None  # for the log: the exception a tool raised
 
 
-async def run_tool(tool: Tool, arguments: dict[str, Any]) -> ToolOutcome:
+async def run_tool(
+    tool: Tool, arguments: dict[str, Any], keypad: Mapping[str, str] | None = None
+) -> ToolOutcome:
     """Run a tool under its deadline and turn every way it can go wrong into an error result.
 
     The text of an error result is read by the model, so it is short and says nothing of
@@ -236,7 +276,7 @@ async def run_tool(tool: Tool, arguments: dict[str, Any]) -> ToolOutcome:
     """
     try:
         async with asyncio.timeout(tool.run_timeout):
-            return ToolOutcome(await tool.run(arguments), False)
+            return ToolOutcome(await tool.run(arguments, keypad), False)
     except ToolError as exc:
         return ToolOutcome(str(exc) or f"{tool.name} failed", True)
     except TimeoutError:

@@ -5,8 +5,8 @@ Feed it every decoded message from either socket and every adapter event (see
 states, the dispatch and how a call ends; the policies it applies have modules of their
 own: `barge_in`, `reconnect` (retry, resume, fresh session), `tool_results`,
 `call_limits` (idle, length), `timers`, `playout_ledger` (what the caller heard, marks),
-`record_entries`. Audio crosses as the bytes msgspec decoded from base64, re-encoded on
-the way out.
+`record_entries`; the call verbs: `hang_up`, `keypad`, `silence`. Audio crosses as the
+bytes msgspec decoded from base64, re-encoded on the way out.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from callbridge.agent import events as agent
+from callbridge.bridge import hang_up
 from callbridge.bridge.actions import (
     Action,
     CancelTimer,
@@ -36,25 +37,37 @@ from callbridge.bridge.actions import (
 )
 from callbridge.bridge.barge_in import BargeIn
 from callbridge.bridge.call_limits import CallLength, IdleLimit
+from callbridge.bridge.hang_up import (
+    HANG_UP_MARK,
+    SAY_GOODBYE_INSTRUCTIONS,
+    HangUpBy,
+    say_instructions,
+)
 from callbridge.bridge.inputs import (
     AgentClosed,
     AgentOpened,
     AgentOpenFailed,
+    HangUpRequested,
+    SayRequested,
     ServerShutdown,
     StreamOpened,
     TimerFired,
     ToolFinished,
     TwilioClosed,
 )
+from callbridge.bridge.keypad import KeypadInput
 from callbridge.bridge.playout_ledger import PlayoutLedger
 from callbridge.bridge.reconnect import Reconnect, fresh_config
 from callbridge.bridge.record_entries import RecordEntries
+from callbridge.bridge.silence import Silence, SilenceRules
 from callbridge.bridge.timers import Timer
 from callbridge.bridge.tool_results import ToolResults
+from callbridge.keypad_input import KeypadRules
 from callbridge.records import entries as records
 from callbridge.tools import Tool
 from callbridge.twilio import media_stream as twilio
 from callbridge.twilio.media_stream import TwilioProtocolError
+from callbridge.verbs import VerbTool
 
 APOLOGY_MARK = "callbridge-apology-played"
 GOODBYE_MARK = "callbridge-goodbye-played"
@@ -109,6 +122,9 @@ class EndReason(enum.StrEnum):
     SERVER_SHUTDOWN = "server-shutdown"
     TWILIO_IDLE = "twilio-idle"  # no media from Twilio for too long
     MAX_DURATION = "max-duration"
+    AGENT_HUNG_UP = "agent-hung-up"  # the agent's end_call, once its goodbye played
+    OPERATOR_HUNG_UP = "operator-hung-up"  # the API, the command line
+    CALLER_SILENT = "caller-silent"  # no word from the caller through every check-in
 
 
 # Who ended a call, for its record.
@@ -121,6 +137,14 @@ _ENDED_BY: dict[EndReason, records.EndedBy] = {
     EndReason.AGENT_UNAVAILABLE: "agent",
     EndReason.AGENT_DROPPED: "agent",
     EndReason.SERVER_SHUTDOWN: "server",
+    EndReason.AGENT_HUNG_UP: "agent",
+    EndReason.OPERATOR_HUNG_UP: "operator",
+    EndReason.CALLER_SILENT: "agent",
+}
+_HUNG_UP_BY: dict[HangUpBy, EndReason] = {
+    "agent": EndReason.AGENT_HUNG_UP,
+    "operator": EndReason.OPERATOR_HUNG_UP,
+    "silence": EndReason.CALLER_SILENT,
 }
 
 
@@ -137,6 +161,9 @@ _CANCELLED_AT_THE_END = (
     Timer.WRAP_UP,
     Timer.RETRY_BUDGET,
     Timer.READY,
+    Timer.HANG_UP,
+    Timer.KEYPAD,
+    Timer.SILENCE,
 )
 
 
@@ -164,6 +191,9 @@ class CallBridge:
         jitter: Callable[[], float] = random.random,
         call_id: str = "",
         direction: str = "inbound",
+        hang_up_wait_seconds: float = 15.0,
+        keypad: KeypadRules | None = None,
+        silence: SilenceRules | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -186,6 +216,11 @@ class CallBridge:
             reconnect_seconds=reconnect_seconds,
             jitter=jitter,
         )
+
+        self._hang_up_request = hang_up.HangUp(hang_up_wait_seconds)
+        self._keypad = KeypadInput(keypad or KeypadRules(), self._keypad_tool_failed)
+        self._silence = Silence(silence)
+        self._caller_speaking = False
 
         self.state = State.AWAITING_START
         self.end_reason: EndReason | None = None
@@ -244,6 +279,8 @@ class CallBridge:
             TimerFired: self._on_timer,
             ServerShutdown: self._on_server_shutdown,
             StreamOpened: self._on_stream_opened,
+            HangUpRequested: self._on_hang_up_requested,
+            SayRequested: self._on_say_requested,
         }
         self._timer_handlers: dict[str, Callable[[TimerFired], list[Action]]] = {
             Timer.READY: self._no_ready_in_time,
@@ -253,6 +290,9 @@ class CallBridge:
             Timer.MAX_CALL: self._call_length_reached,
             Timer.WRAP_UP: self._no_goodbye_in_time,
             Timer.RETRY_BUDGET: self._retry_budget_spent,
+            Timer.HANG_UP: self._no_hang_up_goodbye_in_time,
+            Timer.KEYPAD: self._keypad_timed_out,
+            Timer.SILENCE: self._silence_waited,
         }
 
     def handle(self, event: object) -> list[Action]:
@@ -431,10 +471,16 @@ class CallBridge:
             return [CancelTimer(Timer.APOLOGY), *self._hang_up()]
         if msg.mark.name == GOODBYE_MARK and self._length.wrapping_up:
             return [CancelTimer(Timer.WRAP_UP), *self._end(self._wrap_up_reason)]
+        if msg.mark.name == HANG_UP_MARK and self._hang_up_request.requested:
+            return [CancelTimer(Timer.HANG_UP), *self._end(self._hung_up_reason())]
         return []
 
     def _on_dtmf(self, msg: twilio.Dtmf) -> list[Action]:
-        return [Log.info("caller.dtmf", digit=msg.dtmf.digit)]
+        # Never the key itself in the log: it may belong to a sensitive keypad argument.
+        log = Log.debug("caller.keypad")
+        if self.state is not State.LIVE or self.end_reason is not None:
+            return [log]
+        return [log, *self._silence.caller_spoke(), *self._keypad.pressed(msg.dtmf.digit)]
 
     def _on_stop(self, _: twilio.Stop) -> list[Action]:
         return [Log.info("stream.stopped"), *self._end(EndReason.STREAM_STOPPED)]
@@ -604,11 +650,14 @@ class CallBridge:
 
     def _on_speech_started(self, _: agent.SpeechStarted) -> list[Action]:
         self._results.may_flow = False
+        self._caller_speaking = True
+        silence = self._silence.caller_spoke()
         if self.state is not State.LIVE or self.stream_sid is None:
-            return []
-        return self._barge_in.speech_started(self._current_reply, self.stream_sid)
+            return silence
+        return silence + self._barge_in.speech_started(self._current_reply, self.stream_sid)
 
     def _on_speech_stopped(self, _: agent.SpeechStopped) -> list[Action]:
+        self._caller_speaking = False
         self._ledger.turn_ended()
         return [Log.debug("caller.speech_stopped")]
 
@@ -620,8 +669,9 @@ class CallBridge:
         self._current_reply = msg.reply_id
         self._ledger.reply_started(msg.reply_id)
         self._length.reply_started(msg.reply_id)
+        self._hang_up_request.reply_started(msg.reply_id)
         self._results.may_flow = False
-        return [Log.debug("agent.reply_started", reply_id=msg.reply_id)]
+        return [Log.debug("agent.reply_started", reply_id=msg.reply_id), *self._silence.disarm()]
 
     def _on_reply_audio(self, msg: agent.ReplyAudio) -> list[Action]:
         out = self.audio_to_twilio(msg)
@@ -640,6 +690,7 @@ class CallBridge:
             if self.stream_sid is not None and self.state is State.LIVE:
                 actions += self._barge_in.clear(self.stream_sid)
             self._ledger.reply_done(msg.reply_id, interrupted=True)
+            self._hang_up_request.reply_interrupted(msg.reply_id)
             actions.extend(self._discard_results_of(msg.reply_id))
             return actions + self._settled_replies()
         self._fenced_replies.discard(msg.reply_id)
@@ -652,6 +703,8 @@ class CallBridge:
         if self._length.is_goodbye(msg.reply_id) and self.stream_sid:
             # Hang up once Twilio has played the goodbye, not when the agent finished sending it.
             actions.append(SendToTwilio(twilio.encode_mark(self.stream_sid, GOODBYE_MARK)))
+        if self._hang_up_request.is_goodbye(msg.reply_id) and self.stream_sid:
+            actions.append(SendToTwilio(twilio.encode_mark(self.stream_sid, HANG_UP_MARK)))
         return actions
 
     def _on_reply_error(self, msg: agent.ReplyError) -> list[Action]:
@@ -688,6 +741,8 @@ class CallBridge:
                     ToolFinished(msg.call_id, f"unknown tool {msg.name!r}", True)
                 ),
             ]
+        if isinstance(tool, VerbTool):
+            return [log, *self._verb_tool(msg.call_id, tool)]
         try:
             arguments = agent.tool_arguments(msg)
         except agent.ToolArgumentsError as exc:
@@ -697,6 +752,8 @@ class CallBridge:
                     ToolFinished(msg.call_id, f"invalid arguments: {exc}", True)
                 ),
             ]
+        if tool.keypad_arguments:
+            return [log, *self._keypad.run_tool(msg.call_id, tool, arguments)]
         return [log, RunTool(msg.call_id, tool, arguments)]
 
     def _on_tool_finished(self, msg: ToolFinished) -> list[Action]:
@@ -801,6 +858,92 @@ class CallBridge:
     def _apology_played(self, _: TimerFired) -> list[Action]:
         return self._hang_up() if self.state is State.APOLOGIZING else []
 
+    # --- the call verbs (`hang_up`, `keypad`, `silence`) -------------------------------
+
+    def verb_refusal(self) -> str | None:
+        """Why a verb cannot be performed on this call now (None: it can)."""
+        if self.end_reason is not None or self.state in (State.ENDING, State.DONE):
+            return "the call is ending"
+        if self.state is not State.LIVE:
+            return "the call is not live yet"
+        return None
+
+    def _verb_tool(self, call_id: str, tool: VerbTool) -> list[Action]:
+        if tool.verb != "hang-up":
+            result = ToolFinished(call_id, f"{tool.name} is not available on this call", True)
+            return self._on_tool_finished(result)
+        # The result first: the agent answers it with its goodbye.
+        finished = self._on_tool_finished(ToolFinished(call_id, '"hanging up"', False))
+        return finished + self._request_hang_up("agent", None)
+
+    def _request_hang_up(self, by: HangUpBy, instructions: str | None) -> list[Action]:
+        if self._hang_up_request.requested or self.end_reason is not None:
+            return [Log.info("call.hang_up_pending", by=by)]
+        return [
+            *self._silence.disarm(),
+            *self._keypad.cancel(),
+            *self._hang_up_request.request(by, self._current_reply, instructions),
+        ]
+
+    def _hung_up_reason(self) -> EndReason:
+        return _HUNG_UP_BY[self._hang_up_request.by or "operator"]
+
+    def _on_hang_up_requested(self, msg: HangUpRequested) -> list[Action]:
+        refusal = self.verb_refusal()
+        if msg.goodbye and refusal is None and self._agent == "open":
+            return self._request_hang_up("operator", say_instructions(msg.goodbye))
+        if self.end_reason is not None:
+            return []
+        return [Log.info("call.hanging_up", by=msg.by), *self._end(EndReason.OPERATOR_HUNG_UP)]
+
+    def _on_say_requested(self, msg: SayRequested) -> list[Action]:
+        refusal = self.verb_refusal()
+        if refusal is not None or self._agent != "open":
+            return [Log.warning("call.say_refused", why=refusal or "the agent is reconnecting")]
+        return [
+            Log.info("call.say", chars=len(msg.text)),
+            *self._silence.disarm(),
+            SendToAgent(agent.encode_reply_create(say_instructions(msg.text))),
+        ]
+
+    def _no_hang_up_goodbye_in_time(self, _: TimerFired) -> list[Action]:
+        if self.end_reason is not None:
+            return []
+        return [
+            Log.warning(
+                "call.goodbye_not_played", within_seconds=self._hang_up_request.wait_seconds
+            ),
+            *self._end(self._hung_up_reason(), "no goodbye played in time"),
+        ]
+
+    def _keypad_timed_out(self, _: TimerFired) -> list[Action]:
+        return self._keypad.timed_out() if self.state is State.LIVE else []
+
+    def _keypad_tool_failed(self, call_id: str, problem: str) -> list[Action]:
+        return self._on_tool_finished(ToolFinished(call_id, problem, True))
+
+    def _may_wait_for_the_caller(self) -> bool:
+        """Whether the silence rule's wait may start: the agent's replies have played,
+        and nothing else is going on that the caller waits for."""
+        return (
+            self.state is State.LIVE
+            and self.end_reason is None
+            and not self._caller_speaking
+            and not self._hang_up_request.requested
+            and not self._length.wrapping_up
+            and not self._results.outstanding
+            and not self._keypad.busy
+            and self._ledger.played_out()
+        )
+
+    def _silence_waited(self, _: TimerFired) -> list[Action]:
+        if self.state is not State.LIVE or self.end_reason is not None:
+            return []
+        actions, hang_up = self._silence.waited()
+        if hang_up:
+            return actions + self._request_hang_up("silence", SAY_GOODBYE_INSTRUCTIONS)
+        return actions
+
     # --- ending -----------------------------------------------------------------------
 
     def _wrap_up(self, reason: EndReason = EndReason.MAX_DURATION) -> list[Action]:
@@ -895,6 +1038,8 @@ class CallBridge:
         actions: list[Action] = []
         for reply in self._ledger.settled(everything=everything):
             actions.extend(self._records.reply(reply))
+        if self._silence.may_arm and self._may_wait_for_the_caller():
+            actions += self._silence.played_out()
         return actions
 
     def _ignore(self, _: object) -> list[Action]:

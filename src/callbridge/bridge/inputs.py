@@ -53,3 +53,19 @@ class ServerShutdown(msgspec.Struct, frozen=True):
     """
 
     polite: bool = False
+
+
+class HangUpRequested(msgspec.Struct, frozen=True):
+    """An operator (the API, the command line, a tool's call object) hangs up.
+
+    With `goodbye`, the agent says it first and the line closes once it has played;
+    without, the call ends now."""
+
+    by: str = "operator"
+    goodbye: str | None = None
+
+
+class SayRequested(msgspec.Struct, frozen=True):
+    """Make the agent say `text` now."""
+
+    text: str

@@ -14,3 +14,6 @@ class Timer(enum.StrEnum):
     MAX_CALL = "max-call"  # the call's length is nearly up: the agent wraps up
     WRAP_UP = "wrap-up"  # no goodbye played in time: end the call
     RETRY_BUDGET = "agent-retry-budget"  # reconnecting took too long: give up
+    HANG_UP = "hang-up"  # no goodbye played in time after a hang-up: end the call
+    KEYPAD = "keypad"  # no key for a while: the keypad entry is complete
+    SILENCE = "silence"  # the caller said nothing since the reply played: check in

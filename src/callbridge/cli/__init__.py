@@ -22,6 +22,7 @@ app = typer.Typer(
 
 
 def _register_record_commands() -> None:
+    from callbridge.cli import verbs  # noqa: F401  (adds `calls hangup` and `calls say`)
     from callbridge.cli.records import calls_app, db_app
 
     app.add_typer(calls_app, name="calls")

@@ -23,7 +23,9 @@ from callbridge.records import database, queries
 from callbridge.records.queries import CallDetail, CallQuery, CallSummary
 
 calls_app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Read the records of calls."
+    add_completion=False,
+    no_args_is_help=True,
+    help="Read the records of calls, and hang up or speak on a live one.",
 )
 db_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The call records database.")
 

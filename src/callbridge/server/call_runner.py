@@ -40,6 +40,8 @@ from callbridge.bridge.inputs import (
     AgentClosed,
     AgentOpened,
     AgentOpenFailed,
+    HangUpRequested,
+    SayRequested,
     StreamOpened,
     TimerFired,
     ToolFinished,
@@ -78,6 +80,10 @@ _ENDED_COUNTS_IF_ANY = (
 _take_relayed = fast_path_module.take_relayed
 _set_routes = fast_path_module.set_routes
 _end_routes = fast_path_module.end_routes
+
+
+class VerbRefused(Exception):
+    """A verb asked of a call that cannot take it now (ending, not live yet)."""
 
 
 class CallRunner:
@@ -192,6 +198,22 @@ class CallRunner:
     def end(self, event: object) -> None:
         """Feed an event from outside the call (server shutdown, say)."""
         self._feed(event)
+
+    # --- verbs: what the API, the command line and a tool's call object do to a call ----
+
+    def hang_up(self, goodbye: str | None = None) -> None:
+        """End the call now, or once the agent has said `goodbye` and it has played.
+        Raises VerbRefused if the call is already ending."""
+        if self.bridge.end_reason is not None or self._finished.is_set():
+            raise VerbRefused("the call is ending")
+        self._feed(HangUpRequested("operator", goodbye))
+
+    def say(self, text: str) -> None:
+        """Make the agent say `text` now. Raises VerbRefused if it cannot."""
+        refusal = self.bridge.verb_refusal()
+        if refusal is not None:
+            raise VerbRefused(refusal)
+        self._feed(SayRequested(text))
 
     # --- reading ----------------------------------------------------------------------
 
@@ -430,7 +452,7 @@ class CallRunner:
                 await self._twilio.close(code)
 
     async def _run_tool(self, action: RunTool) -> None:
-        outcome = await run_tool(action.tool, action.arguments)
+        outcome = await run_tool(action.tool, action.arguments, action.keypad)
         if outcome.failure is not None:
             self.log.exception(
                 "tool.raised", outcome.failure, tool_call_id=action.call_id, name=action.tool.name

@@ -17,6 +17,7 @@ from aiohttp import web
 from callbridge.agent.dial import agent_dialer
 from callbridge.bot import Direction
 from callbridge.bridge.call_bridge import CallBridge
+from callbridge.bridge.silence import SilenceRules
 from callbridge.logs import EventLogger
 from callbridge.server.call_runner import CallRunner
 from callbridge.server.connections import on_reused_connection
@@ -102,6 +103,11 @@ def start_call(
         connect_retry_seconds=settings.callbridge_agent_retry_seconds,
         call_id=call_id,
         direction=direction,
+        keypad=state.bot.keypad,
+        silence=state.bot.silence
+        or SilenceRules(
+            settings.callbridge_silence_prompt_seconds, settings.callbridge_silence_prompts
+        ),
     )
     runner = CallRunner(
         call_id=call_id,
