@@ -20,6 +20,7 @@ from callbridge.bot import Bot
 from callbridge.config import Settings
 from callbridge.records.entries import CallClosed, CallOpened, CallStatusChanged
 from callbridge.records.store import CallStore
+from callbridge.server import verbs_api
 from callbridge.server.records_api import RECORDS_STORE, add_routes
 from callbridge.server.state import APP_STATE, AppState
 from callbridge.twilio.signatures import TwilioAuthenticator
@@ -103,7 +104,12 @@ LIST, ONE = "/api/calls", "/api/calls/{call}"
 def test_the_routes_are_the_documented_paths() -> None:
     app = web.Application()
     add_routes(app)
-    routes = {r.resource.canonical for r in app.router.routes() if r.resource and r.method == "GET"}
+    verbs_api.add_routes(app)
+    routes = {
+        r.resource.canonical
+        for r in app.router.routes()
+        if r.resource and r.method in ("GET", "POST")
+    }
     assert routes == set(spec()["paths"])
 
 

@@ -182,6 +182,17 @@ def expected_detail() -> dict[str, Any]:
                 "message": "resumed within 30 s",
             }
         ],
+        "verbs": [
+            {
+                "seq": 11,
+                "at": iso(T0 + 7.5),
+                "offset_seconds": 7.5,
+                "verb": "hang-up",
+                "by": "agent",
+                "outcome": "after-goodbye",
+                "detail": "",
+            }
+        ],
         "audio": {
             "frames_from_twilio": 400,
             "frames_to_agent": 390,

@@ -218,7 +218,7 @@ class CallBridge:
         )
 
         self._hang_up_request = hang_up.HangUp(hang_up_wait_seconds)
-        self._keypad = KeypadInput(keypad or KeypadRules(), self._keypad_tool_failed)
+        self._keypad = KeypadInput(keypad or KeypadRules(), self._keypad_tool_failed, self._records)
         self._silence = Silence(silence)
         self._caller_speaking = False
 
@@ -472,7 +472,11 @@ class CallBridge:
         if msg.mark.name == GOODBYE_MARK and self._length.wrapping_up:
             return [CancelTimer(Timer.WRAP_UP), *self._end(self._wrap_up_reason)]
         if msg.mark.name == HANG_UP_MARK and self._hang_up_request.requested:
-            return [CancelTimer(Timer.HANG_UP), *self._end(self._hung_up_reason())]
+            return [
+                CancelTimer(Timer.HANG_UP),
+                self._hang_up_record("after-goodbye"),
+                *self._end(self._hung_up_reason()),
+            ]
         return []
 
     def _on_dtmf(self, msg: twilio.Dtmf) -> list[Action]:
@@ -885,6 +889,9 @@ class CallBridge:
             *self._hang_up_request.request(by, self._current_reply, instructions),
         ]
 
+    def _hang_up_record(self, outcome: str) -> Record:
+        return self._records.verb("hang-up", self._hang_up_request.by or "operator", outcome)
+
     def _hung_up_reason(self) -> EndReason:
         return _HUNG_UP_BY[self._hang_up_request.by or "operator"]
 
@@ -894,14 +901,23 @@ class CallBridge:
             return self._request_hang_up("operator", say_instructions(msg.goodbye))
         if self.end_reason is not None:
             return []
-        return [Log.info("call.hanging_up", by=msg.by), *self._end(EndReason.OPERATOR_HUNG_UP)]
+        return [
+            Log.info("call.hanging_up", by=msg.by),
+            self._records.verb("hang-up", "operator", "at-once"),
+            *self._end(EndReason.OPERATOR_HUNG_UP),
+        ]
 
     def _on_say_requested(self, msg: SayRequested) -> list[Action]:
         refusal = self.verb_refusal()
         if refusal is not None or self._agent != "open":
-            return [Log.warning("call.say_refused", why=refusal or "the agent is reconnecting")]
+            why = refusal or "the agent is reconnecting"
+            return [
+                Log.warning("call.say_refused", why=why),
+                self._records.verb("say", "operator", "refused", why),
+            ]
         return [
             Log.info("call.say", chars=len(msg.text)),
+            self._records.verb("say", "operator", "sent"),
             *self._silence.disarm(),
             SendToAgent(agent.encode_reply_create(say_instructions(msg.text))),
         ]
@@ -913,6 +929,7 @@ class CallBridge:
             Log.warning(
                 "call.goodbye_not_played", within_seconds=self._hang_up_request.wait_seconds
             ),
+            self._hang_up_record("goodbye-not-played"),
             *self._end(self._hung_up_reason(), "no goodbye played in time"),
         ]
 
@@ -942,7 +959,8 @@ class CallBridge:
         actions, hang_up = self._silence.waited()
         if hang_up:
             return actions + self._request_hang_up("silence", SAY_GOODBYE_INSTRUCTIONS)
-        return actions
+        detail = f"check-in {self._silence.check_ins}"
+        return [*actions, self._records.verb("silence-check-in", "silence", "asked", detail)]
 
     # --- ending -----------------------------------------------------------------------
 

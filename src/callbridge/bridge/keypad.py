@@ -22,12 +22,17 @@ from typing import Any
 from callbridge.agent import events as agent
 from callbridge.bridge.actions import Action, CancelTimer, Log, RunTool, SendToAgent, StartTimer
 from callbridge.bridge.hang_up import say_instructions
+from callbridge.bridge.record_entries import RecordEntries
 from callbridge.bridge.timers import Timer
 from callbridge.keypad_input import KEYS, Keypad, KeypadRules, KeypadValues
 from callbridge.tools import Tool
 
 # Time to hear a keypad argument's prompt before its timeout starts counting.
 PROMPT_ALLOWANCE_SECONDS = 10.0
+
+
+def _keys(keys: str) -> str:
+    return f"{len(keys)} key{'' if len(keys) == 1 else 's'}"
 
 
 def entry_instructions(keys: str) -> str:
@@ -81,13 +86,19 @@ class _Collection:
 class KeypadInput:
     """Entries for the agent, and keypad arguments for tools."""
 
-    __slots__ = ("_collecting", "_entry", "_queue", "_tool_failed", "rules")
+    __slots__ = ("_collecting", "_entry", "_queue", "_records", "_tool_failed", "rules")
 
-    def __init__(self, rules: KeypadRules, tool_failed: Callable[[str, str], list[Action]]) -> None:
+    def __init__(
+        self,
+        rules: KeypadRules,
+        tool_failed: Callable[[str, str], list[Action]],
+        records: RecordEntries,
+    ) -> None:
         """`tool_failed(call_id, problem)`: the actions that answer a tool call with an
         error (its keypad argument was not entered)."""
         self.rules = rules
         self._tool_failed = tool_failed
+        self._records = records
         self._entry = Entry(rules.terminator, rules.clear_key, rules.max_digits)
         self._collecting: _Collection | None = None
         self._queue: deque[_Collection] = deque()
@@ -147,6 +158,7 @@ class KeypadInput:
         return [
             CancelTimer(Timer.KEYPAD),
             Log.info("keypad.entry", keys=len(keys)),
+            self._records.verb("keypad-entry", "caller", "entered", _keys(keys)),
             SendToAgent(agent.encode_reply_create(entry_instructions(keys))),
         ]
 
@@ -179,6 +191,7 @@ class KeypadInput:
             ),
         ]
         if len(keys) < spec.min_digits:
+            actions.append(self._records.verb("keypad-argument", "caller", "missing", name))
             self._collecting = None
             problem = (
                 f"the caller entered {len(keys)} keys for {name}, fewer than {spec.min_digits}"
@@ -187,6 +200,8 @@ class KeypadInput:
             )
             return actions + self._tool_failed(current.call_id, problem) + self._next_collection()
         current.values[name] = keys
+        detail = f"{name}: {_keys(keys)}"
+        actions.append(self._records.verb("keypad-argument", "caller", "entered", detail))
         if current.waiting:
             return actions + self._ask(current)
         actions.append(RunTool(current.call_id, current.tool, current.arguments, current.values))

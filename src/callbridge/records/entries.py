@@ -100,6 +100,20 @@ class CallError(msgspec.Struct, frozen=True):
     message: str = ""
 
 
+class CallVerb(msgspec.Struct, frozen=True):
+    """A verb performed on the call: `verb` (hang-up, say, keypad-entry, keypad-argument,
+    silence-check-in), `by` whom (agent, operator, silence, caller), and its `outcome`.
+    `detail` never holds what the caller typed: at most how many keys."""
+
+    call_id: str
+    seq: int
+    at: float
+    verb: str
+    by: str
+    outcome: str
+    detail: str = ""
+
+
 class CallClosed(msgspec.Struct, frozen=True):
     call_id: str
     seq: int
@@ -121,5 +135,6 @@ RecordEntry = (
     | ToolInvocation
     | TurnLatency
     | CallError
+    | CallVerb
     | CallClosed
 )

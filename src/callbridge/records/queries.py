@@ -40,6 +40,7 @@ from callbridge.records.tables import (
     agent_sessions,
     call_errors,
     call_statuses,
+    call_verbs,
     calls,
     tool_calls,
     transcript_entries,
@@ -145,6 +146,16 @@ class ErrorItem(msgspec.Struct, kw_only=True):
     message: str
 
 
+class VerbItem(msgspec.Struct, kw_only=True):
+    seq: int
+    at: datetime.datetime
+    offset_seconds: float
+    verb: str
+    by: str
+    outcome: str
+    detail: str
+
+
 class AudioCounts(msgspec.Struct, kw_only=True):
     frames_from_twilio: int | None
     frames_to_agent: int | None
@@ -162,6 +173,7 @@ class CallDetail(CallSummary, kw_only=True):
     tool_calls: list[ToolCallItem]
     turn_latencies: list[TurnLatencyItem]
     errors: list[ErrorItem]
+    verbs: list[VerbItem]
     audio: AudioCounts
 
 
@@ -385,6 +397,7 @@ async def get_call(conn: AsyncConnection, key: str) -> CallDetail | None:
     tools = await _items(conn, tool_calls, ToolCallItem, call_id, offset)
     latencies = await _items(conn, turn_latencies, TurnLatencyItem, call_id, offset)
     errors = await _items(conn, call_errors, ErrorItem, call_id, offset)
+    verbs = await _items(conn, call_verbs, VerbItem, call_id, offset)
     resumed_sessions = sum(1 for s in sessions if s.resumed)
     return CallDetail(
         **{f: getattr(summary, f) for f in CallSummary.__struct_fields__},
@@ -397,6 +410,7 @@ async def get_call(conn: AsyncConnection, key: str) -> CallDetail | None:
         tool_calls=tools,
         turn_latencies=latencies,
         errors=errors,
+        verbs=verbs,
         audio=AudioCounts(
             frames_from_twilio=m["frames_from_twilio"],
             frames_to_agent=m["frames_to_agent"],

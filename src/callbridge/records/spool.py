@@ -30,6 +30,7 @@ from callbridge.records.entries import (
     CallError,
     CallOpened,
     CallStatusChanged,
+    CallVerb,
     RecordEntry,
     ToolInvocation,
     TranscriptLine,
@@ -51,6 +52,7 @@ KINDS: dict[str, type[Any]] = {
         ToolInvocation,
         TurnLatency,
         CallError,
+        CallVerb,
         CallClosed,
     )
 }

@@ -187,5 +187,24 @@ call_errors = Table(
     Column("message", Text, nullable=False),
 )
 
+call_verbs = Table(
+    "callbridge_call_verbs",
+    metadata,
+    Column("call_id", String, primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("at", UtcDateTime, nullable=False),
+    Column("verb", String, nullable=False),
+    Column("by", String, nullable=False),
+    Column("outcome", String, nullable=False),
+    Column("detail", Text, nullable=False),
+)
+
 # The tables whose rows belong to one call by call_id (purged with it).
-CALL_CHILD_TABLES = (agent_sessions, transcript_entries, tool_calls, turn_latencies, call_errors)
+CALL_CHILD_TABLES = (
+    agent_sessions,
+    transcript_entries,
+    tool_calls,
+    turn_latencies,
+    call_errors,
+    call_verbs,
+)

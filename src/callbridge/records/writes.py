@@ -47,6 +47,7 @@ from callbridge.records.entries import (
     CallError,
     CallOpened,
     CallStatusChanged,
+    CallVerb,
     RecordEntry,
     ToolInvocation,
     TranscriptLine,
@@ -58,6 +59,7 @@ from callbridge.records.tables import (
     agent_sessions,
     call_errors,
     call_statuses,
+    call_verbs,
     calls,
     tool_calls,
     transcript_entries,
@@ -223,6 +225,16 @@ def _entry_row(
             entry.source,
             _text(entry.code),
             _text(entry.message),
+        )
+    if isinstance(entry, CallVerb):
+        return call_verbs, (
+            entry.call_id,
+            entry.seq,
+            at,
+            _text(entry.verb),
+            _text(entry.by),
+            _text(entry.outcome),
+            _text(entry.detail),
         )
     raise TypeError(f"not a record entry: {type(entry).__name__}")
 

@@ -27,6 +27,7 @@ from callbridge.records.entries import (
     CallClosed,
     CallError,
     CallOpened,
+    CallVerb,
     RecordEntry,
     ToolInvocation,
     TurnLatency,
@@ -130,6 +131,13 @@ class CallMetrics:
             buckets=_TOOL_BUCKETS,
             registry=r,
         )
+        self.verbs = Counter(
+            "callbridge_call_verbs",
+            "Verbs performed on calls, by verb (hang-up, say, keypad-entry, keypad-argument, "
+            "silence-check-in) and outcome.",
+            ["verb", "outcome"],
+            registry=r,
+        )
         # From the agent: bounded. End and drop reasons are the bridge's own, a fixed set.
         self._error_code = BoundedLabel()
         self._tool_name = BoundedLabel(tool_names)
@@ -161,6 +169,8 @@ class CallMetrics:
             self.calls_started.labels(entry.direction).inc()
         elif isinstance(entry, CallClosed):
             self._call_closed(entry)
+        elif isinstance(entry, CallVerb):
+            self.verbs.labels(entry.verb, entry.outcome).inc()
 
     def _call_closed(self, entry: CallClosed) -> None:
         self.calls_ended.labels(entry.ended_by, entry.reason).inc()

@@ -114,6 +114,9 @@ class SimulatedCall:
         self.stream_error: BaseException | None = None  # why the last stream did not open
         self.exchanges: list[HttpExchange] = []
         self.marks: list[tuple[str, bool]] = []
+        # When the last stream ended: bytes of the server's audio still queued, unplayed
+        # (0: everything sent had played, a goodbye included). None: no stream ended yet.
+        self.unplayed_at_stream_end: int | None = None
         self.clears = 0
         self.media_sent = 0
         # With record_timeline: the call on one clock, 8000 mu-law bytes a second from the
