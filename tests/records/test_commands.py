@@ -145,6 +145,7 @@ async def test_show_tells_the_conversation(backend: Backend, recorded: dict[str,
             "   +6.00s  session resumed sess-b",
             "   +6.10s  error   agent connection_lost: resumed within 30 s",
             "   +7.00s  caller  Great, thanks, bye.",
+            "   +7.50s  verb    hang-up by agent: after-goodbye",
         ]
 
 

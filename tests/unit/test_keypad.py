@@ -164,3 +164,12 @@ def test_a_keypad_parameter_must_be_a_string() -> None:
         def bad(code: Annotated[int, Keypad("Enter it.")]) -> str:
             """Bad."""
             return ""
+
+
+def test_the_prompt_waits_for_the_reply_that_called_the_tool_to_be_done() -> None:
+    bridge = keypad_bridge()
+    bridge.handle(agent.ReplyStarted(reply_id="pre"))
+    actions = bridge.handle(agent.ToolCall(call_id="t1", name="pin", arguments={}))
+    assert instructions(actions) == []
+    actions = bridge.handle(agent.ReplyDone(reply_id="pre", status="completed"))
+    assert len(instructions(actions)) == 1 and "PIN" in instructions(actions)[0]

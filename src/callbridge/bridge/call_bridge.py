@@ -221,6 +221,7 @@ class CallBridge:
         self._keypad = KeypadInput(keypad or KeypadRules(), self._keypad_tool_failed, self._records)
         self._silence = Silence(silence)
         self._caller_speaking = False
+        self._after_reply: list[Action] = []  # frames for the agent once its reply is done
 
         self.state = State.AWAITING_START
         self.end_reason: EndReason | None = None
@@ -687,6 +688,12 @@ class CallBridge:
 
     def _on_reply_done(self, msg: agent.ReplyDone) -> list[Action]:
         self._current_reply = None
+        if self._after_reply:
+            actions, self._after_reply = self._after_reply, []
+            return actions + self._on_reply_done_now(msg)
+        return self._on_reply_done_now(msg)
+
+    def _on_reply_done_now(self, msg: agent.ReplyDone) -> list[Action]:
         if msg.status == "interrupted":
             # After a barge-in (its own INFO line) this is the same news: DEBUG then.
             log = Log.debug if msg.reply_id in self._fenced_replies else Log.info
@@ -757,7 +764,8 @@ class CallBridge:
                 ),
             ]
         if tool.keypad_arguments:
-            return [log, *self._keypad.run_tool(msg.call_id, tool, arguments)]
+            asking = self._keypad.run_tool(msg.call_id, tool, arguments)
+            return [log, *self._after_the_reply(asking)]
         return [log, RunTool(msg.call_id, tool, arguments)]
 
     def _on_tool_finished(self, msg: ToolFinished) -> list[Action]:
@@ -932,6 +940,15 @@ class CallBridge:
             self._hang_up_record("goodbye-not-played"),
             *self._end(self._hung_up_reason(), "no goodbye played in time"),
         ]
+
+    def _after_the_reply(self, actions: list[Action]) -> list[Action]:
+        """The frames for the agent among `actions` wait for the reply under way (the one
+        that called a keypad tool) to be done: a `reply.create` while a reply plays
+        would replace it."""
+        if self._current_reply is None:
+            return actions
+        self._after_reply += [a for a in actions if isinstance(a, SendToAgent)]
+        return [a for a in actions if not isinstance(a, SendToAgent)]
 
     def _keypad_timed_out(self, _: TimerFired) -> list[Action]:
         return self._keypad.timed_out() if self.state is State.LIVE else []

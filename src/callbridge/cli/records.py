@@ -252,6 +252,10 @@ def render_call(call: CallDetail) -> str:
         events.append(
             (err.seq, f"{_offset(err.offset_seconds)}  error   {err.source} {err.code}{message}")
         )
+    for v in call.verbs:
+        detail = f" ({v.detail})" if v.detail else ""
+        line = f"{_offset(v.offset_seconds)}  verb    {v.verb} by {v.by}: {v.outcome}{detail}"
+        events.append((v.seq, line))
     if events:
         lines.append("")
         lines.extend(line for _, line in sorted(events, key=lambda e: e[0]))
