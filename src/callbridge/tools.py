@@ -82,7 +82,7 @@ class Tool:
         return {
             "type": "function",
             "name": self.name,
-            "description": self.description,
+            "description": self.description + _keypad_note(self.keypad_arguments),
             "parameters": copy.deepcopy(self.parameters_schema),
             "execution_mode": self.execution_mode,
             "timeout_seconds": self.agent_timeout_seconds,
@@ -182,6 +182,17 @@ def _arguments_model(fn: Callable[..., Any]) -> type[pydantic.BaseModel]:
         **fields,
     )
     return model
+
+
+def _keypad_note(keypad: Mapping[str, Keypad]) -> str:
+    """Tells the model that the caller types these, so that it does not ask for them."""
+    if not keypad:
+        return ""
+    names = ", ".join(name.replace("_", " ") for name in keypad)
+    return (
+        f" When you call it, the caller is asked to type the {names} on the phone keypad: "
+        "do not ask for it yourself, and never repeat it."
+    )
 
 
 def _keypad_of(hint: Any) -> Keypad | None:

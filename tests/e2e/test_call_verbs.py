@@ -20,12 +20,13 @@ from callbridge.bridge.silence import CHECK_IN_INSTRUCTIONS
 from callbridge.server.state import APP_STATE
 from callbridge.testing.audio import silence, tone
 from callbridge.testing.fake_agent import FakeVoiceAgent, ScriptedTurn
+from callbridge.testing.fake_agent.script import END_CALL_GOODBYE
 from callbridge.testing.twilio_simulator import SimulatedCall, TwilioSimulator
 from tests.conftest import API_KEY, API_TOKEN, AUTH_TOKEN, PUBLIC_URL, RunningServer, ServerFactory
 from tests.helpers.log_events import caught
 
 GREETING = "Hi."
-GOODBYE = "Goodbye, and thanks for calling us today."
+GOODBYE = END_CALL_GOODBYE  # what the fake agent says after end_call's result
 CARD = "4111222233334444"
 cards_taken: list[str] = []
 
@@ -114,9 +115,7 @@ async def test_end_call_hangs_up_only_once_the_goodbye_has_played(
     server: RunningServer, simulator: TwilioSimulator, fast_agent: FakeVoiceAgent
 ) -> None:
     fast_agent.turns.append(
-        ScriptedTurn(
-            user_text="bye now", tool_name="end_call", tool_arguments={}, after_tool=GOODBYE
-        )
+        ScriptedTurn(user_text="bye now", tool_name="end_call", tool_arguments={})
     )
     call = await answered(simulator, fast_agent)
     session = await fast_agent.wait_for_session()

@@ -91,7 +91,7 @@ def test_a_keypad_off_bot_ignores_keys() -> None:
 def test_keypad_arguments_are_left_out_of_what_the_model_sees() -> None:
     schema = pay.definition()["parameters"]
     assert set(schema["properties"]) == {"amount"}
-    assert "card" not in msgspec.json.encode(pay.definition()).decode()
+    assert "card" not in msgspec.json.encode(schema).decode()
     assert pay.agent_timeout_seconds > pay.timeout_seconds  # time to ask and type
 
 
@@ -173,3 +173,8 @@ def test_the_prompt_waits_for_the_reply_that_called_the_tool_to_be_done() -> Non
     assert instructions(actions) == []
     actions = bridge.handle(agent.ReplyDone(reply_id="pre", status="completed"))
     assert len(instructions(actions)) == 1 and "PIN" in instructions(actions)[0]
+
+
+def test_the_model_is_told_the_caller_types_the_keypad_arguments() -> None:
+    assert "type the card on the phone keypad" in pay.definition()["description"]
+    assert pin.definition()["description"].startswith("Check a PIN.")
