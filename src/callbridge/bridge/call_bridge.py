@@ -904,15 +904,16 @@ class CallBridge:
         return _HUNG_UP_BY[self._hang_up_request.by or "operator"]
 
     def _on_hang_up_requested(self, msg: HangUpRequested) -> list[Action]:
+        by: HangUpBy = "agent" if msg.by == "agent" else "operator"  # a tool, or anyone else
         refusal = self.verb_refusal()
         if msg.goodbye and refusal is None and self._agent == "open":
-            return self._request_hang_up("operator", say_instructions(msg.goodbye))
+            return self._request_hang_up(by, say_instructions(msg.goodbye))
         if self.end_reason is not None:
             return []
         return [
-            Log.info("call.hanging_up", by=msg.by),
-            self._records.verb("hang-up", "operator", "at-once"),
-            *self._end(EndReason.OPERATOR_HUNG_UP),
+            Log.info("call.hanging_up", by=by),
+            self._records.verb("hang-up", by, "at-once"),
+            *self._end(_HUNG_UP_BY[by]),
         ]
 
     def _on_say_requested(self, msg: SayRequested) -> list[Action]:

@@ -201,19 +201,27 @@ class CallRunner:
 
     # --- verbs: what the API, the command line and a tool's call object do to a call ----
 
-    def hang_up(self, goodbye: str | None = None) -> None:
-        """End the call now, or once the agent has said `goodbye` and it has played.
-        Raises VerbRefused if the call is already ending."""
-        if self.bridge.end_reason is not None or self._finished.is_set():
+    def hang_up(self, goodbye: str | None = None, *, by: str = "operator") -> None:
+        """End the call now, or once the agent has said `goodbye` and it has played; `by`
+        is "operator", or "agent" for a tool. Raises VerbRefused if the call is ending."""
+        self._check_running()
+        if self.bridge.end_reason is not None:
             raise VerbRefused("the call is ending")
-        self._feed(HangUpRequested("operator", goodbye))
+        self._feed(HangUpRequested(by, goodbye))
 
     def say(self, text: str) -> None:
         """Make the agent say `text` now. Raises VerbRefused if it cannot."""
+        self._check_running()
         refusal = self.bridge.verb_refusal()
         if refusal is not None:
             raise VerbRefused(refusal)
         self._feed(SayRequested(text))
+
+    def _check_running(self) -> None:
+        if self._tg is None:
+            raise VerbRefused("the call is not live yet")
+        if self._finished.is_set() or self.done.is_set():
+            raise VerbRefused("the call is ending")
 
     # --- reading ----------------------------------------------------------------------
 
