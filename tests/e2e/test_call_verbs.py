@@ -321,3 +321,30 @@ async def test_a_silent_caller_is_checked_on_then_the_call_ends(
             ("silence-check-in", "silence", "asked"),
             ("hang-up", "silence", "after-goodbye"),
         ]
+
+
+async def test_say_before_the_agent_is_ready_is_refused_and_counted(
+    start_server: ServerFactory,
+) -> None:
+    slow = FakeVoiceAgent(api_key=API_KEY, validate_own_events=True, ready_delay=30)
+    await slow.start()
+    try:
+        server = await start_server(bot=BOT, assemblyai_agent_url=slow.url)
+        async with TwilioSimulator(server.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL) as sim:
+            call = await sim.place_inbound_call()
+            await slow.wait_for_session()
+            status, body = await post_verb(server, call.call_sid, "say", {"text": "Hello?"})
+            assert (status, body["error"]) == (409, "call_ending")
+            assert "not live yet" in body["message"]
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(
+                    f"{server.url}/metrics", headers={"Authorization": f"Bearer {API_TOKEN}"}
+                ) as response,
+            ):
+                text = await response.text()
+            assert 'callbridge_call_verbs_total{outcome="refused",verb="say"} 1.0' in text
+            await call.hangup()
+    finally:
+        await slow.stop()
+    assert slow.violations == [], slow.violations

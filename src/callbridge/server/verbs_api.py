@@ -14,11 +14,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from callbridge.logs import EventLogger
 from callbridge.server.api_auth import authorize, error_response, json_response
 from callbridge.server.call_runner import CallRunner, VerbRefused
+from callbridge.server.metrics import METRICS
 from callbridge.server.records_api import RECORDS_STORE
 from callbridge.server.state import APP_STATE, AppState
 
 MAX_TEXT_CHARS = 1000  # what an operator makes the agent say: a sentence or a few
 _log = EventLogger("verbs.api")
+_RECORDED_AS = {"hangup": "hang-up", "say": "say"}  # the verbs' names in records and metrics
 
 
 class _HangUpBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -84,6 +86,9 @@ async def _verb(
             runner.hang_up(body.goodbye)
     except VerbRefused as exc:
         runner.log.info("call.verb_refused", verb=verb, why=str(exc))
+        metrics = request.app.get(METRICS)
+        if metrics is not None:  # as the bridge counts its own refusals
+            metrics.verbs.labels(_RECORDED_AS[verb], "refused").inc()
         return error_response(409, "call_ending", f"{verb}: {exc}")
     runner.log.info("call.verb", verb=verb, by="api")
     return json_response(202, {"call_id": runner.call_id, "verb": verb, "accepted": True})
