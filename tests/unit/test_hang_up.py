@@ -169,3 +169,23 @@ def test_say_before_the_agent_is_ready_is_refused() -> None:
     bridge.handle(start_frame())
     assert bridge.verb_refusal() == "the call is not live yet"
     assert to_agent(bridge.handle(SayRequested("hello?"))) == []
+
+
+def test_the_caller_hanging_up_during_the_goodbye_ends_the_call_as_theirs() -> None:
+    bridge = verb_bridge()
+    call_end_call(bridge)
+    reply(bridge, "bye", done=False)
+    actions = bridge.handle(twilio.Stop(stream_sid=STREAM))
+    assert bridge.end_reason is EndReason.STREAM_STOPPED
+    assert bridge.handle(echo(HANG_UP_MARK)) == []  # a late echo changes nothing
+    actions += bridge.handle(TimerFired(Timer.HANG_UP))  # nor does the wait running out
+    assert not any(isinstance(a, Record) and "hang-up" in repr(a.entry) for a in actions)
+
+
+def test_keys_pressed_while_the_goodbye_plays_reach_nobody() -> None:
+    bridge = verb_bridge()
+    call_end_call(bridge)
+    actions: list[Action] = []
+    for key in "12#":
+        actions += bridge.handle(twilio.Dtmf(dtmf=twilio.DtmfInfo(digit=key), stream_sid=STREAM))
+    assert to_agent(actions) == []

@@ -472,7 +472,11 @@ class CallBridge:
             return [CancelTimer(Timer.APOLOGY), *self._hang_up()]
         if msg.mark.name == GOODBYE_MARK and self._length.wrapping_up:
             return [CancelTimer(Timer.WRAP_UP), *self._end(self._wrap_up_reason)]
-        if msg.mark.name == HANG_UP_MARK and self._hang_up_request.requested:
+        if (
+            msg.mark.name == HANG_UP_MARK
+            and self._hang_up_request.requested
+            and self.end_reason is None
+        ):
             return [
                 CancelTimer(Timer.HANG_UP),
                 self._hang_up_record("after-goodbye"),
@@ -483,7 +487,11 @@ class CallBridge:
     def _on_dtmf(self, msg: twilio.Dtmf) -> list[Action]:
         # Never the key itself in the log: it may belong to a sensitive keypad argument.
         log = Log.debug("caller.keypad")
-        if self.state is not State.LIVE or self.end_reason is not None:
+        if (
+            self.state is not State.LIVE
+            or self.end_reason is not None
+            or self._hang_up_request.requested  # saying goodbye: keys change nothing now
+        ):
             return [log]
         return [log, *self._silence.caller_spoke(), *self._keypad.pressed(msg.dtmf.digit)]
 
