@@ -176,6 +176,10 @@ def simulate(
     outbound: Annotated[
         bool, typer.Option(help="Simulate an answered outbound call instead.")
     ] = False,
+    keys: Annotated[
+        str,
+        typer.Option(help="Then press these keys on the keypad, e.g. 123# (0-9 * # A-D)."),
+    ] = "",
 ) -> None:
     """Run one call against a running server, as Twilio would, without a phone."""
     from callbridge.cli.simulate import SimulationError, caller_audio, run_simulation
@@ -193,6 +197,7 @@ def simulate(
                 seconds=seconds,
                 outbound=outbound,
                 speak_after=speak_after,
+                keys=keys,
             )
         )
     except SimulationError as exc:

@@ -126,6 +126,7 @@ class SimulatedCall:
         self.played_spans: list[tuple[float, float]] = []  # while something played
         self.spoken_spans: list[tuple[float, float]] = []  # while audio given to speak() went
         self.clear_times: list[float] = []
+        self.keys_pressed: list[tuple[float, str]] = []  # (time, key) of each dtmf sent
         self.timeline_start: float | None = None  # loop time of the clock's zero
         self._played_end = -(FRAME_BYTES + 1)  # where the last burst of playback ended
         self.ended = asyncio.Event()
@@ -151,6 +152,8 @@ class SimulatedCall:
 
     async def send_dtmf(self, digit: str) -> None:
         stream = self._require_stream()
+        now = asyncio.get_running_loop().time()
+        self.keys_pressed.append((now - (self.timeline_start or now), digit))
         await stream.send_numbered(
             {"event": "dtmf", "streamSid": stream.stream_sid},
             "dtmf",
