@@ -178,3 +178,23 @@ def test_the_prompt_waits_for_the_reply_that_called_the_tool_to_be_done() -> Non
 def test_the_model_is_told_the_caller_types_the_keypad_arguments() -> None:
     assert "type the card on the phone keypad" in pay.definition()["description"]
     assert pin.definition()["description"].startswith("Check a PIN.")
+
+
+def test_a_keypad_tool_whose_reply_is_talked_over_never_asks_nor_runs() -> None:
+    bridge = keypad_bridge()
+    bridge.handle(agent.ReplyStarted(reply_id="pre"))
+    bridge.handle(agent.ToolCall(call_id="t1", name="pay", arguments={"amount": 5}))
+    actions = bridge.handle(agent.ReplyDone(reply_id="pre", status="interrupted"))
+    assert instructions(actions) == []
+    assert [f for f in to_agent(actions) if f["type"] == "tool.result"] == []  # discarded
+    assert any(isinstance(a, Log) and a.event == "tool.result_discarded" for a in actions)
+    actions = press(bridge, CARD + "#")  # keys now are an entry for the agent, not the tool
+    assert not any(isinstance(a, RunTool) for a in actions)
+
+
+def test_keys_for_an_argument_start_over_with_the_clear_key() -> None:
+    bridge = keypad_bridge()
+    bridge.handle(agent.ToolCall(call_id="t1", name="pin", arguments={}))
+    actions = press(bridge, "99*1234#")
+    [run] = [a for a in actions if isinstance(a, RunTool)]
+    assert dict(run.keypad) == {"code": "1234"}

@@ -698,6 +698,9 @@ class CallBridge:
         self._current_reply = None
         if self._after_reply:
             actions, self._after_reply = self._after_reply, []
+            if msg.status == "interrupted":  # the caller moved on: no keypad prompt
+                done = self._on_reply_done_now(msg)  # marks the reply's tools cut off first
+                return done + self._keypad.reply_interrupted(msg.reply_id)
             return actions + self._on_reply_done_now(msg)
         return self._on_reply_done_now(msg)
 
@@ -772,7 +775,7 @@ class CallBridge:
                 ),
             ]
         if tool.keypad_arguments:
-            asking = self._keypad.run_tool(msg.call_id, tool, arguments)
+            asking = self._keypad.run_tool(msg.call_id, tool, arguments, self._current_reply)
             return [log, *self._after_the_reply(asking)]
         return [log, RunTool(msg.call_id, tool, arguments)]
 

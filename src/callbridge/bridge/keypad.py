@@ -78,9 +78,9 @@ class _Collection:
     tool: Tool
     arguments: dict[str, Any]
     waiting: deque[tuple[str, Keypad]]
+    reply_id: str | None  # the reply whose tool call this is
     values: KeypadValues = field(default_factory=KeypadValues)
     entry: Entry | None = None
-    keys_pressed: bool = False
 
 
 class KeypadInput:
@@ -108,11 +108,13 @@ class KeypadInput:
         """Whether keys are being gathered (an entry begun, or a tool's argument)."""
         return self._collecting is not None or bool(self._entry.keys)
 
-    def run_tool(self, call_id: str, tool: Tool, arguments: dict[str, Any]) -> list[Action]:
-        """The model called a tool with keypad arguments: ask for them (after any tool
-        already waiting for its own), then run it."""
+    def run_tool(
+        self, call_id: str, tool: Tool, arguments: dict[str, Any], reply_id: str | None
+    ) -> list[Action]:
+        """The model called a tool with keypad arguments in reply `reply_id`: ask for them
+        (after any tool already waiting for its own), then run it."""
         waiting = deque(tool.keypad_arguments.items())
-        self._queue.append(_Collection(call_id, tool, arguments, waiting))
+        self._queue.append(_Collection(call_id, tool, arguments, waiting, reply_id))
         if self._collecting is not None:
             return [Log.info("keypad.queued", tool_call_id=call_id, name=tool.name)]
         return self._next_collection()
@@ -123,7 +125,6 @@ class KeypadInput:
             return [Log.warning("keypad.unknown_key")]
         current = self._collecting
         if current is not None and current.entry is not None:
-            current.keys_pressed = True
             if current.entry.press(key):
                 return self._argument_done(current)
             return [StartTimer(Timer.KEYPAD, current.waiting[0][1].timeout_seconds)]
@@ -141,6 +142,21 @@ class KeypadInput:
         if self._entry.keys:
             return self._entry_done()
         return []
+
+    def reply_interrupted(self, reply_id: str | None) -> list[Action]:
+        """The caller talked over the reply that called these tools: the model has moved
+        on, so their keys are not asked for, and the tools never run (their calls are
+        answered as cut off, which the bridge discards)."""
+        dropped = [c for c in self._queue if c.reply_id == reply_id]
+        self._queue = deque(c for c in self._queue if c.reply_id != reply_id)
+        actions: list[Action] = []
+        current = self._collecting
+        if current is not None and current.reply_id == reply_id:
+            dropped.insert(0, current)
+            actions += [CancelTimer(Timer.KEYPAD), *self._next_collection()]
+        for collection in dropped:
+            actions += self._tool_failed(collection.call_id, "cut off by the caller")
+        return actions
 
     def cancel(self) -> list[Action]:
         """The call is ending: nothing more to gather."""
@@ -171,8 +187,7 @@ class KeypadInput:
 
     def _ask(self, current: _Collection) -> list[Action]:
         name, spec = current.waiting[0]
-        current.entry = Entry(spec.terminator, "", spec.max_digits)
-        current.keys_pressed = False
+        current.entry = Entry(spec.terminator, self.rules.clear_key, spec.max_digits)
         return [
             Log.info("keypad.asking", tool_call_id=current.call_id, argument=name),
             SendToAgent(agent.encode_reply_create(say_instructions(spec.prompt))),
