@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from callbridge.agent import events as agent
-from callbridge.bridge import hang_up
 from callbridge.bridge.actions import (
     Action,
     CancelTimer,
@@ -40,6 +39,7 @@ from callbridge.bridge.call_limits import CallLength, IdleLimit
 from callbridge.bridge.hang_up import (
     HANG_UP_MARK,
     SAY_GOODBYE_INSTRUCTIONS,
+    HangUpAfterGoodbye,
     HangUpBy,
     say_instructions,
 )
@@ -217,7 +217,7 @@ class CallBridge:
             jitter=jitter,
         )
 
-        self._hang_up_request = hang_up.HangUp(hang_up_wait_seconds)
+        self._hang_up_request = HangUpAfterGoodbye(hang_up_wait_seconds)
         self._keypad = KeypadInput(keypad or KeypadRules(), self._keypad_tool_failed, self._records)
         self._silence = Silence(silence)
         self._caller_speaking = False

@@ -42,7 +42,7 @@ def say_instructions(text: str) -> str:
     )
 
 
-class HangUp:
+class HangUpAfterGoodbye:
     """One call's hang-up: requested once; the goodbye reply; whether it is over."""
 
     __slots__ = ("_asking_reply", "by", "goodbye_reply", "requested", "wait_seconds")
