@@ -106,3 +106,18 @@ def test_silence_rule_off(rules: SilenceRules | None) -> None:
     bridge.handle(agent.SessionReady(session_id="sess_1"))
     actions = play_reply(bridge, "r1")
     assert not any(isinstance(a, StartTimer) and a.name == Timer.SILENCE for a in actions)
+
+
+def test_without_a_greeting_the_wait_starts_when_the_session_is_ready() -> None:
+    bridge = CallBridge(
+        session_config={}, tools=[], silence=SilenceRules(prompt_seconds=4.0, prompts=1)
+    )
+    bridge.handle(start_frame())
+    bridge.handle(AgentOpened())
+    assert ARMED in bridge.handle(agent.SessionReady(session_id="sess_1"))
+    greeted = CallBridge(
+        session_config={"greeting": "Hi."}, tools=[], silence=SilenceRules(4.0, prompts=1)
+    )
+    greeted.handle(start_frame())
+    greeted.handle(AgentOpened())
+    assert ARMED not in greeted.handle(agent.SessionReady(session_id="sess_1"))

@@ -629,6 +629,8 @@ class CallBridge:
             actions.append(Log.warning("agent.fresh_session", session_id=msg.session_id))
             return actions
         actions.append(Log.info("agent.ready", session_id=msg.session_id))
+        if not self._session_config.get("greeting"):  # the agent waits for the caller
+            actions += self._silence.played_out()
         return actions
 
     def _on_session_updated(self, _: agent.SessionUpdated) -> list[Action]:
