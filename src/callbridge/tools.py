@@ -72,6 +72,10 @@ class Tool:
         return max(0.5, self.timeout_seconds - min(1.0, self.timeout_seconds * 0.1))
 
     @property
+    def has_sensitive_arguments(self) -> bool:
+        return any(k.sensitive for k in self.keypad_arguments.values())
+
+    @property
     def agent_timeout_seconds(self) -> float:
         """How long the agent waits for the result: the run, and the caller's keypad entry."""
         entry = sum(k.timeout_seconds + 10.0 for k in self.keypad_arguments.values())

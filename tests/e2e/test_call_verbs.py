@@ -43,8 +43,16 @@ async def pay(
     return f"paid {amount} with the card ending {card[-1:]}x"  # never the number back
 
 
+@tool
+async def pay_badly(
+    card: Annotated[str, Keypad("Type your card number.", 16, 16, sensitive=True)],
+) -> str:
+    """Take a payment, and fail."""
+    raise ValueError(f"card {card} declined")  # a careless message: it must go nowhere
+
+
 QUIET = SilenceRules(prompt_seconds=30)  # no check-ins unless a test wants them
-BOT = Bot(system_prompt="x", greeting=GREETING, tools=(end_call, pay), silence=QUIET)
+BOT = Bot(system_prompt="x", greeting=GREETING, tools=(end_call, pay, pay_badly), silence=QUIET)
 
 
 @pytest.fixture
@@ -294,6 +302,25 @@ async def test_a_sensitive_keypad_argument_reaches_the_tool_and_nowhere_else(
         ("keypad-argument", "card: 16 keys")
     ]
     assert "keypad.argument" in events.names
+
+
+async def test_a_tool_that_fails_quoting_sensitive_keys_logs_only_the_error_type(
+    simulator: TwilioSimulator, fast_agent: FakeVoiceAgent
+) -> None:
+    fast_agent.turns.append(ScriptedTurn(user_text="pay", tool_name="pay_badly", tool_arguments={}))
+    with caught() as events:
+        call = await answered(simulator, fast_agent)
+        session = await fast_agent.wait_for_session()
+        call.speak(tone(300, 300) + silence(500))
+        await session.wait_for("reply.create", timeout=10)
+        for key in CARD:
+            await call.send_dtmf(key)  # the 16th key completes it
+        result = await session.wait_for("tool.result", timeout=10)
+        await call.hangup()
+    assert result["is_error"] is True and CARD not in result["result"]
+    assert events.fields_of("tool.raised")[0]["error"] == "ValueError"
+    assert CARD not in str(list(zip(events.names, events.fields, strict=True)))
+    assert CARD not in "".join(events.tracebacks)
 
 
 # --- silence ------------------------------------------------------------------------------

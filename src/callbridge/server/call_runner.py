@@ -461,7 +461,15 @@ class CallRunner:
 
     async def _run_tool(self, action: RunTool) -> None:
         outcome = await run_tool(action.tool, action.arguments, action.keypad)
-        if outcome.failure is not None:
+        if outcome.failure is not None and action.tool.has_sensitive_arguments:
+            # Its message or traceback may quote what the caller typed: the type alone.
+            self.log.error(
+                "tool.raised",
+                error=type(outcome.failure).__name__,
+                tool_call_id=action.call_id,
+                name=action.tool.name,
+            )
+        elif outcome.failure is not None:
             self.log.exception(
                 "tool.raised", outcome.failure, tool_call_id=action.call_id, name=action.tool.name
             )
