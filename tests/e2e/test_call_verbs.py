@@ -24,6 +24,7 @@ from callbridge.testing.fake_agent.script import END_CALL_GOODBYE
 from callbridge.testing.twilio_simulator import SimulatedCall, TwilioSimulator
 from tests.conftest import API_KEY, API_TOKEN, AUTH_TOKEN, PUBLIC_URL, RunningServer, ServerFactory
 from tests.helpers.log_events import caught
+from tests.records.test_api import checked
 
 GREETING = "Hi."
 GOODBYE = END_CALL_GOODBYE  # what the fake agent says after end_call's result
@@ -105,6 +106,7 @@ async def record_of(server: RunningServer, call_sid: str) -> dict[str, Any]:
 async def post_verb(
     server: RunningServer, key: str, verb: str, body: dict[str, Any] | None = None
 ) -> tuple[int, dict[str, Any]]:
+    """POST a verb; the answer is checked against openapi.yaml."""
     async with (
         aiohttp.ClientSession() as http,
         http.post(
@@ -113,7 +115,7 @@ async def post_verb(
             headers={"Authorization": f"Bearer {API_TOKEN}"},
         ) as response,
     ):
-        return response.status, await response.json()
+        return response.status, await checked(response, f"/api/calls/{{call}}/{verb}", "post")
 
 
 # --- hang up ------------------------------------------------------------------------------

@@ -55,10 +55,10 @@ def validator(schema: str) -> Draft202012Validator:
     return _validator(f"/components/schemas/{schema}")
 
 
-async def checked(response: Any, path: str) -> Any:
+async def checked(response: Any, path: str, method: str = "get") -> Any:
     """The response's JSON, after checking that openapi.yaml documents its status and that
     the body matches the documented schema."""
-    documented = spec()["paths"][path]["get"]["responses"]
+    documented = spec()["paths"][path][method]["responses"]
     assert str(response.status) in documented, f"{response.status} undocumented for {path}"
     entry = documented[str(response.status)]
     if "$ref" in entry:
