@@ -10,7 +10,13 @@ import pytest
 from callbridge.agent import events as agent
 from callbridge.bridge.actions import Action, Log, Record, RunTool, StartTimer
 from callbridge.bridge.call_bridge import CallBridge
-from callbridge.bridge.inputs import AgentOpened, TimerFired, ToolFinished
+from callbridge.bridge.inputs import (
+    AgentClosed,
+    AgentOpened,
+    HangUpRequested,
+    TimerFired,
+    ToolFinished,
+)
 from callbridge.bridge.timers import Timer
 from callbridge.keypad_input import Keypad, KeypadRules
 from callbridge.tools import tool
@@ -197,4 +203,25 @@ def test_keys_for_an_argument_start_over_with_the_clear_key() -> None:
     bridge.handle(agent.ToolCall(call_id="t1", name="pin", arguments={}))
     actions = press(bridge, "99*1234#")
     [run] = [a for a in actions if isinstance(a, RunTool)]
+    assert dict(run.keypad) == {"code": "1234"}
+
+
+def test_a_hang_up_answers_a_tool_still_waiting_for_its_keys() -> None:
+    bridge = keypad_bridge()
+    bridge.handle(agent.ToolCall(call_id="t1", name="pin", arguments={}))
+    actions = bridge.handle(HangUpRequested("operator", "Goodbye."))
+    results = [f for f in to_agent(actions) if f["type"] == "tool.result"]
+    assert len(results) == 1 and results[0]["result"] == "the call is ending"
+    assert not any(isinstance(a, RunTool) for a in press(bridge, "1234#"))
+
+
+def test_a_pause_while_the_agent_reconnects_is_judged_once_it_is_back() -> None:
+    bridge = keypad_bridge()
+    bridge.handle(agent.ToolCall(call_id="t1", name="pin", arguments={}))
+    press(bridge, "1234")
+    bridge.handle(AgentClosed(1006))
+    assert bridge.handle(TimerFired(Timer.KEYPAD)) == [StartTimer(Timer.KEYPAD, 1.0)]
+    bridge.handle(AgentOpened())
+    bridge.handle(agent.SessionReady(session_id="sess_1"))
+    [run] = [a for a in bridge.handle(TimerFired(Timer.KEYPAD)) if isinstance(a, RunTool)]
     assert dict(run.keypad) == {"code": "1234"}

@@ -965,7 +965,11 @@ class CallBridge:
         return [a for a in actions if not isinstance(a, SendToAgent)]
 
     def _keypad_timed_out(self, _: TimerFired) -> list[Action]:
-        return self._keypad.timed_out() if self.state is State.LIVE else []
+        if self.end_reason is not None:
+            return []
+        if self.state is not State.LIVE:  # reconnecting: judged once the agent is back
+            return [StartTimer(Timer.KEYPAD, 1.0)]
+        return self._keypad.timed_out()
 
     def _keypad_tool_failed(self, call_id: str, problem: str) -> list[Action]:
         return self._on_tool_finished(ToolFinished(call_id, problem, True))

@@ -159,11 +159,16 @@ class KeypadInput:
         return actions
 
     def cancel(self) -> list[Action]:
-        """The call is ending: nothing more to gather."""
+        """The call is ending: nothing more to gather; tools still waiting for keys are
+        answered (the agent is not left waiting) and never run."""
+        waiting = [self._collecting, *self._queue] if self._collecting else list(self._queue)
         self._collecting = None
         self._queue.clear()
         self._entry.take()
-        return [CancelTimer(Timer.KEYPAD)]
+        actions: list[Action] = [CancelTimer(Timer.KEYPAD)]
+        for collection in waiting:
+            actions += self._tool_failed(collection.call_id, "the call is ending")
+        return actions
 
     # --- internals ----------------------------------------------------------------------
 
