@@ -8,7 +8,7 @@ from callbridge.agent import events as agent
 from callbridge.bridge.actions import Action, CancelTimer, HangUp, StartTimer
 from callbridge.bridge.call_bridge import CallBridge, EndReason
 from callbridge.bridge.hang_up import HANG_UP_MARK
-from callbridge.bridge.inputs import AgentOpened, TimerFired
+from callbridge.bridge.inputs import AgentClosed, AgentOpened, TimerFired
 from callbridge.bridge.silence import CHECK_IN_INSTRUCTIONS, SilenceRules
 from callbridge.bridge.timers import Timer
 from callbridge.twilio import media_stream as twilio
@@ -121,3 +121,13 @@ def test_without_a_greeting_the_wait_starts_when_the_session_is_ready() -> None:
     greeted.handle(start_frame())
     greeted.handle(AgentOpened())
     assert ARMED not in greeted.handle(agent.SessionReady(session_id="sess_1"))
+
+
+def test_a_wait_that_runs_out_while_the_agent_reconnects_starts_again_later() -> None:
+    bridge = silence_bridge()
+    play_reply(bridge, "greeting")
+    bridge.handle(AgentClosed(1006))
+    assert check_ins(bridge.handle(TimerFired(Timer.SILENCE))) == 0
+    bridge.handle(AgentOpened())
+    bridge.handle(agent.SessionReady(session_id="sess_1"))
+    assert ARMED in play_reply(bridge, "after")

@@ -990,7 +990,7 @@ class CallBridge:
 
     def _silence_waited(self, _: TimerFired) -> list[Action]:
         if self.state is not State.LIVE or self.end_reason is not None:
-            return []
+            return self._silence.disarm()  # it waits again once a reply has played
         actions, hang_up = self._silence.waited()
         if hang_up:
             return actions + self._request_hang_up("silence", SAY_GOODBYE_INSTRUCTIONS)
