@@ -5,25 +5,33 @@ These names are the library's public face; `callbridge.testing` holds the test d
 """
 
 from callbridge.bot import Bot
-from callbridge.call import Call, SessionUpdateError
+from callbridge.bridge.silence import SilenceRules
+from callbridge.call import Call, CallVerbError, SessionUpdateError
 from callbridge.call_setup import CallConfig, CallSetup, Forward, Refuse
+from callbridge.keypad_input import Keypad, KeypadRules
 from callbridge.session_options import SessionOptionError, SessionOptions, TurnDetection
 from callbridge.tools import Tool, ToolError, tool
+from callbridge.verbs import end_call
 
 __all__ = [
     "Bot",
     "Call",
     "CallConfig",
     "CallSetup",
+    "CallVerbError",
     "Forward",
+    "Keypad",
+    "KeypadRules",
     "Refuse",
     "SessionOptionError",
     "SessionOptions",
     "SessionUpdateError",
+    "SilenceRules",
     "Tool",
     "ToolError",
     "TurnDetection",
     "__version__",
+    "end_call",
     "tool",
 ]
 __version__ = "0.1.0"

@@ -14,7 +14,6 @@ from callbridge.config import Settings
 from callbridge.records.store import CallStore
 from callbridge.server import (
     calls_api,
-    control_api,
     records_api,
     session_api,
     streams,
@@ -86,7 +85,6 @@ def build_app(
     app[PLACED_CALLS] = PlacedCalls(settings.auth_token)
     verb_webhooks.add_routes(app)
     verbs_api.add_routes(app)
-    control_api.add_routes(app)
     session_api.add_routes(app)
     app[RECORDS_STORE] = state.records
     metrics = CallMetrics(

@@ -20,11 +20,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
+from callbridge.bridge.silence import SilenceRules
 from callbridge.call_setup import CallConfig, CallSetup, SetupFunction
+from callbridge.keypad_input import KeypadRules
 from callbridge.session_options import SessionOptions
 from callbridge.session_plan import plan_session
 from callbridge.tools import Tool, tool
-from callbridge.verbs import VERB_TOOLS, CallVerbs, Transfer, TransferTarget, Voicemail
+from callbridge.verbs import VERB_TOOLS, CallVerbs, Transfer, TransferTarget, Voicemail, end_call
 
 if TYPE_CHECKING:
     from callbridge.config import Settings
@@ -48,6 +50,11 @@ class Bot:
     `setup`, a function of a `CallSetup` (sync or async), decides each call's own
     configuration (`CallConfig`), or refuses it (`Refuse`) or sends it on (`Forward`, to
     a number in `forward_to` only).
+
+    `keypad` gathers the keys a caller presses into entries for the agent; `silence`
+    says when the agent checks in on a caller who says nothing, and how often before it
+    hangs up (None: the server's CALLBRIDGE_SILENCE_* settings). The agent can hang up
+    when `end_call` (from `callbridge.verbs`) is among the tools.
     """
 
     system_prompt: str
@@ -62,6 +69,8 @@ class Bot:
     options: SessionOptions = field(default_factory=SessionOptions)
     setup: SetupFunction | None = None
     forward_to: Sequence[str] = field(default_factory=tuple)
+    keypad: KeypadRules = field(default_factory=KeypadRules)
+    silence: SilenceRules | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.options, SessionOptions):
@@ -262,7 +271,8 @@ SYSTEM_PROMPT = (
     "You are a friendly, concise assistant answering a phone call. Keep answers to one or "
     "two short sentences, speak naturally, and never use lists, markdown or emoji: "
     "everything you say is read aloud. If the caller asks for a random number, use the "
-    "generate_random_number tool."
+    "generate_random_number tool. When the caller says goodbye or has nothing more to ask, "
+    "use the end_call tool, then say a short goodbye."
 )
 
 OUTBOUND_PROMPT = (
@@ -303,7 +313,7 @@ bot = Bot(
     outbound_prompt=OUTBOUND_PROMPT,
     outbound_greeting=OUTBOUND_GREETING,
     voice=DEFAULT_VOICE,
-    tools=(generate_random_number,),
+    tools=(generate_random_number, end_call),
     setup=demo_setup,
 )
 

@@ -30,8 +30,18 @@ class SessionUpdateError(ValueError):
         self.immutable = immutable  # the field is fixed once the session has started
 
 
+class CallVerbError(RuntimeError):
+    """A verb the call cannot take now (it is ending, the agent is not ready, an unknown
+    transfer target, ...); the message says why."""
+
+
 class CallControl(Protocol):
     """What a call's verbs ask of the runner that serves the call."""
+
+    def perform(self, verb: str, args: Mapping[str, Any]) -> str | None:
+        """Perform `verb` (hangup, say, transfer, digits) on the call: None if under way,
+        else why not."""
+        ...
 
     def update_session(self, changes: Mapping[str, Any]) -> None:
         """Check `changes` (the fields `Call.update_session` takes) and send them to the
@@ -53,6 +63,30 @@ class Call:
     # Shared by all of this call's tools, for the length of the call.
     state: dict[str, Any] = field(default_factory=dict, repr=False)
     bot_name: str = "default"
+
+    def hang_up(self, goodbye: str | None = None) -> None:
+        """End the call: at once, or once the agent has said `goodbye` and the caller has
+        heard it. (A tool that ends a conversation is better served by `end_call`.)"""
+        self._perform("hangup", {"goodbye": goodbye} if goodbye else {})
+
+    def say(self, text: str) -> None:
+        """Make the agent say `text` now."""
+        self._perform("say", {"text": text})
+
+    def transfer(self, target: str) -> None:
+        """Hand the caller to one of the bot's transfer targets, by name, once the agent
+        has told them."""
+        self._perform("transfer", {"target": target})
+
+    def send_digits(self, digits: str) -> None:
+        """Press keys on the far end's keypad (`<Play digits>`: 0-9, A-D, # and *, w for
+        half a second's pause)."""
+        self._perform("digits", {"digits": digits})
+
+    def _perform(self, verb: str, args: Mapping[str, Any]) -> None:
+        refusal = self.control.perform(verb, args)
+        if refusal is not None:
+            raise CallVerbError(f"{verb}: {refusal}")
 
     def update_session(
         self,

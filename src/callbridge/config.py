@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     callbridge_idle_seconds: float = Field(default=10.0, ge=1, le=600)
     # The built-in bot's transfer target, "a person": an E.164 number or a sip: address.
     callbridge_transfer_to: str | None = None
+    # The caller's silence (for bots without rules of their own): check in after this many
+    # seconds, this many times (0: never), then say goodbye and hang up.
+    callbridge_silence_prompt_seconds: float = Field(default=10.0, gt=0, le=600)
+    callbridge_silence_prompts: int = Field(default=2, ge=0, le=10)
     callbridge_max_messages_per_second: int = Field(default=200, ge=60, le=100_000)
     # Connections: how long a client may take to send a request, how long an idle
     # keep-alive connection is kept, and how many connections one address may hold

@@ -14,15 +14,16 @@ import copy
 import inspect
 import re
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Annotated, Any, overload
 
 import msgspec
 import pydantic
 from pydantic_core import to_jsonable_python
 
 from callbridge.call import Call
+from callbridge.keypad_input import Keypad
 
 DEFAULT_TIMEOUT_SECONDS = 20.0  # phone callers hear dead air while a tool runs
 _MIN_TIMEOUT, _MAX_TIMEOUT = 1.0, 300.0  # the API's accepted range
@@ -50,6 +51,9 @@ class Tool:
     execution_mode: str = "interactive"
     # The parameter annotated `Call`, if any: filled with the call, never shown to the model.
     call_parameter: str | None = None
+    # Parameters the caller types on the keypad (`Annotated[str, Keypad(...)]`): not in
+    # `arguments_model`, so the model never sees them; the bridge gathers them.
+    keypad_arguments: Mapping[str, Keypad] = field(default_factory=dict)
     # The parameters' JSON Schema, built once when the tool is made: a type the agent cannot
     # be told about fails here, at import, instead of on every call.
     parameters_schema: dict[str, Any] = field(init=False, repr=False, compare=False)
@@ -70,15 +74,25 @@ class Tool:
         """Our own deadline, a little below the API's so the agent gets our error, not its own."""
         return max(0.5, self.timeout_seconds - min(1.0, self.timeout_seconds * 0.1))
 
+    @property
+    def has_sensitive_arguments(self) -> bool:
+        return any(k.sensitive for k in self.keypad_arguments.values())
+
+    @property
+    def agent_timeout_seconds(self) -> float:
+        """How long the agent waits for the result: the run, and the caller's keypad entry."""
+        entry = sum(k.timeout_seconds + 10.0 for k in self.keypad_arguments.values())
+        return min(_MAX_TIMEOUT, self.timeout_seconds + entry)
+
     def definition(self) -> dict[str, Any]:
         """The flat (not OpenAI-nested) tool definition for `session.update`."""
         return {
             "type": "function",
             "name": self.name,
-            "description": self.description,
+            "description": self.description + _keypad_note(self.keypad_arguments),
             "parameters": copy.deepcopy(self.parameters_schema),
             "execution_mode": self.execution_mode,
-            "timeout_seconds": self.timeout_seconds,
+            "timeout_seconds": self.agent_timeout_seconds,
         }
 
     def parse_arguments(self, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -93,14 +107,21 @@ class Tool:
             raise ToolError(f"invalid arguments: {problems}") from None
         return {name: getattr(model, name) for name in type(model).model_fields}
 
-    async def run(self, arguments: dict[str, Any], call: Call | None = None) -> str:
-        """Run with validated arguments (and the call, if it takes one) and return the
-        JSON-encoded result."""
+    async def run(
+        self,
+        arguments: dict[str, Any],
+        call: Call | None = None,
+        keypad: Mapping[str, str] | None = None,
+    ) -> str:
+        """Run with validated arguments (the call, if it takes one, and the keys entered
+        for the keypad arguments) and return the JSON-encoded result."""
         kwargs = self.parse_arguments(arguments)
         if self.call_parameter is not None:
             if call is None:
                 raise ToolError(f"{self.name} can only run during a call")
             kwargs[self.call_parameter] = call
+        entered = keypad or {}
+        kwargs.update({name: entered.get(name, "") for name in self.keypad_arguments})
         if inspect.iscoroutinefunction(self.function):
             result = await self.function(**kwargs)
         else:
@@ -150,6 +171,7 @@ def tool(
             arguments_model=_arguments_model(fn),
             timeout_seconds=timeout_seconds,
             call_parameter=_call_parameter(fn),
+            keypad_arguments=_keypad_arguments(fn),
         )
 
     if function is not None:
@@ -168,6 +190,8 @@ def _arguments_model(fn: Callable[..., Any]) -> type[pydantic.BaseModel]:
             raise TypeError(f"tool {fn.__name__}: parameter {param.name!r} needs a type hint")
         if hints[param.name] is Call:
             continue  # callbridge fills it in; the model never sees it
+        if _keypad_of(hints[param.name]) is not None:
+            continue  # the caller types it: the model is not told of it
         _check_describable(fn, param.name, hints[param.name])
         default = ... if param.default is param.empty else param.default
         fields[param.name] = (hints[param.name], default)
@@ -184,6 +208,38 @@ def _call_parameter(fn: Callable[..., Any]) -> str | None:
     if len(names) > 1:
         raise TypeError(f"tool {fn.__name__}: only one parameter may take the Call")
     return names[0] if names else None
+
+
+def _keypad_note(keypad: Mapping[str, Keypad]) -> str:
+    """Tells the model that the caller types these, so that it does not ask for them."""
+    if not keypad:
+        return ""
+    names = ", ".join(name.replace("_", " ") for name in keypad)
+    return (
+        f" When you call it, the caller is asked to type the {names} on the phone keypad: "
+        "do not ask for it yourself, and never repeat it."
+    )
+
+
+def _keypad_of(hint: Any) -> Keypad | None:
+    if typing.get_origin(hint) is Annotated:
+        for extra in hint.__metadata__:
+            if isinstance(extra, Keypad):
+                return extra
+    return None
+
+
+def _keypad_arguments(fn: Callable[..., Any]) -> dict[str, Keypad]:
+    hints = _resolved_hints(fn)
+    found: dict[str, Keypad] = {}
+    for name, hint in hints.items():
+        spec = _keypad_of(hint)
+        if spec is None or name == "return":
+            continue
+        if typing.get_args(hint)[0] is not str:
+            raise TypeError(f"tool {fn.__name__}: keypad parameter {name!r} must be a str")
+        found[name] = spec
+    return found
 
 
 def _check_describable(fn: Callable[..., Any], name: str, hint: Any) -> None:
@@ -213,7 +269,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _resolved_hints(fn: Callable[..., Any]) -> dict[str, Any]:
     try:
-        return typing.get_type_hints(fn)
+        return typing.get_type_hints(fn, include_extras=True)
     except Exception as exc:  # unresolvable forward references in a user's module
         raise TypeError(f"tool {fn.__name__}: cannot resolve type hints: {exc}") from exc
 
@@ -247,7 +303,12 @@ class ToolOutcome:
     failure: BaseException | None = None  # for the log: the exception a tool raised
 
 
-async def run_tool(tool: Tool, arguments: dict[str, Any], call: Call | None = None) -> ToolOutcome:
+async def run_tool(
+    tool: Tool,
+    arguments: dict[str, Any],
+    call: Call | None = None,
+    keypad: Mapping[str, str] | None = None,
+) -> ToolOutcome:
     """Run a tool under its deadline and turn every way it can go wrong into an error result.
 
     The text of an error result is read by the model, so it is short and says nothing of
@@ -255,7 +316,7 @@ async def run_tool(tool: Tool, arguments: dict[str, Any], call: Call | None = No
     """
     try:
         async with asyncio.timeout(tool.run_timeout):
-            return ToolOutcome(await tool.run(arguments, call), False)
+            return ToolOutcome(await tool.run(arguments, call, keypad), False)
     except ToolError as exc:
         return ToolOutcome(str(exc) or f"{tool.name} failed", True)
     except TimeoutError:

@@ -1,7 +1,9 @@
 """What a bot lets its agent do to the call itself: hand the caller to a person
 (`Transfer`), press keys on the far end's keypad (`keypad_out`), leave a message on an
-answering machine (`Voicemail`). Plain settings and the tool definitions the agent sees;
-callbridge performs the verbs on the Twilio side (see docs/transfers-and-voicemail.md).
+answering machine (`Voicemail`), hang up (`end_call`, listed with the bot's tools:
+`Bot(..., tools=(end_call, my_tool))`). Plain settings and the tool definitions the agent
+sees; callbridge performs the verbs on the Twilio side (see docs/call-verbs.md and
+docs/transfers-and-voicemail.md).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from callbridge.tools import Tool, tool
 
 TRANSFER_TOOL = "transfer_call"
 DIGITS_TOOL = "send_digits"
@@ -208,3 +212,28 @@ class CallVerbs:
                 }
             )
         return tools
+
+
+@dataclass(frozen=True)
+class VerbTool(Tool):
+    """A tool the bridge performs on the call (`verb` says which) instead of running it."""
+
+    verb: str = ""
+
+
+@tool
+async def _end_call() -> str:
+    """End the phone call. Call it when the conversation is over: the caller said goodbye,
+    asked to hang up, or has nothing more to ask. Do not say goodbye before calling it;
+    you say your goodbye right after, and the line closes once the caller has heard it."""
+    return "the call ends after your goodbye"
+
+
+# The bridge performs it: once the agent's goodbye has played, the line closes.
+end_call = VerbTool(
+    name="end_call",
+    description=_end_call.description,
+    function=_end_call.function,
+    arguments_model=_end_call.arguments_model,
+    verb="hang-up",
+)

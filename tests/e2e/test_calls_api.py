@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from callbridge.bot import bot as default_bot
 from callbridge.server.call_registry import CallInfo
 from callbridge.server.state import APP_STATE
 from callbridge.testing.fake_agent import FakeVoiceAgent
@@ -90,6 +91,7 @@ async def placing_factory(
     async def make(**overrides: Any) -> Placing:
         port = free_port()  # the REST fake's: the server must know it before it starts
         overrides.setdefault("twilio_phone_number", OUR_NUMBER)
+        overrides.setdefault("bots", {"sales": default_bot})  # a bot to place calls with
         server = await start_server(
             assemblyai_agent_url=fake_agent.url,
             twilio_api_base_url=f"http://127.0.0.1:{port}",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from callbridge.bot import bot
+from callbridge.bridge.keypad import entry_instructions
 from callbridge.testing.audio import read_stereo_wav_as_ulaw, ulaw_decode, ulaw_energy
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from tests.conftest import AUTH_TOKEN, PUBLIC_URL, RunningServer
@@ -222,3 +223,23 @@ async def test_an_unreadable_wav_is_refused_with_the_reason(
     assert status == 1
     assert err.startswith(f"callbridge: cannot use {path}: {reason}"), err
     assert err.count("\n") == 1, err
+
+
+async def test_keys_pressed_reach_the_agent_and_show_in_the_timeline(
+    server: RunningServer, fake_agent: FakeVoiceAgent, tmp_path: Path
+) -> None:
+    status, summary, err = await simulate(
+        tmp_path, "--keys", "42#", "--server", server.url, "--seconds", "6", env=SIGNED
+    )
+    assert status == 0, err
+    session = await fake_agent.wait_for_session()
+    entry = await session.wait_for("reply.create")
+    assert entry["instructions"] == entry_instructions("42")
+    pressed = [line.split("presses ")[1] for line in summary.splitlines() if "presses" in line]
+    assert pressed == ["4", "2", "#"]
+
+
+async def test_a_key_no_keypad_has_is_refused(tmp_path: Path) -> None:
+    status, _, err = await simulate(tmp_path, "--keys", "12x", "--server", "http://127.0.0.1:9")
+    assert status == 1
+    assert err == "callbridge: --keys: 'x' is not a key of a phone keypad (0-9 * # A-D)\n"

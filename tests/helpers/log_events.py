@@ -16,6 +16,7 @@ class Events(logging.Handler):
         self.names: list[str] = []
         self.fields: list[dict[str, object]] = []  # each event's fields, in the same order
         self.levels: list[int] = []  # and its level
+        self.tracebacks: list[str] = []  # the formatted exception of each event that has one
         self._seen: dict[str, asyncio.Event] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -23,6 +24,8 @@ class Events(logging.Handler):
         self.names.append(name)
         self.fields.append(dict(getattr(record, "fields", {})))
         self.levels.append(record.levelno)
+        if record.exc_info:
+            self.tracebacks.append(logging.Formatter().formatException(record.exc_info))
         self._seen.setdefault(name, asyncio.Event()).set()
 
     def fields_of(self, name: str) -> list[dict[str, object]]:

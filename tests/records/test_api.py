@@ -20,7 +20,7 @@ from callbridge.bot import Bot
 from callbridge.config import Settings
 from callbridge.records.entries import CallClosed, CallOpened, CallStatusChanged
 from callbridge.records.store import CallStore
-from callbridge.server import session_api
+from callbridge.server import session_api, verbs_api
 from callbridge.server.records_api import RECORDS_STORE, add_routes
 from callbridge.server.state import APP_STATE, AppState
 from callbridge.twilio.signatures import TwilioAuthenticator
@@ -55,10 +55,10 @@ def validator(schema: str) -> Draft202012Validator:
     return _validator(f"/components/schemas/{schema}")
 
 
-async def checked(response: Any, path: str) -> Any:
+async def checked(response: Any, path: str, method: str = "get") -> Any:
     """The response's JSON, after checking that openapi.yaml documents its status and that
     the body matches the documented schema."""
-    documented = spec()["paths"][path]["get"]["responses"]
+    documented = spec()["paths"][path][method]["responses"]
     assert str(response.status) in documented, f"{response.status} undocumented for {path}"
     entry = documented[str(response.status)]
     if "$ref" in entry:
@@ -105,6 +105,7 @@ def test_the_routes_are_the_documented_paths() -> None:
     app = web.Application()
     add_routes(app)
     session_api.add_routes(app)
+    verbs_api.add_routes(app)
     routes = {
         r.resource.canonical
         for r in app.router.routes()

@@ -148,6 +148,7 @@ async def test_show_tells_the_conversation(backend: Backend, recorded: dict[str,
             "   +7.50s  transfer busy to a person",
             "   +7.60s  config  voice alba; tools repair_status; prompt 'You call Alice about her"
             " bike.'; keyterms 1",
+            "   +7.70s  verb    hang-up by agent: after-goodbye",
         ]
         assert "  Bot shop; set-up: configured\n  Parameters: name=Alice, ticket=42\n" in out
 

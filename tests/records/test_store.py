@@ -196,6 +196,17 @@ def expected_detail() -> dict[str, Any]:
                 "started_at": iso(T0 + 6.5),
             }
         ],
+        "verbs": [
+            {
+                "seq": 14,
+                "at": iso(T0 + 7.7),
+                "offset_seconds": 7.7,
+                "verb": "hang-up",
+                "by": "agent",
+                "outcome": "after-goodbye",
+                "detail": "",
+            }
+        ],
         "audio": {
             "frames_from_twilio": 400,
             "frames_to_agent": 390,

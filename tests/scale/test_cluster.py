@@ -179,7 +179,7 @@ async def test_three_instances_answer_one_line(start_cluster: ClusterFactory) ->
 
         # The records and /metrics from any instance.
         record = await cluster.record(call_id_of(target), lambda r: r["ended_at"] is not None)
-        assert record["ended_by"] == "server"
+        assert record["ended_by"] == "operator"
         for instance in cluster.instances:
             async with (
                 aiohttp.ClientSession() as http,

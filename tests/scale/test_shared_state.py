@@ -135,7 +135,7 @@ async def test_a_hang_up_sent_through_one_instance_ends_a_call_held_by_another(
             await call.wait_ended(timeout=10)
             async with http.post(f"{a.url}/api/calls/{call_id}/hangup", headers=auth) as resp:
                 assert resp.status == 404
-                assert (await resp.json())["error"] == "not_live"
+                assert (await resp.json())["error"] == "not_found"
         await session.wait_for("session.end")
 
 

@@ -492,6 +492,29 @@ async def test_server_close_with_nothing_after_connect_ends_the_call(
     assert call.media_sent == sent  # the sender stopped
 
 
+async def test_what_was_unplayed_when_the_server_closed_is_reported(bridge: FakeBridge) -> None:
+    async with TwilioSimulator(bridge.url, auth_token=TOKEN, public_url=PUBLIC) as sim:
+        played_out = await sim.place_inbound_call()
+        conn = await bridge.next_conn()
+        await conn.media(tone(440, 100))
+        await conn.mark("played")
+        await conn.wait_frame("mark")
+        await conn.ws.close()
+        await played_out.wait_ended()
+        assert played_out.unplayed_at_stream_end == 0
+
+        cut_short = await sim.place_inbound_call()
+        conn = await bridge.next_conn()
+        assert cut_short.unplayed_at_stream_end is None
+        await conn.media(tone(440, 2000))  # two seconds: most of it still queued
+        await cut_short.wait_heard(1)
+        await conn.ws.close()
+        await cut_short.wait_ended()
+        unplayed = cut_short.unplayed_at_stream_end
+        assert unplayed is not None and 0 < unplayed < 16000
+        assert len(cut_short.heard) + unplayed == 16000
+
+
 async def test_server_close_falls_through_to_the_verbs_after_connect(
     bridge: FakeBridge, sim: TwilioSimulator
 ) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from callbridge import Call, SessionUpdateError, ToolError, tool
+from callbridge import Call, CallVerbError, SessionUpdateError, ToolError, tool
 from callbridge.tools import run_tool
 
 
@@ -16,8 +16,15 @@ class Control:
     def __init__(self) -> None:
         self.updates: list[dict[str, Any]] = []
 
+        self.verbs: list[tuple[str, dict[str, Any]]] = []
+        self.refusal: str | None = None
+
     def update_session(self, changes: Mapping[str, Any]) -> None:
         self.updates.append(dict(changes))
+
+    def perform(self, verb: str, args: Mapping[str, Any]) -> str | None:
+        self.verbs.append((verb, dict(args)))
+        return self.refusal
 
 
 def make_call(control: Control | None = None) -> Call:
@@ -93,3 +100,21 @@ def test_update_session_hands_the_changes_to_the_control() -> None:
     assert control.updates == [{"system_prompt": "New.", "keyterms": ["Tern"]}, {"greeting": "Hi"}]
     with pytest.raises(SessionUpdateError, match="nothing to change"):
         call.update_session()
+
+
+def test_the_call_verbs_go_to_the_control_and_a_refusal_raises() -> None:
+    control = Control()
+    call = make_call(control)
+    call.hang_up("Goodbye!")
+    call.say("One moment.")
+    call.transfer("a person")
+    call.send_digits("12#")
+    assert control.verbs == [
+        ("hangup", {"goodbye": "Goodbye!"}),
+        ("say", {"text": "One moment."}),
+        ("transfer", {"target": "a person"}),
+        ("digits", {"digits": "12#"}),
+    ]
+    control.refusal = "the call is ending"
+    with pytest.raises(CallVerbError, match=r"^say: the call is ending$"):
+        call.say("Hello?")

@@ -24,10 +24,10 @@ from callbridge.bridge.actions import (
     Log,
     StartTimer,
 )
-from callbridge.bridge.call_bridge import CallBridge
+from callbridge.bridge.call_bridge import CallBridge, EndReason
 from callbridge.bridge.inputs import StreamOpened, TimerFired, TwilioClosed
 from callbridge.logs import EventLogger
-from callbridge.server.call_runner import CallRunner
+from callbridge.server.call_runner import CallRunner, VerbRefused
 from callbridge.twilio import media_stream as twilio
 from callbridge.twilio.media_stream import TwilioProtocolError
 from callbridge.twilio.socket import EventHandler, TextHandler
@@ -322,3 +322,40 @@ def test_a_flood_of_caller_audio_ends_the_stream() -> None:
     assert results == [True] * 70 + [False]
     assert (_relayed(bridge), runner.rate_limited_frames) == (50, 21)
     assert _errors(bridge) == ["more than 20 messages per second"]
+
+
+class _ServingSocket(_TwilioSocket):
+    def __init__(self) -> None:
+        super().__init__()
+        self.serving = asyncio.Event()
+
+    async def serve(self, on_text: TextHandler, on_event: EventHandler) -> None:
+        self.serving.set()
+        await super().serve(on_text, on_event)
+
+
+async def test_verbs_before_a_call_runs_hang_up_at_once_and_after_it_are_refused() -> None:
+    twilio = _ServingSocket()
+    runner = CallRunner(
+        call_id="call-test",
+        twilio_socket=twilio,
+        bridge=CallBridge(session_config={}, tools=[]),
+        dial_agent=_no_agent,
+        log=EventLogger("test", call_id="call-test"),
+    )
+    with pytest.raises(VerbRefused, match="not live yet"):
+        runner.say("hello")
+    with pytest.raises(VerbRefused, match="not live yet"):
+        runner.hang_up()
+    async with asyncio.timeout(5), asyncio.TaskGroup() as tg:
+        running = tg.create_task(runner.run())
+        await twilio.serving.wait()
+        with pytest.raises(VerbRefused, match="not live yet"):
+            runner.say("hello")  # no agent yet
+        runner.hang_up()  # no start yet: the call ends at once
+        await running
+    assert twilio.close_code == 1000
+    assert runner.bridge.end_reason is EndReason.OPERATOR_HUNG_UP
+    for verb in (runner.hang_up, lambda: runner.say("hello")):
+        with pytest.raises(VerbRefused, match="ending"):
+            verb()

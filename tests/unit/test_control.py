@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from callbridge.bridge.inputs import ServerShutdown
 from callbridge.logs import EventLogger
 from callbridge.server import control
 from callbridge.server.call_registry import CallInfo, CallRegistry
@@ -21,8 +20,13 @@ class _Runner:
         self.fed: list[object] = []
         self.log = EventLogger("call", call_id="c1")
 
+        self.hung_up: list[str | None] = []
+
     def end(self, event: object) -> None:
         self.fed.append(event)
+
+    def hang_up(self, goodbye: str | None = None, *, by: str = "operator") -> None:
+        self.hung_up.append(goodbye)
 
 
 def _registry_with(runner: _Runner) -> CallRegistry:
@@ -31,11 +35,12 @@ def _registry_with(runner: _Runner) -> CallRegistry:
     return registry
 
 
-def test_hangup_ends_the_live_call_at_once() -> None:
+def test_hangup_hangs_up_the_live_call() -> None:
     runner = _Runner()
     perform = control.command_handler(_registry_with(runner), EventLogger("server"))
     assert perform(Command(name="hangup", call_id="c1")) is None
-    assert runner.fed == [ServerShutdown(polite=False)]
+    assert perform(Command(name="hangup", call_id="c1", args={"goodbye": "Bye!"})) is None
+    assert runner.hung_up == [None, "Bye!"]
 
 
 @pytest.mark.parametrize(

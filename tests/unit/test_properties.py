@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,10 +20,13 @@ from callbridge.bridge.call_bridge import (
     CallBridge,
     State,
 )
+from callbridge.bridge.hang_up import HANG_UP_MARK
 from callbridge.bridge.inputs import (
     AgentClosed,
     AgentOpened,
     AgentOpenFailed,
+    HangUpRequested,
+    SayRequested,
     ServerShutdown,
     StreamOpened,
     TimerFired,
@@ -31,16 +34,25 @@ from callbridge.bridge.inputs import (
     TwilioClosed,
 )
 from callbridge.bridge.playout_ledger import MARK_PREFIX
+from callbridge.bridge.silence import SilenceRules
 from callbridge.bridge.timers import Timer
+from callbridge.keypad_input import Keypad
 from callbridge.tools import tool
 from callbridge.twilio import media_stream as twilio
 from callbridge.twilio.media_stream import TwilioProtocolError
+from callbridge.verbs import end_call
 
 
 @tool
 def echo(text: str = "") -> str:
     """Echo."""
     return text
+
+
+@tool
+def pin(code: Annotated[str, Keypad("Your PIN?", min_digits=2, max_digits=4)]) -> str:
+    """Check a PIN."""
+    return code
 
 
 STREAM = "MZ" + "f" * 32
@@ -161,6 +173,9 @@ timers = [
     Timer.IDLE,
     Timer.MAX_CALL,
     Timer.WRAP_UP,
+    Timer.HANG_UP,
+    Timer.KEYPAD,
+    Timer.SILENCE,
     "other",
 ]
 
@@ -175,9 +190,13 @@ events = st.one_of(
     st.builds(lambda p: twilio.Media(media=twilio.MediaInfo(payload=p)), payloads),
     st.builds(
         lambda n: twilio.Mark(mark=twilio.MarkInfo(name=n)),
-        st.sampled_from([APOLOGY_MARK, GOODBYE_MARK, "other"]),
+        st.sampled_from([APOLOGY_MARK, GOODBYE_MARK, HANG_UP_MARK, "other"]),
     ),
-    st.builds(lambda d: twilio.Dtmf(dtmf=twilio.DtmfInfo(digit=d)), st.sampled_from("0*#")),
+    st.builds(lambda d: twilio.Dtmf(dtmf=twilio.DtmfInfo(digit=d)), st.sampled_from("0*#x")),
+    st.builds(
+        HangUpRequested, st.sampled_from(["operator", "agent"]), st.sampled_from([None, "Bye."])
+    ),
+    st.builds(SayRequested, st.text(max_size=5)),
     st.just(twilio.Stop()),
     st.just(twilio.Connected()),
     st.builds(twilio.InvalidFrame, st.text(max_size=10)),
@@ -215,7 +234,7 @@ events = st.one_of(
     st.builds(
         lambda c, n, a: agent.ToolCall(call_id=c, name=n, arguments=a),
         call_ids,
-        st.sampled_from(["echo", "nope"]),
+        st.sampled_from(["echo", "nope", "end_call", "pin"]),
         st.one_of(st.just({"text": "hi"}), st.just({"text": 5}), json_values),
     ),
     st.builds(lambda c: agent.ToolCall(call_id=c, name="echo", args='{"text": "a"}'), call_ids),
@@ -230,11 +249,12 @@ class Observer:
     def __init__(self) -> None:
         self.bridge = CallBridge(
             session_config={"system_prompt": "x"},
-            tools=[echo],
+            tools=[echo, end_call, pin],
             apology_payloads=(b"\x00\x00\x00",),
             apology_seconds=1.0,
             idle_seconds=8.0,
             max_call_seconds=60.0,
+            silence=SilenceRules(prompt_seconds=5.0, prompts=1),
         )
         self.accepted_tools: set[str] = set()
         self.answered: set[str] = set()
@@ -282,6 +302,13 @@ call_openings = st.sampled_from(
         [StreamOpened(), START, AgentOpened()],
         [StreamOpened(), START, AgentOpened(), agent.SessionUpdated()],
         [StreamOpened(), START, AgentOpened(), agent.SessionReady(session_id="s0")],
+        [
+            StreamOpened(),
+            START,
+            AgentOpened(),
+            agent.SessionReady(session_id="s0"),
+            agent.ToolCall(call_id="k1", name="pin", arguments={}),
+        ],
     ]
 )
 
@@ -303,6 +330,11 @@ def test_bridge_invariants_hold_for_any_event_sequence(
         observer.feed(AgentOpened())
     if observer.bridge.state in (State.RESUMING, State.CONFIGURING):
         observer.feed(agent.SessionReady(session_id=observer.bridge.session_id or "s9"))
+    # Keypad arguments still awaited time out (their tools run, or are answered as failed).
+    for _ in range(3):
+        observer.feed(TimerFired(Timer.KEYPAD))
+    for call_id in list(observer.running):
+        observer.feed(ToolFinished(call_id, '"done"', False))
     observer.feed(agent.ReplyStarted(reply_id="final"))
     observer.feed(agent.ReplyDone(reply_id="final", status="completed"))
     bridge = observer.bridge

@@ -135,7 +135,7 @@ def test_default_bot_session_config_is_pcmu_both_ways() -> None:
     assert inbound["input"] == {"format": {"encoding": "audio/pcmu"}}
     assert inbound["output"]["format"] == {"encoding": "audio/pcmu"}
     assert inbound["greeting"] == bot.greeting
-    assert [t["name"] for t in inbound["tools"]] == ["generate_random_number"]
+    assert [t["name"] for t in inbound["tools"]] == ["generate_random_number", "end_call"]
     outbound = bot.session_config("outbound", voice="eve")
     assert outbound["system_prompt"] == bot.outbound_prompt
     assert outbound["greeting"] == bot.outbound_greeting

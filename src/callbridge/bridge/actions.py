@@ -52,6 +52,8 @@ class RunTool(msgspec.Struct, frozen=True):
     call_id: str
     tool: Tool
     arguments: dict[str, Any]
+    # What the caller entered for the tool's keypad arguments (never the model's to see).
+    keypad: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class StartTimer(msgspec.Struct, frozen=True):

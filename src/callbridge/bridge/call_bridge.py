@@ -5,8 +5,8 @@ Feed it every decoded message from either socket and every adapter event (see
 states, the dispatch and how a call ends; the policies it applies have modules of their
 own: `barge_in`, `reconnect` (retry, resume, fresh session), `tool_results`,
 `call_limits` (idle, length), `timers`, `playout_ledger` (what the caller heard, marks),
-`record_entries`. Audio crosses as the bytes msgspec decoded from base64, re-encoded on
-the way out.
+`record_entries`; the call verbs: `hang_up`, `keypad`, `silence`. Audio crosses as the
+bytes msgspec decoded from base64, re-encoded on the way out.
 """
 
 from __future__ import annotations
@@ -54,10 +54,19 @@ from callbridge.bridge.call_verbs import (
     VerbState,
     tool_result,
 )
+from callbridge.bridge.hang_up import (
+    HANG_UP_MARK,
+    SAY_GOODBYE_INSTRUCTIONS,
+    HangUpAfterGoodbye,
+    HangUpBy,
+    say_instructions,
+)
 from callbridge.bridge.inputs import (
     AgentClosed,
     AgentOpened,
     AgentOpenFailed,
+    HangUpRequested,
+    SayRequested,
     ServerShutdown,
     StreamOpened,
     TimerFired,
@@ -65,11 +74,13 @@ from callbridge.bridge.inputs import (
     TwilioClosed,
     UpdateSession,
 )
+from callbridge.bridge.keypad import KeypadInput
 from callbridge.bridge.playout_ledger import PlayoutLedger
 from callbridge.bridge.reattach import REATTACH_SECONDS, StreamHandover
 from callbridge.bridge.reconnect import Reconnect, fresh_config
 from callbridge.bridge.record_entries import RecordEntries
 from callbridge.bridge.session_changes import SessionChanges, merged
+from callbridge.bridge.silence import Silence, SilenceRules
 from callbridge.bridge.timers import Timer
 from callbridge.bridge.tool_results import ToolResults
 from callbridge.bridge.verb_events import (
@@ -81,11 +92,12 @@ from callbridge.bridge.verb_events import (
     TransferAnswered,
     TransferRequested,
 )
+from callbridge.keypad_input import KeypadRules
 from callbridge.records import entries as records
 from callbridge.tools import Tool
 from callbridge.twilio import media_stream as twilio
 from callbridge.twilio.media_stream import TwilioProtocolError
-from callbridge.verbs import DIGITS_TOOL, MESSAGE_END, TRANSFER_TOOL, CallVerbs
+from callbridge.verbs import DIGITS_TOOL, MESSAGE_END, TRANSFER_TOOL, CallVerbs, VerbTool
 
 APOLOGY_MARK = "callbridge-apology-played"
 GOODBYE_MARK = "callbridge-goodbye-played"
@@ -145,6 +157,9 @@ class EndReason(enum.StrEnum):
     VOICEMAIL_LEFT = "voicemail-left"  # the message played on an answering machine
     ANSWERING_MACHINE = "answering-machine"  # a machine answered; no message to leave
     FAX = "fax"  # a fax machine answered
+    AGENT_HUNG_UP = "agent-hung-up"  # the agent's end_call, once its goodbye played
+    OPERATOR_HUNG_UP = "operator-hung-up"  # the API, the command line
+    CALLER_SILENT = "caller-silent"  # no word from the caller through every check-in
 
 
 # Who ended a call, for its record.
@@ -159,6 +174,14 @@ _ENDED_BY: dict[EndReason, records.EndedBy] = {
     EndReason.SERVER_SHUTDOWN: "server",
     EndReason.TRANSFERRED: "agent",
     EndReason.VOICEMAIL_LEFT: "agent",
+    EndReason.AGENT_HUNG_UP: "agent",
+    EndReason.OPERATOR_HUNG_UP: "operator",
+    EndReason.CALLER_SILENT: "agent",
+}
+_HUNG_UP_BY: dict[HangUpBy, EndReason] = {
+    "agent": EndReason.AGENT_HUNG_UP,
+    "operator": EndReason.OPERATOR_HUNG_UP,
+    "silence": EndReason.CALLER_SILENT,
 }
 
 
@@ -177,6 +200,9 @@ _CANCELLED_AT_THE_END = (
     Timer.READY,
     Timer.REATTACH,
     Timer.VERB,
+    Timer.HANG_UP,
+    Timer.KEYPAD,
+    Timer.SILENCE,
 )
 
 
@@ -207,6 +233,9 @@ class CallBridge:
         call_id: str = "",
         direction: str = "inbound",
         verbs: CallVerbs | None = None,
+        hang_up_wait_seconds: float = 15.0,
+        keypad: KeypadRules | None = None,
+        silence: SilenceRules | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -233,6 +262,12 @@ class CallBridge:
             reconnect_seconds=reconnect_seconds,
             jitter=jitter,
         )
+
+        self._hang_up_request = HangUpAfterGoodbye(hang_up_wait_seconds)
+        self._keypad = KeypadInput(keypad or KeypadRules(), self._keypad_tool_failed, self._records)
+        self._silence = Silence(silence)
+        self._caller_speaking = False
+        self._after_reply: list[Action] = []  # frames for the agent once its reply is done
 
         self.state = State.AWAITING_START
         self.end_reason: EndReason | None = None
@@ -302,6 +337,8 @@ class CallBridge:
             AmdVerdict: self._on_amd_verdict,
             CallCompleted: self._on_call_completed,
             UpdateSession: self._on_update_session,
+            HangUpRequested: self._on_hang_up_requested,
+            SayRequested: self._on_say_requested,
         }
         self._timer_handlers: dict[str, Callable[[TimerFired], list[Action]]] = {
             Timer.READY: self._no_ready_in_time,
@@ -313,6 +350,9 @@ class CallBridge:
             Timer.RETRY_BUDGET: self._retry_budget_spent,
             Timer.REATTACH: self._no_stream_in_time,
             Timer.VERB: self._verb_ready,
+            Timer.HANG_UP: self._no_hang_up_goodbye_in_time,
+            Timer.KEYPAD: self._keypad_timed_out,
+            Timer.SILENCE: self._silence_waited,
         }
 
     def handle(self, event: object) -> list[Action]:
@@ -499,10 +539,28 @@ class CallBridge:
             return [CancelTimer(Timer.APOLOGY), *self._hang_up()]
         if msg.mark.name == GOODBYE_MARK and self._length.wrapping_up:
             return [CancelTimer(Timer.WRAP_UP), *self._end(self._wrap_up_reason)]
+        if (
+            msg.mark.name == HANG_UP_MARK
+            and self._hang_up_request.requested
+            and self.end_reason is None
+        ):
+            return [
+                CancelTimer(Timer.HANG_UP),
+                self._hang_up_record("after-goodbye"),
+                *self._end(self._hung_up_reason()),
+            ]
         return []
 
     def _on_dtmf(self, msg: twilio.Dtmf) -> list[Action]:
-        return [Log.info("caller.dtmf", digit=msg.dtmf.digit)]
+        # Never the key itself in the log: it may belong to a sensitive keypad argument.
+        log = Log.debug("caller.keypad")
+        if (
+            self.state is not State.LIVE
+            or self.end_reason is not None
+            or self._hang_up_request.requested  # saying goodbye: keys change nothing now
+        ):
+            return [log]
+        return [log, *self._silence.caller_spoke(), *self._keypad.pressed(msg.dtmf.digit)]
 
     def _on_stop(self, _: twilio.Stop) -> list[Action]:
         if self.end_reason is None and self._handover.expected is not None:
@@ -646,6 +704,8 @@ class CallBridge:
         actions.append(Log.info("agent.ready", session_id=msg.session_id))
         if self._verbs.message_pending and "greeting" not in self._session_config:
             actions += self._leave_message()  # a machine answered; the agent would wait
+        if not self._session_config.get("greeting"):  # the agent waits for the caller
+            actions += self._silence.played_out()
         return actions
 
     def _on_session_updated(self, msg: agent.SessionUpdated) -> list[Action]:
@@ -726,11 +786,14 @@ class CallBridge:
 
     def _on_speech_started(self, _: agent.SpeechStarted) -> list[Action]:
         self._results.may_flow = False
+        self._caller_speaking = True
+        silence = self._silence.caller_spoke()
         if self.state is not State.LIVE or self.stream_sid is None:
-            return []
-        return self._barge_in.speech_started(self._current_reply, self.stream_sid)
+            return silence
+        return silence + self._barge_in.speech_started(self._current_reply, self.stream_sid)
 
     def _on_speech_stopped(self, _: agent.SpeechStopped) -> list[Action]:
+        self._caller_speaking = False
         self._ledger.turn_ended()
         return [Log.debug("caller.speech_stopped")]
 
@@ -743,11 +806,12 @@ class CallBridge:
         self._ledger.reply_started(msg.reply_id)
         self._verbs.reply_started(msg.reply_id)
         self._length.reply_started(msg.reply_id)
+        self._hang_up_request.reply_started(msg.reply_id)
         self._results.may_flow = False
         log = Log.debug("agent.reply_started", reply_id=msg.reply_id)
         if self._verbs.message_pending:  # a machine answered before the agent was ready
             return [log, *self._leave_message()]
-        return [log]
+        return [log, *self._silence.disarm()]
 
     def _on_reply_audio(self, msg: agent.ReplyAudio) -> list[Action]:
         out = self.audio_to_twilio(msg)
@@ -759,6 +823,15 @@ class CallBridge:
 
     def _on_reply_done(self, msg: agent.ReplyDone) -> list[Action]:
         self._current_reply = None
+        if self._after_reply:
+            actions, self._after_reply = self._after_reply, []
+            if msg.status == "interrupted":  # the caller moved on: no keypad prompt
+                done = self._on_reply_done_now(msg)  # marks the reply's tools cut off first
+                return done + self._keypad.reply_interrupted(msg.reply_id)
+            return actions + self._on_reply_done_now(msg)
+        return self._on_reply_done_now(msg)
+
+    def _on_reply_done_now(self, msg: agent.ReplyDone) -> list[Action]:
         if msg.status == "interrupted":
             # After a barge-in (its own INFO line) this is the same news: DEBUG then.
             log = Log.debug if msg.reply_id in self._fenced_replies else Log.info
@@ -766,6 +839,7 @@ class CallBridge:
             if self.stream_sid is not None and self.state is State.LIVE:
                 actions += self._barge_in.clear(self.stream_sid)
             self._ledger.reply_done(msg.reply_id, interrupted=True)
+            self._hang_up_request.reply_interrupted(msg.reply_id)
             actions.extend(self._discard_results_of(msg.reply_id))
             actions += self._verb_mark_after(msg.reply_id)
             return actions + self._settled_replies()
@@ -779,6 +853,8 @@ class CallBridge:
         if self._length.is_goodbye(msg.reply_id) and self.stream_sid:
             # Hang up once Twilio has played the goodbye, not when the agent finished sending it.
             actions.append(SendToTwilio(twilio.encode_mark(self.stream_sid, GOODBYE_MARK)))
+        if self._hang_up_request.is_goodbye(msg.reply_id) and self.stream_sid:
+            actions.append(SendToTwilio(twilio.encode_mark(self.stream_sid, HANG_UP_MARK)))
         return actions + self._verb_mark_after(msg.reply_id)
 
     def _on_reply_error(self, msg: agent.ReplyError) -> list[Action]:
@@ -817,6 +893,8 @@ class CallBridge:
                     ToolFinished(msg.call_id, f"unknown tool {msg.name!r}", True)
                 ),
             ]
+        if isinstance(tool, VerbTool):
+            return [log, *self._verb_tool(msg.call_id, tool)]
         try:
             arguments = agent.tool_arguments(msg)
         except agent.ToolArgumentsError as exc:
@@ -826,6 +904,9 @@ class CallBridge:
                     ToolFinished(msg.call_id, f"invalid arguments: {exc}", True)
                 ),
             ]
+        if tool.keypad_arguments:
+            asking = self._keypad.run_tool(msg.call_id, tool, arguments, self._current_reply)
+            return [log, *self._after_the_reply(asking)]
         return [log, RunTool(msg.call_id, tool, arguments)]
 
     def _on_tool_finished(self, msg: ToolFinished) -> list[Action]:
@@ -931,6 +1012,120 @@ class CallBridge:
 
     def _apology_played(self, _: TimerFired) -> list[Action]:
         return self._hang_up() if self.state is State.APOLOGIZING else []
+
+    # --- the call verbs (`hang_up`, `keypad`, `silence`) -------------------------------
+
+    def live_refusal(self) -> str | None:
+        """Why a verb cannot be performed on this call now (None: it can)."""
+        if self.end_reason is not None or self.state in (State.ENDING, State.DONE):
+            return "the call is ending"
+        if self.state is not State.LIVE:
+            return "the call is not live yet"
+        return None
+
+    def _verb_tool(self, call_id: str, tool: VerbTool) -> list[Action]:
+        if tool.verb != "hang-up":
+            result = ToolFinished(call_id, f"{tool.name} is not available on this call", True)
+            return self._on_tool_finished(result)
+        # The result first: the agent answers it with its goodbye.
+        finished = self._on_tool_finished(ToolFinished(call_id, '"hanging up"', False))
+        return finished + self._request_hang_up("agent", None)
+
+    def _request_hang_up(self, by: HangUpBy, instructions: str | None) -> list[Action]:
+        if self._hang_up_request.requested or self.end_reason is not None:
+            return [Log.info("call.hang_up_pending", by=by)]
+        return [
+            *self._silence.disarm(),
+            *self._keypad.cancel(),
+            *self._hang_up_request.request(by, self._current_reply, instructions),
+        ]
+
+    def _hang_up_record(self, outcome: str) -> Record:
+        return self._records.verb("hang-up", self._hang_up_request.by or "operator", outcome)
+
+    def _hung_up_reason(self) -> EndReason:
+        return _HUNG_UP_BY[self._hang_up_request.by or "operator"]
+
+    def _on_hang_up_requested(self, msg: HangUpRequested) -> list[Action]:
+        by: HangUpBy = "agent" if msg.by == "agent" else "operator"  # a tool, or anyone else
+        refusal = self.live_refusal()
+        if msg.goodbye and refusal is None and self._agent == "open":
+            return self._request_hang_up(by, say_instructions(msg.goodbye))
+        if self.end_reason is not None:
+            return []
+        return [
+            Log.info("call.hanging_up", by=by),
+            self._records.verb("hang-up", by, "at-once"),
+            *self._end(_HUNG_UP_BY[by]),
+        ]
+
+    def _on_say_requested(self, msg: SayRequested) -> list[Action]:
+        refusal = self.live_refusal()
+        if refusal is not None or self._agent != "open":
+            why = refusal or "the agent is reconnecting"
+            return [
+                Log.warning("call.say_refused", why=why),
+                self._records.verb("say", "operator", "refused", why),
+            ]
+        return [
+            Log.info("call.say", chars=len(msg.text)),
+            self._records.verb("say", "operator", "sent"),
+            *self._silence.disarm(),
+            SendToAgent(agent.encode_reply_create(say_instructions(msg.text))),
+        ]
+
+    def _no_hang_up_goodbye_in_time(self, _: TimerFired) -> list[Action]:
+        if self.end_reason is not None:
+            return []
+        return [
+            Log.warning(
+                "call.goodbye_not_played", within_seconds=self._hang_up_request.wait_seconds
+            ),
+            self._hang_up_record("goodbye-not-played"),
+            *self._end(self._hung_up_reason(), "no goodbye played in time"),
+        ]
+
+    def _after_the_reply(self, actions: list[Action]) -> list[Action]:
+        """The frames for the agent among `actions` wait for the reply under way (the one
+        that called a keypad tool) to be done: a `reply.create` while a reply plays
+        would replace it."""
+        if self._current_reply is None:
+            return actions
+        self._after_reply += [a for a in actions if isinstance(a, SendToAgent)]
+        return [a for a in actions if not isinstance(a, SendToAgent)]
+
+    def _keypad_timed_out(self, _: TimerFired) -> list[Action]:
+        if self.end_reason is not None:
+            return []
+        if self.state is not State.LIVE:  # reconnecting: judged once the agent is back
+            return [StartTimer(Timer.KEYPAD, 1.0)]
+        return self._keypad.timed_out()
+
+    def _keypad_tool_failed(self, call_id: str, problem: str) -> list[Action]:
+        return self._on_tool_finished(ToolFinished(call_id, problem, True))
+
+    def _may_wait_for_the_caller(self) -> bool:
+        """Whether the silence rule's wait may start: the agent's replies have played,
+        and nothing else is going on that the caller waits for."""
+        return (
+            self.state is State.LIVE
+            and self.end_reason is None
+            and not self._caller_speaking
+            and not self._hang_up_request.requested
+            and not self._length.wrapping_up
+            and not self._results.outstanding
+            and not self._keypad.busy
+            and self._ledger.played_out()
+        )
+
+    def _silence_waited(self, _: TimerFired) -> list[Action]:
+        if self.state is not State.LIVE or self.end_reason is not None:
+            return self._silence.disarm()  # it waits again once a reply has played
+        actions, hang_up = self._silence.waited()
+        if hang_up:
+            return actions + self._request_hang_up("silence", SAY_GOODBYE_INSTRUCTIONS)
+        detail = f"check-in {self._silence.check_ins}"
+        return [*actions, self._records.verb("silence-check-in", "silence", "asked", detail)]
 
     # --- ending -----------------------------------------------------------------------
 
@@ -1301,6 +1496,8 @@ class CallBridge:
         actions: list[Action] = []
         for reply in self._ledger.settled(everything=everything):
             actions.extend(self._records.reply(reply))
+        if self._silence.may_arm and self._may_wait_for_the_caller():
+            actions += self._silence.played_out()
         return actions
 
     def _ignore(self, _: object) -> list[Action]:

@@ -63,3 +63,19 @@ class UpdateSession(msgspec.Struct, frozen=True):
 
     changes: SessionChanges
     source: str = "tool"
+
+
+class HangUpRequested(msgspec.Struct, frozen=True):
+    """An operator (the API, the command line, a tool's call object) hangs up.
+
+    With `goodbye`, the agent says it first and the line closes once it has played;
+    without, the call ends now."""
+
+    by: str = "operator"
+    goodbye: str | None = None
+
+
+class SayRequested(msgspec.Struct, frozen=True):
+    """Make the agent say `text` now."""
+
+    text: str

@@ -224,6 +224,10 @@ class PlayoutLedger:
             return None
         return self._mark(reply, end=True)
 
+    def played_out(self) -> bool:
+        """Whether everything sent has played: no reply under way, every mark echoed."""
+        return self._current is None and not self._pending
+
     def sent_since_clear(self) -> bool:
         """Whether any audio went to Twilio after the last `clear`. If none did, Twilio
         holds none of ours, and another `clear` would change nothing."""

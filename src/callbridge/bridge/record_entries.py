@@ -77,6 +77,13 @@ class RecordEntries:
             )
         )
 
+    def verb(self, verb: str, by: str, outcome: str, detail: str = "") -> Record:
+        """A verb performed on the call (`records.CallVerb`); `detail` never holds keys."""
+        entry = records.CallVerb(
+            self.call_id, self._next_seq(), self._wall(), verb, by, outcome, detail
+        )
+        return Record(entry)
+
     def closed(self, **fields: Any) -> Record:
         return Record(records.CallClosed(self.call_id, self._next_seq(), self._wall(), **fields))
 

@@ -16,3 +16,6 @@ class Timer(enum.StrEnum):
     RETRY_BUDGET = "agent-retry-budget"  # reconnecting took too long: give up
     REATTACH = "reattach"  # the call waits for its next stream: none came in time
     VERB = "verb"  # an announcement or a message should have played: act anyway
+    HANG_UP = "hang-up"  # no goodbye played in time after a hang-up: end the call
+    KEYPAD = "keypad"  # no key for a while: the keypad entry is complete
+    SILENCE = "silence"  # the caller said nothing since the reply played: check in

@@ -64,6 +64,11 @@ class ToolResults:
         self._held = []
         return held
 
+    @property
+    def outstanding(self) -> bool:
+        """Whether a tool call still awaits its result (running, or held)."""
+        return bool(self._reply_of)
+
     def has_held(self) -> bool:
         return bool(self._held)
 

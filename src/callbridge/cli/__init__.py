@@ -29,7 +29,10 @@ app = typer.Typer(
 
 
 def _register_record_commands() -> None:
-    from callbridge.cli import call_verbs  # noqa: F401  (its commands join `calls`)
+    from callbridge.cli import (
+        call_verbs,  # noqa: F401  (its commands join `calls`)
+        verbs,  # noqa: F401  (adds `calls hangup` and `calls say`)
+    )
     from callbridge.cli.records import calls_app, db_app
 
     app.add_typer(calls_app, name="calls")
@@ -298,6 +301,10 @@ def simulate(
     bot: Annotated[
         str | None, typer.Option("--bot", help="With --outbound: the bot to answer with.")
     ] = None,
+    keys: Annotated[
+        str,
+        typer.Option(help="Then press these keys on the keypad, e.g. 123# (0-9 * # A-D)."),
+    ] = "",
 ) -> None:
     """Run one call against a running server, as Twilio would, without a phone."""
     from callbridge.cli.simulate import SimulationError, caller_audio, run_simulation
@@ -320,6 +327,7 @@ def simulate(
                 speak_after=speak_after,
                 parameters=parameters,
                 bot=bot,
+                keys=keys,
             )
         )
     except SimulationError as exc:

@@ -23,7 +23,9 @@ from callbridge.records import database, queries
 from callbridge.records.queries import CallDetail, CallQuery, CallSummary
 
 calls_app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Read the records of calls."
+    add_completion=False,
+    no_args_is_help=True,
+    help="Read the records of calls, and hang up or speak on a live one.",
 )
 db_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The call records database.")
 
@@ -258,6 +260,10 @@ def render_call(call: CallDetail) -> str:
         events.append(
             (act.seq, f"{_offset(act.offset_seconds)}  {act.verb:<7} {act.outcome}{target}")
         )
+    for v in call.verbs:
+        detail = f" ({v.detail})" if v.detail else ""
+        line = f"{_offset(v.offset_seconds)}  verb    {v.verb} by {v.by}: {v.outcome}{detail}"
+        events.append((v.seq, line))
     if events:
         lines.append("")
         lines.extend(line for _, line in sorted(events, key=lambda e: e[0]))

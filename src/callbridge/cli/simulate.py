@@ -37,6 +37,8 @@ GREETING_QUIET_SECONDS = 0.7  # silence after audio that tells the caller the gr
 GREETING_WAIT_SECONDS = 5.0  # with nothing heard by then, the bot waits for the caller
 _ANSWER_SECONDS = 20.0  # webhook, then stream: how long until the call must have started
 _GAP_SECONDS = 0.2  # playback bursts closer than this are shown as one
+KEY_SECONDS = 0.3  # between two keys the caller presses
+KEYS = frozenset("0123456789*#ABCD")
 
 
 class SimulationError(Exception):
@@ -68,13 +70,17 @@ async def run_simulation(
     speak_after: float | None = None,
     parameters: Mapping[str, str] | None = None,
     bot: str | None = None,
+    keys: str = "",
 ) -> str:
     """Run one call and return a summary of it.
 
     The caller says `audio` once the greeting has played, or `speak_after` seconds after
-    the stream starts (over whatever is playing: a barge-in); hangs up `EXTRA_SECONDS`
-    after, or `seconds` after the call was placed.
+    the stream starts (over whatever is playing: a barge-in), then presses `keys` on the
+    keypad; hangs up `EXTRA_SECONDS` after, or `seconds` after the call was placed.
     """
+    bad = sorted(set(keys) - KEYS)
+    if bad:
+        raise SimulationError(f"--keys: {bad[0]!r} is not a key of a phone keypad (0-9 * # A-D)")
     # Signatures are computed the way Twilio would, with the token the server checks.
     simulator = TwilioSimulator(
         server_url,
@@ -87,7 +93,7 @@ async def run_simulation(
         _check_webhook(call, settings, server_url)
         with contextlib.suppress(TimeoutError, CallEndedError):
             async with asyncio.timeout(seconds):
-                await _converse(call, audio, speak_after)
+                await _converse(call, audio, speak_after, keys)
         _check_stream(call, settings, server_url)
         if not call.ended.is_set():
             await call.hangup()
@@ -132,7 +138,9 @@ async def _place(
     )
 
 
-async def _converse(call: SimulatedCall, audio: bytes, speak_after: float | None) -> None:
+async def _converse(
+    call: SimulatedCall, audio: bytes, speak_after: float | None, keys: str
+) -> None:
     await call.wait_started(_ANSWER_SECONDS)
     if speak_after is None:
         await call.wait_for_quiet(GREETING_QUIET_SECONDS, GREETING_WAIT_SECONDS)
@@ -140,6 +148,14 @@ async def _converse(call: SimulatedCall, audio: bytes, speak_after: float | None
         # The caller's own timing, not a wait for an event: talk over whatever is playing.
         await asyncio.sleep(speak_after)
     call.speak(audio)
+    if keys:
+        # The caller's timing again: the keys once they have finished speaking.
+        await asyncio.sleep(len(audio) / SAMPLE_RATE)
+        for key in keys:
+            await call.send_dtmf(key)
+            await asyncio.sleep(KEY_SECONDS)
+        await call.wait_ended(EXTRA_SECONDS)
+        return
     await call.wait_ended(len(audio) / SAMPLE_RATE + EXTRA_SECONDS)
 
 
@@ -236,6 +252,9 @@ def _summary(call: SimulatedCall, record: Path | None) -> str:
     ]
     events += [
         (at, f"{at:5.1f} s        Twilio cleared the agent's audio") for at in call.clear_times
+    ]
+    events += [
+        (at, f"{at:5.1f} s        the caller presses {key}") for at, key in call.keys_pressed
     ]
     if events:
         lines.append("timeline (seconds from the start of the media stream):")

@@ -13,7 +13,7 @@ import msgspec
 
 Role = Literal["caller", "agent"]
 # "instance_lost": the instance holding the call stopped answering; another closed its record.
-EndedBy = Literal["caller", "agent", "bridge", "server", "restart", "instance_lost"]
+EndedBy = Literal["caller", "agent", "bridge", "server", "restart", "instance_lost", "operator"]
 
 
 class CallOpened(msgspec.Struct, frozen=True):
@@ -143,6 +143,20 @@ class CallAction(msgspec.Struct, frozen=True):
     started_at: float | None = None
 
 
+class CallVerb(msgspec.Struct, frozen=True):
+    """A verb performed on the call: `verb` (hang-up, say, keypad-entry, keypad-argument,
+    silence-check-in), `by` whom (agent, operator, silence, caller), and its `outcome`.
+    `detail` never holds what the caller typed: at most how many keys."""
+
+    call_id: str
+    seq: int
+    at: float
+    verb: str
+    by: str
+    outcome: str
+    detail: str = ""
+
+
 class CallClosed(msgspec.Struct, frozen=True):
     call_id: str
     seq: int
@@ -167,5 +181,6 @@ RecordEntry = (
     | SessionConfigured
     | CallError
     | CallAction
+    | CallVerb
     | CallClosed
 )

@@ -41,6 +41,7 @@ from callbridge.records.tables import (
     call_actions,
     call_errors,
     call_statuses,
+    call_verbs,
     calls,
     session_configs,
     tool_calls,
@@ -170,6 +171,16 @@ class SetupItem(msgspec.Struct, kw_only=True):
     error: str | None
 
 
+class VerbItem(msgspec.Struct, kw_only=True):
+    seq: int
+    at: datetime.datetime
+    offset_seconds: float
+    verb: str
+    by: str
+    outcome: str
+    detail: str
+
+
 class AudioCounts(msgspec.Struct, kw_only=True):
     frames_from_twilio: int | None
     frames_to_agent: int | None
@@ -188,6 +199,7 @@ class CallDetail(CallSummary, kw_only=True):
     turn_latencies: list[TurnLatencyItem]
     errors: list[ErrorItem]
     actions: list[ActionItem]
+    verbs: list[VerbItem]
     audio: AudioCounts
     bot: str | None
     parameters: dict[str, str | None]
@@ -423,6 +435,7 @@ async def get_call(conn: AsyncConnection, key: str) -> CallDetail | None:
         if outcome is not None
         else None
     )
+    verbs = await _items(conn, call_verbs, VerbItem, call_id, offset)
     resumed_sessions = sum(1 for s in sessions if s.resumed)
     return CallDetail(
         **{f: getattr(summary, f) for f in CallSummary.__struct_fields__},
@@ -436,6 +449,7 @@ async def get_call(conn: AsyncConnection, key: str) -> CallDetail | None:
         turn_latencies=latencies,
         errors=errors,
         actions=actions,
+        verbs=verbs,
         audio=AudioCounts(
             frames_from_twilio=m["frames_from_twilio"],
             frames_to_agent=m["frames_to_agent"],

@@ -217,6 +217,20 @@ session_configs = Table(
     Column("config", json_type(), nullable=False),
 )
 
+# The verbs performed on a call: hang-up, say, keypad entries, silence check-ins
+# (migration 0004). `detail` never holds the keys a caller pressed.
+call_verbs = Table(
+    "callbridge_call_verbs",
+    metadata,
+    Column("call_id", String, primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("at", UtcDateTime, nullable=False),
+    Column("verb", String, nullable=False),
+    Column("by", String, nullable=False),
+    Column("outcome", String, nullable=False),
+    Column("detail", Text, nullable=False),
+)
+
 # The tables whose rows belong to one call by call_id (purged with it).
 CALL_CHILD_TABLES = (
     agent_sessions,
@@ -226,4 +240,5 @@ CALL_CHILD_TABLES = (
     call_errors,
     call_actions,
     session_configs,
+    call_verbs,
 )

@@ -41,6 +41,8 @@ from callbridge.bridge.inputs import (
     AgentClosed,
     AgentOpened,
     AgentOpenFailed,
+    HangUpRequested,
+    SayRequested,
     StreamOpened,
     TimerFired,
     ToolFinished,
@@ -84,6 +86,10 @@ _ENDED_COUNTS_IF_ANY = (
 _take_relayed = fast_path_module.take_relayed
 _set_routes = fast_path_module.set_routes
 _end_routes = fast_path_module.end_routes
+
+
+class VerbRefused(Exception):
+    """A verb asked of a call that cannot take it now (ending, not live yet)."""
 
 
 class CallRunner:
@@ -272,6 +278,30 @@ class CallRunner:
             self.log.exception("call.redirect_crashed", exc)
             error = "internal error"
         self._feed(RedirectFinished(action.verb, error))
+
+    # --- verbs: what the API, the command line and a tool's call object do to a call ----
+
+    def hang_up(self, goodbye: str | None = None, *, by: str = "operator") -> None:
+        """End the call now, or once the agent has said `goodbye` and it has played; `by`
+        is "operator", or "agent" for a tool. Raises VerbRefused if the call is ending."""
+        self._check_running()
+        if self.bridge.end_reason is not None:
+            raise VerbRefused("the call is ending")
+        self._feed(HangUpRequested(by, goodbye))
+
+    def say(self, text: str) -> None:
+        """Make the agent say `text` now. Raises VerbRefused if it cannot."""
+        self._check_running()
+        refusal = self.bridge.live_refusal()
+        if refusal is not None:
+            raise VerbRefused(refusal)
+        self._feed(SayRequested(text))
+
+    def _check_running(self) -> None:
+        if self._tg is None:
+            raise VerbRefused("the call is not live yet")
+        if self._finished.is_set() or self.done.is_set():
+            raise VerbRefused("the call is ending")
 
     # --- reading ----------------------------------------------------------------------
 
@@ -540,8 +570,16 @@ class CallRunner:
                 await self._twilio.close(code)
 
     async def _run_tool(self, action: RunTool) -> None:
-        outcome = await run_tool(action.tool, action.arguments, self.call)
-        if outcome.failure is not None:
+        outcome = await run_tool(action.tool, action.arguments, self.call, action.keypad)
+        if outcome.failure is not None and action.tool.has_sensitive_arguments:
+            # Its message or traceback may quote what the caller typed: the type alone.
+            self.log.error(
+                "tool.raised",
+                error=type(outcome.failure).__name__,
+                tool_call_id=action.call_id,
+                name=action.tool.name,
+            )
+        elif outcome.failure is not None:
             self.log.exception(
                 "tool.raised", outcome.failure, tool_call_id=action.call_id, name=action.tool.name
             )

@@ -59,6 +59,9 @@ async def place(request: web.Request) -> web.Response:
             raise _Invalid("invalid_field", "voicemail: true or false", "voicemail")
     except _Invalid as exc:
         return _error(400, exc.code, str(exc), exc.field)
+    if bot is not None and bot not in state.bots:
+        known = ", ".join(sorted(state.bots))
+        return _error(400, "invalid_field", f"bot: no bot named {bot!r} (known: {known})", "bot")
     try:
         # twilio's client is synchronous: a thread, so that no call waits for Twilio.
         placed = await asyncio.to_thread(

@@ -11,10 +11,9 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from callbridge.bridge.inputs import ServerShutdown
 from callbridge.logs import EventLogger
 from callbridge.server.call_registry import CallRegistry
-from callbridge.server.call_runner import CallRunner
+from callbridge.server.call_runner import CallRunner, VerbRefused
 from callbridge.server.shared_state import Command, CommandHandler
 
 # Performs a command on a live call: None if done, else why not (fixed text).
@@ -22,12 +21,40 @@ Handler = Callable[[CallRunner, dict[str, Any]], str | None]
 
 
 def hang_up(runner: CallRunner, args: dict[str, Any]) -> str | None:
-    """End the call now: the agent session ends and the stream closes."""
-    runner.end(ServerShutdown(polite=False))
+    """End the call, at once or after the agent's goodbye (`goodbye`) has played."""
+    goodbye = args.get("goodbye")
+    try:
+        runner.hang_up(goodbye if isinstance(goodbye, str) else None)
+    except VerbRefused as exc:
+        return str(exc)
     return None
 
 
-HANDLERS: dict[str, Handler] = {"hangup": hang_up}
+def say(runner: CallRunner, args: dict[str, Any]) -> str | None:
+    text = args.get("text")
+    if not isinstance(text, str):
+        return "no text"
+    try:
+        runner.say(text)
+    except VerbRefused as exc:
+        return str(exc)
+    return None
+
+
+def transfer(runner: CallRunner, args: dict[str, Any]) -> str | None:
+    return runner.request_verb("transfer", str(args.get("target", "")))
+
+
+def digits(runner: CallRunner, args: dict[str, Any]) -> str | None:
+    return runner.request_verb("digits", str(args.get("digits", "")))
+
+
+HANDLERS: dict[str, Handler] = {
+    "hangup": hang_up,
+    "say": say,
+    "transfer": transfer,
+    "digits": digits,
+}
 
 
 def command_handler(registry: CallRegistry, log: EventLogger) -> CommandHandler:

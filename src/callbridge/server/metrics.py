@@ -29,6 +29,7 @@ from callbridge.records.entries import (
     CallError,
     CallOpened,
     CallSetupDone,
+    CallVerb,
     RecordEntry,
     ToolInvocation,
     TurnLatency,
@@ -147,6 +148,13 @@ class CallMetrics:
             ["bot", "outcome"],
             registry=r,
         )
+        self.verbs = Counter(
+            "callbridge_call_verbs",
+            "Verbs performed on calls, by verb (hang-up, say, keypad-entry, keypad-argument, "
+            "silence-check-in) and outcome.",
+            ["verb", "outcome"],
+            registry=r,
+        )
         # From the agent: bounded. End and drop reasons are the bridge's own, a fixed set.
         self._error_code = BoundedLabel()
         self._tool_name = BoundedLabel(tool_names)
@@ -184,6 +192,8 @@ class CallMetrics:
             self.call_actions.labels(entry.verb, self._outcome(entry.outcome)).inc()
         elif isinstance(entry, CallSetupDone):
             self.setups.labels(self._bot_name(entry.bot_name or "default"), entry.outcome).inc()
+        elif isinstance(entry, CallVerb):
+            self.verbs.labels(entry.verb, entry.outcome).inc()
 
     def _call_closed(self, entry: CallClosed) -> None:
         self.calls_ended.labels(entry.ended_by, entry.reason).inc()

@@ -19,7 +19,7 @@ from callbridge.bridge.inputs import UpdateSession
 from callbridge.bridge.session_changes import check_changes
 from callbridge.call import Call
 from callbridge.server.call_registry import CallInfo
-from callbridge.server.call_runner import CallRunner
+from callbridge.server.call_runner import CallRunner, VerbRefused
 from callbridge.server.state import AppState
 from callbridge.session_plan import SessionPlan, plan_session
 from callbridge.tools import Tool
@@ -46,6 +46,35 @@ class RunnerControl:
             self._feed(event)
         else:
             self._loop.call_soon_threadsafe(self._feed, event)
+
+    def perform(self, verb: str, args: Mapping[str, Any]) -> str | None:
+        """A verb on the call, on the event loop's thread (a sync tool waits for it there)."""
+        if threading.get_ident() == self._thread:
+            return self._perform(verb, args)
+        future = asyncio.run_coroutine_threadsafe(self._perform_async(verb, args), self._loop)
+        return future.result()
+
+    async def _perform_async(self, verb: str, args: Mapping[str, Any]) -> str | None:
+        return self._perform(verb, args)
+
+    def _perform(self, verb: str, args: Mapping[str, Any]) -> str | None:
+        runner = self._runner()
+        if runner is None or runner.done.is_set():
+            return "the call has ended"
+        try:
+            if verb == "hangup":
+                runner.hang_up(args.get("goodbye"), by="agent")
+                return None
+            if verb == "say":
+                runner.say(str(args.get("text", "")))
+                return None
+        except VerbRefused as exc:
+            return str(exc)
+        if verb in ("transfer", "digits"):
+            return runner.request_verb(
+                verb, str(args.get("target" if verb == "transfer" else "digits", ""))
+            )
+        return f"unknown verb {verb!r}"
 
     def _feed(self, event: UpdateSession) -> None:
         runner = self._runner()

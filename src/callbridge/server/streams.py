@@ -18,6 +18,7 @@ from aiohttp import web
 from callbridge.agent.dial import agent_dialer
 from callbridge.bot import Direction
 from callbridge.bridge.call_bridge import CallBridge
+from callbridge.bridge.silence import SilenceRules
 from callbridge.logs import EventLogger
 from callbridge.server.call_control import CallControl
 from callbridge.server.call_runner import CallRunner
@@ -138,6 +139,11 @@ def start_call(
         call_id=call_id,
         direction=direction,
         verbs=call_bot(state, info).verbs,
+        keypad=call_bot(state, info).keypad,
+        silence=call_bot(state, info).silence
+        or SilenceRules(
+            settings.callbridge_silence_prompt_seconds, settings.callbridge_silence_prompts
+        ),
     )
     runner = CallRunner(
         call_id=call_id,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 __all__ = [
+    "END_CALL_GOODBYE",
     "REPLY_CREATE_TEXT",
     "TOOL_TIMEOUT_APOLOGY",
     "ScriptedTurn",
@@ -18,6 +19,9 @@ __all__ = [
 
 TOOL_TIMEOUT_APOLOGY: Final = "Sorry, that is taking too long."
 REPLY_CREATE_TEXT: Final = "How can I help?"  # spoken for a reply.create without instructions
+# Spoken after an `end_call` result when the turn's script says nothing of its own, as a
+# model does once the tool says the call ends after its goodbye.
+END_CALL_GOODBYE: Final = "Thanks for calling. Goodbye!"
 
 
 @dataclass

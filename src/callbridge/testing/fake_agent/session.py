@@ -26,6 +26,7 @@ from callbridge.testing.fake_agent.formats import FORMATS, PCM, AudioFormat
 from callbridge.testing.fake_agent.messages import ENCODER, Event, error_event, new_id
 from callbridge.testing.fake_agent.playback import Reply, ReplyPlayer, ToolCall
 from callbridge.testing.fake_agent.script import (
+    END_CALL_GOODBYE,
     REPLY_CREATE_TEXT,
     ScriptedTurn,
     after_tool_text,
@@ -449,6 +450,9 @@ class FakeSession:
         if call.timer is not None and call.timer is not asyncio.current_task():
             call.timer.cancel()
         if not call.timed_out:  # a late answer: the agent already apologised
+            if call.name == "end_call" and call.after_tool == ScriptedTurn.after_tool:
+                self._player.enqueue(Reply.new(END_CALL_GOODBYE))
+                return
             self._player.enqueue(Reply.new(after_tool_text(call.after_tool, msg["result"])))
 
     async def _on_end(self) -> None:

@@ -124,6 +124,9 @@ class SimulatedCall:
         self.stream_error: BaseException | None = None  # why the last stream did not open
         self.exchanges: list[HttpExchange] = []
         self.marks: list[tuple[str, bool]] = []
+        # When the last stream ended: bytes of the server's audio still queued, unplayed
+        # (0: everything sent had played, a goodbye included). None: no stream ended yet.
+        self.unplayed_at_stream_end: int | None = None
         self.clears = 0
         self.media_sent = 0
         # With record_timeline: the call on one clock, 8000 mu-law bytes a second from the
@@ -133,6 +136,7 @@ class SimulatedCall:
         self.played_spans: list[tuple[float, float]] = []  # while something played
         self.spoken_spans: list[tuple[float, float]] = []  # while audio given to speak() went
         self.clear_times: list[float] = []
+        self.keys_pressed: list[tuple[float, str]] = []  # (time, key) of each dtmf sent
         self.timeline_start: float | None = None  # loop time of the clock's zero
         self._played_end = -(FRAME_BYTES + 1)  # where the last burst of playback ended
         self.ended = asyncio.Event()
@@ -158,6 +162,8 @@ class SimulatedCall:
 
     async def send_dtmf(self, digit: str) -> None:
         stream = self._require_stream()
+        now = asyncio.get_running_loop().time()
+        self.keys_pressed.append((now - (self.timeline_start or now), digit))
         await stream.send_numbered(
             {"event": "dtmf", "streamSid": stream.stream_sid},
             "dtmf",

@@ -39,6 +39,12 @@ class Loudspeaker:
     def idle(self) -> bool:
         return not self.fifo
 
+    @property
+    def unplayed(self) -> int:
+        """Bytes of audio queued and not played yet."""
+        queued = sum(len(item) for item in self.fifo if isinstance(item, bytes))
+        return queued - self.head_offset
+
     def play(self, audio: bytes) -> None:
         self.fifo.append(audio)
         self.wake.set()

@@ -119,6 +119,8 @@ class MediaStream:
             return await self._read_loop()
         finally:
             self.closing = True
+            # What the caller never got to hear: the server closed before it played.
+            call.unplayed_at_stream_end = self.loudspeaker.unplayed
             for task in (self._sender, self._player):
                 task.cancel()
             await asyncio.wait([self._sender, self._player])
