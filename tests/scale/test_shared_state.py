@@ -134,8 +134,9 @@ async def test_a_hang_up_sent_through_one_instance_ends_a_call_held_by_another(
                 assert (await resp.json())["instance_id"] == "b"
             await call.wait_ended(timeout=10)
             async with http.post(f"{a.url}/api/calls/{call_id}/hangup", headers=auth) as resp:
-                assert resp.status == 404
-                assert (await resp.json())["error"] == "not_found"
+                # Ended: 409 once its record is written, 404 (no live call) before.
+                answer = (resp.status, (await resp.json())["error"])
+                assert answer in {(404, "not_found"), (409, "call_ended")}
         await session.wait_for("session.end")
 
 
