@@ -40,6 +40,7 @@ from callbridge.bridge.inputs import (
     AgentClosed,
     AgentOpened,
     AgentOpenFailed,
+    OperatorHangUp,
     ServerShutdown,
     StreamOpened,
     TimerFired,
@@ -109,6 +110,7 @@ class EndReason(enum.StrEnum):
     SERVER_SHUTDOWN = "server-shutdown"
     TWILIO_IDLE = "twilio-idle"  # no media from Twilio for too long
     MAX_DURATION = "max-duration"
+    OPERATOR_HANG_UP = "operator-hang-up"
 
 
 # Who ended a call, for its record.
@@ -121,6 +123,7 @@ _ENDED_BY: dict[EndReason, records.EndedBy] = {
     EndReason.AGENT_UNAVAILABLE: "agent",
     EndReason.AGENT_DROPPED: "agent",
     EndReason.SERVER_SHUTDOWN: "server",
+    EndReason.OPERATOR_HANG_UP: "operator",
 }
 
 
@@ -243,6 +246,7 @@ class CallBridge:
             ToolFinished: self._on_tool_finished,
             TimerFired: self._on_timer,
             ServerShutdown: self._on_server_shutdown,
+            OperatorHangUp: self._on_operator_hang_up,
             StreamOpened: self._on_stream_opened,
         }
         self._timer_handlers: dict[str, Callable[[TimerFired], list[Action]]] = {
@@ -817,6 +821,11 @@ class CallBridge:
         if msg.polite and self.end_reason is None:
             return [log, *self._wrap_up(EndReason.SERVER_SHUTDOWN)]
         return [log, *self._end(EndReason.SERVER_SHUTDOWN)]
+
+    def _on_operator_hang_up(self, _: OperatorHangUp) -> list[Action]:
+        if self.end_reason is not None:  # ending already, for its own reason
+            return []
+        return [Log.info("call.operator_hang_up"), *self._end(EndReason.OPERATOR_HANG_UP)]
 
     def _end(self, reason: EndReason, detail: str = "") -> list[Action]:
         """An orderly end: tell the agent (billing stops at session.end), close both sides."""

@@ -53,3 +53,7 @@ class ServerShutdown(msgspec.Struct, frozen=True):
     """
 
     polite: bool = False
+
+
+class OperatorHangUp(msgspec.Struct, frozen=True):
+    """Someone watching the call (the operator console) ended it: at once, in order."""

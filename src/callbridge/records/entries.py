@@ -12,7 +12,7 @@ from typing import Any, Literal
 import msgspec
 
 Role = Literal["caller", "agent"]
-EndedBy = Literal["caller", "agent", "bridge", "server", "restart"]
+EndedBy = Literal["caller", "agent", "bridge", "server", "restart", "operator"]
 
 
 class CallOpened(msgspec.Struct, frozen=True):
