@@ -11,6 +11,7 @@ from aiohttp import web
 
 from callbridge.bot import Bot
 from callbridge.config import Settings
+from callbridge.console import add_console
 from callbridge.records.store import CallStore
 from callbridge.server import records_api, streams, webhooks
 from callbridge.server.connections import FIRST_REQUESTS, FirstRequests, note_first_request
@@ -66,6 +67,7 @@ def build_app(settings: Settings, bot: Bot) -> web.Application:
     state.observe = metrics.observe
     app[METRICS] = metrics
     app.router.add_get("/metrics", metrics_endpoint)
+    add_console(app, state)
     if settings.callbridge_media_stream_transport == "picows":
         app[PICOWS_STREAMS] = PicowsStreams(state)  # the main port hands it stream sockets
     # Each a context: if one fails to start (a spool it cannot open, say), the ones already

@@ -37,12 +37,17 @@ class AppState:
     warned_stream_on_aiohttp: bool = False
     # Counts what the records say before they are stored (`server/metrics.py`).
     observe: Callable[[RecordEntry], None] | None = None
+    # Also handed every entry, after the metrics (the operator console's live feed). Each
+    # must be cheap and must not raise: entries come in behind a call's events.
+    taps: list[Callable[[RecordEntry], None]] = field(default_factory=list)
 
     def record(self, entry: RecordEntry) -> None:
-        """Every record entry goes through here: counted for the metrics, then queued for
-        the database."""
+        """Every record entry goes through here: counted for the metrics, shown to whoever
+        watches live, then queued for the database."""
         if self.observe is not None:
             self.observe(entry)
+        for tap in self.taps:
+            tap(entry)
         self.records.submit(entry)
 
     @property

@@ -1,0 +1,129 @@
+"""The console's live view: the calls in progress as their record entries come in.
+
+`LiveFeed.tap` is one of `AppState.taps`: it sees every record entry as the bridge makes it
+(never audio: entries are a handful per turn), keeps what a live page shows of each call in
+progress, and tells each open live page which call changed. A page that does not keep up is
+not waited for: its queue is bounded, and once full further changes are dropped and counted,
+and the page is told to reload (`Subscription.dropped`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from callbridge.records.entries import (
+    AgentSessionStarted,
+    CallClosed,
+    CallError,
+    CallOpened,
+    RecordEntry,
+    ToolInvocation,
+    TranscriptLine,
+)
+
+MAX_LINES_PER_CALL = 200  # the live card shows the end of a long conversation
+MAX_TOOLS_PER_CALL = 20
+RECENTLY_ENDED = 10  # calls still shown, as ended, after they end
+SUBSCRIBER_QUEUE = 256  # changes waiting for one page before it is told to reload
+
+
+@dataclass
+class LiveCall:
+    call_id: str
+    started_at: float  # epoch seconds
+    direction: str | None = None
+    from_number: str | None = None
+    to_number: str | None = None
+    call_sid: str | None = None
+    resumes: int = 0
+    errors: int = 0
+    lines: deque[TranscriptLine] = field(default_factory=lambda: deque(maxlen=MAX_LINES_PER_CALL))
+    tools: deque[ToolInvocation] = field(default_factory=lambda: deque(maxlen=MAX_TOOLS_PER_CALL))
+    closed: CallClosed | None = None
+
+
+class Subscription:
+    """One open live page: the ids of the calls that changed since it last looked."""
+
+    def __init__(self, maxsize: int = SUBSCRIBER_QUEUE) -> None:
+        self.changed: asyncio.Queue[str] = asyncio.Queue(maxsize)
+        self.dropped = 0
+
+    def offer(self, call_id: str) -> None:
+        try:
+            self.changed.put_nowait(call_id)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    def take_all(self) -> list[str]:
+        """Every call id waiting, each once, in the order they first came."""
+        seen: dict[str, None] = {}
+        while not self.changed.empty():
+            seen[self.changed.get_nowait()] = None
+        return list(seen)
+
+
+class LiveFeed:
+    def __init__(self) -> None:
+        self.calls: dict[str, LiveCall] = {}
+        self.ended: OrderedDict[str, LiveCall] = OrderedDict()
+        self._subscriptions: set[Subscription] = set()
+
+    def tap(self, entry: RecordEntry) -> None:
+        call_id = entry.call_id
+        if call_id is None:  # a status callback before we knew the call: not a live call
+            return
+        kind = type(entry)
+        call = self.calls.get(call_id)
+        if kind is CallOpened:
+            assert isinstance(entry, CallOpened)
+            call = self.calls.setdefault(call_id, LiveCall(call_id, entry.at))
+            call.started_at = entry.at
+            call.direction = entry.direction
+            call.from_number = entry.from_number
+            call.to_number = entry.to_number
+            call.call_sid = entry.call_sid
+        elif call is None:
+            return  # a call that began before the console was on, or a late status
+        elif kind is TranscriptLine:
+            assert isinstance(entry, TranscriptLine)
+            call.lines.append(entry)
+        elif kind is ToolInvocation:
+            assert isinstance(entry, ToolInvocation)
+            call.tools.append(entry)
+        elif kind is AgentSessionStarted:
+            assert isinstance(entry, AgentSessionStarted)
+            call.resumes += entry.resumed
+        elif kind is CallError:
+            call.errors += 1
+        elif kind is CallClosed:
+            assert isinstance(entry, CallClosed)
+            call.closed = entry
+            del self.calls[call_id]
+            self.ended[call_id] = call
+            while len(self.ended) > RECENTLY_ENDED:
+                self.ended.popitem(last=False)
+        else:
+            return  # latencies and the like: nothing a live card shows
+        for subscription in self._subscriptions:
+            subscription.offer(call_id)
+
+    def find(self, call_id: str) -> LiveCall | None:
+        return self.calls.get(call_id) or self.ended.get(call_id)
+
+    @contextlib.contextmanager
+    def subscribe(self, maxsize: int = SUBSCRIBER_QUEUE) -> Iterator[Subscription]:
+        subscription = Subscription(maxsize)
+        self._subscriptions.add(subscription)
+        try:
+            yield subscription
+        finally:
+            self._subscriptions.discard(subscription)
+
+    @property
+    def watching(self) -> int:
+        return len(self._subscriptions)

@@ -1,0 +1,159 @@
+"""The console's pages over plain HTTP: history and its export, one call, the overview,
+and the live feed during a simulated call."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from callbridge.server.state import APP_STATE
+from callbridge.testing.audio import silence, tone
+from callbridge.testing.fake_agent import FakeVoiceAgent, ScriptedTurn
+from callbridge.testing.twilio_simulator import TwilioSimulator
+from tests.conftest import AUTH_TOKEN, PUBLIC_URL, RunningServer
+from tests.console.client import ConsoleClient
+from tests.records.conftest import full_call
+
+
+@pytest.fixture
+async def client(server: RunningServer) -> AsyncIterator[ConsoleClient]:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        client = ConsoleClient(http, server.url)
+        assert await client.log_in() == 303
+        yield client
+
+
+async def seed(server: RunningServer) -> None:
+    records = server.app[APP_STATE].records
+    for entry in full_call():
+        records.submit(entry)
+    await records.flush()
+
+
+async def test_history_finds_a_call_by_words_and_number(
+    server: RunningServer, client: ConsoleClient
+) -> None:
+    await seed(server)
+    status, body, _ = await client.get("/console/history?words=ready")
+    assert status == 200
+    assert "/console/calls/call-1" in body
+    assert "+15557650000" not in body  # numbers masked unless shown
+    assert "•••••••••00" in body
+    status, body, _ = await client.get("/console/history?words=refund")
+    assert "/console/calls/call-1" not in body
+    assert "No calls found" in body
+    status, body, _ = await client.get("/console/history?number=555765&numbers=shown")
+    assert "+15557650000" in body
+    status, body, _ = await client.get("/console/history?since=yesterday")
+    assert status == 200
+    assert "invalid since" in body
+
+
+async def test_export_as_csv_and_json(server: RunningServer, client: ConsoleClient) -> None:
+    await seed(server)
+    status, body, response = await client.get("/console/history.csv?ended_by=caller")
+    assert status == 200
+    assert "attachment" in response.headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(body)))
+    assert [(r["call_id"], r["to_number"], r["ended_by"]) for r in rows] == [
+        ("call-1", "+15557650000", "caller")
+    ]
+    status, body, _ = await client.get("/console/history.json?direction=outbound")
+    assert [c["call_id"] for c in json.loads(body)["calls"]] == ["call-1"]
+    status, body, _ = await client.get("/console/history.json?ended_by=operator")
+    assert json.loads(body) == {"calls": []}
+    status, body, _ = await client.get("/console/history.csv?status=answered")
+    assert status == 400
+
+
+async def test_a_calls_page_tells_heard_from_unheard(
+    server: RunningServer, client: ConsoleClient
+) -> None:
+    await seed(server)
+    status, body, _ = await client.get("/console/calls/call-1")
+    assert status == 200
+    # "Yes, it is ready for pick-up today": 1.25 s of 3.2 s heard, "ready" cut off.
+    assert '<span class="heard">Yes, it is</span>' in body
+    assert ">ready for pick-up today</del>" in body
+    assert '<span class="heard">Hi, this is the bike shop.</span>' in body
+    assert "repair_status" in body
+    assert "ended by caller" in body
+    assert "<svg" in body  # the turn latency chart
+    assert "<audio" not in body  # no recording
+    status, _, _ = await client.get("/console/calls/no-such-call")
+    assert status == 404
+
+
+async def test_overview_renders_its_charts(server: RunningServer, client: ConsoleClient) -> None:
+    status, body, _ = await client.get("/console/overview")
+    assert status == 200
+    assert 'id="overview-live">0<' in body
+    assert body.count("<svg") >= 4
+
+
+async def read_events(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, dict]]:
+    event = ""
+    async for raw in response.content:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            yield event, json.loads(line[6:])
+
+
+async def test_the_live_feed_shows_a_call_as_it_happens(
+    server: RunningServer, client: ConsoleClient, fake_agent: FakeVoiceAgent
+) -> None:
+    fake_agent.turns.append(ScriptedTurn(user_text="where is my parcel", reply="On its way."))
+    seen: list[str] = []
+    async with (
+        client.http.get(client.base + "/console/events", headers=client.headers()) as events,
+        TwilioSimulator(server.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL) as sim,
+    ):
+        assert events.headers["Content-Type"] == "text/event-stream"
+        call = await sim.place_inbound_call(from_="+15550001234")
+
+        async def until(text: str) -> None:
+            async for name, data in read_events(events):
+                if name == "call":
+                    seen.append(data["html"])
+                    if text in data["html"]:
+                        return
+
+        async with asyncio.timeout(20):
+            await until("state-connecting")  # the call's card, as soon as it opens
+            await until("Thanks for calling")  # the greeting, once played
+            call.speak(tone(440, 1000) + silence(1000))
+            await until("where is my parcel")
+            await until("On its way.")
+            await call.hangup()
+            await until("Ended by caller")
+    assert "+15550001234" not in "".join(seen)
+    assert "•••••••••34" in seen[0]
+
+
+async def test_hang_up_ends_a_live_call_and_the_record_says_who(
+    server: RunningServer, client: ConsoleClient
+) -> None:
+    state = server.app[APP_STATE]
+    async with TwilioSimulator(server.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL) as sim:
+        call = await sim.place_inbound_call(from_="+15550001234")
+        await call.wait_for_quiet()
+        [(call_id, runner)] = state.registry.live.items()
+        status, body, _ = await client.get("/console")
+        assert f'action="/console/calls/{call_id}/hang-up"' in body
+        csrf = await client.csrf()
+        status, _, _ = await client.post(f"/console/calls/{call_id}/hang-up", {"csrf": csrf})
+        assert status == 303
+        await call.wait_ended()  # the simulator saw the stream end
+        await runner.done.wait()
+    await state.records.flush()
+    record = await state.records.get_call(call_id)
+    assert record is not None
+    assert (record.ended_by, record.end_reason) == ("operator", "operator-hang-up")

@@ -1,0 +1,109 @@
+"""What the console shows, worked out from records: masking, heard and unheard, states,
+the overview's hourly figures, and the live feed's bounded queues."""
+
+from __future__ import annotations
+
+import datetime
+
+import msgspec
+
+from callbridge.console import charts, views
+from callbridge.console.feed import LiveFeed
+from callbridge.records.entries import CallClosed, CallOpened, TranscriptLine, TurnLatency
+from callbridge.records.queries import Overview, ToolCallItem
+
+
+def test_numbers_are_masked_but_their_last_two_digits() -> None:
+    assert views.mask_number("+15557654321") == "+•••••••••21"
+    assert views.mask_number(None) == "unknown"
+    assert views.mask_number("client:alice") == "client:alice"
+    assert views.show_number("+15557654321", shown=True) == "+15557654321"
+
+
+def test_heard_and_unheard_parts_of_a_reply() -> None:
+    text = "Your number is seven and that is all"
+    assert views.split_heard(text, False, 2.0, 2.0) == (text, "")
+    assert views.split_heard(text, True, 4.0, 2.0) == ("Your number is", "seven and that is all")
+    assert views.split_heard(text, True, 4.0, 0.0) == ("", text)
+    assert views.split_heard(text, True, 0.0, 0.0) == ("", text)
+    assert views.split_heard(text, False, None, None) == (text, "")
+    assert views.split_heard(None, True, 1.0, 0.5) == ("", "")
+
+
+def test_live_states() -> None:
+    assert views.live_state("configuring") == "connecting"
+    assert views.live_state("live") == "live"
+    assert views.live_state("resuming") == "reconnecting"
+    assert views.live_state("transferring") == "transferring"
+    assert views.live_state("apologizing") == "ending"
+    assert views.live_state("live", closed=True) == "ended"
+
+
+class MarkedToolCall(ToolCallItem, kw_only=True):
+    sensitive_arguments: list[str]
+
+
+def test_arguments_the_record_marks_sensitive_are_masked() -> None:
+    at = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    fields = {
+        "seq": 1, "at": at, "offset_seconds": 1.0, "tool_call_id": "t", "name": "pay",
+        "arguments": {"pin": "4321", "amount": 5}, "result": "ok", "is_error": False,
+        "duration_ms": None, "discarded": False,
+    }  # fmt: skip
+    plain = ToolCallItem(**fields)  # type: ignore[arg-type]
+    assert views.tool_arguments(plain) == {"pin": "4321", "amount": 5}
+    marked = MarkedToolCall(**fields, sensitive_arguments=["pin"])  # type: ignore[arg-type]
+    assert views.tool_arguments(marked) == {"pin": views.SENSITIVE, "amount": 5}
+
+
+def test_hourly_overview() -> None:
+    now = datetime.datetime(2026, 12, 1, 12, 30, tzinfo=datetime.UTC)
+    hour = datetime.timedelta(hours=1)
+    rows = Overview(
+        calls=[
+            (now, "completed", "caller"),
+            (now - hour, "busy", None),
+            (now - hour, "completed", "agent"),
+            (now - 30 * hour, "completed", "caller"),  # outside the day
+        ],
+        turn_latencies=[(now, ms) for ms in (100.0, 200.0, 300.0, 1000.0)],
+        agent_errors=[now, now],
+    )
+    hourly = views.hourly(rows, now)
+    assert hourly.hours[-1] == datetime.datetime(2026, 12, 1, 12, tzinfo=datetime.UTC)
+    assert hourly.calls["completed"][-2:] == [1, 1]
+    assert hourly.calls["busy"][-2:] == [1, 0]
+    assert sum(hourly.calls["completed"]) == 2
+    assert hourly.latency_median[-1] == 250.0
+    assert hourly.latency_p95[-1] == 1000.0
+    assert hourly.latency_median[-2] is None
+    assert hourly.agent_errors[-1] == 2
+
+
+def test_charts_escape_their_labels() -> None:
+    svg = charts.bars({"<b>": [1.0, 2.0]}, ["<i>", "x"], 'a "label"')
+    assert "<b>" not in svg and "&lt;b&gt;" in svg
+    assert "&quot;label&quot;" in svg
+    assert charts.lines({"m": [None, 3.0, 4.0]}, ["a", "b", "c"], "l").count("<circle") == 2
+
+
+def test_the_live_feed_keeps_live_calls_and_drops_for_a_slow_page() -> None:
+    feed = LiveFeed()
+    feed.tap(CallOpened("c1", 0, 1.0, "inbound", from_number="+15550001111"))
+    feed.tap(TurnLatency("c1", 1, 2.0, "r1", 1.0, 1.0))  # nothing a card shows
+    with feed.subscribe(maxsize=2) as page:
+        feed.tap(TranscriptLine("c1", 2, 3.0, "caller", "hello"))
+        feed.tap(TranscriptLine("c1", 3, 4.0, "agent", "hi"))
+        assert page.take_all() == ["c1"]
+        for seq in range(4, 8):
+            feed.tap(TranscriptLine("c1", seq, 5.0, "caller", "more"))
+        assert page.dropped == 2  # never blocks, says how many it left out
+    assert feed.watching == 0
+    assert [line.text for line in feed.calls["c1"].lines][:2] == ["hello", "hi"]
+    feed.tap(CallClosed("c1", 9, 6.0, "operator", "operator-hang-up"))
+    assert "c1" not in feed.calls
+    ended = feed.find("c1")
+    assert ended is not None and ended.closed is not None
+    feed.tap(TranscriptLine("c9", 0, 1.0, "caller", "unknown call"))
+    assert feed.find("c9") is None
+    assert msgspec.json.encode(ended.lines[0])
