@@ -7,11 +7,20 @@ import asyncio
 import csv
 import io
 import json
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
+from callbridge.records.entries import (
+    CallClosed,
+    CallError,
+    CallOpened,
+    CallStatusChanged,
+    RecordEntry,
+    TurnLatency,
+)
 from callbridge.server.state import APP_STATE
 from callbridge.testing.audio import silence, tone
 from callbridge.testing.fake_agent import FakeVoiceAgent, ScriptedTurn
@@ -32,6 +41,36 @@ async def client(server: RunningServer) -> AsyncIterator[ConsoleClient]:
 async def seed(server: RunningServer) -> None:
     records = server.app[APP_STATE].records
     for entry in full_call():
+        records.submit(entry)
+    await records.flush()
+
+
+def recent_calls(now: float, count: int = 16) -> list[RecordEntry]:
+    """Calls spread over the last day, for the overview: some busy, some with agent errors."""
+    entries: list[RecordEntry] = []
+    for i in range(count):
+        at, call_id, sid = now - 5000 * i - 120, f"recent-{i}", f"CA{i:032d}"
+        direction = "outbound" if i % 3 == 0 else "inbound"
+        entries.append(
+            CallOpened(call_id, 0, at, direction, call_sid=sid, from_number="+15550001111")
+        )
+        entries.append(
+            TurnLatency(
+                call_id, 1, at + 5, "r1", 300.0, 400.0, 600.0 + 40 * (i % 6), 700.0 + 90 * (i % 7)
+            )
+        )
+        entries.append(TurnLatency(call_id, 4, at + 9, "r2", 200.0, 250.0, 450.0, 480.0 + 20 * i))
+        if i % 5 == 4:
+            entries.append(CallError(call_id, 2, at + 6, "agent", "stalled"))
+        if i % 6 == 5:
+            entries.append(CallStatusChanged(sid, "busy", at + 7, sequence=9, call_id=call_id))
+        entries.append(CallClosed(call_id, 5, at + 30, "caller" if i % 4 else "agent", "done"))
+    return entries
+
+
+async def seed_recent(server: RunningServer) -> None:
+    records = server.app[APP_STATE].records
+    for entry in recent_calls(time.time()):
         records.submit(entry)
     await records.flush()
 
@@ -94,7 +133,14 @@ async def test_overview_renders_its_charts(server: RunningServer, client: Consol
     status, body, _ = await client.get("/console/overview")
     assert status == 200
     assert 'id="overview-live">0<' in body
-    assert body.count("<svg") >= 4
+    assert "</title></rect>" not in body  # no bars yet
+    await seed_recent(server)
+    status, body, _ = await client.get("/console/overview")
+    assert "(16 in all)" in body
+    assert "(3 in all)" in body  # agent errors
+    assert ": 1</title></rect>" in body  # a bar of one call
+    assert "busy: 1</title>" in body
+    assert body.count("<polyline") >= 2  # median and 95th percentile
 
 
 async def read_events(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, dict]]:

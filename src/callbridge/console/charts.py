@@ -11,8 +11,9 @@ from html import escape
 
 from markupsafe import Markup
 
-WIDTH, HEIGHT = 600, 160
-_PAD_LEFT, _PAD_BOTTOM, _PAD_TOP = 44, 22, 8
+WIDTH, HEIGHT = 600, 180
+_PAD_LEFT, _PAD_BOTTOM, _PAD_TOP = 60, 24, 10
+MAX_BAR = 40  # a bar's widest, when there are few
 PALETTE = ("#2b6cb0", "#2f855a", "#c05621", "#b83280", "#6b46c1", "#718096", "#c53030")
 
 
@@ -21,7 +22,7 @@ def _frame(body: list[str], label: str, top: float, unit: str) -> Markup:
     axis = [
         f'<line x1="{_PAD_LEFT}" y1="{_PAD_TOP + plot_h}" x2="{WIDTH}" '
         f'y2="{_PAD_TOP + plot_h}" class="axis"/>',
-        f'<text x="{_PAD_LEFT - 4}" y="{_PAD_TOP + 8}" text-anchor="end" class="tick">'
+        f'<text x="{_PAD_LEFT - 4}" y="{_PAD_TOP + 10}" text-anchor="end" class="tick">'
         f"{escape(_number(top))}{escape(unit)}</text>",
         f'<text x="{_PAD_LEFT - 4}" y="{_PAD_TOP + plot_h}" text-anchor="end" '
         'class="tick">0</text>',
@@ -71,9 +72,10 @@ def bars(
             if h <= 0:
                 continue
             base -= h
+            bar = min(slot * 0.8, MAX_BAR)
             body.append(
-                f'<rect x="{_PAD_LEFT + slot * i + slot * 0.1:.1f}" y="{base:.1f}" '
-                f'width="{slot * 0.8:.1f}" height="{h:.1f}" fill="{colour}">'
+                f'<rect x="{_PAD_LEFT + slot * (i + 0.5) - bar / 2:.1f}" y="{base:.1f}" '
+                f'width="{bar:.1f}" height="{h:.1f}" fill="{colour}">'
                 f"<title>{escape(labels[i])} {escape(name)}: {_number(values[i])}</title></rect>"
             )
     return _frame(body + _ticks(labels, slot), label, top, unit)

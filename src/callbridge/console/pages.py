@@ -280,6 +280,11 @@ async def live_events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     with contextlib.suppress(ConnectionResetError), console.feed.subscribe() as subscription:
         await response.write(b"retry: 3000\n\n")
+        # Every card as it stands now: a change between the page's load and this feed's
+        # start (or while it reconnected) is not missed.
+        for known in [*console.feed.calls.values(), *console.feed.ended.values()]:
+            html = _card(operator, known, shown)
+            await _send(response, "call", {"id": known.call_id, "html": html})
         while not console.closing.is_set():
             if console.sessions.read(request.cookies.get(COOKIE), operator.token) is None:
                 await _send(response, "reload", {})  # logged out or expired: to the log-in
@@ -294,9 +299,9 @@ async def live_events(request: web.Request) -> web.StreamResponse:
                 await _send(response, "reload", {"dropped": subscription.dropped})
                 break
             for call_id in dict.fromkeys([first, *subscription.take_all()]):
-                call = console.feed.find(call_id)
-                if call is not None:
-                    html = _card(operator, call, shown)
+                changed = console.feed.find(call_id)
+                if changed is not None:
+                    html = _card(operator, changed, shown)
                     await _send(response, "call", {"id": call_id, "html": html})
     return response
 

@@ -33,7 +33,7 @@
   feed.addEventListener("tick", function (event) {
     const data = JSON.parse(event.data);
     count.textContent = data.live;
-    for (const card of calls.querySelectorAll("article.call")) {
+    for (const card of calls.querySelectorAll("article.call:not([data-ended])")) {
       const state = data.states[card.dataset.call];
       if (state) {
         card.querySelector("[data-state]").textContent = state;
