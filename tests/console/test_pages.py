@@ -21,6 +21,7 @@ from callbridge.records.entries import (
     RecordEntry,
     TurnLatency,
 )
+from callbridge.server.call_runner import CallRunner
 from callbridge.server.state import APP_STATE
 from callbridge.testing.audio import silence, tone
 from callbridge.testing.fake_agent import FakeVoiceAgent, ScriptedTurn
@@ -203,3 +204,36 @@ async def test_hang_up_ends_a_live_call_and_the_record_says_who(
     record = await state.records.get_call(call_id)
     assert record is not None
     assert (record.ended_by, record.end_reason) == ("operator", "operator-hang-up")
+
+
+async def test_say_and_transfer_are_offered_when_the_runner_has_them(
+    server: RunningServer, client: ConsoleClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    done: list[tuple[str, str]] = []
+
+    async def say(self: CallRunner, text: str) -> None:
+        done.append(("say", text))
+
+    async def transfer(self: CallRunner, to: str) -> None:
+        done.append(("transfer", to))
+
+    state = server.app[APP_STATE]
+    async with TwilioSimulator(server.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL) as sim:
+        call = await sim.place_inbound_call(from_="+15550001234")
+        await call.wait_for_quiet()
+        [call_id] = state.registry.live
+        _, body, _ = await client.get("/console")
+        assert f"/console/calls/{call_id}/say" not in body  # not today's runner
+        monkeypatch.setattr(CallRunner, "say", say, raising=False)
+        monkeypatch.setattr(CallRunner, "transfer", transfer, raising=False)
+        _, body, _ = await client.get("/console")
+        assert f'action="/console/calls/{call_id}/say"' in body
+        assert f'action="/console/calls/{call_id}/transfer"' in body
+        csrf = await client.csrf()
+        for verb, field, value in (("say", "text", "Please hold."), ("transfer", "to", "sales")):
+            status, _, _ = await client.post(
+                f"/console/calls/{call_id}/{verb}", {"csrf": csrf, field: value}
+            )
+            assert status == 303
+        await call.hangup()
+    assert done == [("say", "Please hold."), ("transfer", "sales")]

@@ -29,6 +29,13 @@ class ActionRefused(Exception):
     """The verb cannot be done (no such call, verb or argument); the message says why."""
 
 
+def transfer_targets(bot: object) -> list[str]:
+    """Where the bot may transfer calls (its `transfer_targets`, names or a mapping from
+    them), for the transfer form to offer; empty if it names none."""
+    targets = getattr(bot, "transfer_targets", None) or ()
+    return [str(t) for t in targets][:50]
+
+
 def verbs(runner: CallRunner) -> list[str]:
     """The verbs this call's runner supports, hang-up first."""
     return [HANG_UP, *(v for v in RUNNER_VERBS if callable(getattr(runner, v, None)))]

@@ -246,6 +246,7 @@ def _card(operator: Operator, call: LiveCall, shown: bool) -> str:
         to_number=views.show_number(call.to_number, shown),
         lines=lines,
         verbs=actions.verbs(runner) if runner is not None and call.closed is None else [],
+        targets=actions.transfer_targets(state.bot),
         elapsed=int((call.closed.at if call.closed else time.time()) - call.started_at),
     )
 
