@@ -253,6 +253,7 @@ def run_one(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]
             "--api-token",
             API_TOKEN,
             *(["--callgrind"] if dump_prefix is not None else []),
+            *(["--console"] if args.console else []),
         ]
         budget = 90 + calls / args.ramp_rate + args.settle + args.duration
         if dump_prefix is not None:
@@ -533,6 +534,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "with the others, and print callbridge's ratio to it: what a change did",
     )
     p.add_argument(
+        "--console",
+        action="store_true",
+        help="callbridge runs with the operator console's live page open (its event feed "
+        "read through the window): what watching costs",
+    )
+    p.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -625,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
             "profiled": args.profile is not None,
             "callgrind": args.callgrind is not None,
             "server_env": args.server_env,
+            "console": args.console,
             "rounds": args.rounds,
             "against": args.against,
             "server_core": SERVER_CORE,
