@@ -107,3 +107,13 @@ def test_the_live_feed_keeps_live_calls_and_drops_for_a_slow_page() -> None:
     feed.tap(TranscriptLine("c9", 0, 1.0, "caller", "unknown call"))
     assert feed.find("c9") is None
     assert msgspec.json.encode(ended.lines[0])
+
+
+def test_a_call_gone_without_its_close_is_counted_as_ended() -> None:
+    feed = LiveFeed()
+    feed.tap(CallOpened("crashed", 0, 1000.0, "inbound"))
+    feed.tap(CallOpened("running", 0, 1000.0, "inbound"))
+    feed.tap(CallOpened("young", 0, 1090.0, "inbound"))
+    feed.settle({"running"}, now=1100.0)
+    assert list(feed.calls) == ["running", "young"]
+    assert "crashed" in feed.ended

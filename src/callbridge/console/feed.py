@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 
 from callbridge.records.entries import (
@@ -28,6 +28,9 @@ from callbridge.records.entries import (
 MAX_LINES_PER_CALL = 200  # the live card shows the end of a long conversation
 MAX_TOOLS_PER_CALL = 20
 RECENTLY_ENDED = 10  # calls still shown, as ended, after they end
+# A call with no runner this long after it opened is over, even without its CallClosed (a
+# call that crashed has none).
+GONE_AFTER_SECONDS = 60.0
 SUBSCRIBER_QUEUE = 256  # changes waiting for one page before it is told to reload
 
 
@@ -103,14 +106,23 @@ class LiveFeed:
         elif kind is CallClosed:
             assert isinstance(entry, CallClosed)
             call.closed = entry
-            del self.calls[call_id]
-            self.ended[call_id] = call
-            while len(self.ended) > RECENTLY_ENDED:
-                self.ended.popitem(last=False)
+            self._ended(call)
         else:
             return  # latencies and the like: nothing a live card shows
         for subscription in self._subscriptions:
             subscription.offer(call_id)
+
+    def _ended(self, call: LiveCall) -> None:
+        self.calls.pop(call.call_id, None)
+        self.ended[call.call_id] = call
+        while len(self.ended) > RECENTLY_ENDED:
+            self.ended.popitem(last=False)
+
+    def settle(self, live: Container[str], now: float) -> None:
+        """Count as ended the calls no longer `live` (by id) that opened a while ago."""
+        for call in list(self.calls.values()):
+            if call.call_id not in live and call.started_at < now - GONE_AFTER_SECONDS:
+                self._ended(call)
 
     def find(self, call_id: str) -> LiveCall | None:
         return self.calls.get(call_id) or self.ended.get(call_id)

@@ -257,6 +257,7 @@ async def live_page(request: web.Request) -> web.Response:
         return operator
     shown = request.query.get("numbers") == "shown"
     feed = operator.console.feed
+    feed.settle(operator.console.state.registry.live, time.time())
     cards = [
         _card(operator, c, shown) for c in [*feed.calls.values(), *reversed(feed.ended.values())]
     ]
@@ -309,6 +310,7 @@ async def live_events(request: web.Request) -> web.StreamResponse:
 
 def _tick(operator: Operator) -> dict[str, Any]:
     state = operator.console.state
+    operator.console.feed.settle(state.registry.live, time.time())
     states = {
         call_id: views.live_state(runner.bridge.state.value)
         for call_id, runner in state.registry.live.items()
