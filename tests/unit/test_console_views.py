@@ -9,7 +9,13 @@ import msgspec
 
 from callbridge.console import charts, views
 from callbridge.console.feed import LiveFeed
-from callbridge.records.entries import CallClosed, CallOpened, TranscriptLine, TurnLatency
+from callbridge.records.entries import (
+    CallClosed,
+    CallError,
+    CallOpened,
+    TranscriptLine,
+    TurnLatency,
+)
 from callbridge.records.queries import Overview, ToolCallItem
 
 
@@ -91,16 +97,23 @@ def test_the_live_feed_keeps_live_calls_and_drops_for_a_slow_page() -> None:
     feed = LiveFeed()
     feed.tap(CallOpened("c1", 0, 1.0, "inbound", from_number="+15550001111"))
     feed.tap(TurnLatency("c1", 1, 2.0, "r1", 1.0, 1.0))  # nothing a card shows
-    with feed.subscribe(maxsize=2) as page:
-        feed.tap(TranscriptLine("c1", 2, 3.0, "caller", "hello"))
+    with feed.subscribe(maxsize=3) as page:
+        hello = TranscriptLine("c1", 2, 3.0, "caller", "hello")
+        feed.tap(hello)
         feed.tap(TranscriptLine("c1", 3, 4.0, "agent", "hi"))
-        assert page.take_all() == ["c1"]
-        for seq in range(4, 8):
+        # New lines go as lines; anything else draws the card again, lines and all.
+        assert [line.text for line in page.take_all()["c1"] or []] == ["hello", "hi"]
+        feed.tap(TranscriptLine("c1", 4, 4.5, "caller", "again"))
+        feed.tap(CallError("c1", 5, 4.6, "agent", "boom"))
+        feed.tap(TranscriptLine("c1", 6, 4.7, "caller", "and again"))
+        assert page.take_all() == {"c1": None}
+        assert page.take_all(("c1", hello)) == {"c1": [hello]}
+        for seq in range(7, 11):
             feed.tap(TranscriptLine("c1", seq, 5.0, "caller", "more"))
-        assert page.dropped == 2  # never blocks, says how many it left out
+        assert page.dropped == 1  # never blocks, says how many it left out
     assert feed.watching == 0
-    assert [line.text for line in feed.calls["c1"].lines][:2] == ["hello", "hi"]
-    feed.tap(CallClosed("c1", 9, 6.0, "operator", "operator-hang-up"))
+    assert [line.text for line in feed.calls["c1"].lines][:3] == ["hello", "hi", "again"]
+    feed.tap(CallClosed("c1", 19, 6.0, "operator", "operator-hang-up"))
     assert "c1" not in feed.calls
     ended = feed.find("c1")
     assert ended is not None and ended.closed is not None

@@ -49,25 +49,40 @@ class LiveCall:
     closed: CallClosed | None = None
 
 
+Change = tuple[str, TranscriptLine | None]
+"""A call's new transcript line, or None: the call's card as a whole changed."""
+
+
 class Subscription:
-    """One open live page: the ids of the calls that changed since it last looked."""
+    """One open live page: what changed since it last looked."""
 
     def __init__(self, maxsize: int = SUBSCRIBER_QUEUE) -> None:
-        self.changed: asyncio.Queue[str] = asyncio.Queue(maxsize)
+        self.changed: asyncio.Queue[Change] = asyncio.Queue(maxsize)
         self.dropped = 0
 
-    def offer(self, call_id: str) -> None:
+    def offer(self, call_id: str, line: TranscriptLine | None = None) -> None:
         try:
-            self.changed.put_nowait(call_id)
+            self.changed.put_nowait((call_id, line))
         except asyncio.QueueFull:
             self.dropped += 1
 
-    def take_all(self) -> list[str]:
-        """Every call id waiting, each once, in the order they first came."""
-        seen: dict[str, None] = {}
+    def take_all(self, *first: Change) -> dict[str, list[TranscriptLine] | None]:
+        """Every change waiting, by call in the order they first came: the new lines to
+        add, or None to draw the card again (which shows its lines, so takes them in)."""
+        out: dict[str, list[TranscriptLine] | None] = {}
+        changes = list(first)
         while not self.changed.empty():
-            seen[self.changed.get_nowait()] = None
-        return list(seen)
+            changes.append(self.changed.get_nowait())
+        for call_id, line in changes:
+            if line is None:
+                out[call_id] = None
+            elif call_id not in out:
+                out[call_id] = [line]
+            else:
+                lines = out[call_id]
+                if lines is not None:
+                    lines.append(line)
+        return out
 
 
 class LiveFeed:
@@ -95,6 +110,9 @@ class LiveFeed:
         elif kind is TranscriptLine:
             assert isinstance(entry, TranscriptLine)
             call.lines.append(entry)
+            for subscription in self._subscriptions:
+                subscription.offer(call_id, entry)  # a line to add, not the card again
+            return
         elif kind is ToolInvocation:
             assert isinstance(entry, ToolInvocation)
             call.tools.append(entry)

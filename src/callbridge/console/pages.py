@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import csv
 import datetime
+import functools
 import io
 import time
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from typing import Any
 import jinja2
 import msgspec
 from aiohttp import web
+from markupsafe import Markup
 from sqlalchemy.exc import SQLAlchemyError
 
 from callbridge.console import actions, charts, views
@@ -32,6 +34,7 @@ from callbridge.console.auth import (
 from callbridge.console.feed import LiveCall, LiveFeed
 from callbridge.logs import EventLogger
 from callbridge.records import queries
+from callbridge.records.entries import TranscriptLine
 from callbridge.records.queries import CallQuery, CallSummary
 from callbridge.server.log_throttle import refused
 from callbridge.server.state import AppState
@@ -91,7 +94,7 @@ class Operator:
     session: Session
     token: str
 
-    @property
+    @functools.cached_property
     def csrf(self) -> str:
         return self.session.csrf_token(self.token)
 
@@ -226,16 +229,7 @@ def _card(operator: Operator, call: LiveCall, shown: bool) -> str:
     state = operator.console.state
     runner = state.registry.live.get(call.call_id)
     bridge_state = runner.bridge.state.value if runner is not None else None
-    lines = []
-    for line in call.lines:
-        heard, unheard = (line.text, "")
-        if line.role == "agent":
-            heard, unheard = views.split_heard(
-                line.text, line.interrupted, line.generated_seconds, line.heard_seconds
-            )
-        lines.append(
-            {"role": line.role, "heard": heard, "unheard": unheard, "cut": line.interrupted}
-        )
+    lines = [_line_html(line) for line in call.lines]
     template = operator.console.templates.get_template("_card.html")
     return template.render(
         call=call,
@@ -249,6 +243,26 @@ def _card(operator: Operator, call: LiveCall, shown: bool) -> str:
         targets=actions.transfer_targets(state.bot),
         elapsed=int((call.closed.at if call.closed else time.time()) - call.started_at),
     )
+
+
+def _line_html(line: TranscriptLine) -> Markup:
+    """One line of a live card's transcript. Built here, not by the template: the live feed
+    sends each new line on its own, and drawing the whole card again for each costs more."""
+    heard, unheard = line.text, ""
+    if line.role == "agent":
+        heard, unheard = views.split_heard(
+            line.text, line.interrupted, line.generated_seconds, line.heard_seconds
+        )
+    html = Markup('<li class="{0}"><b>{0}</b> <span class="heard">{1}</span>').format(
+        line.role, heard
+    )
+    if unheard:
+        html += Markup(
+            ' <del class="unheard" title="not heard: the caller interrupted">{0}</del>'
+        ).format(unheard)
+    if line.interrupted:
+        html += Markup(' <span class="cut">(interrupted)</span>')
+    return html + Markup("</li>")
 
 
 async def live_page(request: web.Request) -> web.Response:
@@ -267,8 +281,9 @@ async def live_page(request: web.Request) -> web.Response:
 
 
 async def live_events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: `call` (a card's new HTML), `tick` (states and the live count),
-    `reload` (the page fell behind and changes were dropped)."""
+    """Server-sent events: `call` (a card's new HTML), `line` (new lines of a card's
+    transcript), `tick` (states and the live count), `reload` (the page fell behind and
+    changes were dropped, or the session ended)."""
     operator = _operator(request)
     if isinstance(operator, web.Response):
         return operator
@@ -300,7 +315,11 @@ async def live_events(request: web.Request) -> web.StreamResponse:
             if subscription.dropped:
                 await _send(response, "reload", {"dropped": subscription.dropped})
                 break
-            for call_id in dict.fromkeys([first, *subscription.take_all()]):
+            for call_id, lines in subscription.take_all(first).items():
+                if lines is not None:
+                    html = "".join(_line_html(line) for line in lines)
+                    await _send(response, "line", {"id": call_id, "html": html})
+                    continue
                 changed = console.feed.find(call_id)
                 if changed is not None:
                     html = _card(operator, changed, shown)

@@ -1,5 +1,5 @@
-// The live page's one script: apply the server's feed (each changed call's card, already
-// rendered), keep the durations ticking, and reload when the feed says to.
+// The live page's one script: apply the server's feed (each changed call's card, or its new
+// transcript lines, already rendered), keep the durations ticking, and reload when told to.
 "use strict";
 (function () {
   const status = document.getElementById("feed-status");
@@ -29,6 +29,14 @@
       calls.prepend(card);
     }
     none.hidden = true;
+  });
+  feed.addEventListener("line", function (event) {
+    const data = JSON.parse(event.data);
+    const list = document.querySelector("#call-" + CSS.escape(data.id) + " ol.transcript");
+    if (!list) { return; }
+    const scrolled = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
+    list.insertAdjacentHTML("beforeend", data.html);
+    if (scrolled) { list.scrollTop = list.scrollHeight; }
   });
   feed.addEventListener("tick", function (event) {
     const data = JSON.parse(event.data);
