@@ -12,6 +12,7 @@ import io
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from html import escape
 from importlib import resources
 from typing import Any
 
@@ -246,23 +247,24 @@ def _card(operator: Operator, call: LiveCall, shown: bool) -> str:
 
 
 def _line_html(line: TranscriptLine) -> Markup:
-    """One line of a live card's transcript. Built here, not by the template: the live feed
-    sends each new line on its own, and drawing the whole card again for each costs more."""
+    """One line of a live card's transcript. Built here, not by the template, and with plain
+    string formatting: the live feed sends each new line on its own, and a card drawn again
+    draws every line it shows."""
     heard, unheard = line.text, ""
     if line.role == "agent":
         heard, unheard = views.split_heard(
             line.text, line.interrupted, line.generated_seconds, line.heard_seconds
         )
-    html = Markup('<li class="{0}"><b>{0}</b> <span class="heard">{1}</span>').format(
-        line.role, heard
-    )
+    role = escape(line.role)
+    html = f'<li class="{role}"><b>{role}</b> <span class="heard">{escape(heard)}</span>'
     if unheard:
-        html += Markup(
-            ' <del class="unheard" title="not heard: the caller interrupted">{0}</del>'
-        ).format(unheard)
+        html += (
+            ' <del class="unheard" title="not heard: the caller interrupted">'
+            f"{escape(unheard)}</del>"
+        )
     if line.interrupted:
-        html += Markup(' <span class="cut">(interrupted)</span>')
-    return html + Markup("</li>")
+        html += ' <span class="cut">(interrupted)</span>'
+    return Markup(html + "</li>")
 
 
 async def live_page(request: web.Request) -> web.Response:
@@ -302,6 +304,7 @@ async def live_events(request: web.Request) -> web.StreamResponse:
         for known in [*console.feed.calls.values(), *console.feed.ended.values()]:
             html = _card(operator, known, shown)
             await _send(response, "call", {"id": known.call_id, "html": html})
+        last_tick: dict[str, Any] = {}
         while not console.closing.is_set():
             if console.sessions.read(request.cookies.get(COOKIE), operator.token) is None:
                 await _send(response, "reload", {})  # logged out or expired: to the log-in
@@ -310,7 +313,10 @@ async def live_events(request: web.Request) -> web.StreamResponse:
                 async with asyncio.timeout(TICK_SECONDS):
                     first = await subscription.changed.get()
             except TimeoutError:
-                await _send(response, "tick", _tick(operator))
+                tick = _tick(operator)
+                if tick != last_tick:  # nothing new: nothing sent
+                    await _send(response, "tick", tick)
+                    last_tick = tick
                 continue
             if subscription.dropped:
                 await _send(response, "reload", {"dropped": subscription.dropped})
