@@ -13,6 +13,7 @@ from callbridge.records.entries import (
     CallClosed,
     CallError,
     CallOpened,
+    ToolInvocation,
     TranscriptLine,
     TurnLatency,
 )
@@ -108,11 +109,15 @@ def test_the_live_feed_keeps_live_calls_and_drops_for_a_slow_page() -> None:
         feed.tap(TranscriptLine("c1", 6, 4.7, "caller", "and again"))
         assert page.take_all() == {"c1": None}
         assert page.take_all(("c1", hello)) == {"c1": [hello]}
-        for seq in range(7, 11):
+        tool = ToolInvocation("c1", 7, 4.8, "t1", "lookup")
+        feed.tap(tool)  # a tool called is a line of the card too
+        assert page.take_all() == {"c1": [tool]}
+        for seq in range(8, 12):
             feed.tap(TranscriptLine("c1", seq, 5.0, "caller", "more"))
         assert page.dropped == 1  # never blocks, says how many it left out
     assert feed.watching == 0
-    assert [line.text for line in feed.calls["c1"].lines][:3] == ["hello", "hi", "again"]
+    said = [line.text for line in feed.calls["c1"].lines if isinstance(line, TranscriptLine)]
+    assert said[:3] == ["hello", "hi", "again"]
     feed.tap(CallClosed("c1", 19, 6.0, "operator", "operator-hang-up"))
     assert "c1" not in feed.calls
     ended = feed.find("c1")

@@ -26,12 +26,14 @@ from callbridge.records.entries import (
 )
 
 MAX_LINES_PER_CALL = 200  # the live card shows the end of a long conversation
-MAX_TOOLS_PER_CALL = 20
 RECENTLY_ENDED = 10  # calls still shown, as ended, after they end
 # A call with no runner this long after it opened is over, even without its CallClosed (a
 # call that crashed has none).
 GONE_AFTER_SECONDS = 60.0
 SUBSCRIBER_QUEUE = 256  # changes waiting for one page before it is told to reload
+
+
+Line = TranscriptLine | ToolInvocation
 
 
 @dataclass
@@ -44,13 +46,13 @@ class LiveCall:
     call_sid: str | None = None
     resumes: int = 0
     errors: int = 0
-    lines: deque[TranscriptLine] = field(default_factory=lambda: deque(maxlen=MAX_LINES_PER_CALL))
-    tools: deque[ToolInvocation] = field(default_factory=lambda: deque(maxlen=MAX_TOOLS_PER_CALL))
+    # What was said, and the tools the agent called, in order.
+    lines: deque[Line] = field(default_factory=lambda: deque(maxlen=MAX_LINES_PER_CALL))
     closed: CallClosed | None = None
 
 
-Change = tuple[str, TranscriptLine | None]
-"""A call's new transcript line, or None: the call's card as a whole changed."""
+Change = tuple[str, Line | None]
+"""A call's new line (said, or a tool called), or None: the call's card as a whole changed."""
 
 
 class Subscription:
@@ -60,16 +62,16 @@ class Subscription:
         self.changed: asyncio.Queue[Change] = asyncio.Queue(maxsize)
         self.dropped = 0
 
-    def offer(self, call_id: str, line: TranscriptLine | None = None) -> None:
+    def offer(self, call_id: str, line: Line | None = None) -> None:
         try:
             self.changed.put_nowait((call_id, line))
         except asyncio.QueueFull:
             self.dropped += 1
 
-    def take_all(self, *first: Change) -> dict[str, list[TranscriptLine] | None]:
+    def take_all(self, *first: Change) -> dict[str, list[Line] | None]:
         """Every change waiting, by call in the order they first came: the new lines to
         add, or None to draw the card again (which shows its lines, so takes them in)."""
-        out: dict[str, list[TranscriptLine] | None] = {}
+        out: dict[str, list[Line] | None] = {}
         changes = list(first)
         while not self.changed.empty():
             changes.append(self.changed.get_nowait())
@@ -107,15 +109,12 @@ class LiveFeed:
             call.call_sid = entry.call_sid
         elif call is None:
             return  # a call that began before the console was on, or a late status
-        elif kind is TranscriptLine:
-            assert isinstance(entry, TranscriptLine)
+        elif kind is TranscriptLine or kind is ToolInvocation:
+            assert isinstance(entry, TranscriptLine | ToolInvocation)
             call.lines.append(entry)
             for subscription in self._subscriptions:
                 subscription.offer(call_id, entry)  # a line to add, not the card again
             return
-        elif kind is ToolInvocation:
-            assert isinstance(entry, ToolInvocation)
-            call.tools.append(entry)
         elif kind is AgentSessionStarted:
             assert isinstance(entry, AgentSessionStarted)
             call.resumes += entry.resumed

@@ -32,10 +32,10 @@ from callbridge.console.auth import (
     cross_site,
     token_matches,
 )
-from callbridge.console.feed import LiveCall, LiveFeed
+from callbridge.console.feed import Line, LiveCall, LiveFeed
 from callbridge.logs import EventLogger
 from callbridge.records import queries
-from callbridge.records.entries import TranscriptLine
+from callbridge.records.entries import ToolInvocation
 from callbridge.records.queries import CallQuery, CallSummary
 from callbridge.server.log_throttle import refused
 from callbridge.server.state import AppState
@@ -246,10 +246,13 @@ def _card(operator: Operator, call: LiveCall, shown: bool) -> str:
     )
 
 
-def _line_html(line: TranscriptLine) -> Markup:
-    """One line of a live card's transcript. Built here, not by the template, and with plain
-    string formatting: the live feed sends each new line on its own, and a card drawn again
-    draws every line it shows."""
+def _line_html(line: Line) -> Markup:
+    """One line of a live card's transcript (or a tool the agent called). Built here, not by
+    the template, and with plain string formatting: the live feed sends each new line on its
+    own, and a card drawn again draws every line it shows."""
+    if isinstance(line, ToolInvocation):
+        failed = " (error)" if line.is_error else ""
+        return Markup(f'<li class="tool"><b>tool</b> <code>{escape(line.name)}</code>{failed}</li>')
     heard, unheard = line.text, ""
     if line.role == "agent":
         heard, unheard = views.split_heard(
