@@ -64,8 +64,21 @@ async def test_a_live_call_grows_and_the_hang_up_button_ends_it(
     page: Any, server: RunningServer, fake_agent: FakeVoiceAgent, screenshots: Path
 ) -> None:
     state = server.app[APP_STATE]
-    fake_agent.turns.append(
-        ScriptedTurn(user_text="where is my parcel", reply="It left the depot this morning.")
+    fake_agent.turns.extend(
+        [
+            ScriptedTurn(
+                user_text="pick a number",
+                tool_name="generate_random_number",
+                tool_arguments={"minimum": 7, "maximum": 7},
+                after_tool="It is {result}.",
+            ),
+            ScriptedTurn(
+                user_text="where is my parcel",
+                reply="It left the depot this morning, it is on the van now, and it should reach "
+                "your door by six tonight at the latest.",
+            ),
+            ScriptedTurn(user_text="thanks, that is all", reply="Goodbye!"),
+        ]
     )
     await log_in(page, server)
     await page.wait_for_selector("#feed-status:has-text('Live: updates')")
@@ -77,8 +90,20 @@ async def test_a_live_call_grows_and_the_hang_up_button_ends_it(
         assert "+15550001234" not in await card.inner_text()
         assert "+•••••••••34" in await card.inner_text()
         call.speak(tone(440, 1000) + silence(1000))
+        await card.locator("li.tool:has-text('generate_random_number')").wait_for()
+        await card.locator("li.agent:has-text('It is 7.')").wait_for()
+        call.speak(tone(440, 1000) + silence(1000))
         await card.locator("li.caller:has-text('where is my parcel')").wait_for()
-        await card.locator("li.agent:has-text('It left the depot')").wait_for()
+        # The caller talks over the answer a second into it: the words they did not hear
+        # are struck through on the card.
+        await call.wait_heard(len(call.heard) + 8000, timeout=15)
+        call.speak(tone(440, 1000) + silence(1000))
+        answer = card.locator("li.agent:has-text('It left')")
+        await answer.locator("del.unheard").wait_for()
+        assert await answer.locator(".cut").inner_text() == "(interrupted)"
+        # The reply's text goes as far as the agent got; part of it the caller never heard.
+        assert await answer.locator("del.unheard").inner_text()
+        await card.locator("li.agent:has-text('Goodbye!')").wait_for()
         assert await card.locator("[data-state]").inner_text() == "live"
         await page.screenshot(path=screenshots / "live.png")
         await page.set_viewport_size(PHONE)

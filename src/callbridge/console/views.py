@@ -75,7 +75,7 @@ def split_heard(
     if 0 < cut < len(words) and not words[cut].isspace() and not words[cut - 1].isspace():
         space = words.rfind(" ", 0, cut)
         cut = space + 1 if space >= 0 else 0
-    return words[:cut].rstrip(), words[cut:].lstrip()
+    return words[:cut].rstrip(), words[cut:].strip()
 
 
 def tool_arguments(item: ToolCallItem) -> dict[str, Any] | None:
