@@ -41,6 +41,7 @@ from callbridge.server.log_throttle import refused
 from callbridge.server.state import AppState
 
 TICK_SECONDS = 2.0  # how often a live page is told each call's state and the live count
+BATCH_SECONDS = 0.1  # a live page's changes are gathered this long, then sent in one write
 MAX_WATCHERS = 50  # live pages open at once, all operators together
 EXPORT_MAX_CALLS = 10_000
 HISTORY_PAGE = 50
@@ -321,18 +322,24 @@ async def live_events(request: web.Request) -> web.StreamResponse:
                     await _send(response, "tick", tick)
                     last_tick = tick
                 continue
+            # What else changes meanwhile goes in the same write: with many calls, one
+            # wake-up and one write a batch rather than a line.
+            await asyncio.sleep(BATCH_SECONDS)
             if subscription.dropped:
                 await _send(response, "reload", {"dropped": subscription.dropped})
                 break
+            batch = []
             for call_id, lines in subscription.take_all(first).items():
                 if lines is not None:
                     html = "".join(_line_html(line) for line in lines)
-                    await _send(response, "line", {"id": call_id, "html": html})
+                    batch.append(_event("line", {"id": call_id, "html": html}))
                     continue
                 changed = console.feed.find(call_id)
                 if changed is not None:
                     html = _card(operator, changed, shown)
-                    await _send(response, "call", {"id": call_id, "html": html})
+                    batch.append(_event("call", {"id": call_id, "html": html}))
+            if batch:
+                await response.write(b"".join(batch))
     return response
 
 
@@ -346,8 +353,12 @@ def _tick(operator: Operator) -> dict[str, Any]:
     return {"live": len(state.registry.live), "max": state.settings.max_calls, "states": states}
 
 
+def _event(event: str, data: object) -> bytes:
+    return f"event: {event}\ndata: ".encode() + msgspec.json.encode(data) + b"\n\n"
+
+
 async def _send(response: web.StreamResponse, event: str, data: object) -> None:
-    await response.write(f"event: {event}\ndata: ".encode() + msgspec.json.encode(data) + b"\n\n")
+    await response.write(_event(event, data))
 
 
 async def act(request: web.Request) -> web.Response:
