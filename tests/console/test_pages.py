@@ -237,3 +237,14 @@ async def test_say_and_transfer_are_offered_when_the_runner_has_them(
             assert status == 303
         await call.hangup()
     assert done == [("say", "Please hold."), ("transfer", "sales")]
+
+
+async def test_the_live_feed_sends_a_logged_out_page_to_reload(client: ConsoleClient) -> None:
+    async with client.http.get(client.base + "/console/events", headers=client.headers()) as feed:
+        csrf = await client.csrf()
+        status, _, _ = await client.post("/console/logout", {"csrf": csrf})
+        assert status == 303
+        async with asyncio.timeout(10):
+            async for name, _ in read_events(feed):
+                if name == "reload":
+                    break

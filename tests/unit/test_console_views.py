@@ -109,6 +109,9 @@ def test_the_live_feed_keeps_live_calls_and_drops_for_a_slow_page() -> None:
         feed.tap(TranscriptLine("c1", 6, 4.7, "caller", "and again"))
         assert page.take_all() == {"c1": None}
         assert page.take_all(("c1", hello)) == {"c1": [hello]}
+        page.tick()  # the periodic look: not a change of any call
+        assert page.take_all() == {}
+        assert page.ticked
         tool = ToolInvocation("c1", 7, 4.8, "t1", "lookup")
         feed.tap(tool)  # a tool called is a line of the card too
         assert page.take_all() == {"c1": [tool]}

@@ -55,12 +55,22 @@ Change = tuple[str, Line | None]
 """A call's new line (said, or a tool called), or None: the call's card as a whole changed."""
 
 
+TICK: Change = ("", None)
+"""Not a change: time for the page's periodic look (its session, each call's state)."""
+
+
 class Subscription:
     """One open live page: what changed since it last looked."""
 
     def __init__(self, maxsize: int = SUBSCRIBER_QUEUE) -> None:
         self.changed: asyncio.Queue[Change] = asyncio.Queue(maxsize)
         self.dropped = 0
+        self.ticked = False  # a TICK was among the changes taken
+        self.ticker: asyncio.TimerHandle | None = None
+
+    def tick(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):  # a full queue is woken up anyway
+            self.changed.put_nowait(TICK)
 
     def offer(self, call_id: str, line: Line | None = None) -> None:
         try:
@@ -75,7 +85,11 @@ class Subscription:
         changes = list(first)
         while not self.changed.empty():
             changes.append(self.changed.get_nowait())
-        for call_id, line in changes:
+        for change in changes:
+            if change is TICK:
+                self.ticked = True
+                continue
+            call_id, line = change
             if line is None:
                 out[call_id] = None
             elif call_id not in out:

@@ -32,7 +32,7 @@ from callbridge.console.auth import (
     cross_site,
     token_matches,
 )
-from callbridge.console.feed import Line, LiveCall, LiveFeed
+from callbridge.console.feed import TICK, Line, LiveCall, LiveFeed, Subscription
 from callbridge.logs import EventLogger
 from callbridge.records import queries
 from callbridge.records.entries import ToolInvocation
@@ -309,38 +309,50 @@ async def live_events(request: web.Request) -> web.StreamResponse:
             html = _card(operator, known, shown)
             await _send(response, "call", {"id": known.call_id, "html": html})
         last_tick: dict[str, Any] = {}
-        while not console.closing.is_set():
-            if console.sessions.read(request.cookies.get(COOKIE), operator.token) is None:
-                await _send(response, "reload", {})  # logged out or expired: to the log-in
-                break
-            try:
-                async with asyncio.timeout(TICK_SECONDS):
-                    first = await subscription.changed.get()
-            except TimeoutError:
-                tick = _tick(operator)
-                if tick != last_tick:  # nothing new: nothing sent
-                    await _send(response, "tick", tick)
-                    last_tick = tick
-                continue
-            # What else changes meanwhile goes in the same write: with many calls, one
-            # wake-up and one write a batch rather than a line.
-            await asyncio.sleep(BATCH_SECONDS)
-            if subscription.dropped:
-                await _send(response, "reload", {"dropped": subscription.dropped})
-                break
-            batch = []
-            for call_id, lines in subscription.take_all(first).items():
-                if lines is not None:
-                    html = "".join(_line_html(line) for line in lines)
-                    batch.append(_event("line", {"id": call_id, "html": html}))
-                    continue
-                changed = console.feed.find(call_id)
-                if changed is not None:
-                    html = _card(operator, changed, shown)
-                    batch.append(_event("call", {"id": call_id, "html": html}))
-            if batch:
-                await response.write(b"".join(batch))
+        loop = asyncio.get_running_loop()
+        subscription.ticker = loop.call_later(TICK_SECONDS, _tick_every, loop, subscription)
+        try:
+            while not console.closing.is_set():
+                first = await subscription.changed.get()
+                if first is not TICK:
+                    # What else changes meanwhile goes in the same write: with many calls,
+                    # one wake-up and one write a batch rather than a line.
+                    await asyncio.sleep(BATCH_SECONDS)
+                if subscription.dropped:
+                    await _send(response, "reload", {"dropped": subscription.dropped})
+                    break
+                batch = []
+                for call_id, lines in subscription.take_all(first).items():
+                    if lines is not None:
+                        html = "".join(_line_html(line) for line in lines)
+                        batch.append(_event("line", {"id": call_id, "html": html}))
+                        continue
+                    changed = console.feed.find(call_id)
+                    if changed is not None:
+                        html = _card(operator, changed, shown)
+                        batch.append(_event("call", {"id": call_id, "html": html}))
+                if subscription.ticked:
+                    subscription.ticked = False
+                    if console.sessions.read(request.cookies.get(COOKIE), operator.token) is None:
+                        batch.append(_event("reload", {}))  # logged out or expired
+                        await response.write(b"".join(batch))
+                        break
+                    tick = _tick(operator)
+                    if tick != last_tick:  # nothing new: nothing sent
+                        batch.append(_event("tick", tick))
+                        last_tick = tick
+                if batch:
+                    await response.write(b"".join(batch))
+        finally:
+            if subscription.ticker is not None:
+                subscription.ticker.cancel()
     return response
+
+
+def _tick_every(loop: asyncio.AbstractEventLoop, subscription: Subscription) -> None:
+    """Every TICK_SECONDS, a tick in the page's queue (the session checked, states sent)."""
+    subscription.tick()
+    subscription.ticker = loop.call_later(TICK_SECONDS, _tick_every, loop, subscription)
 
 
 def _tick(operator: Operator) -> dict[str, Any]:
