@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import html
 import io
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -195,6 +197,9 @@ async def test_hang_up_ends_a_live_call_and_the_record_says_who(
         [(call_id, runner)] = state.registry.live.items()
         status, body, _ = await client.get("/console")
         assert f'action="/console/calls/{call_id}/hang-up"' in body
+        assert "+15550001234" not in body
+        _, shown, _ = await client.get("/console?numbers=shown")
+        assert "+15550001234" in shown
         csrf = await client.csrf()
         status, _, _ = await client.post(f"/console/calls/{call_id}/hang-up", {"csrf": csrf})
         assert status == 303
@@ -248,3 +253,17 @@ async def test_the_live_feed_sends_a_logged_out_page_to_reload(client: ConsoleCl
             async for name, _ in read_events(feed):
                 if name == "reload":
                     break
+
+
+async def test_history_pages(server: RunningServer, client: ConsoleClient) -> None:
+    records = server.app[APP_STATE].records
+    for entry in recent_calls(time.time(), count=60):
+        records.submit(entry)
+    await records.flush()
+    _, first, _ = await client.get("/console/history")
+    assert first.count("/console/calls/recent-") == 50
+    match = re.search(r'href="(/console/history\?[^"]*cursor=[^"]+)" id="next-page"', first)
+    assert match is not None
+    _, second, _ = await client.get(html.unescape(match[1]))
+    assert second.count("/console/calls/recent-") == 10
+    assert 'id="next-page"' not in second
