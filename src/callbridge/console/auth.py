@@ -80,6 +80,10 @@ class Sessions:
             return None
         return Session(nonce, expires)
 
+    def valid(self, session: Session) -> bool:
+        """Whether a session read earlier is still on (not expired, not logged out)."""
+        return session.expires > self._clock() and session.nonce not in self._logged_out
+
     def end(self, session: Session) -> None:
         now = self._clock()
         for nonce, expires in list(self._logged_out.items()):

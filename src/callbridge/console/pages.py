@@ -333,7 +333,7 @@ async def live_events(request: web.Request) -> web.StreamResponse:
                         batch.append(_event("call", {"id": call_id, "html": html}))
                 if subscription.ticked:
                     subscription.ticked = False
-                    if console.sessions.read(request.cookies.get(COOKIE), operator.token) is None:
+                    if not console.sessions.valid(operator.session):
                         batch.append(_event("reload", {}))  # logged out or expired
                         await response.write(b"".join(batch))
                         break
