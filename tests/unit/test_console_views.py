@@ -3,6 +3,7 @@ the overview's hourly figures, and the live feed's bounded queues."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 
 import msgspec
@@ -108,7 +109,6 @@ def test_the_live_feed_keeps_live_calls_and_drops_for_a_slow_page() -> None:
         feed.tap(CallError("c1", 5, 4.6, "agent", "boom"))
         feed.tap(TranscriptLine("c1", 6, 4.7, "caller", "and again"))
         assert page.take_all() == {"c1": None}
-        assert page.take_all(("c1", hello)) == {"c1": [hello]}
         page.tick()  # the periodic look: not a change of any call
         assert page.take_all() == {}
         assert page.ticked
@@ -138,3 +138,19 @@ def test_a_call_gone_without_its_close_is_counted_as_ended() -> None:
     feed.settle({"running"}, now=1100.0)
     assert list(feed.calls) == ["running", "young"]
     assert "crashed" in feed.ended
+
+
+async def test_a_page_is_woken_by_a_change_or_a_tick() -> None:
+    feed = LiveFeed()
+    feed.tap(CallOpened("c1", 0, 1.0, "inbound"))
+    with feed.subscribe() as page:
+        waiting = asyncio.ensure_future(page.wait())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        feed.tap(TranscriptLine("c1", 1, 2.0, "caller", "hello"))
+        await asyncio.wait_for(waiting, 1)
+        assert not page.ticked_only()
+        page.take_all()
+        page.tick()
+        await asyncio.wait_for(page.wait(), 1)
+        assert page.ticked_only()

@@ -60,31 +60,47 @@ TICK: Change = ("", None)
 
 
 class Subscription:
-    """One open live page: what changed since it last looked."""
+    """One open live page: what changed since it last looked.
+
+    A plain list and an event rather than an asyncio.Queue: entries arrive one by one, are
+    taken all at once, and the page needs waking only when the list was empty."""
 
     def __init__(self, maxsize: int = SUBSCRIBER_QUEUE) -> None:
-        self.changed: asyncio.Queue[Change] = asyncio.Queue(maxsize)
+        self.maxsize = maxsize
         self.dropped = 0
         self.ticked = False  # a TICK was among the changes taken
         self.ticker: asyncio.TimerHandle | None = None
+        self._changes: list[Change] = []
+        self._waiting = asyncio.Event()
 
     def tick(self) -> None:
-        with contextlib.suppress(asyncio.QueueFull):  # a full queue is woken up anyway
-            self.changed.put_nowait(TICK)
+        self._changes.append(TICK)  # not counted against maxsize: one every few seconds
+        self._waiting.set()
 
     def offer(self, call_id: str, line: Line | None = None) -> None:
-        try:
-            self.changed.put_nowait((call_id, line))
-        except asyncio.QueueFull:
+        changes = self._changes
+        if len(changes) >= self.maxsize:
             self.dropped += 1
+            return
+        changes.append((call_id, line))
+        if len(changes) == 1:
+            self._waiting.set()
 
-    def take_all(self, *first: Change) -> dict[str, list[Line] | None]:
+    def ticked_only(self) -> bool:
+        """Whether all there is to take is the periodic tick (no call changed)."""
+        return all(change is TICK for change in self._changes)
+
+    async def wait(self) -> None:
+        """Until there is a change (or a tick) to take."""
+        if not self._changes:
+            self._waiting.clear()
+            await self._waiting.wait()
+
+    def take_all(self) -> dict[str, list[Line] | None]:
         """Every change waiting, by call in the order they first came: the new lines to
         add, or None to draw the card again (which shows its lines, so takes them in)."""
+        changes, self._changes = self._changes, []
         out: dict[str, list[Line] | None] = {}
-        changes = list(first)
-        while not self.changed.empty():
-            changes.append(self.changed.get_nowait())
         for change in changes:
             if change is TICK:
                 self.ticked = True

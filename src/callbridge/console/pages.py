@@ -32,7 +32,7 @@ from callbridge.console.auth import (
     cross_site,
     token_matches,
 )
-from callbridge.console.feed import TICK, Line, LiveCall, LiveFeed, Subscription
+from callbridge.console.feed import Line, LiveCall, LiveFeed, Subscription
 from callbridge.logs import EventLogger
 from callbridge.records import queries
 from callbridge.records.entries import ToolInvocation
@@ -41,7 +41,7 @@ from callbridge.server.log_throttle import refused
 from callbridge.server.state import AppState
 
 TICK_SECONDS = 2.0  # how often a live page is told each call's state and the live count
-BATCH_SECONDS = 0.1  # a live page's changes are gathered this long, then sent in one write
+BATCH_SECONDS = 0.25  # a live page's changes are gathered this long, then sent in one write
 MAX_WATCHERS = 50  # live pages open at once, all operators together
 EXPORT_MAX_CALLS = 10_000
 HISTORY_PAGE = 50
@@ -313,8 +313,8 @@ async def live_events(request: web.Request) -> web.StreamResponse:
         subscription.ticker = loop.call_later(TICK_SECONDS, _tick_every, loop, subscription)
         try:
             while not console.closing.is_set():
-                first = await subscription.changed.get()
-                if first is not TICK:
+                await subscription.wait()
+                if not subscription.ticked_only():
                     # What else changes meanwhile goes in the same write: with many calls,
                     # one wake-up and one write a batch rather than a line.
                     await asyncio.sleep(BATCH_SECONDS)
@@ -322,7 +322,7 @@ async def live_events(request: web.Request) -> web.StreamResponse:
                     await _send(response, "reload", {"dropped": subscription.dropped})
                     break
                 batch = []
-                for call_id, lines in subscription.take_all(first).items():
+                for call_id, lines in subscription.take_all().items():
                     if lines is not None:
                         html = "".join(_line_html(line) for line in lines)
                         batch.append(_event("line", {"id": call_id, "html": html}))
