@@ -123,6 +123,53 @@ class _Scraper:
         self.bytes = len(body)
 
 
+class _LivePage:
+    """An operator's live page (callbridge only): logs in to /console, then reads its event
+    feed from before the calls start until the window closes, as a browser would."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self._base = base
+        self._token = token
+        self.events = 0
+        self.bytes = 0
+        self.error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._read())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _read(self) -> None:
+        jar = aiohttp.CookieJar(unsafe=True)  # the session cookie of a loopback address
+        try:
+            async with aiohttp.ClientSession(cookie_jar=jar) as http:
+                async with http.post(
+                    f"{self._base}/console/login",
+                    data={"token": self._token},
+                    headers={"Origin": self._base},
+                    allow_redirects=False,
+                ) as response:
+                    morsel = response.cookies.get("callbridge_console")
+                    if response.status != 303 or morsel is None:
+                        self.error = f"log-in: HTTP {response.status}"
+                        return
+                cookie = {"Cookie": f"callbridge_console={morsel.value}"}
+                async with http.get(f"{self._base}/console/events", headers=cookie) as feed:
+                    if feed.status != 200:
+                        self.error = f"feed: HTTP {feed.status}"
+                        return
+                    async for line in feed.content:
+                        self.bytes += len(line)
+                        self.events += line.startswith(b"event: ")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.error = type(exc).__name__
+
+
 def _second_half_growth(trace: list[tuple[float, int]], rss_end: int) -> int | None:
     if len(trace) < 3:
         return None
@@ -243,6 +290,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await _warm_up(h, open_call, warmup_errors)
     rss_idle = server_proc.memory_info().rss
 
+    live_page = None
+    if args.console and args.target.startswith("callbridge") and args.api_token:
+        live_page = _LivePage(f"http://127.0.0.1:{args.server_port}", args.api_token)
+        live_page.start()
+
     ramp_started = time.monotonic()
     tasks = []
     for i in range(args.calls):
@@ -357,6 +409,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     h.ticker.stop()
     await simulator.close()
     server.close()
+    if live_page is not None:
+        await live_page.stop()
 
     server_user, server_system = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
     server_cpu = server_user + server_system
@@ -405,6 +459,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "metrics_scrapes": scraper.scrapes if scraper is not None else None,
         "metrics_scrape_failures": sorted(set(scraper.failures)) if scraper is not None else [],
         "metrics_bytes": scraper.bytes if scraper is not None else None,
+        # The operator console's live page, when one was open (--console).
+        "console_events": live_page.events if live_page is not None else None,
+        "console_bytes": live_page.bytes if live_page is not None else None,
+        "console_error": live_page.error if live_page is not None else None,
         "harness_errors": len(h.errors),
         "harness_error_samples": sorted(set(h.errors))[:5],
     }
@@ -434,6 +492,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--public-url", default="https://bench.callbridge.invalid")
     p.add_argument("--auth-token", default="bench-auth-token")
     p.add_argument("--api-token", default="", help="callbridge's API token: scrape /metrics")
+    p.add_argument(
+        "--console", action="store_true", help="keep the console's live page open (callbridge)"
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
         "--callgrind",

@@ -283,6 +283,7 @@ def run_one(target: str, calls: int, args: argparse.Namespace) -> dict[str, Any]
             "--api-token",
             API_TOKEN,
             *(["--callgrind"] if dump_prefix is not None else []),
+            *(["--console"] if args.console else []),
         ]
         budget = 90 + calls / args.ramp_rate + args.settle + args.duration
         if dump_prefix is not None:
@@ -575,6 +576,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the Redis of --redis (default redis://127.0.0.1:6379/0)",
     )
     p.add_argument(
+        "--console",
+        action="store_true",
+        help="callbridge runs with the operator console's live page open (its event feed "
+        "read through the window): what watching costs",
+    )
+    p.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -671,6 +678,7 @@ def main(argv: list[str] | None = None) -> int:
             "callgrind": args.callgrind is not None,
             "server_env": args.server_env,
             "redis_url": args.redis_url if "callbridge-redis" in args.servers else None,
+            "console": args.console,
             "rounds": args.rounds,
             "against": args.against,
             "server_core": SERVER_CORE,

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from callbridge.bot import Bot, with_settings
 from callbridge.config import Settings
+from callbridge.console import add_console
 from callbridge.records.store import CallStore
 from callbridge.server import (
     calls_api,
@@ -96,6 +97,7 @@ def build_app(
     metrics.registry.register(SharedStateCollector(state.shared))
     app[METRICS] = metrics
     app.router.add_get("/metrics", metrics_endpoint)
+    add_console(app, state)
     if settings.callbridge_media_stream_transport == "picows":
         app[PICOWS_STREAMS] = PicowsStreams(state)  # the main port hands it stream sockets
     # Each a context: if one fails to start (a spool it cannot open, say), the ones already

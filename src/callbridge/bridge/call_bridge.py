@@ -1015,6 +1015,12 @@ class CallBridge:
 
     # --- the call verbs (`hang_up`, `keypad`, `silence`) -------------------------------
 
+    @property
+    def transfer_targets(self) -> tuple[str, ...]:
+        """The names of the bot's transfer targets (empty: it transfers nowhere)."""
+        transfer = self._verbs.config.transfer
+        return tuple(t.name for t in transfer.targets) if transfer is not None else ()
+
     def live_refusal(self) -> str | None:
         """Why a verb cannot be performed on this call now (None: it can)."""
         if self.end_reason is not None or self.state in (State.ENDING, State.DONE):

@@ -62,6 +62,7 @@ STATUSES = (
 )
 FINAL_STATUSES = ("completed", "busy", "failed", "no-answer", "canceled")
 DIRECTIONS = ("inbound", "outbound")
+ENDED_BY = ("caller", "agent", "bridge", "server", "restart", "operator")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
@@ -214,6 +215,10 @@ class CallQuery:
     direction: str | None = None
     limit: int = DEFAULT_LIMIT
     cursor: str | None = None
+    until: datetime.datetime | None = None  # started before
+    number: str | None = None  # part of the caller's or the called number
+    words: str | None = None  # each word said somewhere in the call (any case)
+    ended_by: str | None = None
 
 
 # -- parsing what users type ---------------------------------------------------------------
@@ -252,6 +257,22 @@ def parse_direction(text: str) -> str:
     if direction not in DIRECTIONS:
         raise ValueError(f"invalid direction {text!r}: use inbound or outbound")
     return direction
+
+
+def parse_ended_by(text: str) -> str:
+    who = text.strip().lower()
+    if who not in ENDED_BY:
+        raise ValueError(f"invalid ended_by {text!r}: use one of {', '.join(ENDED_BY)}")
+    return who
+
+
+def parse_number(text: str) -> str:
+    """The digits (and a leading +) of a phone number or a part of one."""
+    value = text.strip()
+    number = ("+" if value.startswith("+") else "") + re.sub(r"\D", "", value)
+    if not number.lstrip("+"):
+        raise ValueError(f"invalid number {text!r}: give some of its digits")
+    return number
 
 
 def parse_limit(value: int, maximum: int = MAX_LIMIT) -> int:
@@ -329,6 +350,23 @@ async def list_calls(conn: AsyncConnection, query: CallQuery) -> CallPage:
         stmt = stmt.where(_status_expr() == query.status)
     if query.direction is not None:
         stmt = stmt.where(calls.c.direction == query.direction)
+    if query.until is not None:
+        stmt = stmt.where(calls.c.started_at < literal(query.until, calls.c.started_at.type))
+    if query.ended_by is not None:
+        stmt = stmt.where(calls.c.ended_by == query.ended_by)
+    if query.number:
+        pattern = f"%{_like_escape(query.number)}%"
+        stmt = stmt.where(
+            or_(
+                calls.c.from_number.like(pattern, escape="\\"),
+                calls.c.to_number.like(pattern, escape="\\"),
+            )
+        )
+    for word in (query.words or "").split():
+        said = func.lower(transcript_entries.c.text).like(
+            f"%{_like_escape(word.lower())}%", escape="\\"
+        )
+        stmt = stmt.where(exists().where(transcript_entries.c.call_id == calls.c.call_id, said))
     if query.cursor is not None:
         started_at, call_id = _decode_cursor(query.cursor)
         at = literal(started_at, calls.c.started_at.type)
@@ -343,6 +381,10 @@ async def list_calls(conn: AsyncConnection, query: CallQuery) -> CallPage:
         last = page[-1]
         next_cursor = _encode_cursor(last.started_at, last.call_id)
     return CallPage(calls=page, next_cursor=next_cursor)
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _summary(row: Row[Any]) -> CallSummary:
@@ -488,3 +530,46 @@ async def _items(
 
 async def _entries(conn: AsyncConnection, table: Any, call_id: str) -> list[Any]:
     return await _rows(conn, select(table).where(table.c.call_id == call_id).order_by(table.c.seq))
+
+
+class Overview(msgspec.Struct, kw_only=True):
+    """What the console's overview charts are drawn from, since a moment: each call's start,
+    status and who ended it; each turn's latency to its first audible audio as played (else
+    to its first audio); and when the agent side failed."""
+
+    calls: list[tuple[datetime.datetime, str, str | None]]
+    turn_latencies: list[tuple[datetime.datetime, float]]
+    agent_errors: list[datetime.datetime]
+
+
+OVERVIEW_MAX_ROWS = 100_000  # of each kind: a chart of a busy day, not an unbounded read
+
+
+async def overview(conn: AsyncConnection, since: datetime.datetime) -> Overview:
+    after = literal(since, calls.c.started_at.type)
+    call_rows = await conn.execute(
+        select(calls.c.started_at, _status_expr(), calls.c.ended_by)
+        .where(_not_superseded(), calls.c.started_at >= after)
+        .order_by(calls.c.started_at)
+        .limit(OVERVIEW_MAX_ROWS)
+    )
+    latency = func.coalesce(
+        turn_latencies.c.to_first_audible_played_ms, turn_latencies.c.to_first_audio_played_ms
+    )
+    latency_rows = await conn.execute(
+        select(turn_latencies.c.at, latency)
+        .where(turn_latencies.c.at >= after, latency.is_not(None))
+        .order_by(turn_latencies.c.at)
+        .limit(OVERVIEW_MAX_ROWS)
+    )
+    error_rows = await conn.execute(
+        select(call_errors.c.at)
+        .where(call_errors.c.at >= after, call_errors.c.source == "agent")
+        .order_by(call_errors.c.at)
+        .limit(OVERVIEW_MAX_ROWS)
+    )
+    return Overview(
+        calls=[(at, str(status), ended_by) for at, status, ended_by in call_rows.all()],
+        turn_latencies=[(at, float(ms)) for at, ms in latency_rows.all()],
+        agent_errors=[at for (at,) in error_rows.all()],
+    )

@@ -292,6 +292,11 @@ class CallStore:
         async with asyncio.timeout(self._limits.read_timeout), self.engine.connect() as conn:
             return await queries.get_call(conn, key)
 
+    async def overview(self, since: datetime.datetime) -> queries.Overview:
+        """What the console's overview charts show, since `since`."""
+        async with asyncio.timeout(self._limits.read_timeout), self.engine.connect() as conn:
+            return await queries.overview(conn, since)
+
     async def purge_expired(self, now: datetime.datetime | None = None) -> int:
         """Delete calls older than `retention_days` (nothing if unset); returns how many."""
         return await self._committer.purge_expired(now)

@@ -48,11 +48,17 @@ class AppState:
         self.shared = LocalState(self.registry, self.records.instance_id)
         self.bots = {"default": self.bot, **self.bots}
 
+    # Also handed every entry, after the metrics (the operator console's live feed). Each
+    # must be cheap and must not raise: entries come in behind a call's events.
+    taps: list[Callable[[RecordEntry], None]] = field(default_factory=list)
+
     def record(self, entry: RecordEntry) -> None:
-        """Every record entry goes through here: counted for the metrics, then queued for
-        the database."""
+        """Every record entry goes through here: counted for the metrics, shown to whoever
+        watches live, then queued for the database."""
         if self.observe is not None:
             self.observe(entry)
+        for tap in self.taps:
+            tap(entry)
         self.records.submit(entry)
 
     @property
