@@ -1,8 +1,10 @@
 """The console in a real browser (headless Chromium): log in and out, a live call whose
-transcript grows, hanging it up, history, heard and unheard words, cross-site refusals."""
+transcript grows, hanging it up, saying something and transferring it, history, heard and
+unheard words, cross-site refusals."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,11 +12,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from callbridge.bot import bot as default_bot
 from callbridge.server.state import APP_STATE
 from callbridge.testing.audio import silence, tone
 from callbridge.testing.fake_agent import FakeVoiceAgent, ScriptedTurn
 from callbridge.testing.twilio_simulator import TwilioSimulator
-from tests.conftest import API_TOKEN, AUTH_TOKEN, PUBLIC_URL, RunningServer
+from callbridge.verbs import Transfer, TransferTarget
+from tests.conftest import API_TOKEN, AUTH_TOKEN, PUBLIC_URL, RunningServer, ServerFactory
 from tests.console.test_pages import seed, seed_recent
 
 DESKTOP = {"width": 1100, "height": 760}
@@ -179,3 +183,42 @@ async def test_a_cross_site_post_is_refused(
     # Still logged in: the forged request changed nothing.
     await page.goto(server.url + "/console")
     assert page.url.endswith("/console")
+
+
+async def test_the_say_and_transfer_buttons_reach_the_agent(
+    browser: Any, start_server: ServerFactory, fake_agent: FakeVoiceAgent, screenshots: Path
+) -> None:
+    person = TransferTarget("the workshop", "+15550009999")
+    bot = dataclasses.replace(default_bot, transfer=Transfer(targets=(person,)))
+    server = await start_server(assemblyai_agent_url=fake_agent.url, bot=bot)
+    context = await browser.new_context(viewport=DESKTOP)
+    context.set_default_timeout(WAIT_MS)
+    page = await context.new_page()
+    try:
+        await log_in(page, server)
+        await page.wait_for_selector("#feed-status:has-text('Live: updates')")
+        async with TwilioSimulator(server.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL) as sim:
+            call = await sim.place_inbound_call()
+            session = await fake_agent.wait_for_session()
+            card = page.locator("article.call").first
+            await card.locator("li.agent:has-text('Thanks for calling')").wait_for()
+            await card.locator("input[name=text]").fill("Your bike is ready.")
+            await card.locator("button[data-action=say]").click()
+            said = await session.wait_for("reply.create", timeout=10)
+            assert "Your bike is ready." in str(said.get("instructions"))
+            await page.screenshot(path=screenshots / "live-say.png")
+            card = page.locator("article.call").first
+            assert await card.locator("select[name=to]").inner_text() == "the workshop"
+            await card.locator("button[data-action=transfer]").click()
+            # The agent tells the caller first; the line moves once that has been heard.
+            told = await session.wait_for(
+                lambda m: (
+                    m.get("type") == "reply.create" and "the workshop" in str(m.get("instructions"))
+                ),
+                timeout=10,
+            )
+            assert told is not None
+            await call.hangup()
+            await session.wait_for("session.end")
+    finally:
+        await context.close()
