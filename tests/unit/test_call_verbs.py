@@ -93,7 +93,9 @@ def second_start() -> twilio.Start:
 
 def announce_and_dial(bridge: CallBridge) -> None:
     """A transfer asked for by the API: announced, played, redirected."""
+    assert not bridge.transferring
     out = bridge.handle(TransferRequested("sales"))
+    assert bridge.transferring  # the console shows it from the announcement on
     assert "transferring them to sales" in instructions(out)[0]
     assert not of(RedirectCall, out)  # not before the caller heard it
     bridge.handle(agent.ReplyStarted(reply_id="a1"))
@@ -130,6 +132,7 @@ def test_a_failed_dial_reattaches_to_the_same_session_and_tells_the_agent() -> N
     bridge.handle(TwilioClosed())
     bridge.handle(DialEnded("no-answer"))
     assert bridge.awaiting_stream
+    assert not bridge.transferring  # the caller is on the way back
     out = bridge.handle(second_start())
     assert bridge.stream_sid == "MZ2"
     assert bridge.session_id == "sess_1"

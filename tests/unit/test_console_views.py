@@ -42,7 +42,8 @@ def test_live_states() -> None:
     assert views.live_state("configuring") == "connecting"
     assert views.live_state("live") == "live"
     assert views.live_state("resuming") == "reconnecting"
-    assert views.live_state("transferring") == "transferring"
+    assert views.live_state("live", transferring=True) == "transferring"
+    assert views.live_state("resuming", transferring=True) == "reconnecting"
     assert views.live_state("apologizing") == "ending"
     assert views.live_state("live", closed=True) == "ended"
 

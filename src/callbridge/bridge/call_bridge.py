@@ -115,6 +115,8 @@ class State(enum.Enum):
     DONE = "done"
 
 
+_TRANSFER_PHASES = frozenset({Phase.ANNOUNCING, Phase.REDIRECTING, Phase.DIALING})
+
 # A module global, not an enum member's look-up: the audio handlers run per frame.
 _LIVE = State.LIVE
 
@@ -1020,6 +1022,12 @@ class CallBridge:
         """The names of the bot's transfer targets (empty: it transfers nowhere)."""
         transfer = self._verbs.config.transfer
         return tuple(t.name for t in transfer.targets) if transfer is not None else ()
+
+    @property
+    def transferring(self) -> bool:
+        """A transfer is under way: announced, being redirected or ringing the person."""
+        verbs = self._verbs
+        return verbs.target is not None and verbs.phase in _TRANSFER_PHASES
 
     def live_refusal(self) -> str | None:
         """Why a verb cannot be performed on this call now (None: it can)."""

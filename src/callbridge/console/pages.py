@@ -237,7 +237,11 @@ def _card(operator: Operator, call: LiveCall, shown: bool) -> str:
         call=call,
         csrf=operator.csrf,
         shown=shown,
-        state=views.live_state(bridge_state, closed=call.closed is not None),
+        state=views.live_state(
+            bridge_state,
+            closed=call.closed is not None,
+            transferring=runner is not None and runner.bridge.transferring,
+        ),
         from_number=views.show_number(call.from_number, shown),
         to_number=views.show_number(call.to_number, shown),
         lines=lines,

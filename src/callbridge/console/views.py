@@ -36,12 +36,12 @@ def show_number(number: str | None, shown: bool) -> str:
     return (number or "unknown") if shown else mask_number(number)
 
 
-def live_state(bridge_state: str | None, closed: bool = False) -> str:
+def live_state(bridge_state: str | None, closed: bool = False, transferring: bool = False) -> str:
     """The bridge's state as the console names it: connecting, live, reconnecting,
     transferring, ending."""
     if closed or bridge_state is None:
         return "ended"
-    if "transfer" in bridge_state:
+    if transferring and bridge_state == "live":
         return "transferring"
     if bridge_state in ("awaiting-start", "connecting", "configuring"):
         return "connecting"
