@@ -11,7 +11,7 @@ from callbridge.call_setup import CallConfig, CallSetup, Forward, Refuse
 from callbridge.keypad_input import Keypad, KeypadRules
 from callbridge.session_options import SessionOptionError, SessionOptions, TurnDetection
 from callbridge.tools import Tool, ToolError, tool
-from callbridge.verbs import end_call
+from callbridge.verbs import Transfer, TransferTarget, Voicemail, end_call
 
 __all__ = [
     "Bot",
@@ -29,7 +29,10 @@ __all__ = [
     "SilenceRules",
     "Tool",
     "ToolError",
+    "Transfer",
+    "TransferTarget",
     "TurnDetection",
+    "Voicemail",
     "__version__",
     "end_call",
     "tool",
