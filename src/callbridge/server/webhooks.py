@@ -197,7 +197,7 @@ async def _answer_call(
     response.append(connect)
     log.info(
         "call.announced",
-        from_=info.from_number,
+        from_number=info.from_number,
         to=info.to_number,
         bot=info.bot_name,
         setup=decision.outcome,
