@@ -12,6 +12,8 @@ frame. Keys, under CALLBRIDGE_REDIS_PREFIX:
 - `instance:{id}`: the instance's heartbeat, expiring after CALLBRIDGE_INSTANCE_TIMEOUT_SECONDS;
   `instances`: who has one. An instance whose heartbeat expired is lost: the first survivor
   to notice takes its calls (atomically, so only one does) and closes them in the records.
+- `setup:{call}`: what the call's set-up decided (plain JSON), for the instance its stream
+  reaches.
 - `replay:{digest}`: signed webhooks already accepted.
 - channel `control:{instance}`: commands for the calls an instance holds.
 
@@ -364,6 +366,16 @@ class RedisState(SharedState):
         )
         if freed is not _DOWN and freed:
             self._log.debug("shared_state.call_released", call_id=call_id)
+
+    async def share_setup(self, call_id: str, setup: str) -> None:
+        await self._call(
+            "share_setup",
+            self._redis.set(self._key("setup", call_id), setup, px=int(PENDING_TTL_SECONDS * 1000)),
+        )
+
+    async def shared_setup(self, call_id: str) -> str | None:
+        found = await self._call("setup", self._redis.get(self._key("setup", call_id)))
+        return None if found is _DOWN or found is None else str(found)
 
     async def send(self, command: Command) -> CommandResult:
         holder = await self.holder(command.call_id)

@@ -106,6 +106,14 @@ class SharedState(abc.ABC):
     async def send(self, command: Command) -> CommandResult:
         """Deliver a command to the instance holding the call."""
 
+    async def share_setup(self, call_id: str, setup: str) -> None:  # noqa: B027
+        """Keep what a call's set-up decided (plain JSON text, `server/setup_handoff.py`)
+        for the instance its stream reaches. In-process: the registry has it already."""
+
+    async def shared_setup(self, call_id: str) -> str | None:
+        """What `share_setup` kept for a call, or None."""
+        return None
+
 
 def _not_started(command: Command) -> str | None:
     return "not started"
