@@ -237,10 +237,12 @@ async def test_a_hang_up_sent_through_one_instance_ends_a_call_held_by_another(
         call_id = call.stream_url.rsplit("/", 1)[1]
         auth = {"Authorization": f"Bearer {API_TOKEN}"}
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{a.url}/api/calls/{call_id}/hangup", headers=auth) as resp:
-                assert resp.status == 202
-                assert (await resp.json())["instance_id"] == "b"
-            await call.wait_ended(timeout=10)
+            with caught() as events:
+                async with http.post(f"{a.url}/api/calls/{call_id}/hangup", headers=auth) as resp:
+                    assert resp.status == 202
+                    assert (await resp.json())["instance_id"] == "b"
+                await call.wait_ended(timeout=10)
+                await events.wait_for("shared_state.call_released")  # b is through with it
             async with http.post(f"{a.url}/api/calls/{call_id}/hangup", headers=auth) as resp:
                 # Ended: 409 once its record is written, 404 (no live call) before.
                 answer = (resp.status, (await resp.json())["error"])
