@@ -171,6 +171,35 @@ async def test_a_calls_set_up_reaches_the_instance_its_stream_lands_on(
     assert record["setup"]["outcome"] == "configured"
 
 
+@tool
+async def not_on_the_bot(order: str) -> str:
+    """A tool the set-up made up, not one of the bot's."""
+    return "?"
+
+
+async def _a_tool_of_its_own(call: CallSetup) -> CallConfig:
+    return CallConfig(greeting="Made up.", tools=[order_status, not_on_the_bot])
+
+
+async def test_a_tool_the_bot_does_not_have_gives_the_bots_tools_on_another_instance(
+    start_server: ServerFactory, fake_agent: FakeVoiceAgent, redis_server: str, redis_prefix: str
+) -> None:
+    bot = Bot(system_prompt="Sales.", tools=(order_status, refund), setup=_a_tool_of_its_own)
+    a, b = await _pair(start_server, fake_agent, redis_server, redis_prefix, bot=bot)
+    with caught() as events:
+        async with TwilioSimulator(
+            a.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL, stream_server_url=b.url
+        ) as sim:
+            call = await sim.place_inbound_call()
+            session = await fake_agent.wait_for_session()
+            first = session.received[0]["session"]
+            await call.hangup()
+    assert first["greeting"] == "Made up."  # the rest of the set-up still holds
+    assert [t["name"] for t in first["tools"]] == ["order_status", "refund"]
+    [logged] = events.fields_of("setup.tools_not_shared")
+    assert logged["tools"] == ["not_on_the_bot"]
+
+
 async def _record(server: RunningServer, call_id: str) -> dict[str, Any]:
     await server.app[APP_STATE].records.flush()
     headers = {"Authorization": f"Bearer {API_TOKEN}"}
