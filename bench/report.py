@@ -348,7 +348,7 @@ def footer(runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         if r.get("redis_operations_per_call") is not None:
             lines.append(
                 f"{r['target']} at {r['calls']} calls: Redis round trips per call "
-                f"{r['redis_operations_per_call']} (set-up and end), per relayed frame "
+                f"{r['redis_operations_per_call']} (set-up, live feed and end), per relayed frame "
                 f"{r['redis_operations_per_frame']} (heartbeats only); by kind "
                 f"{r['redis_operations_by_kind']}"
             )

@@ -39,7 +39,17 @@ TARGETS = ("callbridge", "aiohttp", "picows")
 # And callbridge sharing its live state through Redis (`--redis`).
 EXTRA_TARGETS = ("callbridge-aiohttp-streams", "callbridge-aiohttp", "callbridge-redis")
 # Redis round trips a call makes (the others are the instance's heartbeat, by the clock).
-PER_CALL_REDIS_OPERATIONS = ("replay", "sid", "holder", "announce", "admit", "end")
+PER_CALL_REDIS_OPERATIONS = (
+    "replay",
+    "sid",
+    "holder",
+    "announce",
+    "share_setup",
+    "setup",
+    "admit",
+    "feed",  # batches of live-feed entries (the console on)
+    "end",
+)
 DEFAULT_CALLS = (50, 100, 200, 300, 400, 600)
 AUTH_TOKEN = "bench-auth-token-0123456789abcdef"
 PUBLIC_URL = "https://bench.callbridge.invalid"  # never resolved: only signed over

@@ -4,13 +4,25 @@ instance holding a call, and what happens while Redis is away."""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import aiohttp
 import pytest
 
+from callbridge import Bot, CallConfig, CallSetup, SessionOptions, tool
 from callbridge.server.state import APP_STATE
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import TwilioSimulator
-from tests.conftest import API_TOKEN, AUTH_TOKEN, PUBLIC_URL, RunningServer, ServerFactory
+from callbridge.twilio import call_parameters
+from tests.conftest import (
+    API_TOKEN,
+    AUTH_TOKEN,
+    BOTH_STREAM_SERVERS,
+    PUBLIC_URL,
+    RunningServer,
+    ServerFactory,
+)
 from tests.helpers.log_events import caught
 from tests.helpers.raw_twilio import (
     CALL_SID,
@@ -74,6 +86,131 @@ async def test_a_stream_on_another_instance_is_admitted_once(
         await first.close()
 
 
+@tool
+async def order_status(order: str) -> str:
+    """Where an order is."""
+    return "shipped"
+
+
+@tool
+async def refund(order: str) -> str:
+    """Refund an order."""
+    return "refunded"
+
+
+async def _greet_the_caller(call: CallSetup) -> CallConfig:
+    return CallConfig(
+        greeting=f"Hi {call.parameters['name']}, calling from {call.from_number}.",
+        tools=[order_status],  # of the bot's two
+        options=SessionOptions(keyterms=["Brompton", call.parameters["order"]]),
+    )
+
+
+SALES = Bot(
+    system_prompt="Sales.",
+    greeting="Sales, hello.",
+    tools=(order_status, refund),
+    setup=_greet_the_caller,
+)
+
+
+@BOTH_STREAM_SERVERS
+async def test_a_calls_set_up_reaches_the_instance_its_stream_lands_on(
+    start_server: ServerFactory,
+    fake_agent: FakeVoiceAgent,
+    redis_server: str,
+    redis_prefix: str,
+    pg_database_url: str,
+) -> None:
+    a, b = await _pair(
+        start_server,
+        fake_agent,
+        redis_server,
+        redis_prefix,
+        bots={"sales": SALES},
+        callbridge_bots="sales=unused:sales",  # the bots are given directly here
+        database_url=pg_database_url,
+    )
+    caller, callee = "+15550004444", "+15552223333"
+    parameters = {"name": "Alice", "order": "A-1234"}
+    query = call_parameters.encode(
+        call_id="placed-on-a-1",
+        to=callee,
+        key=call_parameters.parameters_key(AUTH_TOKEN),
+        now=time.time(),
+        parameters=parameters,
+        bot="sales",
+    )
+    async with TwilioSimulator(
+        a.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL, stream_server_url=b.url
+    ) as sim:
+        call = await sim.place_inbound_call(
+            from_=caller, to=callee, webhook_path=f"/outbound-twiml?{query}"
+        )
+        session = await fake_agent.wait_for_session()
+        await session.wait_sent("session.ready")
+        # b planned the session from what a's set-up decided.
+        assert "placed-on-a-1" not in a.app[APP_STATE].registry.live
+        first = session.received[0]["session"]
+        assert first["greeting"] == f"Hi Alice, calling from {caller}."
+        assert first["system_prompt"] == "Sales."
+        assert [t["name"] for t in first["tools"]] == ["order_status"]
+        assert first["input"]["keyterms"] == ["Brompton", "A-1234"]
+        # The call its tools see on b knows its bot, numbers and parameters.
+        held = b.app[APP_STATE].registry.live["placed-on-a-1"].call
+        assert held is not None
+        assert (held.bot_name, held.from_number, held.to_number) == ("sales", caller, callee)
+        assert dict(held.parameters) == parameters
+        [key] = redis_keys(redis_server, f"{redis_prefix}:setup:*")
+        assert key == f"{redis_prefix}:setup:placed-on-a-1"
+        await call.hangup()
+        await call.wait_ended(timeout=10)
+    await a.app[APP_STATE].records.flush()  # a recorded the set-up, b the call
+    record = await _record(b, "placed-on-a-1")
+    assert (record["bot"], record["parameters"]) == ("sales", parameters)
+    assert record["setup"]["outcome"] == "configured"
+
+
+@tool
+async def not_on_the_bot(order: str) -> str:
+    """A tool the set-up made up, not one of the bot's."""
+    return "?"
+
+
+async def _a_tool_of_its_own(call: CallSetup) -> CallConfig:
+    return CallConfig(greeting="Made up.", tools=[order_status, not_on_the_bot])
+
+
+async def test_a_tool_the_bot_does_not_have_gives_the_bots_tools_on_another_instance(
+    start_server: ServerFactory, fake_agent: FakeVoiceAgent, redis_server: str, redis_prefix: str
+) -> None:
+    bot = Bot(system_prompt="Sales.", tools=(order_status, refund), setup=_a_tool_of_its_own)
+    a, b = await _pair(start_server, fake_agent, redis_server, redis_prefix, bot=bot)
+    with caught() as events:
+        async with TwilioSimulator(
+            a.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL, stream_server_url=b.url
+        ) as sim:
+            call = await sim.place_inbound_call()
+            session = await fake_agent.wait_for_session()
+            first = session.received[0]["session"]
+            await call.hangup()
+    assert first["greeting"] == "Made up."  # the rest of the set-up still holds
+    assert [t["name"] for t in first["tools"]] == ["order_status", "refund"]
+    [logged] = events.fields_of("setup.tools_not_shared")
+    assert logged["tools"] == ["not_on_the_bot"]
+
+
+async def _record(server: RunningServer, call_id: str) -> dict[str, Any]:
+    await server.app[APP_STATE].records.flush()
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{server.url}/api/calls/{call_id}", headers=headers) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        return await resp.json()  # type: ignore[no-any-return]
+
+
 async def test_a_replayed_webhook_is_refused_by_the_other_instance(
     start_server: ServerFactory, fake_agent: FakeVoiceAgent, redis_server: str, redis_prefix: str
 ) -> None:
@@ -129,10 +266,12 @@ async def test_a_hang_up_sent_through_one_instance_ends_a_call_held_by_another(
         call_id = call.stream_url.rsplit("/", 1)[1]
         auth = {"Authorization": f"Bearer {API_TOKEN}"}
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{a.url}/api/calls/{call_id}/hangup", headers=auth) as resp:
-                assert resp.status == 202
-                assert (await resp.json())["instance_id"] == "b"
-            await call.wait_ended(timeout=10)
+            with caught() as events:
+                async with http.post(f"{a.url}/api/calls/{call_id}/hangup", headers=auth) as resp:
+                    assert resp.status == 202
+                    assert (await resp.json())["instance_id"] == "b"
+                await call.wait_ended(timeout=10)
+                await events.wait_for("shared_state.call_released")  # b is through with it
             async with http.post(f"{a.url}/api/calls/{call_id}/hangup", headers=auth) as resp:
                 # Ended: 409 once its record is written, 404 (no live call) before.
                 answer = (resp.status, (await resp.json())["error"])

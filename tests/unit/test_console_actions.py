@@ -32,7 +32,9 @@ class Runner:
 
 
 def state_with(runner: Runner) -> Any:
-    return SimpleNamespace(registry=SimpleNamespace(live={"c1": runner}))
+    return SimpleNamespace(
+        registry=SimpleNamespace(live={"c1": runner}), shared=SimpleNamespace(distributed=False)
+    )
 
 
 async def test_hang_up_hangs_up_the_call() -> None:

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from callbridge.console import pages
 from callbridge.console.pages import CONSOLE, Console
+from callbridge.console.relay import FeedRelay
 from callbridge.server.state import AppState
 
 __all__ = ["CONSOLE", "Console", "add_console"]
@@ -23,6 +24,11 @@ def add_console(app: web.Application, state: AppState) -> None:
     app[CONSOLE] = console
     if state.api_token is not None:
         state.taps.append(console.feed.tap)
+        if state.shared.distributed:  # and every other instance's calls
+            console.feed.longest_call = state.settings.max_call_seconds + 600
+            relay = FeedRelay(state, console.feed)
+            state.taps.append(relay.publish)
+            state.shared.feed_listeners.append(relay.receive)
     app.on_shutdown.append(_stop_feeds)
     add = app.router
     add.add_get("/console", pages.live_page)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict, deque
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from callbridge.records.entries import (
@@ -49,6 +49,10 @@ class LiveCall:
     # What was said, and the tools the agent called, in order.
     lines: deque[Line] = field(default_factory=lambda: deque(maxlen=MAX_LINES_PER_CALL))
     closed: CallClosed | None = None
+    # Another instance holding the call (its entries come through `console/relay.py`), and
+    # where its bot may transfer it; None: this instance.
+    holder: str | None = None
+    targets: tuple[str, ...] = ()
 
 
 Change = tuple[str, Line | None]
@@ -118,12 +122,18 @@ class Subscription:
 
 
 class LiveFeed:
-    def __init__(self) -> None:
+    def __init__(self, longest_call: float = 4 * 3600.0) -> None:
+        # A call held elsewhere is over after this long even without its CallClosed (its
+        # instance died): no runner here says otherwise.
+        self.longest_call = longest_call
         self.calls: dict[str, LiveCall] = {}
         self.ended: OrderedDict[str, LiveCall] = OrderedDict()
         self._subscriptions: set[Subscription] = set()
 
-    def tap(self, entry: RecordEntry) -> None:
+    def tap(
+        self, entry: RecordEntry, holder: str | None = None, targets: Sequence[str] = ()
+    ) -> None:
+        """An entry of a call held here, or (`holder`) by another instance."""
         call_id = entry.call_id
         if call_id is None:  # a status callback before we knew the call: not a live call
             return
@@ -137,6 +147,8 @@ class LiveFeed:
             call.from_number = entry.from_number
             call.to_number = entry.to_number
             call.call_sid = entry.call_sid
+            call.holder = holder
+            call.targets = tuple(targets)
         elif call is None:
             return  # a call that began before the console was on, or a late status
         elif kind is TranscriptLine or kind is ToolInvocation:
@@ -168,7 +180,10 @@ class LiveFeed:
     def settle(self, live: Container[str], now: float) -> None:
         """Count as ended the calls no longer `live` (by id) that opened a while ago."""
         for call in list(self.calls.values()):
-            if call.call_id not in live and call.started_at < now - GONE_AFTER_SECONDS:
+            if call.holder is not None:
+                if call.started_at < now - self.longest_call:
+                    self._ended(call)
+            elif call.call_id not in live and call.started_at < now - GONE_AFTER_SECONDS:
                 self._ended(call)
 
     def find(self, call_id: str) -> LiveCall | None:

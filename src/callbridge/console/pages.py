@@ -231,6 +231,10 @@ def _card(operator: Operator, call: LiveCall, shown: bool) -> str:
     state = operator.console.state
     runner = state.registry.live.get(call.call_id)
     bridge_state = runner.bridge.state.value if runner is not None else None
+    offered = actions.verbs(runner) if runner is not None else []
+    targets = actions.transfer_targets(runner)
+    if runner is None and call.holder is not None:  # held by another instance
+        bridge_state, offered, targets = "live", actions.offered(call.targets), list(call.targets)
     lines = [_line_html(line) for line in call.lines]
     template = operator.console.templates.get_template("_card.html")
     return template.render(
@@ -245,8 +249,8 @@ def _card(operator: Operator, call: LiveCall, shown: bool) -> str:
         from_number=views.show_number(call.from_number, shown),
         to_number=views.show_number(call.to_number, shown),
         lines=lines,
-        verbs=actions.verbs(runner) if runner is not None and call.closed is None else [],
-        targets=actions.transfer_targets(runner),
+        verbs=offered if call.closed is None else [],
+        targets=targets,
         elapsed=int((call.closed.at if call.closed else time.time()) - call.started_at),
     )
 

@@ -22,6 +22,7 @@ from callbridge.call_setup import CallConfig, CallSetup, Forward, Refuse
 from callbridge.logs import EventLogger
 from callbridge.records.entries import CallSetupDone
 from callbridge.server.call_registry import CallInfo
+from callbridge.server.setup_handoff import share_setup
 from callbridge.server.state import AppState
 from callbridge.session_plan import SessionPlan, plan_session
 
@@ -37,6 +38,7 @@ class SetupDecision:
     twiml: VoiceResponse | None = None  # the answer when refused or forwarded
     error: str | None = None
     detail: str | None = None  # refused: the reason; forwarded: the number
+    config: CallConfig | None = None  # what the set-up returned, when it configured the call
 
 
 async def set_up_call(
@@ -89,6 +91,8 @@ async def set_up_call(
             to_number=info.to_number,
         )
     )
+    if decision.plan is not None:
+        await share_setup(state, info, state.bots[name], decision.config, decision.plan, log)
     if decision.outcome in ("refused", "forwarded"):
         event = "call.forwarded" if decision.outcome == "forwarded" else "call.setup_refused"
         log.info(event, bot=name, detail=decision.detail)
@@ -154,7 +158,7 @@ async def decide(
                 limit=problem.limit,
                 effect="bot's value used",
             )
-        return SetupDecision("configured", plan)
+        return SetupDecision("configured", plan, config=result)
     if isinstance(result, Refuse):
         refusal = _refuse(result, setup.direction)
         return refusal or defaults("failed", "Refuse: invalid reason or say text")

@@ -28,6 +28,7 @@ from picows import (
 from callbridge.bot import Direction
 from callbridge.logs import EventLogger
 from callbridge.server.call_runner import CallRunner
+from callbridge.server.setup_handoff import learn_setup, needs_setup
 from callbridge.server.state import AppState
 from callbridge.server.streams import (
     StreamRefused,
@@ -166,6 +167,33 @@ class PicowsStreams:
         calls = self._calls
         if calls is not None and reattach_stream(self._state, call_id, sock) is not None:
             return  # the call's runner serves it
+        if calls is not None and needs_setup(self._state, call_id):
+            # Its webhook reached another instance: learn its set-up first (the socket
+            # keeps the frames that arrive meanwhile).
+            calls.create_task(self._start_learnt(call_id, direction, sock, log, client))
+            return
+        self._start_now(call_id, direction, sock, log, client)
+
+    async def _start_learnt(
+        self,
+        call_id: str,
+        direction: Direction,
+        sock: PicowsTwilioSocket,
+        log: EventLogger,
+        client: str | None,
+    ) -> None:
+        await learn_setup(self._state, call_id, log)
+        self._start_now(call_id, direction, sock, log, client)
+
+    def _start_now(
+        self,
+        call_id: str,
+        direction: Direction,
+        sock: PicowsTwilioSocket,
+        log: EventLogger,
+        client: str | None,
+    ) -> None:
+        calls = self._calls
         try:
             if calls is None:
                 raise StreamRefused(503, "shutting down")

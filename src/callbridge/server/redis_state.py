@@ -12,8 +12,12 @@ frame. Keys, under CALLBRIDGE_REDIS_PREFIX:
 - `instance:{id}`: the instance's heartbeat, expiring after CALLBRIDGE_INSTANCE_TIMEOUT_SECONDS;
   `instances`: who has one. An instance whose heartbeat expired is lost: the first survivor
   to notice takes its calls (atomically, so only one does) and closes them in the records.
+- `setup:{call}`: what the call's set-up decided (plain JSON), for the instance its stream
+  reaches.
 - `replay:{digest}`: signed webhooks already accepted.
 - channel `control:{instance}`: commands for the calls an instance holds.
+- channel `feed`: the record entries the console's live feed shows (a handful per turn),
+  published by every instance whose console is on, read by every other one.
 
 With Redis unreachable nothing fails: each operation falls back to this instance's own
 knowledge (CALLBRIDGE_REDIS_DOWN=local, the default) or refuses new calls (refuse), counted
@@ -26,7 +30,7 @@ import asyncio
 import contextlib
 import hashlib
 import secrets
-from collections import Counter
+from collections import Counter, deque
 from typing import Any, Literal
 
 import msgspec
@@ -166,6 +170,7 @@ _CONNECT_TIMEOUT_SECONDS = 1.0
 _COMMAND_TIMEOUT_SECONDS = 2.0
 _RETRY_SECONDS = 1.0
 _LIVE_MARGIN_SECONDS = 600.0  # a live call's keys outlast its longest length by this
+_FEED_BACKLOG = 4096  # live-feed messages held while Redis does not answer
 
 
 def _token_hash(token: str | None) -> str:
@@ -212,6 +217,10 @@ class RedisState(SharedState):
         self._log = EventLogger("shared_state", instance_id=instance_id)
         self._mark = secrets.token_hex(8)  # this process's, in its heartbeat
         self._namesake_beats = 0
+        # Live-feed messages waiting to be published (dropped, oldest first, if Redis lags).
+        self._feed_out: deque[bytes] = deque(maxlen=_FEED_BACKLOG)
+        self._feed_waiting = asyncio.Event()
+        self.feed_dropped = 0
 
     def _key(self, *parts: str) -> str:
         return ":".join((self._prefix, *parts))
@@ -240,6 +249,8 @@ class RedisState(SharedState):
             asyncio.create_task(self._keep_beating()),
             asyncio.create_task(self._listen()),
         ]
+        if self.feed_listeners:
+            self._tasks.append(asyncio.create_task(self._publish_feed()))
         self._log.info("shared_state.started", backend="redis", up=self._up)
 
     async def close(self) -> None:
@@ -365,6 +376,24 @@ class RedisState(SharedState):
         if freed is not _DOWN and freed:
             self._log.debug("shared_state.call_released", call_id=call_id)
 
+    async def share_setup(self, call_id: str, setup: str) -> None:
+        await self._call(
+            "share_setup",
+            self._redis.set(self._key("setup", call_id), setup, px=int(PENDING_TTL_SECONDS * 1000)),
+        )
+
+    async def shared_setup(self, call_id: str) -> str | None:
+        found = await self._call("setup", self._redis.get(self._key("setup", call_id)))
+        return None if found is _DOWN or found is None else str(found)
+
+    def publish_feed(self, message: bytes) -> None:
+        if not self.feed_listeners:
+            return  # this instance's console is off: its feed is not wanted
+        if len(self._feed_out) == self._feed_out.maxlen:
+            self.feed_dropped += 1
+        self._feed_out.append(message)
+        self._feed_waiting.set()
+
     async def send(self, command: Command) -> CommandResult:
         holder = await self.holder(command.call_id)
         if holder is None:
@@ -448,16 +477,34 @@ class RedisState(SharedState):
                 fix="give each instance its own CALLBRIDGE_INSTANCE_ID",
             )
 
+    async def _publish_feed(self) -> None:
+        channel = self._key("feed")
+        while True:
+            await self._feed_waiting.wait()
+            self._feed_waiting.clear()
+            batch = list(self._feed_out)
+            self._feed_out.clear()
+            pipe = self._redis.pipeline(transaction=False)
+            for message in batch:
+                pipe.publish(channel, message)
+            await self._call("feed", pipe.execute())  # down: these are lost, not retried
+
     async def _listen(self) -> None:
         channel = self._key("control", self.instance_id)
+        feed = self._key("feed")
+        channels = [channel, feed] if self.feed_listeners else [channel]
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(channel)
+                await pubsub.subscribe(*channels)
                 self._now_up()
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None:
+                    if message is None:
+                        continue
+                    if message.get("channel") == feed:
+                        self._feed_in(message.get("data"))
+                    else:
                         self._dispatch(message.get("data"))
             except (RedisError, OSError) as exc:
                 self._now_down("listen", exc)
@@ -465,6 +512,16 @@ class RedisState(SharedState):
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
             await asyncio.sleep(_RETRY_SECONDS)
+
+    def _feed_in(self, data: object) -> None:
+        if not isinstance(data, str):
+            return
+        message = data.encode()
+        for listener in self.feed_listeners:
+            try:
+                listener(message)
+            except Exception as exc:  # the console's business; commands go on
+                self._log.exception("shared_state.feed_failed", exc)
 
     def _dispatch(self, data: object) -> None:
         try:

@@ -37,6 +37,8 @@ class Command(msgspec.Struct, frozen=True):
 
 # Performs a command on this instance: None if done, else why not (fixed text).
 CommandHandler = Callable[[Command], str | None]
+# Given what another instance published for the console's live feed (`publish_feed`).
+FeedListener = Callable[[bytes], None]
 # Told the calls an instance held when it was found dead (its id, their call ids).
 InstanceLostHandler = Callable[[str, list[str]], Awaitable[None]]
 
@@ -60,6 +62,8 @@ class SharedState(abc.ABC):
         self.degraded = 0  # operations answered without the backend
         self._on_command: CommandHandler = _not_started
         self._on_instance_lost: InstanceLostHandler = _nobody_told
+        # The console's live feed, when it is on: told what other instances publish.
+        self.feed_listeners: list[FeedListener] = []
 
     async def start(
         self, on_command: CommandHandler, on_instance_lost: InstanceLostHandler
@@ -105,6 +109,18 @@ class SharedState(abc.ABC):
     @abc.abstractmethod
     async def send(self, command: Command) -> CommandResult:
         """Deliver a command to the instance holding the call."""
+
+    async def share_setup(self, call_id: str, setup: str) -> None:  # noqa: B027
+        """Keep what a call's set-up decided (plain JSON text, `server/setup_handoff.py`)
+        for the instance its stream reaches. In-process: the registry has it already."""
+
+    async def shared_setup(self, call_id: str) -> str | None:
+        """What `share_setup` kept for a call, or None."""
+        return None
+
+    def publish_feed(self, message: bytes) -> None:  # noqa: B027
+        """Hand a live-feed message to the other instances' `feed_listeners`, in the
+        background (never waits). In-process: there are no other instances."""
 
 
 def _not_started(command: Command) -> str | None:

@@ -25,6 +25,7 @@ from callbridge.server.call_runner import CallRunner
 from callbridge.server.connections import on_reused_connection
 from callbridge.server.log_throttle import refused
 from callbridge.server.runner_control import call_bot, call_for, call_plan
+from callbridge.server.setup_handoff import learn_setup
 from callbridge.server.state import APP_STATE, AppState
 from callbridge.twilio.aiohttp import AiohttpTwilioSocket
 from callbridge.twilio.media_stream import Start
@@ -236,6 +237,7 @@ async def _serve_stream(request: web.Request, direction: Direction) -> web.Strea
     if served is not None:
         await served  # the call's runner reads this socket; it closes when we return
         return ws
+    await learn_setup(state, call_id, log)  # its webhook may have reached another instance
     try:
         runner = start_call(state, call_id, direction, twilio_socket, log, request.remote)
     except StreamRefused:
