@@ -252,6 +252,32 @@ async def test_the_global_cap_holds_across_instances(
         assert "<Connect>" in third.twiml
 
 
+async def test_twilios_callbacks_reach_the_instance_that_holds_the_call(
+    start_server: ServerFactory, fake_agent: FakeVoiceAgent, redis_server: str, redis_prefix: str
+) -> None:
+    # The answering-machine verdict reaches a; the call's stream is on b.
+    a, b = await _pair(start_server, fake_agent, redis_server, redis_prefix)
+    async with TwilioSimulator(
+        a.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL, stream_server_url=b.url
+    ) as sim:
+        call = await sim.place_inbound_call()
+        session = await fake_agent.wait_for_session()
+        await session.wait_sent("session.ready")
+        assert call.stream_url is not None
+        call_id = call.stream_url.rsplit("/", 1)[1]
+        assert call_id in b.app[APP_STATE].registry.live
+        with caught() as events:
+            form = {"CallSid": call.call_sid, "AnsweredBy": "fax"}
+            status, _ = await sim.request(PUBLIC_URL + "/amd-status", "POST", form)
+            assert status == 204
+            await events.wait_for("callback.forwarded")
+        [forwarded] = events.fields_of("callback.forwarded")
+        assert (forwarded["call_id"], forwarded["instance_id"]) == (call_id, "b")
+        await call.wait_ended(timeout=10)  # b hung up on the fax
+        await session.wait_for("session.end")
+    assert call.end_reason == "server-closed"
+
+
 async def test_a_hang_up_sent_through_one_instance_ends_a_call_held_by_another(
     start_server: ServerFactory, fake_agent: FakeVoiceAgent, redis_server: str, redis_prefix: str
 ) -> None:

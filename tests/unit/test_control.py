@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from callbridge.bridge.verb_events import AmdVerdict, DialEnded, TransferAnswered
 from callbridge.logs import EventLogger
 from callbridge.server import control
 from callbridge.server.call_registry import CallInfo, CallRegistry
@@ -92,3 +93,15 @@ async def test_local_state_holds_the_global_cap_as_a_second_local_one() -> None:
     assert await shared.call_id_for_sid("CA1") == "a"
     assert await shared.admit_stream("a", "t1", "CA1") is None
     assert await shared.admit_stream("a", "t1", "CA1") == "stream token already used"
+
+
+def test_twilios_callbacks_for_a_call_held_here_feed_its_bridge() -> None:
+    runner = _Runner()
+    perform = control.command_handler(_registry_with(runner), EventLogger("server"))
+    assert perform(Command(name="dial-ended", call_id="c1", args={"status": "busy"})) is None
+    assert perform(Command(name="transfer-answered", call_id="c1")) is None
+    assert perform(Command(name="amd", call_id="c1", args={"answered_by": "fax"})) is None
+    assert perform(Command(name="amd", call_id="c1", args={"answered_by": "?"})) == (
+        "unknown verdict"
+    )
+    assert runner.fed == [DialEnded("busy"), TransferAnswered(), AmdVerdict("fax")]

@@ -11,10 +11,12 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+from callbridge.bridge.verb_events import AmdVerdict, DialEnded, TransferAnswered
 from callbridge.logs import EventLogger
 from callbridge.server.call_registry import CallRegistry
 from callbridge.server.call_runner import CallRunner, VerbRefused
 from callbridge.server.shared_state import Command, CommandHandler
+from callbridge.verbs import ANSWERED_BY
 
 # Performs a command on a live call: None if done, else why not (fixed text).
 Handler = Callable[[CallRunner, dict[str, Any]], str | None]
@@ -49,11 +51,37 @@ def digits(runner: CallRunner, args: dict[str, Any]) -> str | None:
     return runner.request_verb("digits", str(args.get("digits", "")))
 
 
+def dial_ended(runner: CallRunner, args: dict[str, Any]) -> str | None:
+    """Twilio's `<Dial>` action reached another instance: how the transfer's dial ended."""
+    runner.end(DialEnded(str(args.get("status") or "failed")))
+    return None
+
+
+def transfer_answered(runner: CallRunner, args: dict[str, Any]) -> str | None:
+    """The person a call was transferred to answered (the callback reached another
+    instance): the agent session ends now."""
+    runner.end(TransferAnswered())
+    return None
+
+
+def amd(runner: CallRunner, args: dict[str, Any]) -> str | None:
+    """Answering-machine detection's verdict, which reached another instance."""
+    answered_by = args.get("answered_by")
+    if answered_by not in ANSWERED_BY:
+        return "unknown verdict"
+    runner.end(AmdVerdict(str(answered_by)))
+    return None
+
+
 HANDLERS: dict[str, Handler] = {
     "hangup": hang_up,
     "say": say,
     "transfer": transfer,
     "digits": digits,
+    # Twilio's callbacks about a call, when they reach an instance that does not hold it.
+    "dial-ended": dial_ended,
+    "transfer-answered": transfer_answered,
+    "amd": amd,
 }
 
 

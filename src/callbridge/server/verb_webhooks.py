@@ -1,6 +1,9 @@
 """Twilio's callbacks about the verbs acting on a call, each signed like every webhook:
 the transfer's dial (the person answered; the dial is over) and the answering-machine
-detection's verdict."""
+detection's verdict.
+
+With several instances (`REDIS_URL`) a callback may reach one that does not hold the call:
+the event is then sent to the holder through the shared state (`server/control.py`)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ from callbridge.server.call_control import (
     dial_ended_path,
     transfer_answered_path,
 )
-from callbridge.server.state import APP_STATE
+from callbridge.server.shared_state import Command
+from callbridge.server.state import APP_STATE, AppState
 from callbridge.server.webhooks import signed_form, text_field
 from callbridge.twilio import call_twiml
 from callbridge.verbs import ANSWERED_BY
@@ -41,6 +45,9 @@ async def dial_ended(request: web.Request) -> web.Response:
     runner = state.registry.live.get(call_id)
     state.log.info("transfer.dial_ended", call_id=call_id, dial_status=status)
     if runner is None:
+        # Held elsewhere: its bridge learns the outcome, but the caller's way back is a
+        # stream to this instance, which does not hold the call: the call ends here.
+        await _forward(state, "dial-ended", call_id, {"status": status})
         return _twiml(call_twiml.hangup_twiml())
     runner.end(DialEnded(status))
     if runner.accepts_stream:
@@ -55,9 +62,12 @@ async def transfer_answered(request: web.Request) -> web.Response:
     the agent's session ends now. Empty TwiML connects them."""
     state = request.app[APP_STATE]
     await signed_form(request)
-    runner = state.registry.live.get(request.match_info["call_id"])
+    call_id = request.match_info["call_id"]
+    runner = state.registry.live.get(call_id)
     if runner is not None:
         runner.end(TransferAnswered())
+    else:
+        await _forward(state, "transfer-answered", call_id, {})
     return _twiml(call_twiml.empty_twiml())
 
 
@@ -67,11 +77,27 @@ async def amd_status(request: web.Request) -> web.Response:
     form = await signed_form(request)
     call_sid = text_field(request, form, "CallSid")
     answered_by = text_field(request, form, "AnsweredBy")
-    call_id = state.registry.call_id_for_sid(call_sid) if call_sid else None
+    call_id = await state.shared.call_id_for_sid(call_sid) if call_sid else None
     state.log.info("call.amd_verdict", call_id=call_id, call_sid=call_sid, answered_by=answered_by)
     if answered_by not in ANSWERED_BY:
         return web.Response(status=204)
     runner = state.registry.live.get(call_id) if call_id else None
     if runner is not None:
         runner.end(AmdVerdict(answered_by))
+    elif call_id is not None:
+        await _forward(state, "amd", call_id, {"answered_by": answered_by})
     return web.Response(status=204)
+
+
+async def _forward(state: AppState, name: str, call_id: str, args: dict[str, str]) -> None:
+    """A callback for a call another instance holds: the event goes to that instance."""
+    if not state.shared.distributed:
+        return
+    result = await state.shared.send(Command(name=name, call_id=call_id, args=args))
+    state.log.info(
+        "callback.forwarded",
+        call_id=call_id,
+        callback=name,
+        delivered=result.delivered,
+        instance_id=result.instance_id,
+    )
