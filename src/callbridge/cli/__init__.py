@@ -29,10 +29,7 @@ app = typer.Typer(
 
 
 def _register_record_commands() -> None:
-    from callbridge.cli import (
-        call_verbs,  # noqa: F401  (its commands join `calls`)
-        verbs,  # noqa: F401  (adds `calls hangup` and `calls say`)
-    )
+    from callbridge.cli import verbs  # noqa: F401  (`calls hangup|say|transfer|digits`)
     from callbridge.cli.records import calls_app, db_app
 
     app.add_typer(calls_app, name="calls")
