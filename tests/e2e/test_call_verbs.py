@@ -213,6 +213,7 @@ async def test_transfer_and_digits_through_the_api(rig: Rig) -> None:
     assert call.digits_played == ["42"]
     status, body = await post_verb(rig, call.call_sid, "transfer", {"target": "nobody"})
     assert (status, body["error"]) == (400, "invalid_parameter")
+    assert body["message"] == "target must be one of: 'a person'"  # this call's bot's
     call.dial_outcome = "no-answer"
     status, body = await post_verb(rig, call.call_sid, "transfer", {"target": "a person"})
     assert status == 202, body

@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from callbridge.bridge.call_verbs import CALL_ENDED
 from callbridge.logs import EventLogger
 from callbridge.server.api_auth import authorize, error_response, json_response
-from callbridge.server.call_runner import CallRunner, VerbRefused
+from callbridge.server.call_runner import CallRunner
 from callbridge.server.control import HANDLERS
 from callbridge.server.metrics import METRICS
 from callbridge.server.records_api import RECORDS_STORE
@@ -73,7 +73,7 @@ async def _verb(request: web.Request, verb: str) -> web.Response:
         return denied
     state = request.app[APP_STATE]
     try:
-        args = _arguments(state, verb, await request.content.read(_MAX_BODY_BYTES + 1))
+        args = _arguments(verb, await request.content.read(_MAX_BODY_BYTES + 1))
     except _Invalid as exc:
         return error_response(400, exc.code, str(exc))
     key = request.match_info["call"]
@@ -82,7 +82,10 @@ async def _verb(request: web.Request, verb: str) -> web.Response:
         if state.shared.distributed:
             return await _send(request, state, verb, key, args)
         return await _not_live(request, key)
-    refusal = _perform(runner, verb, args)
+    if verb == "transfer" and args["target"] not in runner.bridge.transfer_targets:
+        names = ", ".join(repr(n) for n in runner.bridge.transfer_targets) or "none"
+        return error_response(400, "invalid_parameter", f"target must be one of: {names}")
+    refusal = HANDLERS[verb](runner, args)
     if refusal is not None:
         runner.log.info("call.verb_refused", verb=verb, why=refusal)
         metrics = request.app.get(METRICS)
@@ -96,7 +99,7 @@ async def _verb(request: web.Request, verb: str) -> web.Response:
     return json_response(202, {"call_id": runner.call_id, "verb": verb, "accepted": True})
 
 
-def _arguments(state: AppState, verb: str, raw: bytes) -> dict[str, Any]:
+def _arguments(verb: str, raw: bytes) -> dict[str, Any]:
     """The verb's arguments from the JSON body, checked (400 before anything is done)."""
     if len(raw) > _MAX_BODY_BYTES:
         raise _Invalid("invalid_body", "the body is too large")
@@ -119,29 +122,9 @@ def _arguments(state: AppState, verb: str, raw: bytes) -> dict[str, Any]:
     if verb in ("hangup", "say") and not (value.strip() and len(value) <= MAX_TEXT_CHARS):
         raise _Invalid("invalid_body", f"the text must be 1 to {MAX_TEXT_CHARS} characters")
     problem = digits_problem(value) if verb == "digits" else None
-    if verb == "transfer":
-        problem = _transfer_problem(state, value)
     if problem is not None:
         raise _Invalid("invalid_parameter", problem)
     return {name: value}
-
-
-def _transfer_problem(state: AppState, target: str) -> str | None:
-    names = sorted(
-        {t.name for b in state.bots.values() if b.verbs.transfer for t in b.verbs.transfer.targets}
-    )
-    if not names:
-        return "no bot has transfer targets"
-    if target not in names:
-        return f"target must be one of {', '.join(repr(n) for n in names)}"
-    return None
-
-
-def _perform(runner: CallRunner, verb: str, args: dict[str, Any]) -> str | None:
-    try:
-        return HANDLERS[verb](runner, args)
-    except VerbRefused as exc:
-        return str(exc)
 
 
 async def _send(
