@@ -12,8 +12,8 @@ import pytest
 
 from callbridge import Bot, CallConfig, CallSetup, SessionOptions, tool
 from callbridge.server.state import APP_STATE
-from callbridge.testing.fake_agent import FakeVoiceAgent
-from callbridge.testing.twilio_simulator import TwilioSimulator
+from callbridge.testing.fake_agent import FakeSession, FakeVoiceAgent
+from callbridge.testing.twilio_simulator import SimulatedCall, TwilioSimulator
 from callbridge.twilio import call_parameters
 from tests.conftest import (
     API_TOKEN,
@@ -252,6 +252,19 @@ async def test_the_global_cap_holds_across_instances(
         assert "<Connect>" in third.twiml
 
 
+async def _call_held_by(
+    server: RunningServer, sim: TwilioSimulator, fake_agent: FakeVoiceAgent
+) -> tuple[SimulatedCall, FakeSession, str]:
+    """An inbound call whose stream `sim` sends to `server`, with its agent session ready."""
+    call = await sim.place_inbound_call()
+    session = await fake_agent.wait_for_session()
+    await session.wait_sent("session.ready")
+    assert call.stream_url is not None
+    call_id = call.stream_url.rsplit("/", 1)[1]
+    assert call_id in server.app[APP_STATE].registry.live
+    return call, session, call_id
+
+
 async def test_twilios_callbacks_reach_the_instance_that_holds_the_call(
     start_server: ServerFactory, fake_agent: FakeVoiceAgent, redis_server: str, redis_prefix: str
 ) -> None:
@@ -260,12 +273,7 @@ async def test_twilios_callbacks_reach_the_instance_that_holds_the_call(
     async with TwilioSimulator(
         a.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL, stream_server_url=b.url
     ) as sim:
-        call = await sim.place_inbound_call()
-        session = await fake_agent.wait_for_session()
-        await session.wait_sent("session.ready")
-        assert call.stream_url is not None
-        call_id = call.stream_url.rsplit("/", 1)[1]
-        assert call_id in b.app[APP_STATE].registry.live
+        call, session, call_id = await _call_held_by(b, sim, fake_agent)
         with caught() as events:
             form = {"CallSid": call.call_sid, "AnsweredBy": "fax"}
             status, _ = await sim.request(PUBLIC_URL + "/amd-status", "POST", form)
@@ -285,11 +293,7 @@ async def test_a_hang_up_sent_through_one_instance_ends_a_call_held_by_another(
     async with TwilioSimulator(
         a.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL, stream_server_url=b.url
     ) as sim:
-        call = await sim.place_inbound_call()
-        session = await fake_agent.wait_for_session()
-        await session.wait_sent("session.ready")
-        assert call.stream_url is not None
-        call_id = call.stream_url.rsplit("/", 1)[1]
+        call, session, call_id = await _call_held_by(b, sim, fake_agent)
         auth = {"Authorization": f"Bearer {API_TOKEN}"}
         async with aiohttp.ClientSession() as http:
             with caught() as events:
