@@ -8,7 +8,7 @@ import asyncio
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import pytest
 
 from callbridge.bot import Bot
 from callbridge.server.call_registry import new_call_id
+from callbridge.server.state import APP_STATE
 from callbridge.testing.fake_agent import FakeSession, FakeVoiceAgent
 from callbridge.testing.twilio_rest_fake import FakeTwilioRest
 from callbridge.testing.twilio_simulator import SimulatedCall, TwilioSimulator
@@ -140,7 +141,8 @@ async def test_an_answered_transfer_ends_the_agent_session(rig: Rig) -> None:
     assert events.fields_of("call.ended")[0]["reason"] == "transferred"
     update = rig.rest.updated[0][1]["Twiml"][0]
     assert re.search(rf"<Number[^>]*>{re.escape(PERSON)}</Number>", update)
-    record = await wait_for_record(rig, call.call_sid, lambda r: r["ended_at"] is not None)
+    record = await wait_for_record(rig, call.call_sid)
+    assert record["ended_at"] is not None
     [action] = record["actions"]
     assert (action["verb"], action["outcome"], action["target"]) == (
         "transfer",
@@ -236,22 +238,24 @@ async def test_a_verb_for_an_ended_call_is_a_clear_409_or_404(rig: Rig) -> None:
     assert (status, body["error"]) == (409, "call_ended")
 
 
-async def wait_for_record(
-    rig: Rig, call_sid: str, until: Callable[[dict[str, Any]], bool] = lambda _: True
-) -> dict[str, Any]:
-    """The call's record once it says what `until` looks for (records are committed
-    about once a second)."""
-    async with aiohttp.ClientSession() as http, asyncio.timeout(10):
-        while True:
-            async with http.get(
-                f"{rig.server.url}/api/calls/{call_sid}",
-                headers={"Authorization": f"Bearer {API_TOKEN}"},
-            ) as response:
-                if response.status == 200:
-                    body: dict[str, Any] = await response.json()
-                    if until(body):
-                        return body
-            await asyncio.sleep(0.1)  # the records' commit is not an event we can await
+async def wait_for_record(rig: Rig, call_sid: str) -> dict[str, Any]:
+    """The call's record, once the server is through with its calls and everything they
+    recorded is committed."""
+    state = rig.server.app[APP_STATE]
+    async with asyncio.timeout(10):
+        for runner in list(state.registry.live.values()):
+            await runner.done.wait()
+        await state.records.flush()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{rig.server.url}/api/calls/{call_sid}",
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
+        ) as response,
+    ):
+        assert response.status == 200
+        body: dict[str, Any] = await response.json()
+        return body
 
 
 async def metric_lines(rig: Rig, name: str) -> list[str]:
@@ -349,7 +353,8 @@ async def test_a_machine_gets_the_voicemail_message_then_the_call_ends(rig: Rig)
     assert call.end_reason == "server-closed"
     assert events.fields_of("call.ended")[0]["reason"] == "voicemail-left"
     assert events.fields_of("call.answered_by")[0]["answered_by"] == "machine_end_beep"
-    record = await wait_for_record(rig, sid, lambda r: r["ended_at"] is not None)
+    record = await wait_for_record(rig, sid)
+    assert record["ended_at"] is not None
     assert [(a["verb"], a["outcome"]) for a in record["actions"]] == [
         ("amd", "machine_end_beep"),
         ("voicemail", "left"),
@@ -364,7 +369,8 @@ async def test_a_fax_is_hung_up_on(rig: Rig) -> None:
         await call.wait_ended(timeout=10)
         await events.wait_for("call.ended")
     assert events.fields_of("call.ended")[0]["reason"] == "fax"
-    record = await wait_for_record(rig, sid, lambda r: r["ended_at"] is not None)
+    record = await wait_for_record(rig, sid)
+    assert record["ended_at"] is not None
     assert [(a["verb"], a["outcome"]) for a in record["actions"]] == [("amd", "fax")]
 
 
