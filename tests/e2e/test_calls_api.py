@@ -6,6 +6,7 @@ openapi.yaml."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from callbridge.server.state import APP_STATE
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_rest_fake import FakeTwilioRest
 from callbridge.testing.twilio_simulator import DEFAULT_ACCOUNT_SID, TwilioSimulator
+from callbridge.verbs import Voicemail
 from tests.conftest import (
     API_TOKEN,
     AUTH_TOKEN,
@@ -152,6 +154,28 @@ async def test_from_and_no_parameters(placing: Placing) -> None:
     assert call.webhook_status == 200
     assert dict(placing.info(body["call_id"]).parameters) == {}
     await call.hangup()
+
+
+async def test_voicemail_detection_asked_for_or_by_the_bots_setting(
+    placing_factory: Any,
+) -> None:
+    detecting = dataclasses.replace(default_bot, voicemail=Voicemail("Call us back.", detect=True))
+    placing: Placing = await placing_factory(bots={"sales": default_bot, "machines": detecting})
+    for index, (body, detects) in enumerate(
+        (
+            ({"to": CALLEE, "bot": "sales"}, False),
+            ({"to": CALLEE, "bot": "sales", "voicemail": True}, True),
+            ({"to": CALLEE, "bot": "machines"}, True),
+        )
+    ):
+        status, answer = await placing.post(body)
+        assert status == 201, answer
+        created = placing.rest.created[index]
+        assert ("MachineDetection" in created) is detects, body
+        if detects:
+            assert created["MachineDetection"] == ["DetectMessageEnd"]
+            assert created["AsyncAmd"] == ["true"]
+        await (await placing.rest.wait_for_call(index)).hangup()
 
 
 async def test_without_a_token_configured_the_api_is_absent(placing_factory: Any) -> None:

@@ -185,7 +185,7 @@ def call(
 
     parameters = _parameters(param)
     settings = settings_or_exit()
-    voicemail = voicemail or bot_detects_voicemail(settings)
+    voicemail = voicemail or bot_detects_voicemail(settings, bot)
     try:
         placed = place_call(
             settings,
@@ -231,14 +231,19 @@ def _parameters(given: list[str] | None) -> dict[str, str]:
     return parameters
 
 
-def bot_detects_voicemail(settings: Settings) -> bool:
-    """Whether the configured bot asks for answering-machine detection on its calls."""
-    from callbridge.bot import BotLoadError, load_bot
+def bot_detects_voicemail(settings: Settings, name: str | None) -> bool:
+    """Whether the bot that will answer (`--bot`, else CALLBRIDGE_BOT's) asks for
+    answering-machine detection on its calls."""
+    from callbridge.bot import BotLoadError
+    from callbridge.bot_routing import load_bots
 
+    spec = settings.bot_specs.get(name or "default")
+    if spec is None:
+        return False  # not a bot this machine knows; the server answers with its own
     try:
-        bot = load_bot(settings.callbridge_bot)
+        bot = load_bots({name or "default": spec})[name or "default"]
     except BotLoadError as exc:
-        fail(f"configuration error: CALLBRIDGE_BOT: {exc}", EXIT_CONFIG)
+        fail(f"configuration error: {exc}", EXIT_CONFIG)
     return bot.voicemail is not None and bot.voicemail.detect
 
 

@@ -62,6 +62,8 @@ async def place(request: web.Request) -> web.Response:
     if bot is not None and bot not in state.bots:
         known = ", ".join(sorted(state.bots))
         return _error(400, "invalid_field", f"bot: no bot named {bot!r} (known: {known})", "bot")
+    answering = state.bots[bot or "default"].voicemail
+    voicemail = voicemail or (answering is not None and answering.detect)
     try:
         # twilio's client is synchronous: a thread, so that no call waits for Twilio.
         placed = await asyncio.to_thread(
