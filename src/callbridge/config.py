@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     # seconds, this many times (0: never), then say goodbye and hang up.
     callbridge_silence_prompt_seconds: float = Field(default=10.0, gt=0, le=600)
     callbridge_silence_prompts: int = Field(default=2, ge=0, le=10)
+    # A stream that breaks without `stop`: how long the call waits for Twilio to open the
+    # next one (the `<Redirect>` after `</Connect>`), keeping its agent session (0: the
+    # call ends at once, and the TwiML has no `<Redirect>`).
+    callbridge_stream_lost_seconds: float = Field(default=10.0, ge=0, le=60)
     callbridge_max_messages_per_second: int = Field(default=200, ge=60, le=100_000)
     # Connections: how long a client may take to send a request, how long an idle
     # keep-alive connection is kept, and how many connections one address may hold

@@ -350,7 +350,7 @@ async def test_a_machine_gets_the_voicemail_message_then_the_call_ends(rig: Rig)
     # The whole message played before the line closed.
     message = str(told["instructions"])
     assert bytes(call.heard).endswith(rig.agent.reply_audio_for(message))
-    assert call.end_reason == "server-closed"
+    assert call.end_reason == "hangup-verb"  # the <Redirect> after </Connect>: <Hangup>
     assert events.fields_of("call.ended")[0]["reason"] == "voicemail-left"
     assert events.fields_of("call.answered_by")[0]["answered_by"] == "machine_end_beep"
     record = await wait_for_record(rig, sid)

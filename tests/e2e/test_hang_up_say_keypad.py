@@ -136,7 +136,7 @@ async def test_end_call_hangs_up_only_once_the_goodbye_has_played(
     # The goodbye was generated in full long before it played: the line is still open.
     assert not call.ended.is_set()
     await call.wait_ended(timeout=15)
-    assert call.end_reason == "server-closed"
+    assert call.end_reason == "hangup-verb"  # the <Redirect> after </Connect>: <Hangup>
     assert call.unplayed_at_stream_end == 0  # the caller heard all of it
     assert bytes(call.heard).endswith(fast_agent.reply_audio_for(GOODBYE))
     await session.ended.wait()

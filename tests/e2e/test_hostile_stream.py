@@ -16,7 +16,7 @@ from callbridge.bot import bot
 from callbridge.testing.audio import FRAME_BYTES
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import TwilioSimulator
-from tests.conftest import BOTH_AUDIO_PATHS, BOTH_STREAM_SERVERS, RunningServer
+from tests.conftest import BOTH_AUDIO_PATHS, BOTH_STREAM_SERVERS, RunningServer, ServerFactory
 from tests.e2e.test_call_records import fetch_record
 from tests.helpers.log_events import caught
 from tests.helpers.raw_twilio import (
@@ -86,8 +86,12 @@ async def test_malformed_frames_are_logged_and_the_call_goes_on(
 
 
 async def test_socket_closed_without_stop_ends_the_agent_session(
-    server: RunningServer, fake_agent: FakeVoiceAgent
+    start_server: ServerFactory, fake_agent: FakeVoiceAgent
 ) -> None:
+    # Twilio's next stream is waited for this long (the TwiML's <Redirect>); none comes.
+    server = await start_server(
+        assemblyai_agent_url=fake_agent.url, callbridge_stream_lost_seconds=0.5
+    )
     async with raw_stream(server) as ws:
         await ws.send_str(start_frame(ws.token))  # type: ignore[attr-defined]
         session = await fake_agent.wait_for_session()

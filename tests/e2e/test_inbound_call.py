@@ -242,7 +242,7 @@ async def test_agent_ending_the_session_hangs_up(
     await session.wait_sent("reply.done")
     await session.end()
     await call.wait_ended()
-    assert call.end_reason == "server-closed"
+    assert call.end_reason == "hangup-verb"  # the <Redirect> after </Connect>: <Hangup>
 
 
 async def test_fatal_upstream_error_apologises_and_hangs_up(
@@ -259,7 +259,7 @@ async def test_fatal_upstream_error_apologises_and_hangs_up(
         # Never retried: the key was revoked, say.
         await session.send_error("unauthorized", "Authentication failed", close_code=1008)
         await call.wait_ended(timeout=10)
-        assert call.end_reason == "server-closed"
+        assert call.end_reason == "hangup-verb"  # the <Redirect> after </Connect>: <Hangup>
         assert bytes(call.heard).endswith(apology)
         assert call.marks and call.marks[-1][1] is True  # hung up after it was played
         assert call.warnings == []
@@ -292,7 +292,7 @@ async def test_unreachable_agent_apologises(start_server: ServerFactory) -> None
         call = await sim.place_inbound_call()
         await call.wait_ended(timeout=10)
         assert len(call.heard) > 8000
-        assert call.end_reason == "server-closed"
+        assert call.end_reason == "hangup-verb"  # the <Redirect> after </Connect>: <Hangup>
 
 
 async def test_two_calls_stay_independent(

@@ -32,6 +32,7 @@ from tests.helpers.raw_twilio import (
     CALL_SID,
     announce,
     connect_stream,
+    hang_up,
     media_frame,
     open_live_stream,
     sign,
@@ -147,7 +148,7 @@ async def test_replayed_token_and_second_stream_are_refused(
             await connect_stream(http, server, call, signature="")
         assert refused.value.status == 409
         runner = server.app[APP_STATE].registry.live[call.stream_path.rsplit("/", 1)[1]]
-        await first.close()
+        await hang_up(first)
         await session.wait_for("session.end")
         await asyncio.wait_for(runner.done.wait(), 10)  # the server is done with the call
         # Afterwards the token has been used: presenting it again gets nowhere.
@@ -161,7 +162,7 @@ async def test_a_replayed_signed_upgrade_is_refused(
 ) -> None:
     async with twilio_session() as http:
         first, call, session = await open_live_stream(http, server, fake_agent)
-        await first.close()
+        await hang_up(first)
         await session.wait_for("session.end")
         await assert_stream_refused(http, server, call)
     assert fake_agent.connections == 1

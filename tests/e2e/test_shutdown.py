@@ -75,7 +75,7 @@ async def test_sigterm_drains_then_says_goodbye_on_every_call(
             await session.wait_for("session.end", timeout=40)
         for call in calls:
             await call.wait_ended(timeout=10)
-            assert call.end_reason == "server-closed"
+            assert call.end_reason == "hangup-verb"  # the <Redirect> after </Connect>: <Hangup>
         assert await asyncio.wait_for(proc.wait(), 20) == 0
 
 

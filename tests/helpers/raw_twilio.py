@@ -117,3 +117,21 @@ def media_frame(payload: str, seq: int = 2, stream_sid: str = STREAM_SID) -> str
             "media": {"track": "inbound", "chunk": "1", "timestamp": "20", "payload": payload},
         }
     )
+
+
+def stop_frame(seq: int = 3, stream_sid: str = STREAM_SID, call_sid: str = CALL_SID) -> str:
+    return json.dumps(
+        {
+            "event": "stop",
+            "sequenceNumber": str(seq),
+            "streamSid": stream_sid,
+            "stop": {"accountSid": "AC" + "0" * 32, "callSid": call_sid},
+        }
+    )
+
+
+async def hang_up(ws: aiohttp.ClientWebSocketResponse, seq: int = 3) -> None:
+    """The caller hangs up: `stop`, then the socket closes (a close without `stop` is a
+    broken stream, which the call waits out for Twilio's next one)."""
+    await ws.send_str(stop_frame(seq))
+    await ws.close()

@@ -28,6 +28,7 @@ from tests.helpers.raw_twilio import (
     CALL_SID,
     announce,
     connect_stream,
+    hang_up,
     sign,
     start_frame,
     twilio_session,
@@ -246,7 +247,7 @@ async def test_the_global_cap_holds_across_instances(
             ws = await connect_stream(http, b, first)
             await ws.send_str(start_frame(first.token, call_sid="CA" + "1" * 32))
             await fake_agent.wait_for_session()
-            await ws.close()
+            await hang_up(ws)
             await events.wait_for("shared_state.call_released")
         third = await announce(http, a, call_sid="CA" + "4" * 32)
         assert "<Connect>" in third.twiml
@@ -283,7 +284,7 @@ async def test_twilios_callbacks_reach_the_instance_that_holds_the_call(
         assert (forwarded["call_id"], forwarded["instance_id"]) == (call_id, "b")
         await call.wait_ended(timeout=10)  # b hung up on the fax
         await session.wait_for("session.end")
-    assert call.end_reason == "server-closed"
+    assert call.end_reason == "hangup-verb"  # a answered the <Redirect> after </Connect>
 
 
 async def test_a_hang_up_sent_through_one_instance_ends_a_call_held_by_another(

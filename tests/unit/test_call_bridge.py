@@ -355,7 +355,7 @@ def test_caller_stop_ends_session_then_finishes_when_both_closed() -> None:
 
 
 def test_session_end_timer_closes_a_silent_agent() -> None:
-    bridge = live_bridge()
+    bridge = live_bridge(stream_lost_seconds=0)  # a broken stream ends the call at once
     bridge.handle(TwilioClosed())
     assert bridge.end_reason is EndReason.TWILIO_DISCONNECTED
     assert any(isinstance(a, CloseAgent) for a in bridge.handle(TimerFired(Timer.SESSION_END)))
@@ -539,7 +539,7 @@ def test_polite_shutdown_asks_for_a_goodbye() -> None:
 
 
 def test_caller_gone_while_connecting_closes_agent_when_it_opens() -> None:
-    bridge = new_bridge()
+    bridge = new_bridge(stream_lost_seconds=0)
     bridge.handle(start_frame())
     bridge.handle(TwilioClosed())
     actions = bridge.handle(AgentOpened())

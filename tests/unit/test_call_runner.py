@@ -45,6 +45,8 @@ class _TwilioSocket:
     def closed(self) -> bool:
         return self._closed.is_set()
 
+    ended_here = False
+
     def send(self, frame: bytes) -> None:
         pass
 

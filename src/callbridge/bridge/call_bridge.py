@@ -72,11 +72,12 @@ from callbridge.bridge.inputs import (
     TimerFired,
     ToolFinished,
     TwilioClosed,
+    TwilioStreamEnded,
     UpdateSession,
 )
 from callbridge.bridge.keypad import KeypadInput
 from callbridge.bridge.playout_ledger import PlayoutLedger
-from callbridge.bridge.reattach import REATTACH_SECONDS, StreamHandover
+from callbridge.bridge.reattach import REATTACH_SECONDS, STREAM_LOST, StreamHandover
 from callbridge.bridge.reconnect import Reconnect, fresh_config
 from callbridge.bridge.record_entries import RecordEntries
 from callbridge.bridge.session_changes import SessionChanges, merged
@@ -238,6 +239,7 @@ class CallBridge:
         hang_up_wait_seconds: float = 15.0,
         keypad: KeypadRules | None = None,
         silence: SilenceRules | None = None,
+        stream_lost_seconds: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -289,6 +291,10 @@ class CallBridge:
         self._verbs = VerbState(verbs or CallVerbs())
         self._verb_tools = self._verbs.config.tool_definitions()  # kept beside new tools
         self._handover = StreamHandover()
+        # How long a call whose stream broke waits for Twilio's next one (0: it ends).
+        self._stream_lost_seconds = stream_lost_seconds
+        self._stream_lost_at: float | None = None  # wall clock: when the stream broke
+        self._stop_received = False  # Twilio sent `stop` on the current stream
 
         self._media_dropped = 0  # media frames not relayed (frames_from_twilio is derived)
         self.frames_to_agent = 0
@@ -307,6 +313,7 @@ class CallBridge:
             twilio.Stop: self._on_stop,
             twilio.InvalidFrame: self._on_invalid_frame,
             TwilioClosed: self._on_twilio_closed,
+            TwilioStreamEnded: self._on_twilio_stream_ended,
             TwilioProtocolError: self._on_twilio_protocol_error,
             AgentOpened: self._on_agent_opened,
             AgentOpenFailed: self._on_agent_open_failed,
@@ -565,6 +572,7 @@ class CallBridge:
         return [log, *self._silence.caller_spoke(), *self._keypad.pressed(msg.dtmf.digit)]
 
     def _on_stop(self, _: twilio.Stop) -> list[Action]:
+        self._stop_received = True
         if self.end_reason is None and self._handover.expected is not None:
             return self._stream_handed_over()
         return [Log.info("stream.stopped"), *self._end(EndReason.STREAM_STOPPED)]
@@ -577,13 +585,43 @@ class CallBridge:
             ]
         return []
 
-    def _on_twilio_closed(self, _: TwilioClosed) -> list[Action]:
+    def _on_twilio_closed(self, msg: TwilioClosed) -> list[Action]:
         self._twilio_open = False
         if self.end_reason is None and self._handover.expected is not None:
             return [] if self._handover.waiting else self._stream_handed_over()
         if self.end_reason is None:
-            return self._end(EndReason.TWILIO_DISCONNECTED)
+            lost = [] if msg.ended_here else self._stream_lost()
+            return lost or self._end(EndReason.TWILIO_DISCONNECTED)
         return self._finish_if_closed()
+
+    def _on_twilio_stream_ended(self, _: TwilioStreamEnded) -> list[Action]:
+        """Twilio ran the TwiML after `<Connect>`: the stream is over, whether or not the
+        socket has closed on our side yet (a half-open connection)."""
+        if self.end_reason is not None or self._handover.expected is not None:
+            return []  # ending already, or a redirect of ours: its own `stop` handles it
+        lost = self._stream_lost()
+        if not lost:
+            return self._end(EndReason.TWILIO_DISCONNECTED, "Twilio ended the stream")
+        self._twilio_open = False
+        return [*lost, HangUp()]  # whatever is left of the old socket
+
+    def _stream_lost(self) -> list[Action]:
+        """The stream broke without `stop`: wait for Twilio's next one (the `<Redirect>`
+        after `</Connect>`). Nothing (the call ends) when waiting is off, before the
+        stream started, or while the call is already saying goodbye."""
+        if (
+            not self._stream_lost_seconds
+            or self.state in (State.AWAITING_START, State.APOLOGIZING)
+            or self._hang_up_request.requested
+            or self._length.wrapping_up
+        ):
+            return []
+        self._stream_lost_at = self._records.now()
+        self._handover.expect(STREAM_LOST)
+        return [
+            Log.warning("stream.lost", stream_sid=self.stream_sid),
+            *self._stream_handed_over(),
+        ]
 
     def _on_twilio_protocol_error(self, msg: TwilioProtocolError) -> list[Action]:
         actions: list[Action] = [Log.error("twilio.protocol_error", reason=msg.reason)]
@@ -630,6 +668,9 @@ class CallBridge:
     def _on_agent_closed(self, msg: AgentClosed) -> list[Action]:
         was_open = self._agent == "open"
         self._agent = "closed"
+        if self.end_reason is None and not was_open and self._handover.waiting:
+            # Neither side is there: nothing would ever finish the call.
+            return self._end(EndReason.AGENT_DROPPED, "the agent's socket closed between streams")
         if self.end_reason is not None or not was_open:
             return self._finish_if_closed()
         detail = f"closed with code {msg.code}" if msg.code is not None else "connection lost"
@@ -1133,7 +1174,7 @@ class CallBridge:
         )
 
     def _silence_waited(self, _: TimerFired) -> list[Action]:
-        if self.state is not State.LIVE or self.end_reason is not None:
+        if self.state is not State.LIVE or self.end_reason is not None or self._handover.waiting:
             return self._silence.disarm()  # it waits again once a reply has played
         actions, hang_up = self._silence.waited()
         if hang_up:
@@ -1248,9 +1289,18 @@ class CallBridge:
             wait = self._verbs.config.transfer.ring_seconds + DIAL_SLACK_SECONDS
         elif phase is Phase.SENDING_DIGITS:
             wait = DIGITS_WAIT_SECONDS
+        elif self._handover.expected == STREAM_LOST:
+            wait = self._stream_lost_seconds
         return self._handover.stream_ended(wait) or []
 
+    @property
+    def twilio_runs_next_verb(self) -> bool:
+        """Whether Twilio runs the TwiML after the last stream's `</Connect>`: it started
+        and ended without `stop` (closed by us, or broken)."""
+        return self._handover.streams > 0 and not self._stop_received
+
     def _reattached(self, msg: twilio.Start) -> list[Action]:
+        self._stop_received = False
         info = msg.start
         self.stream_sid = info.stream_sid or msg.stream_sid
         self._twilio_open = True
@@ -1267,6 +1317,8 @@ class CallBridge:
         ]
         if why == "digits":
             return actions + self._digits_done(None)
+        if why == STREAM_LOST:
+            return [*actions, self._stream_lost_record("reattached")]
         if why == "transfer-failed" and self._verbs.target is not None:
             self._verbs.finish()
             why_failed = DIAL_FAILURES.get(self._verbs.transfer_outcome or "", "no answer")
@@ -1280,6 +1332,8 @@ class CallBridge:
             return []
         dialing = self._verbs.phase in (Phase.REDIRECTING, Phase.DIALING)
         outcome = [self._transfer_record("canceled")] if dialing else []
+        if self._handover.expected == STREAM_LOST:
+            outcome = [self._stream_lost_record("call-ended")]
         return [*outcome, *self._end(EndReason.STREAM_STOPPED, "the call ended between streams")]
 
     def _no_stream_in_time(self, _: TimerFired) -> list[Action]:
@@ -1287,7 +1341,16 @@ class CallBridge:
             return []
         if self._verbs.phase is Phase.SENDING_DIGITS:
             self._verbs.finish()
+        if self._handover.expected == STREAM_LOST:
+            return [
+                self._stream_lost_record("not-back"),
+                *self._end(EndReason.TWILIO_DISCONNECTED, "the stream broke; no new one came"),
+            ]
         return self._end(EndReason.NO_NEW_STREAM, "no new stream for the call in time")
+
+    def _stream_lost_record(self, outcome: str) -> Record:
+        """How a stream that broke came out: reattached, not-back, call-ended."""
+        return self._records.action(STREAM_LOST, outcome, started_at=self._stream_lost_at)
 
     # --- verbs on the call: transfer, digits, voicemail (`call_verbs`) ------------------
 

@@ -31,7 +31,15 @@ class AgentClosed(msgspec.Struct, frozen=True):
 
 
 class TwilioClosed(msgspec.Struct, frozen=True):
-    """The Twilio socket is gone (closed by Twilio, by us, or broken)."""
+    """The Twilio socket is gone (closed by Twilio, by us, or broken). `ended_here`: we
+    ended it (a refused frame, a flood), so it did not break."""
+
+    ended_here: bool = False
+
+
+class TwilioStreamEnded(msgspec.Struct, frozen=True):
+    """Twilio says the call's stream is over: it ran the TwiML after `<Connect>` (our
+    `stream-ended` webhook), whether or not our side of the socket has noticed yet."""
 
 
 class ToolFinished(msgspec.Struct, frozen=True):

@@ -6,6 +6,11 @@ may open a new stream for the same call (a failed dial, the digits played). So a
 that ends while a redirect of ours is under way does not end the call: the bridge keeps
 the agent session and waits a bounded time for the next stream. Any other `stop` (the
 caller hung up) ends the call as before.
+
+A stream can also break without `stop` (a network blip between Twilio and us). Twilio then
+runs the TwiML after `</Connect>`: callbridge puts a `<Redirect>` there to its
+`stream-ended` webhook, which answers with a new `<Connect><Stream>` while the bridge waits
+(`STREAM_LOST`), so the caller keeps the same conversation.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from callbridge.bridge.timers import Timer
 # How long to wait for Twilio to open the next stream once it has the TwiML that opens
 # it (a dial that failed, the digits played): the webhook round trip and a handshake.
 REATTACH_SECONDS = 20.0
+# Why a stream ended that broke without `stop`: the call waits for Twilio's next stream.
+STREAM_LOST = "stream-lost"
 
 
 class StreamHandover:

@@ -132,7 +132,9 @@ class CallAction(msgspec.Struct, frozen=True):
     """What a verb acting on the call came to: a transfer (its outcome: answered, busy,
     no-answer, failed, canceled, not-started; `target` its name, `started_at` when the
     agent began to announce it), keypad tones sent (sent, failed), answering-machine
-    detection (`verb` "amd", the verdict as outcome), a voicemail message left."""
+    detection (`verb` "amd", the verdict as outcome), a voicemail message left, a stream
+    that broke without `stop` ("stream-lost": reattached, not-back, call-ended; `started_at`
+    when it broke)."""
 
     call_id: str
     seq: int

@@ -37,6 +37,13 @@ def transfer_answered_path(call_id: str) -> str:
     return f"/calls/{call_id}/transfer-answered"
 
 
+def stream_ended_path(call_id: str, nonce: str | None = None) -> str:
+    """The `<Redirect>` after a call's `</Connect>`. A segment of its own each time (as for
+    stream URLs): Twilio's request to it carries the same parameters every time, and a
+    repeated signature is refused as a replay."""
+    return f"/calls/{call_id}/stream-ended/{secrets.token_hex(8) if nonce is None else nonce}"
+
+
 AMD_STATUS_PATH = "/amd-status"
 
 
@@ -51,7 +58,7 @@ class CallControl:
         url = self._stream_url(runner)
         if parameters is None or url is None:
             return None
-        return call_twiml.stream_twiml(url, parameters)
+        return call_twiml.stream_twiml(url, parameters, self._ended_url(runner))
 
     async def redirect(self, runner: CallRunner, action: RedirectCall) -> str | None:
         """Replace the call's TwiML; None if Twilio took it, else why not (one line)."""
@@ -68,7 +75,7 @@ class CallControl:
             url = self._stream_url(runner)
             if parameters is None or url is None:
                 return "the call is not known here"
-            twiml = call_twiml.digits_twiml(action.digits, url, parameters)
+            twiml = call_twiml.digits_twiml(action.digits, url, parameters, self._ended_url(runner))
         return await asyncio.to_thread(self._update, call_sid, twiml)
 
     def _dial(self, runner: CallRunner, to: str, public: str) -> str:
@@ -99,6 +106,13 @@ class CallControl:
         except OSError as exc:
             return f"could not reach Twilio: {exc}"
         return None
+
+    def _ended_url(self, runner: CallRunner) -> str | None:
+        """Where Twilio goes if the new stream breaks (None: calls end with their stream)."""
+        public = self._state.settings.public_url
+        if public is None or not self._state.settings.callbridge_stream_lost_seconds:
+            return None
+        return public.rstrip("/") + stream_ended_path(runner.call_id)
 
     def _stream_url(self, runner: CallRunner) -> str | None:
         public = self._state.settings.public_url

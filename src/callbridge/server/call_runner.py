@@ -47,6 +47,7 @@ from callbridge.bridge.inputs import (
     TimerFired,
     ToolFinished,
     TwilioClosed,
+    TwilioStreamEnded,
 )
 from callbridge.bridge.playout_ledger import FAST_PATH_MARKS
 from callbridge.bridge.verb_events import DigitsRequested, RedirectFinished, TransferRequested
@@ -233,6 +234,12 @@ class CallRunner:
             return None
         return self._streams.offer(sock)
 
+    def stream_ended(self) -> None:
+        """Twilio ran the TwiML after this call's `<Connect>`: its stream is over (a blip,
+        if nothing of ours ended it). See `accepts_stream` for whether the call waits."""
+        if self._tg is not None and not (self._finished.is_set() or self.done.is_set()):
+            self._feed(TwilioStreamEnded())
+
     def request_verb(self, verb: str, argument: str) -> str | None:
         """Transfer ("transfer", a target's name) or send keypad tones ("digits"), from
         outside the agent (the API, the command line). None if under way, else why not."""
@@ -308,15 +315,17 @@ class CallRunner:
     async def _read_twilio(self) -> None:
         twilio_socket = self._twilio
         code = CloseCode.POLICY_VIOLATION  # we stopped reading: a refused stream
+        ended_here = True
         try:
             await twilio_socket.serve(self._on_twilio_text, self._feed)
+            ended_here = twilio_socket.ended_here
         except asyncio.CancelledError:
             code = CloseCode.INTERNAL_ERROR  # another task of the call failed
             raise
         finally:
             if not twilio_socket.closed:
                 await twilio_socket.close(code)
-            self._feed(TwilioClosed())
+            self._feed(TwilioClosed(ended_here))
 
     def _on_twilio_text(self, data: bytes | str | memoryview) -> bool:
         """One text frame from Twilio; False ends the stream."""

@@ -18,6 +18,8 @@ from callbridge import fast_path
 from callbridge.bridge.inputs import ServerShutdown
 from callbridge.config import Settings
 from callbridge.logs import EventLogger
+from callbridge.server.call_runner import CallRunner
+from callbridge.server.last_requests import LAST_REQUEST_WAIT_SECONDS
 from callbridge.server.shared_port import main_port_site
 from callbridge.server.state import APP_STATE, AppState
 
@@ -92,7 +94,9 @@ async def drain(
     state: AppState, drain_seconds: float, now: asyncio.Event, log: EventLogger
 ) -> None:
     state.shutting_down = True
-    log.info("server.draining", live_calls=len(state.registry.live), drain_seconds=drain_seconds)
+    state.last_requests.watching = True
+    runners = list(state.registry.live.values())
+    log.info("server.draining", live_calls=len(runners), drain_seconds=drain_seconds)
     if not await _wait_for_calls(state, drain_seconds, now):
         log.info("server.ending_calls", live_calls=len(state.registry.live), polite=True)
         _end_calls(state, polite=True)
@@ -100,6 +104,22 @@ async def drain(
             log.warning("server.ending_calls", live_calls=len(state.registry.live), polite=False)
             _end_calls(state, polite=False)
             await _wait_for_calls(state, _FORCED_WAIT_SECONDS, asyncio.Event())
+    await _wait_for_last_requests(state, runners, log)
+
+
+async def _wait_for_last_requests(
+    state: AppState, runners: list[CallRunner], log: EventLogger
+) -> None:
+    """Twilio asks once more for each call whose stream we closed (`last_requests`). With
+    several instances the port is closed already and the others answer it."""
+    if state.shared.distributed or not state.settings.callbridge_stream_lost_seconds:
+        return
+    due = {r.call_id for r in runners if r.done.is_set() and r.bridge.twilio_runs_next_verb}
+    if not due:
+        return
+    missing = await state.last_requests.wait_for(due, LAST_REQUEST_WAIT_SECONDS)
+    if missing:
+        log.info("server.last_requests_missing", calls=len(missing))
 
 
 async def end_calls_now(state: AppState) -> None:

@@ -135,9 +135,10 @@ class CallMetrics:
         )
         self.call_actions = Counter(
             "callbridge_call_actions",
-            "Verbs acting on calls, by verb (transfer, digits, amd, voicemail) and outcome "
-            "(a transfer: answered, busy, no-answer, failed, canceled, not-started; keypad "
-            "tones: sent, failed; amd: Twilio's verdict; voicemail: left).",
+            "Verbs acting on calls, by verb (transfer, digits, amd, voicemail, stream-lost) and "
+            "outcome (a transfer: answered, busy, no-answer, failed, canceled, not-started; "
+            "keypad tones: sent, failed; amd: Twilio's verdict; voicemail: left; a stream that "
+            "broke: reattached, not-back, call-ended).",
             ["verb", "outcome"],
             registry=r,
         )

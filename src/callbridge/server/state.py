@@ -14,6 +14,7 @@ from callbridge.logs import EventLogger
 from callbridge.records.entries import RecordEntry
 from callbridge.records.store import CallStore
 from callbridge.server.call_registry import CallRegistry
+from callbridge.server.last_requests import LastRequests
 from callbridge.server.log_throttle import LogThrottle
 from callbridge.server.shared_state import LocalState, SharedState
 from callbridge.twilio.signatures import TwilioAuthenticator
@@ -33,6 +34,8 @@ class AppState:
     refusals: LogThrottle = field(default_factory=LogThrottle)
     http: aiohttp.ClientSession | None = None
     shutting_down: bool = False
+    # Twilio's `stream-ended` requests, awaited by a stopping server (`last_requests`).
+    last_requests: LastRequests = field(default_factory=LastRequests)
     warned_public_url: bool = False
     picows_streams: bool = False  # the main port hands stream sockets to picows
     warned_stream_on_aiohttp: bool = False

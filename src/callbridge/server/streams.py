@@ -145,6 +145,7 @@ def start_call(
         or SilenceRules(
             settings.callbridge_silence_prompt_seconds, settings.callbridge_silence_prompts
         ),
+        stream_lost_seconds=settings.callbridge_stream_lost_seconds,
     )
     runner = CallRunner(
         call_id=call_id,

@@ -1,6 +1,6 @@
 """Twilio's callbacks about the verbs acting on a call, each signed like every webhook:
-the transfer's dial (the person answered; the dial is over) and the answering-machine
-detection's verdict.
+the transfer's dial (the person answered; the dial is over), the answering-machine
+detection's verdict, and a stream that ended without the call ending (a blip).
 
 With several instances (`REDIS_URL`) a callback may reach one that does not hold the call:
 the event is then sent to the holder through the shared state (`server/control.py`)."""
@@ -14,6 +14,7 @@ from callbridge.server.call_control import (
     AMD_STATUS_PATH,
     CallControl,
     dial_ended_path,
+    stream_ended_path,
     transfer_answered_path,
 )
 from callbridge.server.shared_state import Command
@@ -29,6 +30,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(dial_ended_path("{call_id}"), dial_ended)
     app.router.add_post(transfer_answered_path("{call_id}"), transfer_answered)
     app.router.add_post(AMD_STATUS_PATH, amd_status)
+    app.router.add_post(stream_ended_path("{call_id}", "{nonce}"), stream_ended)
 
 
 def _twiml(text: str) -> web.Response:
@@ -55,6 +57,30 @@ async def dial_ended(request: web.Request) -> web.Response:
         if twiml is not None:
             return _twiml(twiml)
     return _twiml(call_twiml.hangup_twiml())
+
+
+async def stream_ended(request: web.Request) -> web.Response:
+    """The `<Redirect>` after a call's `</Connect>`: Twilio runs it when the stream's socket
+    closed and the call goes on. Our own hang-up closes it too (then `<Hangup>`); a socket
+    that broke (`bridge/reattach.py`) gets a new stream that re-attaches to the call."""
+    state = request.app[APP_STATE]
+    form = await signed_form(request)
+    call_sid = text_field(request, form, "CallSid")
+    call_id = request.match_info["call_id"]
+    runner = state.registry.live.get(call_id)
+    outcome = "hangup"
+    twiml = call_twiml.hangup_twiml()
+    if runner is not None and call_sid not in (None, runner.bridge.call_sid):
+        outcome = "wrong-call"  # signed, so ours: but never join another call's bridge
+    elif runner is not None:
+        runner.stream_ended()
+        if runner.accepts_stream:
+            reattach = CallControl(state).reattach_twiml(runner)
+            if reattach is not None:
+                outcome, twiml = "reattach", reattach
+    state.log.info("stream.ended_callback", call_id=call_id, call_sid=call_sid, outcome=outcome)
+    state.last_requests.arrived(call_id)
+    return _twiml(twiml)
 
 
 async def transfer_answered(request: web.Request) -> web.Response:

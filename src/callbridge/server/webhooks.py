@@ -10,15 +10,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 from multidict import MultiDictProxy
-from twilio.twiml.voice_response import Connect, VoiceResponse
+from twilio.twiml.voice_response import VoiceResponse
 
 from callbridge.bridge.verb_events import CallCompleted
 from callbridge.records.entries import CallStatusChanged
 from callbridge.server.bot_setup import set_up_call
+from callbridge.server.call_control import stream_ended_path
 from callbridge.server.call_registry import CallInfo, new_call_id
 from callbridge.server.log_throttle import refused
 from callbridge.server.placed_calls import placed_call
 from callbridge.server.state import APP_STATE, AppState
+from callbridge.twilio import call_twiml
 from callbridge.twilio.signatures import SignatureError, new_stream_token
 
 # Spoken by Twilio when we cannot bridge a call at all (no agent configured).
@@ -159,6 +161,7 @@ async def _answer_call(
         )
         return _say_and_hang_up(BUSY_TEXT)
 
+    token = new_stream_token()
     info = CallInfo(
         call_id=call_id or new_call_id(),
         direction=direction,
@@ -166,7 +169,7 @@ async def _answer_call(
         from_number=from_number,
         to_number=to_number,
         parameters=dict(parameters or {}),  # a dict: records encode it
-        stream_token=new_stream_token(),
+        stream_token=token,
     )
     refusal = await state.shared.announce(info, state.settings.max_calls_global)
     if refusal is not None:
@@ -183,18 +186,16 @@ async def _answer_call(
         info.stream_token = None
         return web.Response(text=str(decision.twiml), content_type=_TWIML)
     stream_url = f"{_public_ws_base(request, state)}/{stream_path}/{info.call_id}"
-    response = VoiceResponse()
-    connect = Connect()
-    # No query string on the stream URL: Twilio drops it. Data rides in <Parameter>s.
-    stream = connect.stream(url=stream_url)
     # The second lock on the stream: single use, bound to this call and its CallSid.
-    stream.parameter(name="token", value=info.stream_token)
-    stream.parameter(name="direction", value=direction)
+    stream_parameters = {"token": token, "direction": direction}
     if info.from_number:
-        stream.parameter(name="from", value=info.from_number[:100])
+        stream_parameters["from"] = info.from_number[:100]
     if info.to_number:
-        stream.parameter(name="to", value=info.to_number[:100])
-    response.append(connect)
+        stream_parameters["to"] = info.to_number[:100]
+    ended_url = None
+    if state.settings.callbridge_stream_lost_seconds:
+        ended_url = _public_http_base(request, state) + stream_ended_path(info.call_id)
+    twiml = call_twiml.stream_twiml(stream_url, stream_parameters, ended_url)
     log.info(
         "call.announced",
         from_number=info.from_number,
@@ -203,7 +204,7 @@ async def _answer_call(
         setup=decision.outcome,
         parameters=sorted(info.parameters),  # names only: values may be personal
     )
-    return web.Response(text=str(response), content_type=_TWIML)
+    return web.Response(text=twiml, content_type=_TWIML)
 
 
 async def call_status(request: web.Request) -> web.Response:
@@ -314,6 +315,12 @@ def _bad_request(request: web.Request, reason: str) -> web.HTTPBadRequest:
         path=request.path,
     )
     return web.HTTPBadRequest(text=f"bad request: {reason}\n")
+
+
+def _public_http_base(request: web.Request, state: AppState) -> str:
+    """https:// base for the call's own webhooks, from PUBLIC_URL (or the Host called)."""
+    public = state.settings.public_url
+    return public.rstrip("/") if public is not None else f"https://{request.host}"
 
 
 def _public_ws_base(request: web.Request, state: AppState) -> str:

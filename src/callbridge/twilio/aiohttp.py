@@ -28,11 +28,16 @@ class AiohttpTwilioSocket(AiohttpSocket[web.WebSocketResponse]):
         super().__init__(ws, transport)
         self._fail_code: int | None = None
         self._controls = ControlFrames(max_messages_per_second)
+        self._ended_here = False
 
     def fail(self, code: int) -> None:
         # on_text returns False next, and serve() returns: the runner's close says `code`.
         if self._fail_code is None:
             self._fail_code = code
+
+    @property
+    def ended_here(self) -> bool:
+        return self._ended_here or self._fail_code is not None or bool(self._gave_up)
 
     def _why_stalled(self, unsent: int) -> str:
         return stalled(unsent)
@@ -45,12 +50,14 @@ class AiohttpTwilioSocket(AiohttpSocket[web.WebSocketResponse]):
             kind = msg.type
             if kind is _AIOHTTP_TEXT:
                 if not on_text(msg.data):
+                    self._ended_here = True
                     break
             elif kind in _AIOHTTP_ENDS:
                 break
             elif kind is aiohttp.WSMsgType.PING or kind is aiohttp.WSMsgType.PONG:
                 flood = self._controls.over_limit()
                 if flood is not None:
+                    self._ended_here = True
                     on_event(flood)
                     await self.close(aiohttp.WSCloseCode.POLICY_VIOLATION)
                     break
@@ -59,6 +66,7 @@ class AiohttpTwilioSocket(AiohttpSocket[web.WebSocketResponse]):
             elif kind is aiohttp.WSMsgType.BINARY:
                 on_event(twilio.InvalidFrame("binary frame"))
             elif kind is aiohttp.WSMsgType.ERROR:
+                self._ended_here = True  # aiohttp refused what it read (too big, malformed)
                 on_event(TwilioProtocolError(describe_error(msg)))
         if self._gave_up:
             on_event(TwilioProtocolError(self._gave_up))

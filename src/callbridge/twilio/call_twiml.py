@@ -11,26 +11,35 @@ from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
 RECORD_FROM_ANSWER = "record-from-answer-dual"
 
 
-def _with_stream(response: VoiceResponse, url: str, parameters: Mapping[str, str]) -> str:
+def _with_stream(
+    response: VoiceResponse, url: str, parameters: Mapping[str, str], ended_url: str | None
+) -> str:
     connect = Connect()
     # No query string on the stream URL: Twilio drops it. Data rides in <Parameter>s.
     stream = connect.stream(url=url)
     for name, value in parameters.items():
         stream.parameter(name=name, value=value)
     response.append(connect)
+    if ended_url is not None:
+        # Run only when the socket closes without the call ending or being redirected
+        # (a blip, or our own hang-up): we answer with a new stream or <Hangup>.
+        response.redirect(ended_url, method="POST")
     return str(response)
 
 
-def stream_twiml(url: str, parameters: Mapping[str, str]) -> str:
-    """`<Connect><Stream>`: a new stream for the call (it re-attaches to its agent)."""
-    return _with_stream(VoiceResponse(), url, parameters)
+def stream_twiml(url: str, parameters: Mapping[str, str], ended_url: str | None = None) -> str:
+    """`<Connect><Stream>`: a stream for the call (a later one re-attaches to its agent),
+    then a `<Redirect>` to `ended_url` if given."""
+    return _with_stream(VoiceResponse(), url, parameters, ended_url)
 
 
-def digits_twiml(digits: str, url: str, parameters: Mapping[str, str]) -> str:
+def digits_twiml(
+    digits: str, url: str, parameters: Mapping[str, str], ended_url: str | None = None
+) -> str:
     """Play keypad tones on the call, then open a new stream for it."""
     response = VoiceResponse()
     response.play(digits=digits)
-    return _with_stream(response, url, parameters)
+    return _with_stream(response, url, parameters, ended_url)
 
 
 def dial_twiml(

@@ -38,6 +38,7 @@ class PicowsTwilioSocket(PicowsSocket, fast_path.TwilioAudioSocket):
         "_on_event",
         "_on_text",
         "_paused",
+        "_peer_closed",
         "_transport",
         "send",
     )
@@ -55,11 +56,20 @@ class PicowsTwilioSocket(PicowsSocket, fast_path.TwilioAudioSocket):
         self._on_text: TextHandler | None = None
         self._on_event: EventHandler | None = None
         self._gave_up = ""
+        self._peer_closed = False  # Twilio began a closing handshake
 
     @property
     def closed(self) -> bool:
         transport = self._transport
         return transport is None or transport.is_disconnected or transport.is_close_frame_sent
+
+    @property
+    def ended_here(self) -> bool:
+        if self.stopped:  # our own abort, failure or give-up
+            return True
+        # picows's own refusals (a frame past max_frame_size) send a close frame first.
+        transport = self._transport
+        return transport is not None and transport.is_close_frame_sent and not self._peer_closed
 
     def _sendable(self) -> bool:
         # picows's send is a no-op once closing, so only giving up on a stalled peer makes
@@ -166,6 +176,8 @@ class PicowsTwilioSocket(PicowsSocket, fast_path.TwilioAudioSocket):
 
     def _close_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         """Answer the peer's close: its code, if one a peer may send; else 1002."""
+        if not transport.is_close_frame_sent:  # not an answer to a close of ours
+            self._peer_closed = True
         code: int = frame.get_close_code().value if frame.payload_size else 1000
         if code in _SENDABLE_CLOSE_CODES or 3000 <= code <= 4999:
             transport.send_close(WSCloseCode(code))

@@ -28,6 +28,11 @@ class TwilioSocket(FrameSender, Protocol):
 
     async def close(self, code: int) -> None: ...
 
+    @property
+    def ended_here(self) -> bool:
+        """Whether this side ended the stream (a refused frame, a flood, a stalled peer),
+        rather than Twilio or the network: no reason to wait for Twilio's next stream."""
+
     def fail(self, code: int) -> None:
         """Fail the connection with `code` (RFC 6455's "fail the WebSocket connection"),
         from inside `on_text`: no frame is read after this one, and the close frame says

@@ -79,6 +79,8 @@ class SimulatedCall:
 
     * ``"server-closed"``: the server closed the stream and nothing ran after ``<Connect>``;
     * ``"stream-failed"``: the stream's WebSocket upgrade failed, nothing ran after it;
+    * ``"stream-broken"``: the stream's connection broke (`break_stream`), nothing ran
+      after it;
     * ``"hangup-verb"``: ``<Hangup>`` or ``<Reject>``;
     * ``"twiml-ended"``: the verbs ran out (e.g. a ``<Say>`` after the stream);
     * ``"redirected"``: the TwiML given to `redirect` (a REST update) ran out;
@@ -184,6 +186,12 @@ class SimulatedCall:
             return
         await self._interrupt("caller-hangup")
         self._finish("caller-hangup")
+
+    def break_stream(self) -> None:
+        """The stream's connection breaks (no ``stop``): the call goes on with the TwiML
+        after ``</Connect>``, as Twilio's does."""
+        stream = self._require_stream()
+        stream.break_off()
 
     async def redirect(self, twiml: str) -> None:
         """What a REST call update with ``Twiml`` does: ``stop``, close, run the new TwiML."""

@@ -63,6 +63,7 @@ class MediaStream:
         self.seq = 0  # one sequenceNumber counter for start, media, mark, dtmf and stop
         self.closing = False  # set before `stop`: nothing numbered may follow it
         self.close_started = False
+        self.broken = False  # the connection was cut under it (`break_off`)
         self.loudspeaker = Loudspeaker(call, self._echo_mark)
         self.t0 = 0.0  # loop time the stream started; frame n is sent at t0 + n * interval
         self._sender: asyncio.Task[None] | None = None
@@ -147,6 +148,16 @@ class MediaStream:
                 await self.ws.send_str(_dumps(stop))
         await self.ws.close()
 
+    def break_off(self) -> None:
+        """A network blip: the connection is cut, no `stop`, no close frame. Twilio then
+        runs the TwiML after `</Connect>` (error 31903 in its debugger)."""
+        if self.close_started:
+            return
+        self.close_started = self.closing = self.broken = True
+        self.call.errors.append("31903 stream broken (simulated network blip)")
+        transport = self.ws._writer.transport  # aiohttp's own: no public way to abort
+        transport.abort()
+
     # -- caller -> server ------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
@@ -219,6 +230,8 @@ class MediaStream:
         self.closing = True
         if call._interrupting is not None:
             return call._interrupting
+        if self.broken:
+            return "stream-broken"
         call.close_code = ws.close_code
         return "server-closed"
 
