@@ -67,9 +67,7 @@ def test_each_compose_instance_has_its_own_url_routed_to_it_alone() -> None:
         own = _value(service["environment"]["CALLBRIDGE_INSTANCE_URL"])
         assert own == f"https://calls.example.com/i/{name}"
         # The path, prefix stripped (proxy_pass ending in /), to an upstream of it alone.
-        location = re.search(
-            rf"location /i/{name}/ {{ proxy_pass http://([\w-]+)/; }}", nginx
-        )
+        location = re.search(rf"location /i/{name}/ {{ proxy_pass http://([\w-]+)/; }}", nginx)
         assert location, f"no location /i/{name}/ in nginx.conf"
         upstream = nginx.split(f"upstream {location.group(1)} {{", 1)[1].split("}", 1)[0]
         assert [s.strip() for s in upstream.split(";") if s.strip()] == [f"server {name}:3000"]
