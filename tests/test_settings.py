@@ -129,3 +129,25 @@ def test_redis_url_takes_the_redis_schemes(url: str) -> None:
 def test_redis_url_of_another_kind_is_refused() -> None:
     with pytest.raises(ConfigError, match="REDIS_URL: must be a redis://"):
         load_settings(_env_file=None, redis_url="http://h:6379")
+
+
+def test_instance_url_is_an_http_url_like_public_url() -> None:
+    settings = load_settings(_env_file=None, callbridge_instance_url="https://x.example/i/a/")
+    assert settings.callbridge_instance_url == "https://x.example/i/a"
+    assert settings.masked()["CALLBRIDGE_INSTANCE_URL"] == "https://x.example/i/a"
+    local = load_settings(_env_file=None, callbridge_instance_url="http://127.0.0.1:8080/i/a")
+    assert local.callbridge_instance_url == "http://127.0.0.1:8080/i/a"
+    assert load_settings(_env_file=None).callbridge_instance_url is None
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://x.example/i/a", r"must be an https:// URL \(Twilio"),
+        ("wss://x.example/i/a", "must be an http"),
+        ("https://x.example/i/a?x=1", "must not have a query string"),
+    ],
+)
+def test_an_unusable_instance_url_is_refused(url: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^CALLBRIDGE_INSTANCE_URL: {why}"):
+        load_settings(_env_file=None, callbridge_instance_url=url)

@@ -24,6 +24,7 @@ from callbridge.server import (
 )
 from callbridge.server.connections import FIRST_REQUESTS, FirstRequests, note_first_request
 from callbridge.server.control import command_handler
+from callbridge.server.instance_urls import direct_url
 from callbridge.server.lifecycle import end_calls_now
 from callbridge.server.lost_instances import close_lost_calls
 from callbridge.server.metrics import METRICS, CallMetrics, metrics_endpoint
@@ -136,6 +137,7 @@ def _redis_state(settings: Settings, state: AppState) -> SharedState:
         instance_timeout=settings.callbridge_instance_timeout_seconds,
         when_down=settings.callbridge_redis_down,
         max_call_seconds=settings.max_call_seconds,
+        own_url=direct_url(settings),
     )
 
 

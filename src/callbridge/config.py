@@ -165,6 +165,9 @@ class Settings(BaseSettings):
     callbridge_redis_down: Literal["local", "refuse"] = "local"
     # Bind the port with SO_REUSEPORT, beside other processes (`serve --workers` sets it).
     callbridge_reuse_port: bool = False
+    # The public URL that reaches this instance alone (the load balancer routes it here):
+    # the base of the URLs a call comes back by (a failed transfer, keypad tones).
+    callbridge_instance_url: str | None = None
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -186,7 +189,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis:// (or rediss://, unix://) URL")
         return value
 
-    @field_validator("public_url", "twilio_api_base_url")
+    @field_validator("public_url", "twilio_api_base_url", "callbridge_instance_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None:
@@ -198,7 +201,7 @@ class Settings(BaseSettings):
             raise ValueError("must not have a query string or fragment")
         return value.rstrip("/")
 
-    @field_validator("public_url")
+    @field_validator("public_url", "callbridge_instance_url")
     @classmethod
     def _public_https(cls, value: str | None) -> str | None:
         if value is not None:

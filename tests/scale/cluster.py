@@ -119,8 +119,14 @@ def instance_env(
         "CALLBRIDGE_REDIS_PREFIX": redis_prefix,
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "DEBUG",
+        # Routed by nginx to this instance alone (`Nginx`), as the public URL's /i/{name}.
+        "CALLBRIDGE_INSTANCE_URL": instance_url(name),
         **extra,
     }
+
+
+def instance_url(name: str) -> str:
+    return f"{PUBLIC_URL}/i/{name}"
 
 
 def serve_argv(*options: str) -> list[str]:
@@ -162,40 +168,53 @@ http {{
     upstream callbridge {{
 {servers}
     }}
+    proxy_http_version 1.1;
+    proxy_set_header Upgrade $http_upgrade;
+    proxy_set_header Connection $connection_upgrade;
+    proxy_set_header Host $host;
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    proxy_connect_timeout 2s;
+    proxy_read_timeout 3600s;
+    proxy_send_timeout 3600s;
     server {{
         listen 127.0.0.1:{port};
         location / {{
             proxy_pass http://callbridge;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_connect_timeout 2s;
-            proxy_read_timeout 3600s;
-            proxy_send_timeout 3600s;
             proxy_next_upstream error timeout;
         }}
+{locations}
     }}
 }}
 """
 
+# Each instance's own path (its CALLBRIDGE_INSTANCE_URL): to it alone, the prefix stripped.
+NGINX_INSTANCE = """        location /i/{name}/ {{
+            proxy_pass http://127.0.0.1:{port}/;
+        }}"""
+
 
 class Nginx:
     """Debian's nginx in the foreground, round robin over the instances, WebSocket upgrades
-    passed through (the configuration deploy/nginx.conf holds, on loopback)."""
+    passed through, and `/i/{name}/` to instance `name` alone (the configuration
+    deploy/nginx.conf holds, on loopback)."""
 
-    def __init__(self, binary: str, folder: Path, upstream_ports: list[int]) -> None:
+    def __init__(self, binary: str, folder: Path, upstream_ports: dict[str, int]) -> None:
         self.binary = binary
         self.folder = folder
         self.port = free_port()
         servers = "\n".join(
-            f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=1s;" for p in upstream_ports
+            f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=1s;"
+            for p in upstream_ports.values()
+        )
+        locations = "\n".join(
+            NGINX_INSTANCE.format(name=name, port=p) for name, p in upstream_ports.items()
         )
         user = "user root;" if os.geteuid() == 0 else ""
         self.conf = folder / "nginx.conf"
         self.conf.write_text(
-            NGINX_CONF.format(user=user, folder=folder, servers=servers, port=self.port)
+            NGINX_CONF.format(
+                user=user, folder=folder, servers=servers, port=self.port, locations=locations
+            )
         )
         self.proc: asyncio.subprocess.Process | None = None
 

@@ -17,11 +17,13 @@ import pytest
 from callbridge.bot import bot as default_bot
 from callbridge.testing.audio import FRAME_BYTES
 from callbridge.testing.fake_agent import FakeSession, FakeVoiceAgent
+from callbridge.testing.twilio_rest_fake import FakeTwilioRest
 from callbridge.testing.twilio_simulator import TwilioSimulator
 from callbridge.testing.twilio_simulator.call import SimulatedCall
+from callbridge.testing.twilio_simulator.simulator import DEFAULT_ACCOUNT_SID
 from tests.conftest import API_TOKEN, AUTH_TOKEN, PUBLIC_URL, free_port
 from tests.e2e.test_inbound_call import frame_indices, indexed_frames
-from tests.scale.cluster import Instance, Nginx, instance_env, spread
+from tests.scale.cluster import Instance, Nginx, instance_env, instance_url, spread
 
 # Several processes start and stop in each: more than the default minute on a busy machine.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -111,7 +113,7 @@ async def start_cluster(
                 **extra,
             )
             instances.append(Instance(name, port, env, tmp_path))
-        nginx = Nginx(nginx_binary, tmp_path, [i.port for i in instances])
+        nginx = Nginx(nginx_binary, tmp_path, {i.name: i.port for i in instances})
         cluster = Cluster(instances, nginx, fake_agent)
         started.append(cluster)
         await asyncio.gather(*(i.start() for i in instances))
@@ -290,3 +292,108 @@ async def test_a_rolling_restart_under_load_drops_no_call(start_cluster: Cluster
     # Each instance had calls to drain when it was told to stop.
     assert len(drained) == 3
     assert all(d["live_calls"] >= 1 for d in drained), [d["live_calls"] for d in drained]
+
+
+VERBS_BOT = """
+from callbridge.bot import Bot
+from callbridge.verbs import Transfer, TransferTarget
+
+bot = Bot(
+    system_prompt="You are a test bot.",
+    greeting="Hi.",
+    transfer=Transfer(
+        targets=(TransferTarget("a person", "+15550009999"),), caller_id="+15550001111"
+    ),
+    keypad_out=True,
+)
+"""
+
+
+async def test_a_caller_coming_back_reaches_the_instance_holding_the_call(
+    start_cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    rest_port = free_port()  # the instances must know the REST API's address first
+    bot_file = tmp_path / "verbs_bot.py"
+    bot_file.write_text(VERBS_BOT)
+    cluster = await start_cluster(
+        CALLBRIDGE_BOT=f"{bot_file}:bot",
+        TWILIO_ACCOUNT_SID=DEFAULT_ACCOUNT_SID,
+        TWILIO_API_BASE_URL=f"http://127.0.0.1:{rest_port}",
+    )
+    agent = cluster.agent
+    async with cluster.simulator() as sim:
+        rest = FakeTwilioRest(sim, auth_token=AUTH_TOKEN, owned_numbers=["+15550001111"])
+        await rest.start(port=rest_port)
+        try:
+            # One call after another: round robin puts one on each instance, and each
+            # comes back twice (a transfer nobody answers, then keypad tones) through
+            # nginx, which would send a URL on PUBLIC_URL to the next instance in turn.
+            for n in range(3):
+                call = await sim.place_inbound_call()
+                session = await agent.wait_for_session(n, timeout=10)
+                holder = await cluster.holder(call)
+                call_id = call_id_of(call)
+                own = instance_url(holder.name)
+                await call.wait_heard(len(agent.reply_audio_for("Hi.")), timeout=15)
+
+                call.dial_outcome = "no-answer"
+                await session.call_tool("transfer_call", {"target": "a person"}, after_tool="Sure.")
+                dial = await call.wait_dialed(timeout=10)
+                assert dial["action"] == f"{own}/calls/{call_id}/dial-ended"
+                await call.wait_streams(2, timeout=10)
+                back = await holder.process.wait_for("stream.reattached", call_id=call_id)
+                assert (back["why"], back["session_id"]) == ("transfer-failed", session.session_id)
+                assert holder.process.seen("transfer.dial_ended", call_id=call_id)
+                own_streams = "wss" + own.removeprefix("https") + f"/media-stream/{call_id}/"
+                assert call.stream_url is not None and call.stream_url.startswith(own_streams)
+
+                await session.call_tool("send_digits", {"digits": "1w2#"}, after_tool="Sure.")
+                await call.wait_streams(3, timeout=10)
+                back = await holder.process.wait_for(
+                    "stream.reattached", call_id=call_id, why="digits"
+                )
+                assert back["session_id"] == session.session_id
+                assert call.digits_played == ["1w2#"]
+
+                # A blip: Twilio follows the <Redirect> after </Connect> to PUBLIC_URL, and
+                # nginx sends it to any instance; an instance that does not hold the call
+                # sends Twilio on to the holder's own URL.
+                other = next(i for i in cluster.instances if i is not holder)
+                status, body = await sim.request(
+                    f"{instance_url(other.name)}/calls/{call_id}/stream-ended/{n}abc",
+                    "POST",
+                    {"CallSid": call.call_sid, "CallStatus": "in-progress"},
+                )
+                assert status == 200 and "<Redirect" in body, body
+                assert f"{own}/calls/{call_id}/stream-ended/" in body, body
+                call.break_stream()
+                await call.wait_streams(4, timeout=10)
+                back = await holder.process.wait_for(
+                    "stream.reattached", call_id=call_id, why="stream-lost"
+                )
+                assert back["session_id"] == session.session_id
+                # Three requests a call went round robin (webhook, stream, <Redirect>): one
+                # more, so that the next call starts on the next instance.
+                async with aiohttp.ClientSession() as http, http.get(f"{cluster.url}/healthz"):
+                    pass
+
+                # The caller hears the same agent session again.
+                heard = len(call.heard)
+                await session.say("Back.")
+                await call.wait_heard(heard + len(agent.reply_audio_for("Back.")), timeout=10)
+                await call.hangup()
+                await session.wait_for("session.end", timeout=10)
+                assert [e for e in call.errors if not e.startswith("31903")] == []
+                assert call.end_reason == "caller-hangup"
+        finally:
+            await rest.stop()
+    assert rest.errors == []
+    # One call on each instance, one agent session each, nothing refused anywhere.
+    assert sorted(spread(cluster.instances).values()) == [1, 1, 1]
+    assert sorted(spread(cluster.instances, "stream.reattached").values()) == [3, 3, 3]
+    assert len(agent.sessions) == 3
+    for instance in cluster.instances:
+        assert instance.process.seen("stream.refused") == []
+        assert instance.process.seen("callback.forwarded") == []
+        # Addressable: no warning that callers may come back elsewhere.
+        assert instance.process.seen("config.no_instance_url") == []

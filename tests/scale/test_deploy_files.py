@@ -61,6 +61,18 @@ def test_compose_runs_three_instances_with_redis_postgres_and_nginx() -> None:
     assert (DEPLOY / "Dockerfile").is_file()
 
 
+def test_each_compose_instance_has_its_own_url_routed_to_it_alone() -> None:
+    nginx = (DEPLOY / "nginx.conf").read_text()
+    for name, service in _callbridge_services(_compose()).items():
+        own = _value(service["environment"]["CALLBRIDGE_INSTANCE_URL"])
+        assert own == f"https://calls.example.com/i/{name}"
+        # The path, prefix stripped (proxy_pass ending in /), to an upstream of it alone.
+        location = re.search(rf"location /i/{name}/ {{ proxy_pass http://([\w-]+)/; }}", nginx)
+        assert location, f"no location /i/{name}/ in nginx.conf"
+        upstream = nginx.split(f"upstream {location.group(1)} {{", 1)[1].split("}", 1)[0]
+        assert [s.strip() for s in upstream.split(";") if s.strip()] == [f"server {name}:3000"]
+
+
 def _value(text: object) -> object:
     """A compose value as an operator starts it: required variables (`${VAR:?...}`) given,
     the others (`${VAR:-default}`) left to their defaults."""

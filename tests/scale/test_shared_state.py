@@ -423,3 +423,42 @@ async def test_two_processes_with_one_instance_id_are_pointed_out(
             )
         await events.wait_for("shared_state.instance_id_in_use")
     assert "CALLBRIDGE_INSTANCE_ID" in str(events.fields_of("shared_state.instance_id_in_use"))
+
+
+async def test_each_instance_publishes_the_url_that_reaches_it_alone(
+    start_server: ServerFactory, fake_agent: FakeVoiceAgent, redis_server: str, redis_prefix: str
+) -> None:
+    own_a = PUBLIC_URL + "/i/a"
+    a = await start_server(
+        assemblyai_agent_url=fake_agent.url,
+        redis_url=redis_server,
+        callbridge_redis_prefix=redis_prefix,
+        callbridge_instance_id="a",
+        callbridge_instance_url=own_a,
+        callbridge_instance_timeout_seconds=5,
+    )
+    b = await start_server(  # no instance URL: not addressable
+        assemblyai_agent_url=fake_agent.url,
+        redis_url=redis_server,
+        callbridge_redis_prefix=redis_prefix,
+        callbridge_instance_id="b",
+    )
+    shared_a, shared_b = a.app[APP_STATE].shared, b.app[APP_STATE].shared
+    assert await shared_b.instance_url("a") == own_a
+    assert await shared_a.instance_url("b") is None
+    assert await shared_b.instance_url("nobody") is None
+    # Its own is known without asking Redis.
+    before = shared_a.operations
+    assert await shared_a.instance_url("a") == own_a
+    assert shared_a.operations == before
+    # Kept beside the heartbeat, expiring with it.
+    assert redis_keys(redis_server, f"{redis_prefix}:url:*") == [f"{redis_prefix}:url:a"]
+    import redis
+
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
+    try:
+        ttl = client.pttl(f"{redis_prefix}:url:a")
+        beat = client.pttl(f"{redis_prefix}:instance:a")
+    finally:
+        client.close()
+    assert 0 < ttl <= 5000 and abs(ttl - beat) < 1000

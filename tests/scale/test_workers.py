@@ -34,6 +34,28 @@ def test_more_than_one_worker_needs_redis(tmp_path: Path) -> None:
     assert "REDIS_URL" in done.stderr and "--workers 2" in done.stderr
 
 
+def test_workers_cannot_share_one_instance_url(tmp_path: Path) -> None:
+    # Workers share a port: a URL routed to it reaches any of them, not one.
+    env = serve_env(
+        "ws://127.0.0.1:9/v1/ws",
+        free_port(),
+        tmp_path,
+        REDIS_URL="redis://127.0.0.1:9/0",
+        CALLBRIDGE_INSTANCE_URL=PUBLIC_URL + "/i/box",
+    )
+    done = subprocess.run(
+        [*serve_argv(), "--workers", "2"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "CALLBRIDGE_INSTANCE_URL" in done.stderr and "--workers 2" in done.stderr
+    assert "workers.starting" not in done.stderr
+
+
 def test_a_worker_that_cannot_start_stops_the_supervisor(tmp_path: Path) -> None:
     # Its records spool cannot be made: starting it again would fail the same way.
     env = serve_env(
@@ -85,6 +107,9 @@ async def test_a_killed_worker_is_started_again(
         # Each worker its own instance, both in Redis; and the port answers calls.
         ids = {e["instance_id"] for e in supervisor.seen("shared_state.started")}
         assert ids == {"box-1", "box-2"}
+        # None can be addressed alone: each worker started said so, once.
+        warned = supervisor.seen("config.no_instance_url")
+        assert len(warned) == len(supervisor.seen("server.listening")) == 3
         async with TwilioSimulator(
             f"http://127.0.0.1:{port}", auth_token=AUTH_TOKEN, public_url=PUBLIC_URL
         ) as sim:

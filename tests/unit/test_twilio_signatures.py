@@ -186,6 +186,59 @@ def test_a_plain_http_public_url_is_signed_as_ws() -> None:
     auth.check_stream_request("/media-stream/c1", "", headers, "http://local.test/")
 
 
+# --- an instance's own URL (CALLBRIDGE_INSTANCE_URL) ------------------------------------
+
+PUBLIC = "https://bridge.example.test"
+OWN = "https://bridge.example.test/i/a"
+
+
+def test_a_webhook_signed_over_either_base_is_accepted_once() -> None:
+    # The load balancer strips /i/a: the request's path is the same either way.
+    auth = authenticator(public_url=PUBLIC, callbridge_instance_url=OWN)
+    fields = form(("CallSid", "CA1"), ("DialCallStatus", "no-answer"))
+    path = "/calls/c1/dial-ended?x=a%20b"
+    for base in (PUBLIC, OWN):
+        signature = TWILIO.compute_signature(base + path, fields)
+        auth.check_webhook(post(path, signature), fields)
+        with pytest.raises(SignatureError) as replayed:
+            auth.check_webhook(post(path, signature), fields)
+        assert replayed.value.reason == "replayed request"
+        assert replayed.value.url == base + path
+
+
+def test_a_webhook_signed_over_a_third_base_is_refused() -> None:
+    auth = authenticator(public_url=PUBLIC, callbridge_instance_url=OWN)
+    fields = form(("CallSid", "CA1"))
+    for other in ("https://bridge.example.test/i/b", "https://evil.example/i/a"):
+        signature = TWILIO.compute_signature(other + "/calls/c1/dial-ended", fields)
+        with pytest.raises(SignatureError) as refused:
+            auth.check_webhook(post("/calls/c1/dial-ended", signature), fields)
+        assert refused.value.reason == "signature does not match"
+    # Without an instance URL, only PUBLIC_URL's base counts.
+    alone = authenticator(public_url=PUBLIC)
+    signature = TWILIO.compute_signature(OWN + "/calls/c1/dial-ended", fields)
+    with pytest.raises(SignatureError, match="signature does not match"):
+        alone.check_webhook(post("/calls/c1/dial-ended", signature), fields)
+
+
+def test_a_stream_upgrade_signed_over_either_base_is_accepted_once() -> None:
+    auth = authenticator(public_url=PUBLIC, callbridge_instance_url=OWN)
+    path = "/media-stream/c1/ab12"
+    for n, base in enumerate(("wss://bridge.example.test", "wss://bridge.example.test/i/a")):
+        signature = TWILIO.compute_signature(base + path, {})
+        headers = {"X-Twilio-Signature": signature}
+        auth.check_stream_request(path, "", headers, "http://internal:3000" + path)
+        with pytest.raises(SignatureError) as replayed:
+            auth.check_stream_request(path, "", headers, "http://internal:3000" + path)
+        assert replayed.value.reason == "replayed request", n
+    third = TWILIO.compute_signature("wss://bridge.example.test/i/b" + path, {})
+    with pytest.raises(SignatureError) as refused:
+        auth.check_stream_request(path, "", {"X-Twilio-Signature": third}, "http://x" + path)
+    assert refused.value.reason == "stream signature does not match"
+    # The refusal names the line's URL (the one always checked).
+    assert refused.value.url == "wss://bridge.example.test" + path
+
+
 # --- the replay window --------------------------------------------------------------
 
 

@@ -91,6 +91,11 @@ def serve(
                 f"--workers {workers}: several workers share live calls through Redis; "
                 "set REDIS_URL (or run one worker)"
             )
+        if settings.callbridge_instance_url is not None:
+            refuse(
+                f"--workers {workers}: CALLBRIDGE_INSTANCE_URL names one process, and "
+                "workers share one port; run one worker per instance URL"
+            )
         _supervise(settings, workers, host, port)
         return
 
@@ -109,6 +114,14 @@ def serve(
             effect="anyone who finds the URLs can open media streams and spend agent minutes",
             fix="set TWILIO_AUTH_TOKEN and unset CALLBRIDGE_INSECURE_SKIP_SIGNATURES",
         )
+    if settings.redis_url is not None and settings.callbridge_instance_url is None:
+        log.warning(
+            "config.no_instance_url",
+            effect="callers coming back after a transfer or keypad tones may reach another "
+            "instance, which cannot take them",
+            fix="set CALLBRIDGE_INSTANCE_URL to a URL the load balancer routes to this "
+            "instance alone (docs/scaling.md)",
+        )
     if settings.api_key is None:
         log.error(
             "config.no_api_key",
@@ -119,6 +132,7 @@ def serve(
         host=settings.host,
         port=settings.port,
         public_url=settings.public_url,
+        instance_url=settings.callbridge_instance_url,
         agent_url=settings.assemblyai_agent_url,
         bot=settings.callbridge_bot,
         bots=sorted(bots),

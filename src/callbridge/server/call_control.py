@@ -3,7 +3,10 @@ REST API, and builds the TwiML that brings a call's next stream back to it.
 
 A redirect ends the call's current stream (Twilio sends `stop`); the bridge knows to
 expect that (`bridge/reattach.py`). Every stream that re-attaches presents a fresh
-single-use token bound to the call's id and CallSid, as the first stream did.
+single-use token bound to the call's id and CallSid, as the first stream did. The URLs a
+call comes back by (the next stream, the dial's action and answer) are this instance's own
+(`server/instance_urls.py`): behind a load balancer they must reach the instance that holds
+the call's bridge.
 """
 
 from __future__ import annotations
@@ -11,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import secrets
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
 from twilio.base.exceptions import TwilioException, TwilioRestException
 
 from callbridge.bridge.actions import RedirectCall
 from callbridge.bridge.call_verbs import CALL_ENDED
+from callbridge.server.instance_urls import own_base_url, own_ws_base
 from callbridge.server.state import AppState
 from callbridge.twilio import call_twiml
 from callbridge.twilio.rest import OutboundCallError, twilio_client
@@ -53,7 +56,7 @@ class CallControl:
 
     def reattach_twiml(self, runner: CallRunner) -> str | None:
         """`<Connect><Stream>` for the call's next stream, with a fresh token (None: the
-        call is not known here, or PUBLIC_URL is not set)."""
+        call is not known here, or no public URL is set)."""
         parameters = self._stream_parameters(runner)
         url = self._stream_url(runner)
         if parameters is None or url is None:
@@ -62,14 +65,14 @@ class CallControl:
 
     async def redirect(self, runner: CallRunner, action: RedirectCall) -> str | None:
         """Replace the call's TwiML; None if Twilio took it, else why not (one line)."""
-        public = self._state.settings.public_url
+        own = own_base_url(self._state.settings)
         call_sid = runner.bridge.call_sid
-        if public is None:
+        if own is None:
             return "PUBLIC_URL is not set: Twilio could not reach us after the redirect"
         if call_sid is None:
             return "the call's CallSid is not known"
         if action.verb == "transfer":
-            twiml = self._dial(runner, action.to, public.rstrip("/"))
+            twiml = self._dial(runner, action.to, own)
         else:
             parameters = self._stream_parameters(runner)
             url = self._stream_url(runner)
@@ -78,13 +81,15 @@ class CallControl:
             twiml = call_twiml.digits_twiml(action.digits, url, parameters, self._ended_url(runner))
         return await asyncio.to_thread(self._update, call_sid, twiml)
 
-    def _dial(self, runner: CallRunner, to: str, public: str) -> str:
+    def _dial(self, runner: CallRunner, to: str, own: str) -> str:
+        """The dial's callbacks come to this instance (`own`), which holds the bridge the
+        caller returns to when nobody answers."""
         transfer = self._state.bot.verbs.transfer
         assert transfer is not None  # the bridge only dials an allow-listed target
         return call_twiml.dial_twiml(
             to,
-            action_url=public + dial_ended_path(runner.call_id),
-            answered_url=public + transfer_answered_path(runner.call_id),
+            action_url=own + dial_ended_path(runner.call_id),
+            answered_url=own + transfer_answered_path(runner.call_id),
             caller_id=transfer.caller_id,
             ring_seconds=transfer.ring_seconds,
             record=transfer.record,
@@ -115,12 +120,9 @@ class CallControl:
         return public.rstrip("/") + stream_ended_path(runner.call_id)
 
     def _stream_url(self, runner: CallRunner) -> str | None:
-        public = self._state.settings.public_url
-        if public is None:
+        base = own_ws_base(self._state.settings)
+        if base is None:
             return None
-        parts = urlsplit(public)
-        scheme = "wss" if parts.scheme == "https" else "ws"
-        base = urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
         path = _STREAM_PATHS.get(runner.bridge.direction, "media-stream")
         # A segment of its own: Twilio signs the same URL the same way every time, and a
         # repeated signature is refused as a replay.

@@ -12,6 +12,9 @@ frame. Keys, under CALLBRIDGE_REDIS_PREFIX:
 - `instance:{id}`: the instance's heartbeat, expiring after CALLBRIDGE_INSTANCE_TIMEOUT_SECONDS;
   `instances`: who has one. An instance whose heartbeat expired is lost: the first survivor
   to notice takes its calls (atomically, so only one does) and closes them in the records.
+- `url:{id}`: the public URL that reaches the instance alone (CALLBRIDGE_INSTANCE_URL),
+  written with its heartbeat and expiring with it; absent when it has none. Read only when
+  another instance must send a call's Twilio requests there.
 - `setup:{call}`: what the call's set-up decided (plain JSON), for the instance its stream
   reaches.
 - `replay:{digest}`: signed webhooks already accepted.
@@ -104,18 +107,23 @@ redis.call('ZREM', KEYS[3], ARGV[2])
 return 1
 """
 
-# KEYS: heartbeat, instances, calls of this instance, slots. ARGV: instance, timeout ms,
-# prefix, live ms, this process's mark, then the calls live here (so that a Redis that lost
-# its data learns them again). Returns the mark the heartbeat had: another process's means
-# two share this instance id.
+# KEYS: heartbeat, instances, calls of this instance, slots, URL of this instance. ARGV:
+# instance, timeout ms, prefix, live ms, this process's mark, its URL ('' none), then the
+# calls live here (so that a Redis that lost its data learns them again). Returns the mark
+# the heartbeat had: another process's means two share this instance id.
 _HEARTBEAT = (
     _NOW_MS
     + """
 local before = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[1], ARGV[5], 'PX', ARGV[2])
+if ARGV[6] ~= '' then
+  redis.call('SET', KEYS[5], ARGV[6], 'PX', ARGV[2])
+else
+  redis.call('DEL', KEYS[5])
+end
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3])
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   local c = ARGV[i]
   redis.call('SADD', KEYS[3], c)
   redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), c)
@@ -190,8 +198,9 @@ class RedisState(SharedState):
         instance_timeout: float,
         when_down: Literal["local", "refuse"],
         max_call_seconds: float,
+        own_url: str | None = None,
     ) -> None:
-        super().__init__(registry, instance_id)
+        super().__init__(registry, instance_id, own_url)
         self._prefix = prefix
         self._timeout_ms = int(instance_timeout * 1000)
         self._heartbeat_seconds = instance_timeout / 3
@@ -268,7 +277,9 @@ class RedisState(SharedState):
             ),
         )
         with contextlib.suppress(RedisError, OSError):
-            await self._redis.delete(self._key("instance", self.instance_id))
+            await self._redis.delete(
+                self._key("instance", self.instance_id), self._key("url", self.instance_id)
+            )
             await self._redis.srem(self._key("instances"), self.instance_id)
         await self._redis.aclose()
         self._log.info(
@@ -376,6 +387,12 @@ class RedisState(SharedState):
         if freed is not _DOWN and freed:
             self._log.debug("shared_state.call_released", call_id=call_id)
 
+    async def instance_url(self, instance_id: str) -> str | None:
+        if instance_id == self.instance_id:
+            return self.own_url
+        found = await self._call("instance_url", self._redis.get(self._key("url", instance_id)))
+        return None if found is _DOWN or found is None else str(found)
+
     async def share_setup(self, call_id: str, setup: str) -> None:
         await self._call(
             "share_setup",
@@ -433,6 +450,7 @@ class RedisState(SharedState):
                     self._key("instances"),
                     self._key("calls", self.instance_id),
                     self._key("slots"),
+                    self._key("url", self.instance_id),
                 ],
                 args=[
                     self.instance_id,
@@ -440,6 +458,7 @@ class RedisState(SharedState):
                     self._prefix,
                     self._live_ms,
                     self._mark,
+                    self.own_url or "",
                     *self.registry.live,
                 ],
             ),

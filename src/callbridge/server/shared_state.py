@@ -55,9 +55,13 @@ class SharedState(abc.ABC):
 
     distributed = False
 
-    def __init__(self, registry: CallRegistry, instance_id: str) -> None:
+    def __init__(
+        self, registry: CallRegistry, instance_id: str, own_url: str | None = None
+    ) -> None:
         self.registry = registry  # this instance's own view, kept in both implementations
         self.instance_id = instance_id
+        # The public base URL that reaches this instance alone (`instance_urls.direct_url`).
+        self.own_url = own_url
         self.operations = 0  # round trips to the backend (the benchmark and metrics read it)
         self.degraded = 0  # operations answered without the backend
         self._on_command: CommandHandler = _not_started
@@ -109,6 +113,12 @@ class SharedState(abc.ABC):
     @abc.abstractmethod
     async def send(self, command: Command) -> CommandResult:
         """Deliver a command to the instance holding the call."""
+
+    async def instance_url(self, instance_id: str) -> str | None:
+        """The public base URL that reaches that instance alone (its
+        CALLBRIDGE_INSTANCE_URL, no trailing slash), or None: not known, or not addressable.
+        In-process: this instance's own, if it has one."""
+        return self.own_url if instance_id == self.instance_id else None
 
     async def share_setup(self, call_id: str, setup: str) -> None:  # noqa: B027
         """Keep what a call's set-up decided (plain JSON text, `server/setup_handoff.py`)

@@ -14,6 +14,7 @@ from callbridge.logs import EventLogger
 from callbridge.records.entries import RecordEntry
 from callbridge.records.store import CallStore
 from callbridge.server.call_registry import CallRegistry
+from callbridge.server.instance_urls import direct_url
 from callbridge.server.last_requests import LastRequests
 from callbridge.server.log_throttle import LogThrottle
 from callbridge.server.shared_state import LocalState, SharedState
@@ -48,7 +49,7 @@ class AppState:
     numbers: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.shared = LocalState(self.registry, self.records.instance_id)
+        self.shared = LocalState(self.registry, self.records.instance_id, direct_url(self.settings))
         self.bots = {"default": self.bot, **self.bots}
 
     # Also handed every entry, after the metrics (the operator console's live feed). Each

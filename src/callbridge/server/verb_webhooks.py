@@ -78,6 +78,10 @@ async def stream_ended(request: web.Request) -> web.Response:
             reattach = CallControl(state).reattach_twiml(runner)
             if reattach is not None:
                 outcome, twiml = "reattach", reattach
+    elif (holder_url := await _holder_url(state, call_id)) is not None:
+        # Held elsewhere (the load balancer chose this instance): the holder answers.
+        outcome = "sent-to-holder"
+        twiml = call_twiml.redirect_twiml(holder_url + stream_ended_path(call_id))
     state.log.info("stream.ended_callback", call_id=call_id, call_sid=call_sid, outcome=outcome)
     state.last_requests.arrived(call_id)
     return _twiml(twiml)
@@ -113,6 +117,17 @@ async def amd_status(request: web.Request) -> web.Response:
     elif call_id is not None:
         await _forward(state, "amd", call_id, {"answered_by": answered_by})
     return web.Response(status=204)
+
+
+async def _holder_url(state: AppState, call_id: str) -> str | None:
+    """The URL that reaches the instance holding the call alone, if another one holds it
+    and has one (`CALLBRIDGE_INSTANCE_URL`)."""
+    if not state.shared.distributed:
+        return None
+    holder = await state.shared.holder(call_id)
+    if holder is None or holder == state.shared.instance_id:
+        return None
+    return await state.shared.instance_url(holder)
 
 
 async def _forward(state: AppState, name: str, call_id: str, args: dict[str, str]) -> None:

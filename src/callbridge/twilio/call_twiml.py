@@ -70,6 +70,13 @@ def dial_twiml(
     return str(response)
 
 
+def redirect_twiml(url: str) -> str:
+    """Ask Twilio to fetch the call's TwiML from `url` (another instance, say)."""
+    response = VoiceResponse()
+    response.redirect(url, method="POST")
+    return str(response)
+
+
 def hangup_twiml() -> str:
     response = VoiceResponse()
     response.hangup()

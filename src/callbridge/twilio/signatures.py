@@ -4,6 +4,9 @@ Twilio signs every webhook and the Media Streams upgrade with `X-Twilio-Signatur
 HMAC of the URL it called (plus the form body) under the account's auth token. We
 rebuild that URL from `PUBLIC_URL`, never from the request's Host or forwarding headers
 (which anyone can set) unless the operator opts in with `CALLBRIDGE_TRUST_PROXY_HEADERS`.
+A call coming back to the instance holding it calls that instance's own URL
+(`CALLBRIDGE_INSTANCE_URL`, its prefix stripped by the load balancer): a signature over
+either base is Twilio's.
 Signatures carry no timestamp, so a captured request could be sent again: we remember
 what we have accepted for a while and refuse exact repeats.
 """
@@ -55,6 +58,9 @@ class TwilioAuthenticator:
         self.enabled = token is not None and not settings.callbridge_insecure_skip_signatures
         self._validator = RequestValidator(token or "")
         self._public_url = settings.public_url
+        # The other base Twilio may have called, when there is one.
+        instance = settings.callbridge_instance_url
+        self._instance_url = instance if instance != settings.public_url else None
         self._trust_proxy = settings.callbridge_trust_proxy_headers
         self._seen: OrderedDict[bytes, float] = OrderedDict()
 
@@ -70,8 +76,7 @@ class TwilioAuthenticator:
         self, path: str, query: str, headers: Mapping[str, str], as_received: str
     ) -> str:
         if self._public_url is not None:
-            base = urlsplit(self._public_url)
-            return urlunsplit((base.scheme, base.netloc, base.path.rstrip("/") + path, query, ""))
+            return _on_base(self._public_url, path, query)
         if self._trust_proxy:
             proto = headers.get("X-Forwarded-Proto", "https").split(",")[0].strip()
             host = headers.get("X-Forwarded-Host", headers.get("Host", "")).split(",")[0].strip()
@@ -89,7 +94,14 @@ class TwilioAuthenticator:
             raise SignatureError("missing X-Twilio-Signature")
         url = self.public_url(request)
         params = {k: v for k, v in form.items() if isinstance(v, str)}
-        if not self._validator.validate(url, _MultiParams(form), signature):
+        signed = self._validator.validate(url, _MultiParams(form), signature)
+        if not signed and self._instance_url is not None:
+            own = _on_base(
+                self._instance_url, request.rel_url.path, request.rel_url.raw_query_string
+            )
+            if self._validator.validate(own, _MultiParams(form), signature):
+                url, signed = own, True
+        if not signed:
             raise SignatureError("signature does not match", url)
         return self._refuse_replay(signature, url, params)
 
@@ -107,20 +119,28 @@ class TwilioAuthenticator:
         signature = headers.get("X-Twilio-Signature")
         if not signature:
             raise SignatureError("missing X-Twilio-Signature on the stream upgrade")
-        https_url = self._public_url_of(path, query, headers, as_received)
-        scheme = "wss" if https_url.startswith("https:") else "ws"
-        self.check_stream_signature(scheme + https_url[https_url.index(":") :], signature)
+        urls = [_as_ws(self._public_url_of(path, query, headers, as_received))]
+        if self._instance_url is not None:
+            urls.append(_as_ws(_on_base(self._instance_url, path, query)))
+        self.check_stream_signature(urls[0], signature, also=urls[1:])
 
-    def check_stream_signature(self, url: str, signature: str | None) -> None:
-        """Raise SignatureError unless `signature` signs this ws(s):// URL, and is new."""
+    def check_stream_signature(
+        self, url: str, signature: str | None, also: list[str] | None = None
+    ) -> None:
+        """Raise SignatureError unless `signature` signs this ws(s):// URL (or one of
+        `also`, the other bases Twilio may have called), and is new."""
         if not self.enabled:
             return
         if not signature:
             raise SignatureError("missing X-Twilio-Signature on the stream upgrade")
-        # Twilio's own notes: if a wss handshake won't verify, try a trailing slash.
-        if not any(self._validator.validate(u, {}, signature) for u in (url, url + "/")):
-            raise SignatureError("stream signature does not match", url)
-        self._refuse_replay(signature, url, {})
+        for candidate in (url, *(also or ())):
+            # Twilio's own notes: if a wss handshake won't verify, try a trailing slash.
+            if any(
+                self._validator.validate(u, {}, signature) for u in (candidate, candidate + "/")
+            ):
+                self._refuse_replay(signature, candidate, {})
+                return
+        raise SignatureError("stream signature does not match", url)
 
     def _refuse_replay(self, signature: str, url: str, params: dict[str, str]) -> bytes:
         digest = hashlib.sha256(
@@ -136,6 +156,18 @@ class TwilioAuthenticator:
             raise SignatureError("replayed request", url)
         self._seen[digest] = now
         return digest
+
+
+def _on_base(base_url: str, path: str, query: str) -> str:
+    """The URL of `path` and `query` (as received) under a public base URL."""
+    base = urlsplit(base_url)
+    return urlunsplit((base.scheme, base.netloc, base.path.rstrip("/") + path, query, ""))
+
+
+def _as_ws(http_url: str) -> str:
+    """The ws(s):// form Twilio signs a stream upgrade under."""
+    scheme = "wss" if http_url.startswith("https:") else "ws"
+    return scheme + http_url[http_url.index(":") :]
 
 
 class _MultiParams:
