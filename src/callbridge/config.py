@@ -124,6 +124,8 @@ class Settings(BaseSettings):
     # seconds, this many times (0: never), then say goodbye and hang up.
     callbridge_silence_prompt_seconds: float = Field(default=10.0, gt=0, le=600)
     callbridge_silence_prompts: int = Field(default=2, ge=0, le=10)
+    # A hang-up waits for the agent's goodbye to be heard (Twilio's mark); at most this long.
+    callbridge_goodbye_wait_seconds: float = Field(default=15.0, gt=0, le=120)
     # A stream that breaks without `stop`: how long the call waits for Twilio to open the
     # next one (the `<Redirect>` after `</Connect>`), keeping its agent session (0: the
     # call ends at once, and the TwiML has no `<Redirect>`).

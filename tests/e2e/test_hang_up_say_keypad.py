@@ -147,6 +147,37 @@ async def test_end_call_hangs_up_only_once_the_goodbye_has_played(
     assert verbs == [("hang-up", "agent", "after-goodbye")]
 
 
+async def test_a_goodbye_that_does_not_play_in_time_is_cut_short(
+    start_server: ServerFactory, fast_agent: FakeVoiceAgent
+) -> None:
+    server = await start_server(
+        bot=BOT, assemblyai_agent_url=fast_agent.url, callbridge_goodbye_wait_seconds=1.0
+    )
+    fast_agent.turns.append(
+        ScriptedTurn(user_text="bye now", tool_name="end_call", tool_arguments={})
+    )
+    # A line that plays a tenth as fast as it should: the goodbye cannot be heard in 1 s.
+    async with TwilioSimulator(
+        server.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL, playback_rate=800.0
+    ) as sim:
+        with caught() as events:
+            call = await sim.place_inbound_call()
+            session = await fast_agent.wait_for_session()
+            await session.wait_sent("session.ready")
+            call.speak(tone(300, 300) + silence(500))
+            await session.wait_sent(
+                lambda e: e["type"] == "transcript.agent" and e["text"] == GOODBYE, timeout=10
+            )
+            await call.wait_ended(timeout=10)
+            await events.wait_for("call.ended")
+    assert events.fields_of("call.goodbye_not_played")[0]["within_seconds"] == 1.0
+    assert call.unplayed_at_stream_end  # the line closed with the goodbye still playing
+    record = await record_of(server, call.call_sid)
+    assert (record["ended_by"], record["end_reason"]) == ("agent", "agent-hung-up")
+    verbs = [(v["verb"], v["by"], v["outcome"]) for v in record["verbs"]]
+    assert verbs == [("hang-up", "agent", "goodbye-not-played")]
+
+
 # --- hang up and say from the API and the command line -----------------------------------
 
 

@@ -146,6 +146,7 @@ def start_call(
             settings.callbridge_silence_prompt_seconds, settings.callbridge_silence_prompts
         ),
         stream_lost_seconds=settings.callbridge_stream_lost_seconds,
+        hang_up_wait_seconds=settings.callbridge_goodbye_wait_seconds,
     )
     runner = CallRunner(
         call_id=call_id,
