@@ -143,3 +143,28 @@ async def test_the_stream_ended_webhook_never_joins_the_wrong_call(
         assert "<Hangup" in body and "<Connect" not in body
         assert call.streams_opened == 1 and not call.ended.is_set()  # the live call goes on
         await call.hangup()
+
+
+async def test_without_public_url_the_call_comes_back_on_the_host_twilio_called(
+    start_server: ServerFactory, fake_agent: FakeVoiceAgent
+) -> None:
+    # A quick local trial: no PUBLIC_URL (URLs from the Host Twilio called), and so no
+    # signatures to check either.
+    server = await start_server(
+        BOT,
+        assemblyai_agent_url=fake_agent.url,
+        public_url=None,
+        callbridge_insecure_skip_signatures=True,
+    )
+    async with TwilioSimulator(server.url, auth_token=AUTH_TOKEN) as sim:
+        with caught() as events:
+            call = await sim.place_inbound_call()
+            session = await fake_agent.wait_for_session()
+            await session.wait_sent("session.ready")
+            call.break_stream()
+            await call.wait_streams(2, timeout=10)
+            await events.wait_for("stream.reattached")
+            assert "<Redirect" in call.twiml  # the new stream can come back again
+            await call.hangup()
+    assert len(fake_agent.sessions) == 1
+    assert [f["outcome"] for f in events.fields_of("stream.ended_callback")] == ["reattach"]

@@ -4,7 +4,7 @@ PUBLIC_URL), its WebSocket form, and what an instance tells the others about its
 from __future__ import annotations
 
 from callbridge.server.call_registry import CallRegistry
-from callbridge.server.instance_urls import direct_url, own_base_url, own_ws_base, ws_base
+from callbridge.server.instance_urls import direct_url, own_base_url, ws_base
 from callbridge.server.shared_state import LocalState
 from tests.conftest import PUBLIC_URL, make_settings
 
@@ -13,12 +13,8 @@ OWN = "https://callbridge.example.test/i/a"
 
 def test_the_own_base_is_the_instance_url_else_the_public_url() -> None:
     assert own_base_url(make_settings(callbridge_instance_url=OWN + "/")) == OWN
-    assert own_ws_base(make_settings(callbridge_instance_url=OWN)) == (
-        "wss://callbridge.example.test/i/a"
-    )
     assert own_base_url(make_settings()) == PUBLIC_URL
     assert own_base_url(make_settings(public_url=None)) is None
-    assert own_ws_base(make_settings(public_url=None)) is None
 
 
 def test_the_websocket_form_follows_the_scheme() -> None:

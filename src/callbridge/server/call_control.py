@@ -19,7 +19,7 @@ from twilio.base.exceptions import TwilioException, TwilioRestException
 
 from callbridge.bridge.actions import RedirectCall
 from callbridge.bridge.call_verbs import CALL_ENDED
-from callbridge.server.instance_urls import own_base_url, own_ws_base
+from callbridge.server.instance_urls import own_base_url, ws_base
 from callbridge.server.state import AppState
 from callbridge.twilio import call_twiml
 from callbridge.twilio.rest import OutboundCallError, twilio_client
@@ -54,14 +54,18 @@ class CallControl:
     def __init__(self, state: AppState) -> None:
         self._state = state
 
-    def reattach_twiml(self, runner: CallRunner) -> str | None:
+    def reattach_twiml(self, runner: CallRunner, called: str | None = None) -> str | None:
         """`<Connect><Stream>` for the call's next stream, with a fresh token (None: the
-        call is not known here, or no public URL is set)."""
+        call is not known here, or no public URL is set). `called`: the https:// base of
+        the request being answered, used when PUBLIC_URL is not set (a quick trial behind
+        ngrok, as for the call's first TwiML)."""
         parameters = self._stream_parameters(runner)
-        url = self._stream_url(runner)
-        if parameters is None or url is None:
+        base = own_base_url(self._state.settings) or called
+        if parameters is None or base is None:
             return None
-        return call_twiml.stream_twiml(url, parameters, self._ended_url(runner))
+        url = self._stream_url(runner, ws_base(base))
+        ended = self._ended_url(runner, self._state.settings.public_url or called)
+        return call_twiml.stream_twiml(url, parameters, ended)
 
     async def redirect(self, runner: CallRunner, action: RedirectCall) -> str | None:
         """Replace the call's TwiML; None if Twilio took it, else why not (one line)."""
@@ -75,10 +79,11 @@ class CallControl:
             twiml = self._dial(runner, action.to, own)
         else:
             parameters = self._stream_parameters(runner)
-            url = self._stream_url(runner)
-            if parameters is None or url is None:
+            if parameters is None:
                 return "the call is not known here"
-            twiml = call_twiml.digits_twiml(action.digits, url, parameters, self._ended_url(runner))
+            url = self._stream_url(runner, ws_base(own))
+            ended = self._ended_url(runner, self._state.settings.public_url)
+            twiml = call_twiml.digits_twiml(action.digits, url, parameters, ended)
         return await asyncio.to_thread(self._update, call_sid, twiml)
 
     def _dial(self, runner: CallRunner, to: str, own: str) -> str:
@@ -112,17 +117,15 @@ class CallControl:
             return f"could not reach Twilio: {exc}"
         return None
 
-    def _ended_url(self, runner: CallRunner) -> str | None:
-        """Where Twilio goes if the new stream breaks (None: calls end with their stream)."""
-        public = self._state.settings.public_url
+    def _ended_url(self, runner: CallRunner, public: str | None) -> str | None:
+        """Where Twilio goes if the new stream breaks (None: calls end with their stream).
+        On the line's URL: the `<Redirect>` is followed whichever instance holds the call
+        then, and an instance that does not hold it sends Twilio on."""
         if public is None or not self._state.settings.callbridge_stream_lost_seconds:
             return None
         return public.rstrip("/") + stream_ended_path(runner.call_id)
 
-    def _stream_url(self, runner: CallRunner) -> str | None:
-        base = own_ws_base(self._state.settings)
-        if base is None:
-            return None
+    def _stream_url(self, runner: CallRunner, base: str) -> str:
         path = _STREAM_PATHS.get(runner.bridge.direction, "media-stream")
         # A segment of its own: Twilio signs the same URL the same way every time, and a
         # repeated signature is refused as a replay.

@@ -37,8 +37,3 @@ def ws_base(http_base: str) -> str:
     scheme = "wss" if parts.scheme == "https" else "ws"
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
-
-def own_ws_base(settings: Settings) -> str | None:
-    """`own_base_url` as ws(s)://, the base of a returning call's stream URL."""
-    base = own_base_url(settings)
-    return None if base is None else ws_base(base)

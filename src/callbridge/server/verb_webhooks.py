@@ -19,7 +19,7 @@ from callbridge.server.call_control import (
 )
 from callbridge.server.shared_state import Command
 from callbridge.server.state import APP_STATE, AppState
-from callbridge.server.webhooks import signed_form, text_field
+from callbridge.server.webhooks import public_http_base, signed_form, text_field
 from callbridge.twilio import call_twiml
 from callbridge.verbs import ANSWERED_BY
 
@@ -53,7 +53,7 @@ async def dial_ended(request: web.Request) -> web.Response:
         return _twiml(call_twiml.hangup_twiml())
     runner.end(DialEnded(status))
     if runner.accepts_stream:
-        twiml = CallControl(state).reattach_twiml(runner)
+        twiml = CallControl(state).reattach_twiml(runner, public_http_base(request, state))
         if twiml is not None:
             return _twiml(twiml)
     return _twiml(call_twiml.hangup_twiml())
@@ -75,7 +75,7 @@ async def stream_ended(request: web.Request) -> web.Response:
     elif runner is not None:
         runner.stream_ended()
         if runner.accepts_stream:
-            reattach = CallControl(state).reattach_twiml(runner)
+            reattach = CallControl(state).reattach_twiml(runner, public_http_base(request, state))
             if reattach is not None:
                 outcome, twiml = "reattach", reattach
     elif (holder_url := await _holder_url(state, call_id)) is not None:

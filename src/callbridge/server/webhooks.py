@@ -338,8 +338,9 @@ def _public_ws_base(request: web.Request, state: AppState) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
-# For the other webhooks of a call (`verb_webhooks.py`): the same checks.
+# For the other webhooks of a call (`verb_webhooks.py`): the same checks, the same base.
 signed_form = _signed_form
+public_http_base = _public_http_base
 
 
 def text_field(request: web.Request, form: MultiDictProxy[Any], name: str) -> str | None:
