@@ -243,3 +243,16 @@ async def test_a_key_no_keypad_has_is_refused(tmp_path: Path) -> None:
     status, _, err = await simulate(tmp_path, "--keys", "12x", "--server", "http://127.0.0.1:9")
     assert status == 1
     assert err == "callbridge: --keys: 'x' is not a key of a phone keypad (0-9 * # A-D)\n"
+
+
+async def test_a_blip_breaks_the_stream_and_the_call_comes_back_on_a_new_one(
+    server: RunningServer, fake_agent: FakeVoiceAgent, tmp_path: Path
+) -> None:
+    status, summary, err = await simulate(
+        tmp_path, "--blip-after", "0.5", "--server", server.url, "--seconds", "5", env=SIGNED
+    )
+    assert status == 0, err
+    assert "the stream broke (a network blip: no stop)" in summary
+    assert "a new stream joined the call" in summary
+    assert "media streams: 2 (one call, one conversation)" in summary
+    assert len(fake_agent.sessions) == 1  # the same agent session on both streams

@@ -321,6 +321,15 @@ def simulate(
         str,
         typer.Option(help="Then press these keys on the keypad, e.g. 123# (0-9 * # A-D)."),
     ] = "",
+    blip_after: Annotated[
+        float | None,
+        typer.Option(
+            help="Break the media stream this many seconds after it starts, as a network "
+            "blip would (no stop): the call should come back on a new stream.",
+            min=0.0,
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run one call against a running server, as Twilio would, without a phone."""
     from callbridge.cli.simulate import SimulationError, caller_audio, run_simulation
@@ -344,6 +353,7 @@ def simulate(
                 parameters=parameters,
                 bot=bot,
                 keys=keys,
+                blip_after=blip_after,
             )
         )
     except SimulationError as exc:

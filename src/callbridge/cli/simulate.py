@@ -39,6 +39,7 @@ _ANSWER_SECONDS = 20.0  # webhook, then stream: how long until the call must hav
 _GAP_SECONDS = 0.2  # playback bursts closer than this are shown as one
 KEY_SECONDS = 0.3  # between two keys the caller presses
 KEYS = frozenset("0123456789*#ABCD")
+_BACK_SECONDS = 15.0  # after a blip: how long until the call must have its new stream
 
 
 class SimulationError(Exception):
@@ -71,12 +72,15 @@ async def run_simulation(
     parameters: Mapping[str, str] | None = None,
     bot: str | None = None,
     keys: str = "",
+    blip_after: float | None = None,
 ) -> str:
     """Run one call and return a summary of it.
 
     The caller says `audio` once the greeting has played, or `speak_after` seconds after
     the stream starts (over whatever is playing: a barge-in), then presses `keys` on the
-    keypad; hangs up `EXTRA_SECONDS` after, or `seconds` after the call was placed.
+    keypad; hangs up `EXTRA_SECONDS` after, or `seconds` after the call was placed. With
+    `blip_after`, the stream's connection breaks that long after it started, as in a
+    network blip, and Twilio carries on with the call's TwiML.
     """
     bad = sorted(set(keys) - KEYS)
     if bad:
@@ -88,18 +92,40 @@ async def run_simulation(
         public_url=settings.public_url or server_url,
         record_timeline=True,
     )
+    blips: list[tuple[float, str]] = []  # (when, what) for the timeline
     async with simulator:
         call = await _place(simulator, settings, outbound, _signed_query(settings, parameters, bot))
         _check_webhook(call, settings, server_url)
-        with contextlib.suppress(TimeoutError, CallEndedError):
-            async with asyncio.timeout(seconds):
-                await _converse(call, audio, speak_after, keys)
+        # Owned here: cancelled once the conversation is over, whatever it came to.
+        blip = asyncio.create_task(_blip(call, blip_after, blips)) if blip_after else None
+        try:
+            with contextlib.suppress(TimeoutError, CallEndedError):
+                async with asyncio.timeout(seconds):
+                    await _converse(call, audio, speak_after, keys)
+        finally:
+            if blip is not None:
+                blip.cancel()
+                await asyncio.wait([blip])
         _check_stream(call, settings, server_url)
         if not call.ended.is_set():
             await call.hangup()
         if record is not None:
             write_stereo_ulaw_as_wav(record, bytes(call.caller_track), bytes(call.played_track))
-    return _summary(call, record)
+    return _summary(call, record, blips)
+
+
+async def _blip(call: SimulatedCall, after: float, blips: list[tuple[float, str]]) -> None:
+    """Break the stream `after` seconds into it; note when the next one started."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(TimeoutError, CallEndedError, RuntimeError):
+        await call.wait_started(_ANSWER_SECONDS)
+        await asyncio.sleep(after)  # the caller's timing, not an event
+        start = call.timeline_start or loop.time()
+        streams = call.streams_opened
+        call.break_stream()  # RuntimeError: the stream is over already
+        blips.append((loop.time() - start, "the stream broke (a network blip: no stop)"))
+        await call.wait_streams(streams + 1, _BACK_SECONDS)
+        blips.append((loop.time() - start, "a new stream joined the call"))
 
 
 def _callee(settings: Settings) -> str:
@@ -238,7 +264,9 @@ def _spans(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return merged
 
 
-def _summary(call: SimulatedCall, record: Path | None) -> str:
+def _summary(
+    call: SimulatedCall, record: Path | None, blips: list[tuple[float, str]] | None = None
+) -> str:
     lines = [
         f"call {call.call_sid}: webhook HTTP {call.webhook_status}, "
         f"ended: {call.end_reason or 'still live'}",
@@ -256,6 +284,7 @@ def _summary(call: SimulatedCall, record: Path | None) -> str:
     events += [
         (at, f"{at:5.1f} s        the caller presses {key}") for at, key in call.keys_pressed
     ]
+    events += [(at, f"{at:5.1f} s        {what}") for at, what in blips or ()]
     if events:
         lines.append("timeline (seconds from the start of the media stream):")
         lines += [f"  {text}" for _, text in sorted(events)]
@@ -263,6 +292,8 @@ def _summary(call: SimulatedCall, record: Path | None) -> str:
         f"caller sent {call.media_sent} frames; heard {len(call.heard) / SAMPLE_RATE:.1f} s "
         f"of agent audio; Twilio told to clear it {call.clears} time(s)"
     )
+    if call.streams_opened > 1:
+        lines.append(f"media streams: {call.streams_opened} (one call, one conversation)")
     lines += [f"Twilio said: {text}" for text in call.said]
     if call.warnings:
         lines.append(f"protocol warnings from the server's frames: {len(call.warnings)}")
