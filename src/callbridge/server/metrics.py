@@ -135,7 +135,7 @@ class CallMetrics:
         self.call_actions = Counter(
             "callbridge_call_actions",
             "Actions on calls, by verb and outcome: hang-up (at-once, after-goodbye, "
-            "goodbye-not-played), say (sent, refused), keypad-entry and keypad-argument "
+            "goodbye-not-played, refused), say (sent, refused), keypad-entry and keypad-argument "
             "(entered, missing), silence-check-in (asked), transfer (answered, busy, "
             "no-answer, failed, canceled, not-started), digits (sent, failed), amd (Twilio's "
             "verdict), voicemail (left), stream-lost (reattached, not-back, call-ended).",
