@@ -128,6 +128,13 @@ async def test_a_calls_page_tells_heard_from_unheard(
     assert '<span class="heard">Hi, this is the bike shop.</span>' in body
     assert "repair_status" in body
     assert "ended by caller" in body
+    # The actions on the call, in its timeline: who asked, what came of it, the detail.
+    assert (
+        '<li class="action"><span class="offset">7.2 s</span>'
+        " keypad-entry by caller: entered (4 keys)</li>"
+    ) in body
+    assert "transfer to a person by agent: busy" in body
+    assert "hang-up by agent: after-goodbye" in body
     assert "<svg" in body  # the turn latency chart
     assert "<audio" not in body  # no recording
     status, _, _ = await client.get("/console/calls/no-such-call")
@@ -211,6 +218,9 @@ async def test_hang_up_ends_a_live_call_and_the_record_says_who(
     record = await state.records.get_call(call_id)
     assert record is not None
     assert (record.ended_by, record.end_reason) == ("operator", "operator-hung-up")
+    assert [(a.verb, a.by, a.outcome) for a in record.actions] == [
+        ("hang-up", "operator", "at-once")
+    ]
 
 
 async def test_say_is_sent_to_the_agent_and_transfer_offered_to_the_bots_targets(

@@ -144,8 +144,9 @@ async def test_an_answered_transfer_ends_the_agent_session(rig: Rig) -> None:
     record = await wait_for_record(rig, call.call_sid)
     assert record["ended_at"] is not None
     [action] = record["actions"]
-    assert (action["verb"], action["outcome"], action["target"]) == (
+    assert (action["verb"], action["by"], action["outcome"], action["target"]) == (
         "transfer",
+        "agent",
         "answered",
         "a person",
     )
@@ -193,6 +194,10 @@ async def test_send_digits_plays_them_then_the_call_resumes(rig: Rig) -> None:
     assert "1w2#" not in str(events.fields)  # the digits stay out of the logs
     await call.hangup()
     await session.wait_for("session.end")
+    record = await wait_for_record(rig, call.call_sid)
+    assert [(a["verb"], a["by"], a["outcome"], a["detail"]) for a in record["actions"]] == [
+        ("digits", "agent", "sent", "")
+    ]
 
 
 async def post_verb(rig: Rig, key: str, verb: str, body: dict[str, str]) -> tuple[int, dict]:
@@ -225,6 +230,11 @@ async def test_transfer_and_digits_through_the_api(rig: Rig) -> None:
     await call.wait_streams(3, timeout=10)
     await call.hangup()
     await session.wait_for("session.end")
+    record = await wait_for_record(rig, call.call_sid)
+    assert [(a["verb"], a["by"], a["outcome"]) for a in record["actions"]] == [
+        ("digits", "operator", "sent"),
+        ("transfer", "operator", "no-answer"),
+    ]
 
 
 async def test_a_verb_for_an_ended_call_is_a_clear_409_or_404(rig: Rig) -> None:
@@ -355,9 +365,9 @@ async def test_a_machine_gets_the_voicemail_message_then_the_call_ends(rig: Rig)
     assert events.fields_of("call.answered_by")[0]["answered_by"] == "machine_end_beep"
     record = await wait_for_record(rig, sid)
     assert record["ended_at"] is not None
-    assert [(a["verb"], a["outcome"]) for a in record["actions"]] == [
-        ("amd", "machine_end_beep"),
-        ("voicemail", "left"),
+    assert [(a["verb"], a["by"], a["outcome"]) for a in record["actions"]] == [
+        ("amd", None, "machine_end_beep"),
+        ("voicemail", None, "left"),
     ]
 
 

@@ -143,8 +143,8 @@ async def test_end_call_hangs_up_only_once_the_goodbye_has_played(
     assert session.end_reason == "session.end"
     record = await record_of(server, call.call_sid)
     assert (record["ended_by"], record["end_reason"]) == ("agent", "agent-hung-up")
-    verbs = [(v["verb"], v["by"], v["outcome"]) for v in record["verbs"]]
-    assert verbs == [("hang-up", "agent", "after-goodbye")]
+    actions = [(a["verb"], a["by"], a["outcome"]) for a in record["actions"]]
+    assert actions == [("hang-up", "agent", "after-goodbye")]
 
 
 async def test_a_goodbye_that_does_not_play_in_time_is_cut_short(
@@ -174,8 +174,8 @@ async def test_a_goodbye_that_does_not_play_in_time_is_cut_short(
     assert call.unplayed_at_stream_end  # the line closed with the goodbye still playing
     record = await record_of(server, call.call_sid)
     assert (record["ended_by"], record["end_reason"]) == ("agent", "agent-hung-up")
-    verbs = [(v["verb"], v["by"], v["outcome"]) for v in record["verbs"]]
-    assert verbs == [("hang-up", "agent", "goodbye-not-played")]
+    actions = [(a["verb"], a["by"], a["outcome"]) for a in record["actions"]]
+    assert actions == [("hang-up", "agent", "goodbye-not-played")]
 
 
 # --- hang up and say from the API and the command line -----------------------------------
@@ -203,8 +203,8 @@ async def test_say_then_hang_up_through_the_api(
     )
     record = await record_of(server, call.call_sid)
     assert (record["ended_by"], record["end_reason"]) == ("operator", "operator-hung-up")
-    verbs = [(v["verb"], v["by"], v["outcome"]) for v in record["verbs"]]
-    assert verbs == [("say", "operator", "sent"), ("hang-up", "operator", "after-goodbye")]
+    actions = [(a["verb"], a["by"], a["outcome"]) for a in record["actions"]]
+    assert actions == [("say", "operator", "sent"), ("hang-up", "operator", "after-goodbye")]
 
     # The call is over: a clear refusal, never a crash.
     status, body = await post_verb(server, call.call_sid, "say", {"text": "Anyone there?"})
@@ -329,9 +329,9 @@ async def test_a_sensitive_keypad_argument_reaches_the_tool_and_nowhere_else(
     ):
         text = await r.text()
     assert r.status == 200 and CARD not in text
-    assert 'callbridge_call_verbs_total{outcome="entered",verb="keypad-argument"} 1.0' in text
+    assert 'callbridge_call_actions_total{outcome="entered",verb="keypad-argument"} 1.0' in text
     record = await record_of(server, call.call_sid)
-    assert [(v["verb"], v["detail"]) for v in record["verbs"]] == [
+    assert [(a["verb"], a["detail"]) for a in record["actions"]] == [
         ("keypad-argument", "card: 16 keys")
     ]
     assert "keypad.argument" in events.names
@@ -376,8 +376,8 @@ async def test_a_silent_caller_is_checked_on_then_the_call_ends(
         assert bytes(call.heard).endswith(fast_agent.reply_audio_for(creates[1]["instructions"]))
         record = await record_of(server, call.call_sid)
         assert (record["ended_by"], record["end_reason"]) == ("agent", "caller-silent")
-        verbs = [(v["verb"], v["by"], v["outcome"]) for v in record["verbs"]]
-        assert verbs == [
+        actions = [(a["verb"], a["by"], a["outcome"]) for a in record["actions"]]
+        assert actions == [
             ("silence-check-in", "silence", "asked"),
             ("hang-up", "silence", "after-goodbye"),
         ]
@@ -403,7 +403,7 @@ async def test_say_before_the_agent_is_ready_is_refused_and_counted(
                 ) as response,
             ):
                 text = await response.text()
-            assert 'callbridge_call_verbs_total{outcome="refused",verb="say"} 1.0' in text
+            assert 'callbridge_call_actions_total{outcome="refused",verb="say"} 1.0' in text
             await call.hangup()
     finally:
         await slow.stop()

@@ -83,8 +83,8 @@ async def test_a_blip_rejoins_the_same_conversation(
     assert [f["outcome"] for f in events.fields_of("stream.ended_callback")] == ["reattach"] * 2
     assert events.fields_of("call.ended")[0]["reason"] == "stream-stopped"
     record = await record_of(server, call.call_sid)
-    outcomes = [(a["verb"], a["outcome"]) for a in record["actions"]]
-    assert outcomes == [("stream-lost", "reattached")] * 2
+    outcomes = [(a["verb"], a["by"], a["outcome"]) for a in record["actions"]]
+    assert outcomes == [("stream-lost", None, "reattached")] * 2
 
 
 async def test_a_stream_that_does_not_come_back_ends_the_call(

@@ -34,7 +34,6 @@ from callbridge.records.entries import (
     CallOpened,
     CallSetupDone,
     CallStatusChanged,
-    CallVerb,
     RecordEntry,
     SessionConfigured,
     ToolInvocation,
@@ -339,7 +338,8 @@ def full_call(call_id: str = "call-1", call_sid: str = "CA" + "1" * 32) -> list[
         AgentSessionStarted(call_id, 8, T0 + 6.0, "sess-b", resumed=True),
         CallError(call_id, 9, T0 + 6.1, "agent", "connection_lost", "resumed within 30 s"),
         TranscriptLine(call_id, 10, T0 + 7.0, "caller", "Great, thanks, bye."),
-        CallAction(call_id, 12, T0 + 7.5, "transfer", "busy", "a person", T0 + 6.5),
+        CallAction(call_id, 11, T0 + 7.2, "keypad-entry", "entered", by="caller", detail="4 keys"),
+        CallAction(call_id, 12, T0 + 7.5, "transfer", "busy", "a person", T0 + 6.5, by="agent"),
         SessionConfigured(
             call_id,
             13,
@@ -352,7 +352,7 @@ def full_call(call_id: str = "call-1", call_sid: str = "CA" + "1" * 32) -> list[
                 "tools": [{"type": "function", "name": "repair_status"}],
             },
         ),
-        CallVerb(call_id, 14, T0 + 7.7, "hang-up", "agent", "after-goodbye"),
+        CallAction(call_id, 14, T0 + 7.7, "hang-up", "after-goodbye", by="agent"),
         CallClosed(
             call_id,
             15,

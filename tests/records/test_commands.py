@@ -145,10 +145,11 @@ async def test_show_tells_the_conversation(backend: Backend, recorded: dict[str,
             "   +6.00s  session resumed sess-b",
             "   +6.10s  error   agent connection_lost: resumed within 30 s",
             "   +7.00s  caller  Great, thanks, bye.",
-            "   +7.50s  transfer busy to a person",
+            "   +7.20s  action  keypad-entry by caller: entered (4 keys)",
+            "   +7.50s  action  transfer to a person by agent: busy",
             "   +7.60s  config  voice alba; tools repair_status; prompt 'You call Alice about her"
             " bike.'; keyterms 1",
-            "   +7.70s  verb    hang-up by agent: after-goodbye",
+            "   +7.70s  action  hang-up by agent: after-goodbye",
         ]
         assert "  Bot shop; set-up: configured\n  Parameters: name=Alice, ticket=42\n" in out
 

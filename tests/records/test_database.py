@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import datetime
 import sqlite3
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection
+from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, inspect, text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from callbridge.records import database
+from callbridge.records import database, queries, tables
 from callbridge.records.tables import metadata
 
 from .conftest import Backend
@@ -83,6 +88,103 @@ async def test_migrations_build_exactly_the_tables_the_code_uses(backend: Backen
 
     async with engine.connect() as conn:
         assert await conn.run_sync(diff) == []
+
+
+def _migrate(engine: AsyncEngine, how: str, revision: str) -> Awaitable[None]:
+    def run(connection: Connection) -> None:
+        config = database._alembic_config()
+        config.attributes["connection"] = connection
+        getattr(command, how)(config, revision)
+
+    async def go() -> None:
+        async with engine.begin() as conn:
+            await conn.run_sync(run)
+
+    return go()
+
+
+async def _rows(engine: AsyncEngine, sql: str) -> list[tuple[Any, ...]]:
+    async with engine.connect() as conn:
+        return [tuple(row) for row in (await conn.execute(text(sql))).all()]
+
+
+async def test_0006_moves_the_verbs_into_the_actions_and_back(backend: Backend) -> None:
+    engine = backend.engine()
+    await _migrate(engine, "upgrade", "0005")
+
+    def at(second: int) -> datetime.datetime:
+        return datetime.datetime(2026, 12, 1, 10, 0, second, tzinfo=datetime.UTC)
+
+    # As 0004 made it (the code no longer knows the table).
+    call_verbs = Table(
+        "callbridge_call_verbs",
+        MetaData(),
+        *(Column(name, String) for name in ("call_id", "verb", "by", "outcome", "detail")),
+        Column("seq", Integer),
+        Column("at", tables.UtcDateTime),
+    )
+    async with engine.begin() as conn:
+        await conn.execute(
+            tables.calls.insert(),
+            [{"call_id": c, "started_at": at(0), "opened": True} for c in ("a", "b")],
+        )
+        await conn.execute(
+            call_verbs.insert(),
+            [
+                {"call_id": "a", "seq": 3, "at": at(3), "verb": "keypad-entry",
+                 "by": "caller", "outcome": "entered", "detail": "4 keys"},
+                {"call_id": "a", "seq": 7, "at": at(7), "verb": "hang-up",
+                 "by": "agent", "outcome": "after-goodbye", "detail": ""},
+                {"call_id": "b", "seq": 2, "at": at(2), "verb": "say",
+                 "by": "operator", "outcome": "refused", "detail": "the call is ending"},
+            ],
+        )  # fmt: skip
+        await conn.execute(
+            tables.call_actions.insert(),
+            {
+                "call_id": "a",
+                "seq": 5,
+                "at": at(5),
+                "verb": "transfer",
+                "outcome": "busy",
+                "target": "sales",
+                "started_at": at(4),
+            },
+        )
+
+    await database.upgrade(engine)
+    assert await database.current_revision(engine) == database.head_revision()
+    async with engine.connect() as conn:
+        assert not await conn.run_sync(
+            lambda sync: inspect(sync).has_table("callbridge_call_verbs")
+        )
+    async with engine.connect() as conn:
+        a, b = await queries.get_call(conn, "a"), await queries.get_call(conn, "b")
+    assert a is not None and b is not None
+    assert [
+        (x.seq, x.at.second, x.verb, x.by, x.outcome, x.detail, x.target) for x in a.actions
+    ] == [
+        (3, 3, "keypad-entry", "caller", "entered", "4 keys", None),
+        (5, 5, "transfer", None, "busy", "", "sales"),
+        (7, 7, "hang-up", "agent", "after-goodbye", "", None),
+    ]
+    assert a.actions[1].started_at is not None and a.actions[1].started_at.second == 4
+    assert [(x.seq, x.verb, x.by, x.outcome, x.detail) for x in b.actions] == [
+        (2, "say", "operator", "refused", "the call is ending")
+    ]
+
+    await _migrate(engine, "downgrade", "0005")
+    assert await _rows(
+        engine, "SELECT call_id, seq, verb, by, outcome, detail FROM callbridge_call_verbs"
+        " ORDER BY call_id, seq"
+    ) == [
+        ("a", 3, "keypad-entry", "caller", "entered", "4 keys"),
+        ("a", 7, "hang-up", "agent", "after-goodbye", ""),
+        ("b", 2, "say", "operator", "refused", "the call is ending"),
+    ]  # fmt: skip
+    assert await _rows(engine, "SELECT call_id, seq, verb FROM callbridge_call_actions") == [
+        ("a", 5, "transfer")
+    ]
 
 
 def test_offline_sql_for_dbas() -> None:

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from callbridge.records import spool
+from callbridge.records.entries import CallAction
 from callbridge.records.spool import Spool, SpoolError
 
 from .conftest import full_call
@@ -42,6 +43,24 @@ def test_entries_round_trip_through_spool_lines(entries: list[object]) -> None:
 def test_every_kind_of_entry_round_trips() -> None:
     entries = full_call()
     assert [spool.decode(line) for line in spool.encode(entries).splitlines()] == entries
+
+
+def test_lines_spooled_before_verbs_and_actions_were_one_kind_still_decode() -> None:
+    # A spool written by an earlier version: the verbs had a kind of their own, and the
+    # actions had no `by` or `detail`.
+    verb = (
+        b'["CallVerb",{"call_id":"c","seq":4,"at":10.5,"verb":"keypad-entry",'
+        b'"by":"caller","outcome":"entered","detail":"3 keys"}]'
+    )
+    action = (
+        b'["CallAction",{"call_id":"c","seq":5,"at":11.0,"verb":"transfer",'
+        b'"outcome":"busy","target":"sales","started_at":9.0}]'
+    )
+    assert spool.decode(verb) == CallAction(
+        "c", 4, 10.5, "keypad-entry", "entered", by="caller", detail="3 keys"
+    )
+    assert spool.decode(action) == CallAction("c", 5, 11.0, "transfer", "busy", "sales", 9.0)
+    assert spool.decode(b'["CallVerb",{"call_id":"c","seq":4}]') is None
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import sqlalchemy
 
 from callbridge.records import spool
 from callbridge.records.entries import (
+    CallAction,
     CallClosed,
     CallOpened,
     CallSetupDone,
@@ -40,6 +41,7 @@ ENTRY_TABLES = {
     "callbridge_tool_calls": 2,
     "callbridge_turn_latencies": 1,
     "callbridge_call_errors": 1,
+    "callbridge_call_actions": 3,
     "callbridge_session_configs": 1,
 }
 
@@ -187,16 +189,27 @@ def expected_detail() -> dict[str, Any]:
         ],
         "actions": [
             {
+                "seq": 11,
+                "at": iso(T0 + 7.2),
+                "offset_seconds": 7.2,
+                "verb": "keypad-entry",
+                "by": "caller",
+                "outcome": "entered",
+                "detail": "4 keys",
+                "target": None,
+                "started_at": None,
+            },
+            {
                 "seq": 12,
                 "at": iso(T0 + 7.5),
                 "offset_seconds": 7.5,
                 "verb": "transfer",
+                "by": "agent",
                 "outcome": "busy",
+                "detail": "",
                 "target": "a person",
                 "started_at": iso(T0 + 6.5),
-            }
-        ],
-        "verbs": [
+            },
             {
                 "seq": 14,
                 "at": iso(T0 + 7.7),
@@ -205,7 +218,9 @@ def expected_detail() -> dict[str, Any]:
                 "by": "agent",
                 "outcome": "after-goodbye",
                 "detail": "",
-            }
+                "target": None,
+                "started_at": None,
+            },
         ],
         "audio": {
             "frames_from_twilio": 400,
@@ -300,6 +315,37 @@ async def test_a_spool_replayed_twice_is_stored_once(
     assert await table_counts(backend) == ENTRY_TABLES
     store = make_store()
     await store.start()
+    detail = await store.get_call("call-1")
+    assert detail is not None and as_json(detail) == expected_detail()
+
+
+async def test_a_spool_written_before_the_upgrade_is_replayed(
+    make_store: StoreFactory, backend: Backend, tmp_path: Path
+) -> None:
+    # The verbs (hang-ups, keypad entries...) were spooled as a kind of their own, which
+    # this version no longer writes: they are replayed as the call's actions all the same.
+    lines = []
+    for entry in full_call():
+        if isinstance(entry, CallAction) and entry.verb != "transfer":
+            old = {
+                "call_id": entry.call_id,
+                "seq": entry.seq,
+                "at": entry.at,
+                "verb": entry.verb,
+                "by": entry.by,
+                "outcome": entry.outcome,
+                "detail": entry.detail,
+            }
+            lines.append(msgspec.json.encode(["CallVerb", old]) + b"\n")
+        else:
+            lines.append(spool.encode([entry]))
+    assert sum(line.startswith(b'["CallVerb"') for line in lines) == 2
+    (tmp_path / "spool.jsonl").write_bytes(b"".join(lines))
+    store = make_store()
+    await store.start()
+    await store.flush()
+    assert store.stats().rejected == 0
+    assert await table_counts(backend) == ENTRY_TABLES
     detail = await store.get_call("call-1")
     assert detail is not None and as_json(detail) == expected_detail()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from callbridge.records.entries import (
+    CallAction,
     CallClosed,
     CallError,
     CallOpened,
@@ -71,6 +72,29 @@ def test_a_call_s_records_become_counters_and_histograms() -> None:
     for outcome in ("ok", "error", "discarded"):
         assert value(m, "callbridge_tool_calls_total", tool="lookup", outcome=outcome) == 1
     assert value(m, "callbridge_tool_duration_seconds_count", tool="lookup") == 1
+
+
+def test_every_action_on_a_call_is_counted_in_one_counter() -> None:
+    m = new_metrics()
+    m.observe(CallAction("c1", 1, 0.0, "keypad-entry", "entered", by="caller", detail="4 keys"))
+    m.observe(CallAction("c1", 2, 0.0, "transfer", "busy", "sales", 0.0, by="agent"))
+    m.observe(CallAction("c1", 3, 0.0, "stream-lost", "reattached"))
+    m.observe(CallAction("c1", 4, 0.0, "hang-up", "after-goodbye", by="agent"))
+    m.observe(CallAction("c2", 1, 0.0, "hang-up", "after-goodbye", by="operator"))
+    counted = {
+        (s.labels["verb"], s.labels["outcome"]): s.value
+        for family in m.registry.collect()
+        if family.name == "callbridge_call_actions"
+        for s in family.samples
+        if s.name == "callbridge_call_actions_total"
+    }
+    assert counted == {
+        ("keypad-entry", "entered"): 1,
+        ("transfer", "busy"): 1,
+        ("stream-lost", "reattached"): 1,
+        ("hang-up", "after-goodbye"): 2,
+    }
+    assert b"callbridge_call_verbs" not in m.exposition()
 
 
 def test_gauges_are_read_when_scraped() -> None:

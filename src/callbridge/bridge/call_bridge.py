@@ -1096,7 +1096,8 @@ class CallBridge:
         ]
 
     def _hang_up_record(self, outcome: str) -> Record:
-        return self._records.verb("hang-up", self._hang_up_request.by or "operator", outcome)
+        by = self._hang_up_request.by or "operator"
+        return self._records.action("hang-up", outcome, by=by)
 
     def _hung_up_reason(self) -> EndReason:
         return _HUNG_UP_BY[self._hang_up_request.by or "operator"]
@@ -1110,7 +1111,7 @@ class CallBridge:
             return []
         return [
             Log.info("call.hanging_up", by=by),
-            self._records.verb("hang-up", by, "at-once"),
+            self._records.action("hang-up", "at-once", by=by),
             *self._end(_HUNG_UP_BY[by]),
         ]
 
@@ -1120,11 +1121,11 @@ class CallBridge:
             why = refusal or "the agent is reconnecting"
             return [
                 Log.warning("call.say_refused", why=why),
-                self._records.verb("say", "operator", "refused", why),
+                self._records.action("say", "refused", by="operator", detail=why),
             ]
         return [
             Log.info("call.say", chars=len(msg.text)),
-            self._records.verb("say", "operator", "sent"),
+            self._records.action("say", "sent", by="operator"),
             *self._silence.disarm(),
             SendToAgent(agent.encode_reply_create(say_instructions(msg.text))),
         ]
@@ -1180,7 +1181,8 @@ class CallBridge:
         if hang_up:
             return actions + self._request_hang_up("silence", SAY_GOODBYE_INSTRUCTIONS)
         detail = f"check-in {self._silence.check_ins}"
-        return [*actions, self._records.verb("silence-check-in", "silence", "asked", detail)]
+        check_in = self._records.action("silence-check-in", "asked", by="silence", detail=detail)
+        return [*actions, check_in]
 
     # --- ending -----------------------------------------------------------------------
 
@@ -1496,7 +1498,8 @@ class CallBridge:
     def _digits_done(self, error: str | None) -> list[Action]:
         call_id = self._verbs.finish()
         self._handover.expect(None)
-        record = self._records.action("digits", "sent" if error is None else "failed")
+        outcome = "sent" if error is None else "failed"
+        record = self._records.action("digits", outcome, by=self._verbs.by)
         if call_id is None:
             return [record]
         result = tool_result(sent=True) if error is None else "the keys could not be sent"
@@ -1558,6 +1561,7 @@ class CallBridge:
         return self._records.action(
             "transfer",
             outcome,
+            by=self._verbs.by,
             target=target.name if target else None,
             started_at=self._verbs.started_at,
         )

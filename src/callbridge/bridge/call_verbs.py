@@ -67,6 +67,7 @@ class VerbState:
     __slots__ = (
         "_awaiting_reply",
         "answered_by",
+        "by",
         "config",
         "digits",
         "message_pending",
@@ -85,6 +86,7 @@ class VerbState:
         self.target: TransferTarget | None = None
         self.digits = ""
         self.tool_call_id: str | None = None  # a tool call answered once the verb is done
+        self.by: str | None = None  # who asked for the transfer or digits: agent, operator
         self.reply: str | None = None  # the reply that must play before the verb acts
         self._awaiting_reply = False
         self.transfer_outcome: str | None = None
@@ -123,6 +125,7 @@ class VerbState:
         self.phase = Phase.ANNOUNCING
         self.target = target
         self.tool_call_id = tool_call_id
+        self.by = _requested_by(tool_call_id)
         self.transfer_outcome = None
         self.started_at = now
         self._await_next_reply()
@@ -132,6 +135,7 @@ class VerbState:
         self.phase = Phase.SENDING_DIGITS
         self.digits = digits
         self.tool_call_id = tool_call_id
+        self.by = _requested_by(tool_call_id)
 
     def begin_message(self) -> None:
         self.phase = Phase.LEAVING_MESSAGE
@@ -170,6 +174,11 @@ class VerbState:
         self.reply = None
         self._awaiting_reply = False
         return call_id
+
+
+def _requested_by(tool_call_id: str | None) -> str:
+    # The agent asks by a tool call; anyone else (the API, the console) is an operator.
+    return "agent" if tool_call_id is not None else "operator"
 
 
 def tool_result(**fields: object) -> str:

@@ -179,7 +179,7 @@ class KeypadInput:
         return [
             CancelTimer(Timer.KEYPAD),
             Log.info("keypad.entry", keys=len(keys)),
-            self._records.verb("keypad-entry", "caller", "entered", _keys(keys)),
+            self._records.action("keypad-entry", "entered", by="caller", detail=_keys(keys)),
             SendToAgent(agent.encode_reply_create(entry_instructions(keys))),
         ]
 
@@ -211,7 +211,8 @@ class KeypadInput:
             ),
         ]
         if len(keys) < spec.min_digits:
-            actions.append(self._records.verb("keypad-argument", "caller", "missing", name))
+            missing = self._records.action("keypad-argument", "missing", by="caller", detail=name)
+            actions.append(missing)
             self._collecting = None
             problem = (
                 f"the caller entered {len(keys)} keys for {name}, fewer than {spec.min_digits}"
@@ -221,7 +222,8 @@ class KeypadInput:
             return actions + self._tool_failed(current.call_id, problem) + self._next_collection()
         current.values[name] = keys
         detail = f"{name}: {_keys(keys)}"
-        actions.append(self._records.verb("keypad-argument", "caller", "entered", detail))
+        entered = self._records.action("keypad-argument", "entered", by="caller", detail=detail)
+        actions.append(entered)
         if current.waiting:
             return actions + self._ask(current)
         actions.append(RunTool(current.call_id, current.tool, current.arguments, current.values))

@@ -70,17 +70,27 @@ class RecordEntries:
         """The wall clock's time, as entries carry it."""
         return self._wall()
 
-    def action(self, verb: str, outcome: str, **fields: Any) -> Record:
-        return Record(
-            records.CallAction(
-                self.call_id, self._next_seq(), self._wall(), verb, outcome, **fields
-            )
-        )
-
-    def verb(self, verb: str, by: str, outcome: str, detail: str = "") -> Record:
-        """A verb performed on the call (`records.CallVerb`); `detail` never holds keys."""
-        entry = records.CallVerb(
-            self.call_id, self._next_seq(), self._wall(), verb, by, outcome, detail
+    def action(
+        self,
+        verb: str,
+        outcome: str,
+        *,
+        by: str | None = None,
+        detail: str = "",
+        target: str | None = None,
+        started_at: float | None = None,
+    ) -> Record:
+        """An action on the call (`records.CallAction`); `detail` never holds keys."""
+        entry = records.CallAction(
+            self.call_id,
+            self._next_seq(),
+            self._wall(),
+            verb,
+            outcome,
+            target=target,
+            started_at=started_at,
+            by=by,
+            detail=detail,
         )
         return Record(entry)
 

@@ -256,14 +256,8 @@ def render_call(call: CallDetail) -> str:
             (err.seq, f"{_offset(err.offset_seconds)}  error   {err.source} {err.code}{message}")
         )
     for act in call.actions:
-        target = f" to {act.target}" if act.target else ""
-        events.append(
-            (act.seq, f"{_offset(act.offset_seconds)}  {act.verb:<7} {act.outcome}{target}")
-        )
-    for v in call.verbs:
-        detail = f" ({v.detail})" if v.detail else ""
-        line = f"{_offset(v.offset_seconds)}  verb    {v.verb} by {v.by}: {v.outcome}{detail}"
-        events.append((v.seq, line))
+        line = f"{_offset(act.offset_seconds)}  action  {queries.describe_action(act)}"
+        events.append((act.seq, line))
     if events:
         lines.append("")
         lines.extend(line for _, line in sorted(events, key=lambda e: e[0]))

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from callbridge.records.queries import CallDetail, Overview, ToolCallItem
+from callbridge.records.queries import CallDetail, Overview, ToolCallItem, describe_action
 
 MASK = "•"
 SENSITIVE = "••••"  # a sensitive argument's value, as shown
@@ -98,7 +98,7 @@ def tool_result(item: ToolCallItem) -> str | None:
 @dataclass(frozen=True)
 class TimelineEvent:
     offset_seconds: float
-    kind: str  # status, session, caller, agent, tool, error, end
+    kind: str  # status, session, caller, agent, tool, error, action, end
     text: str
 
 
@@ -141,6 +141,8 @@ def timeline(call: CallDetail) -> list[TimelineEvent]:
             "error",
             f"{e.source} error {e.code}" + (f": {e.message}" if e.message else ""),
         )
+    for act in call.actions:
+        add(act.offset_seconds, 2, "action", describe_action(act))
     if call.ended_at is not None:
         who = f" by {call.ended_by}" if call.ended_by else ""
         reason = f" ({call.end_reason})" if call.end_reason else ""

@@ -129,12 +129,20 @@ class CallError(msgspec.Struct, frozen=True):
 
 
 class CallAction(msgspec.Struct, frozen=True):
-    """What a verb acting on the call came to: a transfer (its outcome: answered, busy,
-    no-answer, failed, canceled, not-started; `target` its name, `started_at` when the
-    agent began to announce it), keypad tones sent (sent, failed), answering-machine
-    detection (`verb` "amd", the verdict as outcome), a voicemail message left, a stream
-    that broke without `stop` ("stream-lost": reattached, not-back, call-ended; `started_at`
-    when it broke)."""
+    """An action on the call, and what it came to. `verb` and its outcomes:
+
+    - hang-up (at-once, after-goodbye, goodbye-not-played), say (sent, refused),
+      keypad-entry and keypad-argument (entered, missing), silence-check-in (asked);
+    - transfer (answered, busy, no-answer, failed, canceled, not-started; `target` its
+      name, `started_at` when the agent began to announce it), digits: keypad tones sent
+      (sent, failed), amd: answering-machine detection (Twilio's verdict), voicemail (left),
+      stream-lost: a stream that broke without `stop` (reattached, not-back, call-ended;
+      `started_at` when it broke).
+
+    `by` whom: agent, operator, silence, caller; None where nobody asked for it (amd,
+    voicemail, stream-lost). `detail` never holds what the caller typed: at most how many
+    keys.
+    """
 
     call_id: str
     seq: int
@@ -143,19 +151,7 @@ class CallAction(msgspec.Struct, frozen=True):
     outcome: str
     target: str | None = None
     started_at: float | None = None
-
-
-class CallVerb(msgspec.Struct, frozen=True):
-    """A verb performed on the call: `verb` (hang-up, say, keypad-entry, keypad-argument,
-    silence-check-in), `by` whom (agent, operator, silence, caller), and its `outcome`.
-    `detail` never holds what the caller typed: at most how many keys."""
-
-    call_id: str
-    seq: int
-    at: float
-    verb: str
-    by: str
-    outcome: str
+    by: str | None = None
     detail: str = ""
 
 
@@ -183,6 +179,5 @@ RecordEntry = (
     | SessionConfigured
     | CallError
     | CallAction
-    | CallVerb
     | CallClosed
 )

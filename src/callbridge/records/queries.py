@@ -41,7 +41,6 @@ from callbridge.records.tables import (
     call_actions,
     call_errors,
     call_statuses,
-    call_verbs,
     calls,
     session_configs,
     tool_calls,
@@ -154,9 +153,20 @@ class ActionItem(msgspec.Struct, kw_only=True):
     at: datetime.datetime
     offset_seconds: float
     verb: str
+    by: str | None
     outcome: str
+    detail: str
     target: str | None
     started_at: datetime.datetime | None
+
+
+def describe_action(act: ActionItem) -> str:
+    """`transfer to sales by agent: busy`, `say by operator: refused (the call is ending)`:
+    the verb, its target, who asked for it, what it came to and its detail, each if known."""
+    target = f" to {act.target}" if act.target else ""
+    by = f" by {act.by}" if act.by else ""
+    detail = f" ({act.detail})" if act.detail else ""
+    return f"{act.verb}{target}{by}: {act.outcome}{detail}"
 
 
 class SessionConfigItem(msgspec.Struct, kw_only=True):
@@ -170,16 +180,6 @@ class SetupItem(msgspec.Struct, kw_only=True):
     outcome: str  # configured | defaults | refused | forwarded | failed
     detail: str | None
     error: str | None
-
-
-class VerbItem(msgspec.Struct, kw_only=True):
-    seq: int
-    at: datetime.datetime
-    offset_seconds: float
-    verb: str
-    by: str
-    outcome: str
-    detail: str
 
 
 class AudioCounts(msgspec.Struct, kw_only=True):
@@ -200,7 +200,6 @@ class CallDetail(CallSummary, kw_only=True):
     turn_latencies: list[TurnLatencyItem]
     errors: list[ErrorItem]
     actions: list[ActionItem]
-    verbs: list[VerbItem]
     audio: AudioCounts
     bot: str | None
     parameters: dict[str, str | None]
@@ -477,7 +476,6 @@ async def get_call(conn: AsyncConnection, key: str) -> CallDetail | None:
         if outcome is not None
         else None
     )
-    verbs = await _items(conn, call_verbs, VerbItem, call_id, offset)
     resumed_sessions = sum(1 for s in sessions if s.resumed)
     return CallDetail(
         **{f: getattr(summary, f) for f in CallSummary.__struct_fields__},
@@ -491,7 +489,6 @@ async def get_call(conn: AsyncConnection, key: str) -> CallDetail | None:
         turn_latencies=latencies,
         errors=errors,
         actions=actions,
-        verbs=verbs,
         audio=AudioCounts(
             frames_from_twilio=m["frames_from_twilio"],
             frames_to_agent=m["frames_to_agent"],

@@ -32,7 +32,6 @@ from callbridge.records.entries import (
     CallOpened,
     CallSetupDone,
     CallStatusChanged,
-    CallVerb,
     RecordEntry,
     SessionConfigured,
     ToolInvocation,
@@ -56,12 +55,35 @@ KINDS: dict[str, type[Any]] = {
         TurnLatency,
         CallError,
         CallAction,
-        CallVerb,
         CallClosed,
         CallSetupDone,
         SessionConfigured,
     )
 }
+
+
+class _CallVerb(msgspec.Struct, frozen=True):
+    """How a spool written before hang-ups, say, keypad entries and silence check-ins were
+    recorded as `CallAction`s holds them: such a line is still replayed, as a CallAction."""
+
+    call_id: str
+    seq: int
+    at: float
+    verb: str
+    by: str
+    outcome: str
+    detail: str = ""
+
+    def as_action(self) -> CallAction:
+        return CallAction(
+            self.call_id,
+            self.seq,
+            self.at,
+            self.verb,
+            self.outcome,
+            by=self.by,
+            detail=self.detail,
+        )
 
 
 class SpoolError(Exception):
@@ -82,6 +104,7 @@ class _RawLine(msgspec.Struct, array_like=True):
 _encoder = msgspec.json.Encoder(enc_hook=str)
 _line_decoder = msgspec.json.Decoder(_RawLine)
 _entry_decoders = {name: msgspec.json.Decoder(cls) for name, cls in KINDS.items()}
+_legacy_decoders = {"CallVerb": msgspec.json.Decoder(_CallVerb)}
 
 
 def encode(entries: Sequence[RecordEntry]) -> bytes:
@@ -95,7 +118,8 @@ def decode(line: bytes) -> RecordEntry | None:
         raw = _line_decoder.decode(line)
         decoder = _entry_decoders.get(raw.kind)
         if decoder is None:
-            return None
+            legacy = _legacy_decoders.get(raw.kind)
+            return None if legacy is None else legacy.decode(raw.entry).as_action()
         entry: RecordEntry = decoder.decode(raw.entry)
         return entry
     except (msgspec.DecodeError, msgspec.ValidationError):

@@ -194,6 +194,10 @@ call_errors = Table(
     Column("message", Text, nullable=False),
 )
 
+# The actions on a call and what they came to: hang-ups, things said, keypad entries,
+# silence check-ins, transfers, keypad tones, machine detection, voicemail, lost streams
+# (migration 0005; `by` and `detail` and the rows of the former callbridge_call_verbs:
+# 0006). `detail` never holds the keys a caller pressed.
 call_actions = Table(
     "callbridge_call_actions",
     metadata,
@@ -204,6 +208,8 @@ call_actions = Table(
     Column("outcome", String, nullable=False),
     Column("target", String),
     Column("started_at", UtcDateTime),
+    Column("by", String),  # agent, operator, silence, caller; NULL: nobody asked
+    Column("detail", Text, nullable=False, server_default=""),
 )
 
 # The session configuration the agent confirmed, at the start and after each change
@@ -217,20 +223,6 @@ session_configs = Table(
     Column("config", json_type(), nullable=False),
 )
 
-# The verbs performed on a call: hang-up, say, keypad entries, silence check-ins
-# (migration 0004). `detail` never holds the keys a caller pressed.
-call_verbs = Table(
-    "callbridge_call_verbs",
-    metadata,
-    Column("call_id", String, primary_key=True),
-    Column("seq", Integer, primary_key=True),
-    Column("at", UtcDateTime, nullable=False),
-    Column("verb", String, nullable=False),
-    Column("by", String, nullable=False),
-    Column("outcome", String, nullable=False),
-    Column("detail", Text, nullable=False),
-)
-
 # The tables whose rows belong to one call by call_id (purged with it).
 CALL_CHILD_TABLES = (
     agent_sessions,
@@ -240,5 +232,4 @@ CALL_CHILD_TABLES = (
     call_errors,
     call_actions,
     session_configs,
-    call_verbs,
 )

@@ -50,7 +50,6 @@ from callbridge.records.entries import (
     CallOpened,
     CallSetupDone,
     CallStatusChanged,
-    CallVerb,
     RecordEntry,
     SessionConfigured,
     ToolInvocation,
@@ -64,7 +63,6 @@ from callbridge.records.tables import (
     call_actions,
     call_errors,
     call_statuses,
-    call_verbs,
     calls,
     session_configs,
     tool_calls,
@@ -252,15 +250,7 @@ def _entry_row(
             _text(entry.outcome),
             _text(entry.target),
             None if entry.started_at is None else utc(entry.started_at),
-        )
-    if isinstance(entry, CallVerb):
-        return call_verbs, (
-            entry.call_id,
-            entry.seq,
-            at,
-            _text(entry.verb),
             _text(entry.by),
-            _text(entry.outcome),
             _text(entry.detail),
         )
     raise TypeError(f"not a record entry: {type(entry).__name__}")

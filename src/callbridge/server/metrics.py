@@ -29,7 +29,6 @@ from callbridge.records.entries import (
     CallError,
     CallOpened,
     CallSetupDone,
-    CallVerb,
     RecordEntry,
     ToolInvocation,
     TurnLatency,
@@ -135,10 +134,11 @@ class CallMetrics:
         )
         self.call_actions = Counter(
             "callbridge_call_actions",
-            "Verbs acting on calls, by verb (transfer, digits, amd, voicemail, stream-lost) and "
-            "outcome (a transfer: answered, busy, no-answer, failed, canceled, not-started; "
-            "keypad tones: sent, failed; amd: Twilio's verdict; voicemail: left; a stream that "
-            "broke: reattached, not-back, call-ended).",
+            "Actions on calls, by verb and outcome: hang-up (at-once, after-goodbye, "
+            "goodbye-not-played, refused), say (sent, refused), keypad-entry and keypad-argument "
+            "(entered, missing), silence-check-in (asked), transfer (answered, busy, "
+            "no-answer, failed, canceled, not-started), digits (sent, failed), amd (Twilio's "
+            "verdict), voicemail (left), stream-lost (reattached, not-back, call-ended).",
             ["verb", "outcome"],
             registry=r,
         )
@@ -147,13 +147,6 @@ class CallMetrics:
             "Calls by bot and what its set-up decided (configured, defaults, refused, "
             "forwarded; failed: the bot's defaults were used).",
             ["bot", "outcome"],
-            registry=r,
-        )
-        self.verbs = Counter(
-            "callbridge_call_verbs",
-            "Verbs performed on calls, by verb (hang-up, say, keypad-entry, keypad-argument, "
-            "silence-check-in) and outcome.",
-            ["verb", "outcome"],
             registry=r,
         )
         # From the agent: bounded. End and drop reasons are the bridge's own, a fixed set.
@@ -193,8 +186,6 @@ class CallMetrics:
             self.call_actions.labels(entry.verb, self._outcome(entry.outcome)).inc()
         elif isinstance(entry, CallSetupDone):
             self.setups.labels(self._bot_name(entry.bot_name or "default"), entry.outcome).inc()
-        elif isinstance(entry, CallVerb):
-            self.verbs.labels(entry.verb, entry.outcome).inc()
 
     def _call_closed(self, entry: CallClosed) -> None:
         self.calls_ended.labels(entry.ended_by, entry.reason).inc()

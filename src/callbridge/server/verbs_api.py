@@ -90,7 +90,7 @@ async def _verb(request: web.Request, verb: str) -> web.Response:
         runner.log.info("call.verb_refused", verb=verb, why=refusal)
         metrics = request.app.get(METRICS)
         if metrics is not None and verb in _RECORDED_AS:  # as the bridge counts its own
-            metrics.verbs.labels(_RECORDED_AS[verb], "refused").inc()
+            metrics.call_actions.labels(_RECORDED_AS[verb], "refused").inc()
         if refusal == CALL_ENDED:
             return error_response(409, "call_ended", refusal)
         code = "call_ending" if verb in _RECORDED_AS else "not_possible"
