@@ -399,7 +399,13 @@ async def test_a_person_or_no_verdict_changes_nothing(rig: Rig, verdict: str) ->
 
 
 @pytest.mark.parametrize(
-    "path", ["/calls/abc/dial-ended", "/calls/abc/transfer-answered", "/amd-status"]
+    "path",
+    [
+        "/calls/abc/dial-ended",
+        "/calls/abc/transfer-answered",
+        "/amd-status",
+        "/calls/abc/stream-ended/0f0f",
+    ],
 )
 async def test_the_verbs_callbacks_take_only_signed_requests(rig: Rig, path: str) -> None:
     form = {"CallSid": "CA" + "0" * 32, "DialCallStatus": "completed", "AnsweredBy": "fax"}

@@ -36,4 +36,3 @@ def ws_base(http_base: str) -> str:
     parts = urlsplit(http_base)
     scheme = "wss" if parts.scheme == "https" else "ws"
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
-
