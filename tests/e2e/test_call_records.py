@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import msgspec
 import pytest
 
@@ -23,13 +22,13 @@ from callbridge.testing.audio import silence, tone
 from callbridge.testing.fake_agent import FakeVoiceAgent, ScriptedTurn
 from callbridge.testing.twilio_simulator import TwilioSimulator
 from tests.conftest import (
-    API_TOKEN,
     AUTH_TOKEN,
     PUBLIC_URL,
     RunningServer,
     ServerFactory,
     free_port,
 )
+from tests.helpers.records import fetch_record
 from tests.helpers.server_process import serve_env, start_serve
 
 GREETING = "Hello, records test."
@@ -64,17 +63,6 @@ async def until_agent_line_on_disk(folder: Path, text: str, timeout: float = 5.0
 def live_runner(server: RunningServer) -> CallRunner:
     [runner] = server.app[APP_STATE].registry.live.values()
     return runner
-
-
-async def fetch_record(server: RunningServer, key: str) -> dict[str, Any]:
-    await server.app[APP_STATE].records.flush()
-    headers = {"Authorization": f"Bearer {API_TOKEN}"}
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"{server.url}/api/calls/{key}", headers=headers) as response,
-    ):
-        assert response.status == 200, await response.text()
-        return await response.json()  # type: ignore[no-any-return]
 
 
 async def test_a_full_call_produces_the_expected_record(

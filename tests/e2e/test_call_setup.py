@@ -47,6 +47,7 @@ from tests.conftest import (
     ServerFactory,
     make_settings,
 )
+from tests.helpers.records import fetch_record
 from tests.records.test_api import SPEC_URI, spec
 
 CALLER = "+15550004444"
@@ -76,17 +77,6 @@ async def sim_for() -> AsyncIterator[Any]:
     yield make
     for sim in sims:
         await sim.close()
-
-
-async def fetch_record(server: RunningServer, key: str) -> dict[str, Any]:
-    await server.app[APP_STATE].records.flush()
-    headers = {"Authorization": f"Bearer {API_TOKEN}"}
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"{server.url}/api/calls/{key}", headers=headers) as response,
-    ):
-        assert response.status == 200, await response.text()
-        return await response.json()  # type: ignore[no-any-return]
 
 
 async def wait_closed(server: RunningServer, call_id: str) -> None:

@@ -11,14 +11,12 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from callbridge.bot import Bot
 from callbridge.server.call_registry import new_call_id
-from callbridge.server.state import APP_STATE
 from callbridge.testing.fake_agent import FakeSession, FakeVoiceAgent
 from callbridge.testing.twilio_rest_fake import FakeTwilioRest
 from callbridge.testing.twilio_simulator import SimulatedCall, TwilioSimulator
@@ -35,6 +33,7 @@ from tests.conftest import (
     free_port,
 )
 from tests.helpers.log_events import caught
+from tests.helpers.records import metrics_text, record_when_done
 
 PERSON = "+15550009999"
 GREETING = "Hi."
@@ -141,7 +140,7 @@ async def test_an_answered_transfer_ends_the_agent_session(rig: Rig) -> None:
     assert events.fields_of("call.ended")[0]["reason"] == "transferred"
     update = rig.rest.updated[0][1]["Twiml"][0]
     assert re.search(rf"<Number[^>]*>{re.escape(PERSON)}</Number>", update)
-    record = await wait_for_record(rig, call.call_sid)
+    record = await record_when_done(rig.server, call.call_sid)
     assert record["ended_at"] is not None
     [action] = record["actions"]
     assert (action["verb"], action["by"], action["outcome"], action["target"]) == (
@@ -194,7 +193,7 @@ async def test_send_digits_plays_them_then_the_call_resumes(rig: Rig) -> None:
     assert "1w2#" not in str(events.fields)  # the digits stay out of the logs
     await call.hangup()
     await session.wait_for("session.end")
-    record = await wait_for_record(rig, call.call_sid)
+    record = await record_when_done(rig.server, call.call_sid)
     assert [(a["verb"], a["by"], a["outcome"], a["detail"]) for a in record["actions"]] == [
         ("digits", "agent", "sent", "")
     ]
@@ -230,7 +229,7 @@ async def test_transfer_and_digits_through_the_api(rig: Rig) -> None:
     await call.wait_streams(3, timeout=10)
     await call.hangup()
     await session.wait_for("session.end")
-    record = await wait_for_record(rig, call.call_sid)
+    record = await record_when_done(rig.server, call.call_sid)
     assert [(a["verb"], a["by"], a["outcome"]) for a in record["actions"]] == [
         ("digits", "operator", "sent"),
         ("transfer", "operator", "no-answer"),
@@ -243,39 +242,13 @@ async def test_a_verb_for_an_ended_call_is_a_clear_409_or_404(rig: Rig) -> None:
     await session.wait_for("session.end")
     status, body = await post_verb(rig, "no-such-call", "digits", {"digits": "1"})
     assert (status, body["error"]) == (404, "not_found")
-    await wait_for_record(rig, call.call_sid)
+    await record_when_done(rig.server, call.call_sid)
     status, body = await post_verb(rig, call.call_sid, "digits", {"digits": "1"})
     assert (status, body["error"]) == (409, "call_ended")
 
 
-async def wait_for_record(rig: Rig, call_sid: str) -> dict[str, Any]:
-    """The call's record, once the server is through with its calls and everything they
-    recorded is committed."""
-    state = rig.server.app[APP_STATE]
-    async with asyncio.timeout(10):
-        for runner in list(state.registry.live.values()):
-            await runner.done.wait()
-        await state.records.flush()
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(
-            f"{rig.server.url}/api/calls/{call_sid}",
-            headers={"Authorization": f"Bearer {API_TOKEN}"},
-        ) as response,
-    ):
-        assert response.status == 200
-        body: dict[str, Any] = await response.json()
-        return body
-
-
 async def metric_lines(rig: Rig, name: str) -> list[str]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(
-            f"{rig.server.url}/metrics", headers={"Authorization": f"Bearer {API_TOKEN}"}
-        ) as response,
-    ):
-        text = await response.text()
+    text = await metrics_text(rig.server)
     return [line for line in text.splitlines() if line.startswith(name)]
 
 
@@ -363,7 +336,7 @@ async def test_a_machine_gets_the_voicemail_message_then_the_call_ends(rig: Rig)
     assert call.end_reason == "hangup-verb"  # the <Redirect> after </Connect>: <Hangup>
     assert events.fields_of("call.ended")[0]["reason"] == "voicemail-left"
     assert events.fields_of("call.answered_by")[0]["answered_by"] == "machine_end_beep"
-    record = await wait_for_record(rig, sid)
+    record = await record_when_done(rig.server, sid)
     assert record["ended_at"] is not None
     assert [(a["verb"], a["by"], a["outcome"]) for a in record["actions"]] == [
         ("amd", None, "machine_end_beep"),
@@ -379,7 +352,7 @@ async def test_a_fax_is_hung_up_on(rig: Rig) -> None:
         await call.wait_ended(timeout=10)
         await events.wait_for("call.ended")
     assert events.fields_of("call.ended")[0]["reason"] == "fax"
-    record = await wait_for_record(rig, sid)
+    record = await record_when_done(rig.server, sid)
     assert record["ended_at"] is not None
     assert [(a["verb"], a["outcome"]) for a in record["actions"]] == [("amd", "fax")]
 

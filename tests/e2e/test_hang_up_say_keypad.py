@@ -24,6 +24,7 @@ from callbridge.testing.fake_agent.script import END_CALL_GOODBYE
 from callbridge.testing.twilio_simulator import SimulatedCall, TwilioSimulator
 from tests.conftest import API_KEY, API_TOKEN, AUTH_TOKEN, PUBLIC_URL, RunningServer, ServerFactory
 from tests.helpers.log_events import caught
+from tests.helpers.records import fetch_record, metrics_text
 from tests.records.test_api import checked
 
 GREETING = "Hi."
@@ -90,19 +91,6 @@ async def answered(sim: TwilioSimulator, agent: FakeVoiceAgent) -> SimulatedCall
     return call
 
 
-async def record_of(server: RunningServer, call_sid: str) -> dict[str, Any]:
-    await server.app[APP_STATE].records.flush()
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(
-            f"{server.url}/api/calls/{call_sid}",
-            headers={"Authorization": f"Bearer {API_TOKEN}"},
-        ) as response,
-    ):
-        assert response.status == 200, await response.text()
-        return await response.json()  # type: ignore[no-any-return]
-
-
 async def post_verb(
     server: RunningServer, key: str, verb: str, body: dict[str, Any] | None = None
 ) -> tuple[int, dict[str, Any]]:
@@ -141,7 +129,7 @@ async def test_end_call_hangs_up_only_once_the_goodbye_has_played(
     assert bytes(call.heard).endswith(fast_agent.reply_audio_for(GOODBYE))
     await session.ended.wait()
     assert session.end_reason == "session.end"
-    record = await record_of(server, call.call_sid)
+    record = await fetch_record(server, call.call_sid)
     assert (record["ended_by"], record["end_reason"]) == ("agent", "agent-hung-up")
     actions = [(a["verb"], a["by"], a["outcome"]) for a in record["actions"]]
     assert actions == [("hang-up", "agent", "after-goodbye")]
@@ -172,7 +160,7 @@ async def test_a_goodbye_that_does_not_play_in_time_is_cut_short(
             await events.wait_for("call.ended")
     assert events.fields_of("call.goodbye_not_played")[0]["within_seconds"] == 1.0
     assert call.unplayed_at_stream_end  # the line closed with the goodbye still playing
-    record = await record_of(server, call.call_sid)
+    record = await fetch_record(server, call.call_sid)
     assert (record["ended_by"], record["end_reason"]) == ("agent", "agent-hung-up")
     actions = [(a["verb"], a["by"], a["outcome"]) for a in record["actions"]]
     assert actions == [("hang-up", "agent", "goodbye-not-played")]
@@ -201,7 +189,7 @@ async def test_say_then_hang_up_through_the_api(
             [r for r in session.received if r["type"] == "reply.create"][-1]["instructions"]
         )
     )
-    record = await record_of(server, call.call_sid)
+    record = await fetch_record(server, call.call_sid)
     assert (record["ended_by"], record["end_reason"]) == ("operator", "operator-hung-up")
     actions = [(a["verb"], a["by"], a["outcome"]) for a in record["actions"]]
     assert actions == [("say", "operator", "sent"), ("hang-up", "operator", "after-goodbye")]
@@ -323,14 +311,10 @@ async def test_a_sensitive_keypad_argument_reaches_the_tool_and_nowhere_else(
     folder = Path(server.settings.callbridge_spool_path).parent
     for path in folder.iterdir():
         assert CARD.encode() not in path.read_bytes(), path
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {API_TOKEN}"}) as r,
-    ):
-        text = await r.text()
-    assert r.status == 200 and CARD not in text
+    text = await metrics_text(server)  # asserts the 200
+    assert CARD not in text
     assert 'callbridge_call_actions_total{outcome="entered",verb="keypad-argument"} 1.0' in text
-    record = await record_of(server, call.call_sid)
+    record = await fetch_record(server, call.call_sid)
     assert [(a["verb"], a["detail"]) for a in record["actions"]] == [
         ("keypad-argument", "card: 16 keys")
     ]
@@ -374,7 +358,7 @@ async def test_a_silent_caller_is_checked_on_then_the_call_ends(
         assert len(creates) == 2 and "goodbye" in creates[1]["instructions"]
         assert call.unplayed_at_stream_end == 0
         assert bytes(call.heard).endswith(fast_agent.reply_audio_for(creates[1]["instructions"]))
-        record = await record_of(server, call.call_sid)
+        record = await fetch_record(server, call.call_sid)
         assert (record["ended_by"], record["end_reason"]) == ("agent", "caller-silent")
         actions = [(a["verb"], a["by"], a["outcome"]) for a in record["actions"]]
         assert actions == [
@@ -396,13 +380,7 @@ async def test_say_before_the_agent_is_ready_is_refused_and_counted(
             status, body = await post_verb(server, call.call_sid, "say", {"text": "Hello?"})
             assert (status, body["error"]) == (409, "call_ending")
             assert "not live yet" in body["message"]
-            async with (
-                aiohttp.ClientSession() as http,
-                http.get(
-                    f"{server.url}/metrics", headers={"Authorization": f"Bearer {API_TOKEN}"}
-                ) as response,
-            ):
-                text = await response.text()
+            text = await metrics_text(server)
             assert 'callbridge_call_actions_total{outcome="refused",verb="say"} 1.0' in text
             await call.hangup()
     finally:

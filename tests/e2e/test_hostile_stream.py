@@ -17,7 +17,6 @@ from callbridge.testing.audio import FRAME_BYTES
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import TwilioSimulator
 from tests.conftest import BOTH_AUDIO_PATHS, BOTH_STREAM_SERVERS, RunningServer, ServerFactory
-from tests.e2e.test_call_records import fetch_record
 from tests.helpers.log_events import caught
 from tests.helpers.raw_twilio import (
     CALL_SID,
@@ -29,6 +28,7 @@ from tests.helpers.raw_twilio import (
     start_frame,
     twilio_session,
 )
+from tests.helpers.records import fetch_record
 
 # Each test runs with streams served by aiohttp and by picows.
 pytestmark = BOTH_STREAM_SERVERS

@@ -25,7 +25,6 @@ from tests.conftest import (
     RunningServer,
     ServerFactory,
 )
-from tests.e2e.test_call_records import fetch_record
 from tests.e2e.test_inbound_call import frame_indices, indexed_frames
 from tests.helpers.log_events import caught
 from tests.helpers.raw_twilio import (
@@ -39,6 +38,7 @@ from tests.helpers.raw_twilio import (
     start_frame,
     twilio_session,
 )
+from tests.helpers.records import fetch_record
 
 # Each test runs with streams served by aiohttp and by picows.
 pytestmark = BOTH_STREAM_SERVERS

@@ -5,47 +5,23 @@ the fake Voice Agent API."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
-import aiohttp
 import pytest
 
 from callbridge.bot import Bot
-from callbridge.server.state import APP_STATE
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import TwilioSimulator
 from tests.conftest import (
-    API_TOKEN,
     AUTH_TOKEN,
     BOTH_STREAM_SERVERS,
     PUBLIC_URL,
-    RunningServer,
     ServerFactory,
 )
 from tests.helpers.log_events import caught
 from tests.helpers.raw_twilio import open_live_stream, twilio_session
+from tests.helpers.records import record_when_done
 
 GREETING = "Hi."
 BOT = Bot(system_prompt="You are a test bot.", greeting=GREETING)
-
-
-async def record_of(server: RunningServer, key: str) -> dict[str, Any]:
-    """The call's record once everything the server's calls recorded is committed."""
-    state = server.app[APP_STATE]
-    async with asyncio.timeout(10):
-        for runner in list(state.registry.live.values()):
-            await runner.done.wait()
-        await state.records.flush()
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(
-            f"{server.url}/api/calls/{key}", headers={"Authorization": f"Bearer {API_TOKEN}"}
-        ) as response,
-    ):
-        assert response.status == 200
-        body: dict[str, Any] = await response.json()
-    return body
 
 
 @BOTH_STREAM_SERVERS
@@ -82,7 +58,7 @@ async def test_a_blip_rejoins_the_same_conversation(
     assert [f["why"] for f in events.fields_of("stream.reattached")] == ["stream-lost"] * 2
     assert [f["outcome"] for f in events.fields_of("stream.ended_callback")] == ["reattach"] * 2
     assert events.fields_of("call.ended")[0]["reason"] == "stream-stopped"
-    record = await record_of(server, call.call_sid)
+    record = await record_when_done(server, call.call_sid)
     outcomes = [(a["verb"], a["by"], a["outcome"]) for a in record["actions"]]
     assert outcomes == [("stream-lost", None, "reattached")] * 2
 
@@ -100,7 +76,7 @@ async def test_a_stream_that_does_not_come_back_ends_the_call(
             await session.wait_for("session.end", timeout=10)
         await events.wait_for("call.ended")
     assert events.fields_of("call.ended")[0]["reason"] == "twilio-disconnected"
-    record = await record_of(server, announced.stream_path.rsplit("/", 1)[-1])
+    record = await record_when_done(server, announced.stream_path.rsplit("/", 1)[-1])
     assert [(a["verb"], a["outcome"]) for a in record["actions"]] == [("stream-lost", "not-back")]
 
 

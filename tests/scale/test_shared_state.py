@@ -5,7 +5,6 @@ instance holding a call, and what happens while Redis is away."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import aiohttp
 import pytest
@@ -33,6 +32,7 @@ from tests.helpers.raw_twilio import (
     start_frame,
     twilio_session,
 )
+from tests.helpers.records import fetch_record
 from tests.records.conftest import TcpProxy
 from tests.scale.conftest import REDIS_HOST, REDIS_PORT, redis_keys
 
@@ -167,7 +167,7 @@ async def test_a_calls_set_up_reaches_the_instance_its_stream_lands_on(
         await call.hangup()
         await call.wait_ended(timeout=10)
     await a.app[APP_STATE].records.flush()  # a recorded the set-up, b the call
-    record = await _record(b, "placed-on-a-1")
+    record = await fetch_record(b, "placed-on-a-1")
     assert (record["bot"], record["parameters"]) == ("sales", parameters)
     assert record["setup"]["outcome"] == "configured"
 
@@ -199,17 +199,6 @@ async def test_a_tool_the_bot_does_not_have_gives_the_bots_tools_on_another_inst
     assert [t["name"] for t in first["tools"]] == ["order_status", "refund"]
     [logged] = events.fields_of("setup.tools_not_shared")
     assert logged["tools"] == ["not_on_the_bot"]
-
-
-async def _record(server: RunningServer, call_id: str) -> dict[str, Any]:
-    await server.app[APP_STATE].records.flush()
-    headers = {"Authorization": f"Bearer {API_TOKEN}"}
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"{server.url}/api/calls/{call_id}", headers=headers) as resp,
-    ):
-        assert resp.status == 200, await resp.text()
-        return await resp.json()  # type: ignore[no-any-return]
 
 
 async def test_a_replayed_webhook_is_refused_by_the_other_instance(
