@@ -49,11 +49,11 @@ VERBS = CallVerbs(
 STOP = twilio.Stop(stream_sid=STREAM)
 
 
-def live(verbs: CallVerbs = VERBS, greeting: bool = False) -> CallBridge:
+def live(verbs: CallVerbs = VERBS, greeting: bool = False, **options: Any) -> CallBridge:
     config: dict[str, Any] = {"system_prompt": "hi"}
     if greeting:
         config["greeting"] = "Hello."
-    bridge = CallBridge(session_config=config, tools=[], verbs=verbs)
+    bridge = CallBridge(session_config=config, tools=[], verbs=verbs, **options)
     bridge.handle(start_frame(name="Ann"))
     bridge.handle(AgentOpened())
     bridge.handle(agent.SessionReady(session_id="sess_1"))

@@ -5,7 +5,6 @@ sockets."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from callbridge.agent import events as agent
 from callbridge.bridge.actions import (
@@ -20,10 +19,9 @@ from callbridge.bridge.actions import (
     SendToTwilio,
     StartTimer,
 )
-from callbridge.bridge.call_bridge import CallBridge, EndReason, State
+from callbridge.bridge.call_bridge import CallBridge, EndReason
 from callbridge.bridge.inputs import (
     AgentClosed,
-    AgentOpened,
     HangUpRequested,
     TimerFired,
     TwilioClosed,
@@ -34,21 +32,7 @@ from callbridge.bridge.silence import SilenceRules
 from callbridge.bridge.timers import Timer
 from callbridge.bridge.verb_events import CallCompleted
 from callbridge.records.entries import CallAction
-from tests.unit.test_call_bridge import start_frame
-from tests.unit.test_call_verbs import second_start
-
-
-def live(**kwargs: Any) -> CallBridge:
-    bridge = CallBridge(session_config={"system_prompt": "hi"}, tools=[], **kwargs)
-    bridge.handle(start_frame())
-    bridge.handle(AgentOpened())
-    bridge.handle(agent.SessionReady(session_id="sess_1"))
-    assert bridge.state is State.LIVE
-    return bridge
-
-
-def of(kind: type, actions: list[Action]) -> list[Any]:
-    return [a for a in actions if isinstance(a, kind)]
+from tests.unit.test_call_verbs import live, of, second_start
 
 
 def lost_records(actions: list[Action]) -> list[CallAction]:
