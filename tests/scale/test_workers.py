@@ -20,16 +20,21 @@ from tests.helpers.server_process import serve_env
 from tests.scale.cluster import LoggedProcess, serve_argv
 
 
-def test_more_than_one_worker_needs_redis(tmp_path: Path) -> None:
-    env = serve_env("ws://127.0.0.1:9/v1/ws", free_port(), tmp_path)
-    done = subprocess.run(
+def serve_two_workers(env: dict[str, str], folder: Path) -> subprocess.CompletedProcess[str]:
+    """`serve --workers 2` run to its end (for the settings it refuses at once)."""
+    return subprocess.run(
         [*serve_argv(), "--workers", "2"],
         env=env,
-        cwd=tmp_path,
+        cwd=folder,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_more_than_one_worker_needs_redis(tmp_path: Path) -> None:
+    env = serve_env("ws://127.0.0.1:9/v1/ws", free_port(), tmp_path)
+    done = serve_two_workers(env, tmp_path)
     assert done.returncode == 2
     assert "REDIS_URL" in done.stderr and "--workers 2" in done.stderr
 
@@ -43,14 +48,7 @@ def test_workers_cannot_share_one_instance_url(tmp_path: Path) -> None:
         REDIS_URL="redis://127.0.0.1:9/0",
         CALLBRIDGE_INSTANCE_URL=PUBLIC_URL + "/i/box",
     )
-    done = subprocess.run(
-        [*serve_argv(), "--workers", "2"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = serve_two_workers(env, tmp_path)
     assert done.returncode == 2
     assert "CALLBRIDGE_INSTANCE_URL" in done.stderr and "--workers 2" in done.stderr
     assert "workers.starting" not in done.stderr
@@ -65,14 +63,7 @@ def test_a_worker_that_cannot_start_stops_the_supervisor(tmp_path: Path) -> None
         REDIS_URL="redis://127.0.0.1:9/0",
         CALLBRIDGE_SPOOL_PATH=str(tmp_path / "no-such-folder" / "spool.jsonl"),
     )
-    done = subprocess.run(
-        [*serve_argv(), "--workers", "2"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = serve_two_workers(env, tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "workers.worker_refused_to_start" in done.stderr
     assert "workers.worker_died" not in done.stderr
