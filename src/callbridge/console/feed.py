@@ -34,6 +34,8 @@ SUBSCRIBER_QUEUE = 256  # changes waiting for one page before it is told to relo
 
 
 Line = TranscriptLine | ToolInvocation
+# The entries a live card shows (`LiveFeed.tap` ignores the rest).
+SHOWN = (CallOpened, TranscriptLine, ToolInvocation, AgentSessionStarted, CallError, CallClosed)
 
 
 @dataclass

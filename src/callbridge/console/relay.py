@@ -12,22 +12,11 @@ from __future__ import annotations
 import msgspec
 
 from callbridge.console.actions import transfer_targets
-from callbridge.console.feed import LiveFeed
+from callbridge.console.feed import SHOWN, LiveFeed
 from callbridge.logs import EventLogger
 from callbridge.records import spool
-from callbridge.records.entries import (
-    AgentSessionStarted,
-    CallClosed,
-    CallError,
-    CallOpened,
-    RecordEntry,
-    ToolInvocation,
-    TranscriptLine,
-)
+from callbridge.records.entries import CallOpened, RecordEntry
 from callbridge.server.state import AppState
-
-# The entries a live card shows (`LiveFeed.tap` ignores the rest).
-RELAYED = (CallOpened, TranscriptLine, ToolInvocation, AgentSessionStarted, CallError, CallClosed)
 
 _log = EventLogger("console")
 
@@ -49,7 +38,7 @@ class FeedRelay:
 
     def publish(self, entry: RecordEntry) -> None:
         """A tap: this instance's entry, for the other instances' feeds."""
-        if type(entry) not in RELAYED or entry.call_id is None:
+        if type(entry) not in SHOWN or entry.call_id is None:
             return
         targets = None
         if type(entry) is CallOpened:
@@ -72,7 +61,7 @@ class FeedRelay:
         if message.instance_id == self._state.shared.instance_id:
             return
         entry = spool.decode(bytes(message.entry))
-        if entry is None or type(entry) not in RELAYED:
+        if entry is None or type(entry) not in SHOWN:
             return
         self.received += 1
         self._feed.tap(entry, holder=message.instance_id, targets=message.targets or ())
