@@ -54,18 +54,16 @@ class CallControl:
     def __init__(self, state: AppState) -> None:
         self._state = state
 
-    def reattach_twiml(self, runner: CallRunner, called: str | None = None) -> str | None:
+    def reattach_twiml(self, runner: CallRunner, line_url: str) -> str | None:
         """`<Connect><Stream>` for the call's next stream, with a fresh token (None: the
-        call is not known here, or no public URL is set). `called`: the https:// base of
-        the request being answered, used when PUBLIC_URL is not set (a quick trial behind
-        ngrok, as for the call's first TwiML)."""
+        call is not known here). `line_url`: the line's public base, as the call's first
+        TwiML had it (PUBLIC_URL, or the Host Twilio called for a quick trial)."""
         parameters = self._stream_parameters(runner)
-        base = own_base_url(self._state.settings) or called
-        if parameters is None or base is None:
+        if parameters is None:
             return None
-        url = self._stream_url(runner, ws_base(base))
-        ended = self._ended_url(runner, self._state.settings.public_url or called)
-        return call_twiml.stream_twiml(url, parameters, ended)
+        own = own_base_url(self._state.settings) or line_url
+        url = self._stream_url(runner, ws_base(own))
+        return call_twiml.stream_twiml(url, parameters, self._ended_url(runner, line_url))
 
     async def redirect(self, runner: CallRunner, action: RedirectCall) -> str | None:
         """Replace the call's TwiML; None if Twilio took it, else why not (one line)."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 from multidict import MultiDictProxy
@@ -17,6 +16,7 @@ from callbridge.records.entries import CallStatusChanged
 from callbridge.server.bot_setup import set_up_call
 from callbridge.server.call_control import stream_ended_path
 from callbridge.server.call_registry import CallInfo, new_call_id
+from callbridge.server.instance_urls import ws_base
 from callbridge.server.log_throttle import refused
 from callbridge.server.placed_calls import placed_call
 from callbridge.server.state import APP_STATE, AppState
@@ -318,24 +318,20 @@ def _bad_request(request: web.Request, reason: str) -> web.HTTPBadRequest:
 
 
 def _public_http_base(request: web.Request, state: AppState) -> str:
-    """https:// base for the call's own webhooks, from PUBLIC_URL (or the Host called)."""
+    """The line's public base for a call's URLs: PUBLIC_URL, or (unset) https:// and the
+    Host Twilio called."""
     public = state.settings.public_url
     return public.rstrip("/") if public is not None else f"https://{request.host}"
 
 
 def _public_ws_base(request: web.Request, state: AppState) -> str:
-    """wss:// base for stream URLs, from PUBLIC_URL (or, unset, the Host Twilio called)."""
-    public = state.settings.public_url
-    if public is None:
+    """`_public_http_base` as ws(s)://, for stream URLs."""
+    if state.settings.public_url is None and not state.warned_public_url:
         # Good enough for a quick ngrok trial (ngrok keeps the public Host header); a
         # deployment sets PUBLIC_URL, which request signatures will need anyway.
-        if not state.warned_public_url:
-            state.log.warning("config.public_url_unset", using_host=request.host)
-            state.warned_public_url = True
-        return f"wss://{request.host}"
-    parts = urlsplit(public)
-    scheme = "wss" if parts.scheme == "https" else "ws"
-    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        state.log.warning("config.public_url_unset", using_host=request.host)
+        state.warned_public_url = True
+    return ws_base(_public_http_base(request, state))
 
 
 # For the other webhooks of a call (`verb_webhooks.py`): the same checks, the same base.
