@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import API_KEY, API_TOKEN, AUTH_TOKEN, PUBLIC_URL, free_port
+from tests.conftest import API_TOKEN, PUBLIC_URL, free_port
+from tests.helpers.server_process import serve_env
 
 Event = dict[str, Any]
 
@@ -103,26 +104,22 @@ def instance_env(
     database_url: str,
     **extra: str,
 ) -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH", ""),
-        "ASSEMBLYAI_API_KEY": API_KEY,
-        "ASSEMBLYAI_AGENT_URL": agent_url,
-        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "PUBLIC_URL": PUBLIC_URL,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "DATABASE_URL": database_url,
-        "CALLBRIDGE_SPOOL_PATH": str(folder / f"spool-{name}.jsonl"),
-        "CALLBRIDGE_INSTANCE_ID": name,
-        "CALLBRIDGE_API_TOKEN": API_TOKEN,
-        "REDIS_URL": redis_url,
-        "CALLBRIDGE_REDIS_PREFIX": redis_prefix,
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "DEBUG",
+    # What every server process of the tests gets, made one instance of a cluster.
+    return serve_env(
+        agent_url,
+        port,
+        folder,
+        DATABASE_URL=database_url,
+        CALLBRIDGE_SPOOL_PATH=str(folder / f"spool-{name}.jsonl"),
+        CALLBRIDGE_INSTANCE_ID=name,
+        CALLBRIDGE_API_TOKEN=API_TOKEN,
+        REDIS_URL=redis_url,
+        CALLBRIDGE_REDIS_PREFIX=redis_prefix,
+        LOG_LEVEL="DEBUG",
         # Routed by nginx to this instance alone (`Nginx`), as the public URL's /i/{name}.
-        "CALLBRIDGE_INSTANCE_URL": instance_url(name),
+        CALLBRIDGE_INSTANCE_URL=instance_url(name),
         **extra,
-    }
+    )
 
 
 def instance_url(name: str) -> str:
