@@ -16,25 +16,17 @@ from callbridge.transport import CloseCode
 from callbridge.twilio import media_stream as twilio
 from callbridge.twilio.socket import EventHandler, TextHandler
 from tests.helpers.raw_twilio import media_frame, start_frame
-from tests.unit.test_call_runner import _ScriptedBridge
+from tests.unit.test_call_runner import _ScriptedBridge, _TwilioSocket
 
 PAYLOADS = [base64.b64encode(bytes([n]) * 160).decode() for n in range(3)]
 
 
-class _Socket:
+class _Socket(_TwilioSocket):
     """Sends `start` and three media frames at once, then waits to be closed."""
 
     def __init__(self) -> None:
-        self.close_code: int | None = None
-        self._closed = asyncio.Event()
+        super().__init__()
         self.delivered = asyncio.Event()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
-
-    def send(self, frame: bytes) -> None:
-        pass
 
     async def serve(self, on_text: TextHandler, on_event: EventHandler) -> None:
         frames = [start_frame("token")] + [
@@ -44,14 +36,6 @@ class _Socket:
             assert on_text(frame.encode())
         self.delivered.set()
         await self._closed.wait()
-
-    async def close(self, code: int) -> None:
-        if self.close_code is None:
-            self.close_code = code
-        self._closed.set()
-
-    def fail(self, code: int) -> None:
-        self.close_code = code
 
 
 class _Bridge(_ScriptedBridge):
