@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from tests.conftest import (
 )
 from tests.helpers.log_events import caught
 from tests.helpers.records import metrics_text, record_when_done
+from tests.helpers.server_process import run_command
 
 PERSON = "+15550009999"
 GREETING = "Hi."
@@ -260,22 +260,7 @@ async def run_cli(rig: Rig, *args: str, folder: Path) -> tuple[int, str, str]:
         "PATH": os.environ.get("PATH", ""),
         "CALLBRIDGE_API_TOKEN": API_TOKEN,
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "callbridge.cli",
-        "calls",
-        *args,
-        "--server",
-        rig.server.url,
-        env=env,
-        cwd=folder,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_command("calls", *args, "--server", rig.server.url, env=env, cwd=folder)
 
 
 async def test_transfer_and_digits_from_the_command_line(rig: Rig, tmp_path: Path) -> None:

@@ -4,9 +4,7 @@ line."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +23,7 @@ from callbridge.testing.twilio_simulator import SimulatedCall, TwilioSimulator
 from tests.conftest import API_KEY, API_TOKEN, AUTH_TOKEN, PUBLIC_URL, RunningServer, ServerFactory
 from tests.helpers.log_events import caught
 from tests.helpers.records import fetch_record, metrics_text
+from tests.helpers.server_process import run_command
 from tests.records.test_api import checked
 
 GREETING = "Hi."
@@ -219,22 +218,9 @@ async def run_cli(server: RunningServer, *args: str) -> tuple[int, str, str]:
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "ASSEMBLYAI_API_KEY": API_KEY,
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "callbridge.cli",
-        "calls",
-        *args,
-        "--server",
-        server.url,
-        env=env,
-        cwd=Path(__file__).parent,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    return await run_command(
+        "calls", *args, "--server", server.url, env=env, cwd=Path(__file__).parent
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_say_and_hang_up_from_the_command_line(

@@ -3,9 +3,7 @@ which answers by driving the simulator into our server."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,6 +13,7 @@ from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_rest_fake import FakeTwilioRest
 from callbridge.testing.twilio_simulator import DEFAULT_ACCOUNT_SID, TwilioSimulator
 from tests.conftest import AUTH_TOKEN, PUBLIC_URL, RunningServer
+from tests.helpers.server_process import run_command
 
 OUR_NUMBER = "+15550001111"
 CALLEE = "+15557654321"
@@ -47,19 +46,7 @@ async def run_call_command(
         "TARGET_PHONE_NUMBER": CALLEE,
         "PUBLIC_URL": PUBLIC_URL,
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "callbridge.cli",
-        "call",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_command("call", *args, env=env)
 
 
 async def test_outbound_call_agent_greets_first_with_the_outbound_prompt(

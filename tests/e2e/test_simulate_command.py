@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import struct
-import sys
 import wave
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from callbridge.bridge.keypad import entry_instructions
 from callbridge.testing.audio import read_stereo_wav_as_ulaw, ulaw_decode, ulaw_energy
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from tests.conftest import AUTH_TOKEN, PUBLIC_URL, RunningServer
+from tests.helpers.server_process import run_command
 
 GREETING = bot.greeting or ""
 
@@ -38,20 +37,8 @@ async def simulate(
     folder: Path, *args: str, env: dict[str, str] | None = None
 ) -> tuple[int, str, str]:
     """Run `callbridge simulate` in `folder` (no .env there); its status, stdout, stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "callbridge.cli",
-        "simulate",
-        *args,
-        cwd=folder,
-        env={"PATH": os.environ.get("PATH", ""), **(env or {})},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    env = {"PATH": os.environ.get("PATH", ""), **(env or {})}
+    return await run_command("simulate", *args, env=env, cwd=folder, timeout=60)
 
 
 SIGNED = {"TWILIO_AUTH_TOKEN": AUTH_TOKEN, "PUBLIC_URL": PUBLIC_URL}

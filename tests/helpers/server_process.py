@@ -1,4 +1,5 @@
-"""`callbridge serve` as a real process, for the tests that need signals or a SIGKILL."""
+"""`callbridge` as a real process: the server, for the tests that need signals or a SIGKILL,
+and any other command run to its end."""
 
 from __future__ import annotations
 
@@ -61,3 +62,22 @@ async def _drain(stream: asyncio.StreamReader, on_line: Callable[[bytes], None] 
         return
     while line := await stream.readline():
         on_line(line)
+
+
+async def run_command(
+    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 30.0
+) -> tuple[int, str, str]:
+    """`callbridge ARGS...` run to its end: its exit status, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "callbridge.cli",
+        *args,
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

@@ -31,7 +31,7 @@ from callbridge.testing.audio import silence, tone
 from callbridge.testing.fake_agent import FakeVoiceAgent
 from callbridge.testing.twilio_simulator import TwilioSimulator
 from tests.conftest import AUTH_TOKEN, PUBLIC_URL, free_port
-from tests.helpers.server_process import serve_env
+from tests.helpers.server_process import run_command, serve_env
 
 pytestmark = pytest.mark.slow
 
@@ -117,20 +117,7 @@ async def start(env: dict[str, str], folder: Path) -> tuple[asyncio.subprocess.P
 
 
 async def cli(env: dict[str, str], folder: Path, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "callbridge.cli",
-        "calls",
-        *args,
-        cwd=folder,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_command("calls", *args, env=env, cwd=folder)
 
 
 async def test_database_disk_turning_read_only_mid_call_drops_no_call(
